@@ -1,0 +1,8 @@
+/**
+ * Collectives: a {@linkcode Communicator} with all-reduce, reduce-scatter, all-gather,
+ * broadcast, reduce, all-to-all, send/recv, barrier and sub-groups, over shared memory
+ * (Worker ranks in one process), TCP (processes and nodes) or both (hierarchical).
+ *
+ * @module
+ */
+export * from "./communicator.ts";

@@ -1,0 +1,214 @@
+/**
+ * The one compute contract: every layer calls these ops on a {@linkcode Backend}; only
+ * `kernels/` knows whether they run as WGSL on a GPU or as CPU code.
+ *
+ * Conventions (llm.c style):
+ * - All matrices are row-major float32; sizes are passed explicitly; outputs come first.
+ * - Every `*Backward` op ADDS (+=) into every gradient output, so a gradient buffer is zeroed
+ *   once per step and contributions from several uses (tied weights, residuals) accumulate.
+ * - Ops are enqueued synchronously; only {@linkcode Backend.read} waits. On the CPU an op has
+ *   finished when it returns; on WebGPU it has been submitted in order.
+ *
+ * @module
+ */
+
+/** Element type of a tensor. */
+export type TensorDType = "f32" | "i32";
+
+/**
+ * An opaque handle to backend memory: a flat run of `length` elements. Views into a larger
+ * tensor (the flat parameter buffer) are tensors too.
+ */
+export interface Tensor {
+  /** Number of elements. */
+  readonly length: number;
+  /** Element type. */
+  readonly dtype: TensorDType;
+}
+
+/** Options of {@linkcode Backend.matmul}. */
+export interface MatmulOptions {
+  /** `a` is stored transposed, as [K, M]. */
+  transA?: boolean;
+  /** `b` is stored transposed, as [N, K]. */
+  transB?: boolean;
+  /** Add into `out` instead of overwriting it. */
+  accumulate?: boolean;
+}
+
+/** Hyper-parameters of one AdamW step over a range. */
+export interface AdamWParams {
+  /** Learning rate. */
+  lr: number;
+  /** First-moment decay. */
+  beta1: number;
+  /** Second-moment decay. */
+  beta2: number;
+  /** Denominator epsilon. */
+  eps: number;
+  /** Decoupled weight decay (0 for biases and norms). */
+  weightDecay: number;
+  /** 1-based step number, for bias correction. */
+  step: number;
+}
+
+/** A compute backend. */
+export interface Backend {
+  /** `"reference"`, `"cpu"` or `"webgpu"`. */
+  readonly name: string;
+  /** What runs underneath, e.g. `"cpu: matmul by OpenBLAS 0.3.21 (Haswell), 1 thread"`. */
+  readonly description: string;
+
+  // ---- memory ----------------------------------------------------------------------------
+  /** A new zero-filled tensor. */
+  alloc(length: number, dtype?: TensorDType): Tensor;
+  /** A view of `length` elements of `t` starting at element `offset` (no copy). */
+  view(t: Tensor, offset: number, length: number): Tensor;
+  /** Copy host data into `t` starting at element `offset` (default 0). */
+  write(t: Tensor, src: Float32Array | Int32Array, offset?: number): void;
+  /** Copy `t` back to the host (waits for queued work). */
+  read(t: Tensor): Promise<Float32Array | Int32Array>;
+  /** The live host array behind `t` for host-memory backends; `null` on a device backend. */
+  hostView(t: Tensor): Float32Array | Int32Array | null;
+  /** Set every element of `t` to `value`. */
+  fill(t: Tensor, value: number): void;
+  /** `dst = src` (same length). */
+  copy(dst: Tensor, src: Tensor): void;
+  /** Release the backend (destroys the GPU device). */
+  dispose(): void;
+
+  // ---- linear algebra ---------------------------------------------------------------------
+  /**
+   * out[M,N] (+)= op(a)[M,K] @ op(b)[K,N] (+ bias[N] broadcast over rows when bias is given).
+   */
+  matmul(
+    out: Tensor,
+    a: Tensor,
+    b: Tensor,
+    bias: Tensor | null,
+    M: number,
+    N: number,
+    K: number,
+    opts?: MatmulOptions,
+  ): void;
+  /** out[N] (+)= sum over the M rows of inp[M,N] (bias gradients, positional gradients). */
+  sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate?: boolean): void;
+  /** out[M,N] += row[N] for every row (positional embeddings, biases). */
+  addRows(out: Tensor, row: Tensor, M: number, N: number): void;
+  /** out[n] = a[n] + b[n] (out may alias a or b). */
+  add(out: Tensor, a: Tensor, b: Tensor, n: number): void;
+  /** y[n] += alpha * x[n]. */
+  axpy(y: Tensor, x: Tensor, alpha: number, n: number): void;
+  /** x[n] *= alpha. */
+  scale(x: Tensor, alpha: number, n: number): void;
+  /** out[0] (+)= sum of x[n]^2 (gradient clipping). */
+  sumSquares(out: Tensor, x: Tensor, n: number, accumulate?: boolean): void;
+
+  // ---- embedding --------------------------------------------------------------------------
+  /**
+   * out[N,C] = table[idx[n] - vocabStart] for rows of the table's shard
+   * [vocabStart, vocabStart + table.length / C); rows outside the shard give zeros.
+   */
+  embeddingForward(
+    out: Tensor,
+    idx: Tensor,
+    table: Tensor,
+    N: number,
+    C: number,
+    vocabStart?: number,
+  ): void;
+  /** dtable[idx[n] - vocabStart] += dout[n] for rows in the shard (scatter-add). */
+  embeddingBackward(
+    dtable: Tensor,
+    dout: Tensor,
+    idx: Tensor,
+    N: number,
+    C: number,
+    vocabStart?: number,
+  ): void;
+
+  // ---- normalisation and activations --------------------------------------------------------
+  /** out[N,C] = (inp - mean) * rstd * w + b; saves mean[N] and rstd[N] (biased variance). */
+  layernormForward(
+    out: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    inp: Tensor,
+    w: Tensor,
+    b: Tensor,
+    N: number,
+    C: number,
+    eps?: number,
+  ): void;
+  /** dinp, dw, db += the layernorm gradients. */
+  layernormBackward(
+    dinp: Tensor,
+    dw: Tensor,
+    db: Tensor,
+    dout: Tensor,
+    inp: Tensor,
+    w: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    N: number,
+    C: number,
+  ): void;
+  /** out[n] = GELU(inp[n]), tanh form. */
+  geluForward(out: Tensor, inp: Tensor, n: number): void;
+  /** dinp[n] += GELU'(inp[n]) * dout[n]. */
+  geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void;
+
+  // ---- attention --------------------------------------------------------------------------
+  /**
+   * Causal multi-head attention. qkv[B,T,3C] holds q | k | v along the last axis, each split
+   * into H heads of C/H in head order; scores are scaled by 1/sqrt(C/H). Writes out[B,T,C] and
+   * saves the probabilities att[B,H,T,T] (upper triangle zero).
+   */
+  attentionForward(
+    out: Tensor,
+    att: Tensor,
+    qkv: Tensor,
+    B: number,
+    T: number,
+    C: number,
+    H: number,
+  ): void;
+  /** dqkv += the gradient of attention given dout[B,T,C] and the saved att. */
+  attentionBackward(
+    dqkv: Tensor,
+    dout: Tensor,
+    qkv: Tensor,
+    att: Tensor,
+    B: number,
+    T: number,
+    C: number,
+    H: number,
+  ): void;
+
+  // ---- loss -------------------------------------------------------------------------------
+  /**
+   * losses[N] = -log softmax(logits[N,V])[targets[n]], probs[N,V] = softmax(logits) (saved).
+   * A negative target is ignored: its loss is 0.
+   */
+  crossEntropyForward(
+    losses: Tensor,
+    probs: Tensor,
+    logits: Tensor,
+    targets: Tensor,
+    N: number,
+    V: number,
+  ): void;
+  /** dlogits[N,V] += (probs - onehot(targets)) * dloss; rows with a negative target add 0. */
+  crossEntropyBackward(
+    dlogits: Tensor,
+    probs: Tensor,
+    targets: Tensor,
+    dloss: number,
+    N: number,
+    V: number,
+  ): void;
+
+  // ---- optimiser --------------------------------------------------------------------------
+  /** One AdamW step on n elements: bias-corrected moments m, v; decoupled weight decay. */
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, n: number, p: AdamWParams): void;
+}

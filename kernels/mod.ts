@@ -1,0 +1,7 @@
+/**
+ * Kernels: the {@linkcode Backend} contract and its implementations (reference TypeScript,
+ * a fast CPU backend, WebGPU).
+ *
+ * @module
+ */
+export * from "./backend.ts";

@@ -1,0 +1,16 @@
+/**
+ * Loom: distributed training of deep-learning models in TypeScript, on Deno.
+ *
+ * Each module can be imported on its own; this entry point gathers them under namespaces.
+ *
+ * @example Import the collectives
+ * ```ts
+ * import { collectives } from "./mod.ts";
+ * console.assert(typeof collectives.CollectiveError === "function");
+ * ```
+ *
+ * @module
+ */
+export * as collectives from "./collectives/mod.ts";
+export * as kernels from "./kernels/mod.ts";
+export * as optim from "./optim/mod.ts";
