@@ -5,3 +5,4 @@
  * @module
  */
 export * from "./backend.ts";
+export * from "./rng.ts";
