@@ -6,3 +6,4 @@
  * @module
  */
 export * from "./communicator.ts";
+export * from "./reduce.ts";
