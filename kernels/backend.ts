@@ -16,6 +16,13 @@
 export type TensorDType = "f32" | "i32";
 
 /**
+ * A host array holding tensor data. `f32` tensors are `Float32Array`s, except on a backend
+ * created for float64 checks (the reference backend with `precision: "f64"`), whose `f32`
+ * tensors are `Float64Array`s; `i32` tensors are `Int32Array`s.
+ */
+export type HostArray = Float32Array | Float64Array | Int32Array;
+
+/**
  * An opaque handle to backend memory: a flat run of `length` elements. Views into a larger
  * tensor (the flat parameter buffer) are tensors too.
  */
@@ -64,12 +71,15 @@ export interface Backend {
   alloc(length: number, dtype?: TensorDType): Tensor;
   /** A view of `length` elements of `t` starting at element `offset` (no copy). */
   view(t: Tensor, offset: number, length: number): Tensor;
-  /** Copy host data into `t` starting at element `offset` (default 0). */
-  write(t: Tensor, src: Float32Array | Int32Array, offset?: number): void;
+  /**
+   * Copy host data into `t` starting at element `offset` (default 0); a `Float64Array` is
+   * converted to the tensor's float type.
+   */
+  write(t: Tensor, src: HostArray, offset?: number): void;
   /** Copy `t` back to the host (waits for queued work). */
-  read(t: Tensor): Promise<Float32Array | Int32Array>;
+  read(t: Tensor): Promise<HostArray>;
   /** The live host array behind `t` for host-memory backends; `null` on a device backend. */
-  hostView(t: Tensor): Float32Array | Int32Array | null;
+  hostView(t: Tensor): HostArray | null;
   /** Set every element of `t` to `value`. */
   fill(t: Tensor, value: number): void;
   /** `dst = src` (same length). */

@@ -6,3 +6,4 @@
  */
 export * from "./backend.ts";
 export * from "./rng.ts";
+export * from "./reference.ts";
