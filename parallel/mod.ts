@@ -1,0 +1,14 @@
+/**
+ * Megatron-style parallelism: the rank grid (tp x dp x pp, tensor-parallel innermost),
+ * pipeline schedules as pure data and their executor, and tensor/sequence-parallel layers.
+ *
+ * @example Lay out 8 ranks
+ * ```ts
+ * import { buildGrid } from "./mod.ts";
+ * const grid = buildGrid({ worldSize: 8, tp: 2, pp: 2 });
+ * console.assert(grid.coordsOf(7).pp === 1);
+ * ```
+ *
+ * @module
+ */
+export * from "./grid.ts";
