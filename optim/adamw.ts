@@ -29,10 +29,10 @@ export interface AdamWOptions {
  * @example One step on a two-tensor model
  * ```ts
  * import { AdamW, buildLayout } from "./mod.ts";
- * import type { Backend, Tensor } from "../kernels/backend.ts";
- * declare const backend: Backend;
- * declare const params: Tensor, grads: Tensor;
+ * import { createReferenceBackend } from "../kernels/reference.ts";
+ * const backend = createReferenceBackend();
  * const layout = buildLayout([{ name: "w", shape: [4, 4] }, { name: "b", shape: [4] }]);
+ * const params = backend.alloc(layout.size), grads = backend.alloc(layout.size);
  * const opt = new AdamW(backend, layout, params, grads, { weightDecay: 0.1 });
  * opt.step(1e-3);
  * ```

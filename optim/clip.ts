@@ -46,10 +46,12 @@ export function clipFactor(norm: number, maxNorm: number): number {
  * @example
  * ```ts
  * import { clipGradNorm } from "./clip.ts";
- * import type { Backend, Tensor } from "../kernels/backend.ts";
- * declare const backend: Backend;
- * declare const grads: Tensor;
+ * import { createReferenceBackend } from "../kernels/reference.ts";
+ * const backend = createReferenceBackend();
+ * const grads = backend.alloc(2);
+ * backend.write(grads, new Float32Array([3, 4]));
  * const normBefore = await clipGradNorm(backend, grads, 1.0);
+ * console.assert(Math.abs(normBefore - 5) < 1e-6);
  * ```
  *
  * @param backend the backend

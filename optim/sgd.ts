@@ -23,10 +23,10 @@ export interface SGDOptions {
  * @example
  * ```ts
  * import { buildLayout, SGD } from "./mod.ts";
- * import type { Backend, Tensor } from "../kernels/backend.ts";
- * declare const backend: Backend;
- * declare const params: Tensor, grads: Tensor;
+ * import { createReferenceBackend } from "../kernels/reference.ts";
+ * const backend = createReferenceBackend();
  * const layout = buildLayout([{ name: "w", shape: [4, 4] }]);
+ * const params = backend.alloc(layout.size), grads = backend.alloc(layout.size);
  * new SGD(backend, layout, params, grads, { momentum: 0.9 }).step(0.1);
  * ```
  */
