@@ -1,0 +1,269 @@
+/**
+ * A portable single-precision GEMM in WebAssembly SIMD (f32x4, fused multiply-add through
+ * relaxed SIMD where the engine validates it). The Wasm module is generated at start-up from
+ * TypeScript (see `_wasm_gemm_module.ts`); nothing prebuilt.
+ *
+ * Structure (GotoBLAS): for each block of NC columns of C, for each block of KC steps of the
+ * inner dimension, op(B) is packed into NR-column panels; for each block of MC rows, op(A),
+ * scaled by alpha, is packed into MR-row panels and the macro-kernel adds every MR x NR tile of
+ * the product into a padded copy of C held in Wasm memory, which then goes back into C.
+ *
+ * @module
+ */
+
+import { buildGemmModule, hasRelaxedSimd } from "./_wasm_gemm_module.ts";
+import { checkGemmArgs, type Gemm } from "./gemm.ts";
+
+export type { Gemm } from "./gemm.ts";
+
+const MR = 6;
+const NR = 8;
+const KC = 256;
+const MC = 120;
+const NC = 2048;
+const PAGE = 65536;
+
+type Macro = (
+  a: number,
+  b: number,
+  c: number,
+  mp: number,
+  np: number,
+  kc: number,
+  ldc: number,
+) => void;
+
+class WasmGemm implements Gemm {
+  readonly name = "wasm";
+  /** Whether the micro-kernel uses fused multiply-add. */
+  readonly fma: boolean;
+  #memory: WebAssembly.Memory;
+  #macro: Macro;
+  #f32: Float32Array;
+
+  constructor(fma: boolean) {
+    this.fma = fma;
+    const bytes = buildGemmModule({ mr: MR, nr: NR, unroll: 4, fma });
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
+    this.#memory = instance.exports.memory as WebAssembly.Memory;
+    this.#macro = instance.exports.macro as Macro;
+    this.#f32 = new Float32Array(this.#memory.buffer);
+  }
+
+  /** Grows the Wasm memory to at least `bytes` and returns a float view of all of it. */
+  #view(bytes: number): Float32Array {
+    const have = this.#memory.buffer.byteLength;
+    if (bytes > have) this.#memory.grow(Math.ceil((bytes - have) / PAGE));
+    if (this.#f32.buffer !== this.#memory.buffer) this.#f32 = new Float32Array(this.#memory.buffer);
+    return this.#f32;
+  }
+
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Float32Array,
+    offA: number,
+    lda: number,
+    B: Float32Array,
+    offB: number,
+    ldb: number,
+    beta: number,
+    C: Float32Array,
+    offC: number,
+    ldc: number,
+  ): void {
+    checkGemmArgs(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
+    if (M === 0 || N === 0) return;
+    const mp = Math.ceil(M / MR);
+    const aBase = 0;
+    const bBase = aBase + MC * KC;
+    for (let jc = 0; jc < N; jc += NC) {
+      const nc = Math.min(NC, N - jc);
+      const np = Math.ceil(nc / NR);
+      const ldw = np * NR;
+      const cBase = bBase + KC * ldw;
+      const w = this.#view((cBase + mp * MR * ldw) * 4);
+      loadC(w, cBase, ldw, C, offC + jc, ldc, M, nc, beta);
+      if (alpha !== 0) {
+        for (let pc = 0; pc < K; pc += KC) {
+          const kc = Math.min(KC, K - pc);
+          packB(w, bBase, B, transB, offB, ldb, pc, kc, jc, nc);
+          for (let ic = 0; ic < M; ic += MC) {
+            const mc = Math.min(MC, M - ic);
+            packA(w, aBase, A, transA, offA, lda, ic, mc, pc, kc, alpha);
+            const cp = (cBase + ic * ldw) * 4;
+            this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / MR), np, kc, ldw * 4);
+          }
+        }
+      }
+      storeC(w, cBase, ldw, C, offC + jc, ldc, M, nc);
+    }
+  }
+}
+
+/** w[base + i*ldw + j] = beta * C[off + i*ldc + j] (0 when beta is 0, whatever C holds). */
+function loadC(
+  w: Float32Array,
+  base: number,
+  ldw: number,
+  C: Float32Array,
+  off: number,
+  ldc: number,
+  M: number,
+  nc: number,
+  beta: number,
+): void {
+  for (let i = 0; i < M; i++) {
+    const d = base + i * ldw, s = off + i * ldc;
+    if (beta === 0) w.fill(0, d, d + nc);
+    else if (beta === 1) w.set(C.subarray(s, s + nc), d);
+    else for (let j = 0; j < nc; j++) w[d + j] = beta * C[s + j];
+  }
+}
+
+/** C[off + i*ldc + j] = w[base + i*ldw + j]. */
+function storeC(
+  w: Float32Array,
+  base: number,
+  ldw: number,
+  C: Float32Array,
+  off: number,
+  ldc: number,
+  M: number,
+  nc: number,
+): void {
+  for (let i = 0; i < M; i++) {
+    const d = base + i * ldw;
+    C.set(w.subarray(d, d + nc), off + i * ldc);
+  }
+}
+
+/** Packs op(B)[pc:pc+kc, jc:jc+nc] into NR-column panels at w[base], zero-padded. */
+function packB(
+  w: Float32Array,
+  base: number,
+  B: Float32Array,
+  trans: boolean,
+  off: number,
+  ld: number,
+  pc: number,
+  kc: number,
+  jc: number,
+  nc: number,
+): void {
+  for (let j0 = 0; j0 < nc; j0 += NR) {
+    const cols = Math.min(NR, nc - j0);
+    const panel = base + j0 * kc;
+    if (!trans) {
+      // op(B)[k, j] = B[off + k*ld + j]
+      let s = off + pc * ld + jc + j0;
+      for (let k = 0; k < kc; k++, s += ld) {
+        const d = panel + k * NR;
+        if (cols === NR) {
+          w[d] = B[s];
+          w[d + 1] = B[s + 1];
+          w[d + 2] = B[s + 2];
+          w[d + 3] = B[s + 3];
+          w[d + 4] = B[s + 4];
+          w[d + 5] = B[s + 5];
+          w[d + 6] = B[s + 6];
+          w[d + 7] = B[s + 7];
+        } else {
+          for (let c = 0; c < cols; c++) w[d + c] = B[s + c];
+          for (let c = cols; c < NR; c++) w[d + c] = 0;
+        }
+      }
+    } else {
+      // op(B)[k, j] = B[off + j*ld + k]
+      for (let c = 0; c < cols; c++) {
+        const s = off + (jc + j0 + c) * ld + pc;
+        for (let k = 0; k < kc; k++) w[panel + k * NR + c] = B[s + k];
+      }
+      for (let c = cols; c < NR; c++) {
+        for (let k = 0; k < kc; k++) w[panel + k * NR + c] = 0;
+      }
+    }
+  }
+}
+
+/** Packs alpha * op(A)[ic:ic+mc, pc:pc+kc] into MR-row panels at w[base], zero-padded. */
+function packA(
+  w: Float32Array,
+  base: number,
+  A: Float32Array,
+  trans: boolean,
+  off: number,
+  ld: number,
+  ic: number,
+  mc: number,
+  pc: number,
+  kc: number,
+  alpha: number,
+): void {
+  for (let i0 = 0; i0 < mc; i0 += MR) {
+    const rows = Math.min(MR, mc - i0);
+    const panel = base + i0 * kc;
+    if (!trans) {
+      // op(A)[i, k] = A[off + i*ld + k]
+      for (let r = 0; r < rows; r++) {
+        const s = off + (ic + i0 + r) * ld + pc;
+        for (let k = 0; k < kc; k++) w[panel + k * MR + r] = alpha * A[s + k];
+      }
+    } else {
+      // op(A)[i, k] = A[off + k*ld + i]
+      let s = off + pc * ld + ic + i0;
+      for (let k = 0; k < kc; k++, s += ld) {
+        const d = panel + k * MR;
+        for (let r = 0; r < rows; r++) w[d + r] = alpha * A[s + r];
+      }
+    }
+    for (let r = rows; r < MR; r++) {
+      for (let k = 0; k < kc; k++) w[panel + k * MR + r] = 0;
+    }
+  }
+}
+
+const cache = new Map<boolean, WasmGemm>();
+
+/** Options of {@linkcode createWasmGemm}. */
+export interface WasmGemmOptions {
+  /**
+   * Use fused multiply-add (`f32x4.relaxed_madd`). Default: when the engine validates it.
+   * `true` on an engine without relaxed SIMD is a RangeError.
+   */
+  fma?: boolean;
+}
+
+/**
+ * The WebAssembly SIMD GEMM, compiled on first use and cached (one instance per choice of
+ * instructions). Uses `f32x4.relaxed_madd` when the engine validates it, otherwise
+ * `f32x4.mul` + `f32x4.add`.
+ *
+ * @param options instruction choice (for tests and benchmarks; the default is the fastest)
+ * @returns a {@linkcode Gemm} named `"wasm"`
+ * @example Multiply two 2x2 matrices
+ * ```ts
+ * import { createWasmGemm } from "./wasm_gemm.ts";
+ * const C = new Float32Array(4);
+ * createWasmGemm().sgemm(false, false, 2, 2, 2, 1, new Float32Array([1, 2, 3, 4]), 0, 2,
+ *   new Float32Array([1, 0, 0, 1]), 0, 2, 0, C, 0, 2);
+ * // C is now [1, 2, 3, 4]
+ * ```
+ */
+export function createWasmGemm(options: WasmGemmOptions = {}): Gemm {
+  const relaxed = hasRelaxedSimd();
+  const fma = options.fma ?? relaxed;
+  if (fma && !relaxed) {
+    throw new RangeError(
+      "createWasmGemm: fma needs relaxed SIMD (f32x4.relaxed_madd), which this engine lacks; " +
+        "pass fma: false",
+    );
+  }
+  let g = cache.get(fma);
+  if (!g) cache.set(fma, g = new WasmGemm(fma));
+  return g;
+}
