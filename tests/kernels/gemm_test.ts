@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { checkGemmArgs, type Gemm, tsGemm } from "../../kernels/cpu/gemm.ts";
 import { Rng } from "../../kernels/rng.ts";
 import { availableGemms } from "./_gemms.ts";
+import { getBlasThreads, setBlasThreads } from "../../kernels/cpu/blas.ts";
 
 /** C = alpha op(A) op(B) + beta C by the definition, summed in float64. */
 function naive(
@@ -153,6 +154,22 @@ for (const g of gemms) {
     assert.deepEqual([...C], [2, 4, 6, 8]);
   });
 
+  Deno.test(`${g.name} sgemm() works on views of a SharedArrayBuffer`, () => {
+    const rng = new Rng(13);
+    const M = 9, N = 7, K = 5;
+    const shared = new Float32Array(new SharedArrayBuffer(4 * (100 + M * K + K * N + M * N)));
+    const A = shared.subarray(3), B = shared.subarray(50 + M * K);
+    shared.set(rand(rng, M * K), 3);
+    shared.set(rand(rng, K * N), 50 + M * K);
+    const C = shared.subarray(60 + M * K + K * N);
+    const want = new Float32Array(M * N);
+    naive(false, false, M, N, K, 1, A, 0, K, B, 0, N, 0, want, 0, N);
+    g.sgemm(false, false, M, N, K, 1, shared, 3, K, B, 0, N, 0, C, 1, N);
+    for (let i = 0; i < M * N; i++) {
+      assert.ok(Math.abs(C[1 + i] - want[i]) <= 1e-5, `C[${i}] = ${C[1 + i]}, want ${want[i]}`);
+    }
+  });
+
   Deno.test(`${g.name} sgemm() rejects a matrix that does not fit its array`, () => {
     const A = new Float32Array(6), B = new Float32Array(6), C = new Float32Array(4);
     assert.throws(
@@ -170,4 +187,16 @@ Deno.test("checkGemmArgs() accepts a transposed A stored [K,M] with padding", ()
   const a = new Float32Array(3 * 5), b = new Float32Array(3 * 2), c = new Float32Array(4 * 2);
   checkGemmArgs(true, false, 4, 2, 3, a, 0, 5, b, 0, 2, c, 0, 2);
   assert.throws(() => checkGemmArgs(true, false, 4, 2, 3, a, 0, 3, b, 0, 2, c, 0, 2), RangeError);
+});
+
+Deno.test("setBlasThreads() sets OpenBLAS's thread count and rejects nonsense", () => {
+  assert.throws(() => setBlasThreads(0), RangeError);
+  const before = getBlasThreads();
+  if (before === null) {
+    assert.equal(setBlasThreads(1), false);
+    return;
+  }
+  assert.equal(setBlasThreads(1), true);
+  assert.equal(getBlasThreads(), 1);
+  setBlasThreads(before);
 });
