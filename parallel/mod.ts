@@ -12,3 +12,5 @@
  * @module
  */
 export * from "./grid.ts";
+export * from "./schedules.ts";
+export * from "./simulate.ts";
