@@ -1,0 +1,159 @@
+/**
+ * Batches for next-token prediction: inputs [B, T] and targets [B, T] as Int32Arrays, drawn
+ * deterministically from a seed, with a savable position.
+ *
+ * @module
+ */
+import { Rng } from "../kernels/rng.ts";
+
+/** One batch: `targets[b, t]` is the token after `inputs[b, t]`, or -1 where not scored. */
+export interface Batch {
+  /** Token ids, [B, T] row-major. */
+  inputs: Int32Array;
+  /** Next-token ids, [B, T]; -1 marks a position the loss ignores. */
+  targets: Int32Array;
+  /** Batch size. */
+  B: number;
+  /** Sequence length. */
+  T: number;
+}
+
+/** Where a batch stream stands, for a checkpoint. */
+export interface BatchState {
+  /** Batches drawn so far. */
+  batches: number;
+  /** The sampler's RNG state. */
+  rng: number[];
+}
+
+/** An endless deterministic stream of training batches. */
+export interface BatchSource {
+  /** Batch size. */
+  readonly B: number;
+  /** Sequence length. */
+  readonly T: number;
+  /** The next batch. */
+  next(): Batch;
+  /** The position, to save. */
+  getState(): BatchState;
+  /** Go back to a saved position. */
+  setState(s: BatchState): void;
+}
+
+/**
+ * Random windows of a token stream: each row starts at a uniformly drawn offset.
+ *
+ * @example
+ * ```ts
+ * import { WindowSampler } from "./batches.ts";
+ * const s = new WindowSampler(Int32Array.from({ length: 100 }, (_, i) => i), 2, 8, 1);
+ * const b = s.next();
+ * console.assert(b.targets[0] === b.inputs[0] + 1);
+ * ```
+ */
+export class WindowSampler implements BatchSource {
+  /** Batch size. */
+  readonly B: number;
+  /** Sequence length. */
+  readonly T: number;
+  readonly #tokens: Int32Array;
+  readonly #rng: Rng;
+  #batches = 0;
+
+  /**
+   * A sampler over `tokens`.
+   *
+   * @param tokens the token stream (at least T + 1 long)
+   * @param B batch size
+   * @param T sequence length
+   * @param seed the sampler's seed
+   */
+  constructor(tokens: Int32Array, B: number, T: number, seed: number) {
+    checkBT(B, T);
+    if (tokens.length < T + 1) {
+      throw new RangeError(
+        `The data has ${tokens.length} tokens, too few for a sequence length of ${T} ` +
+          `(need at least ${T + 1}): lower --ctx or use more text`,
+      );
+    }
+    this.#tokens = tokens;
+    this.B = B;
+    this.T = T;
+    this.#rng = new Rng(seed);
+  }
+
+  /**
+   * The next batch.
+   *
+   * @returns inputs and targets
+   */
+  next(): Batch {
+    const { B, T } = this;
+    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    const span = this.#tokens.length - T;
+    for (let b = 0; b < B; b++) {
+      const start = this.#rng.int(span);
+      inputs.set(this.#tokens.subarray(start, start + T), b * T);
+      targets.set(this.#tokens.subarray(start + 1, start + T + 1), b * T);
+    }
+    this.#batches++;
+    return { inputs, targets, B, T };
+  }
+
+  /**
+   * The position.
+   *
+   * @returns batches drawn and the RNG state
+   */
+  getState(): BatchState {
+    return { batches: this.#batches, rng: this.#rng.getState() };
+  }
+
+  /**
+   * Restore a position.
+   *
+   * @param s a state from {@linkcode WindowSampler.getState}
+   */
+  setState(s: BatchState): void {
+    this.#rng.setState(s.rng);
+    this.#batches = s.batches;
+  }
+}
+
+/**
+ * Consecutive non-overlapping windows of a token stream, as fixed evaluation batches.
+ *
+ * @param tokens the token stream
+ * @param B batch size
+ * @param T sequence length
+ * @param maxBatches at most this many batches
+ * @returns the batches (possibly fewer rows in none: only whole batches are made)
+ */
+export function sequentialBatches(
+  tokens: Int32Array,
+  B: number,
+  T: number,
+  maxBatches: number,
+): Batch[] {
+  checkBT(B, T);
+  const out: Batch[] = [];
+  let pos = 0;
+  while (out.length < maxBatches && pos + B * T + 1 <= tokens.length) {
+    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+    for (let b = 0; b < B; b++, pos += T) {
+      inputs.set(tokens.subarray(pos, pos + T), b * T);
+      targets.set(tokens.subarray(pos + 1, pos + T + 1), b * T);
+    }
+    out.push({ inputs, targets, B, T });
+  }
+  return out;
+}
+
+function checkBT(B: number, T: number): void {
+  if (!Number.isInteger(B) || B < 1) {
+    throw new RangeError(`Batch size must be an integer >= 1, got ${B}`);
+  }
+  if (!Number.isInteger(T) || T < 1) {
+    throw new RangeError(`Sequence length must be an integer >= 1, got ${T}`);
+  }
+}
