@@ -14,3 +14,5 @@
 export * from "./grid.ts";
 export * from "./schedules.ts";
 export * from "./simulate.ts";
+export * from "./p2p.ts";
+export * from "./pipeline.ts";

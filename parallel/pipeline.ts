@@ -1,0 +1,171 @@
+/**
+ * The pipeline executor: runs one stage's step list (from `schedules.ts`) over that stage's
+ * model chunks, moving activations and gradients with the verbs of `p2p.ts`. Activations sent
+ * to the next stage are dropped as soon as the send completes; each chunk keeps only what its
+ * own backward needs.
+ *
+ * @module
+ */
+
+import type { Communicator } from "../collectives/mod.ts";
+import { exchange, type P2PTransfer, type PipeContext } from "./p2p.ts";
+import type { Schedule } from "./schedules.ts";
+
+/** A Promise or a plain value. */
+export type MaybePromise<T> = T | Promise<T>;
+
+/**
+ * One model chunk on one stage (a slice of the model's layer list). It saves, per micro-batch,
+ * what its backward needs, and forgets it in backward.
+ */
+export interface PipelineChunk {
+  /**
+   * Forward of micro-batch `mb`.
+   *
+   * @param mb micro-batch
+   * @param input activations from the previous virtual stage; `null` on the first (which reads
+   *   the tokens itself)
+   * @returns activations for the next virtual stage; `null` on the last (which computes the loss)
+   */
+  forward(mb: number, input: Float32Array | null): MaybePromise<Float32Array | null>;
+  /**
+   * Backward of micro-batch `mb`: adds into the chunk's parameter gradients.
+   *
+   * @param mb micro-batch
+   * @param dOutput gradient of this chunk's output; `null` on the last virtual stage
+   * @returns gradient of this chunk's input; `null` on the first virtual stage
+   */
+  backward(mb: number, dOutput: Float32Array | null): MaybePromise<Float32Array | null>;
+}
+
+/** Options of {@linkcode runPipeline}. */
+export interface RunPipelineOptions {
+  /** The schedule every stage runs. */
+  schedule: Schedule;
+  /** The pipeline group (rank = stage); may be `null` when `schedule.pp` is 1. */
+  comm: Communicator | null;
+  /** This stage's `schedule.v` chunks, in chunk order. */
+  chunks: readonly PipelineChunk[];
+  /** Elements of one micro-batch's activations at a stage boundary (e.g. B * T * C). */
+  activationSize: number;
+  /** Timeout of each transfer in milliseconds. */
+  timeoutMs?: number;
+}
+
+/** Timings of one run of {@linkcode runPipeline}, in milliseconds. */
+export interface PipelineStats {
+  /** Wall time of the whole step list. */
+  readonly wallMs: number;
+  /** Time spent inside chunks' forward and backward. */
+  readonly computeMs: number;
+  /** wallMs - computeMs: waiting for peers and moving data. */
+  readonly idleMs: number;
+  /** Most activation buffers received or produced and not yet released, at any time. */
+  readonly peakBuffers: number;
+}
+
+/**
+ * Run this stage's steps of `schedule`. Every stage of the pipeline group must call it with the
+ * same schedule.
+ *
+ * @param opts schedule, pipeline group, chunks and activation size
+ * @returns timings of this stage
+ */
+export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineStats> {
+  const { schedule, comm, chunks, activationSize } = opts;
+  const stage = comm?.rank ?? 0;
+  if (schedule.pp > 1 && (comm === null || comm.size !== schedule.pp)) {
+    throw new RangeError(
+      `The schedule has pp=${schedule.pp} stages but the pipeline group has ` +
+        `${comm?.size ?? "no"} ranks: pass the pp communicator of the grid`,
+    );
+  }
+  if (chunks.length !== schedule.v) {
+    throw new RangeError(
+      `The schedule runs v=${schedule.v} chunks per stage but ${chunks.length} were given`,
+    );
+  }
+  if (!Number.isInteger(activationSize) || activationSize < 1) {
+    throw new RangeError(`activationSize must be a positive integer, got ${activationSize}`);
+  }
+  const ctx: PipeContext | null = comm === null || schedule.pp === 1
+    ? null
+    : { comm, v: schedule.v, timeoutMs: opts.timeoutMs };
+  const inputs = new Map<string, Float32Array>(); // received activations, by mb:chunk
+  const grads = new Map<string, Float32Array>(); // received output gradients
+  const outputs = new Map<string, Float32Array>(); // activations waiting to be sent
+  const dInputs = new Map<string, Float32Array>(); // input gradients waiting to be sent
+  const id = (mb: number, chunk: number) => `${mb}:${chunk}`;
+  let peak = 0;
+  const track = () => {
+    peak = Math.max(peak, inputs.size + grads.size + outputs.size + dInputs.size);
+  };
+  let computeMs = 0;
+  const t0 = performance.now();
+  for (const step of schedule.stages[stage]!) {
+    if (step.kind === "p2p") {
+      const transfers: P2PTransfer[] = step.ops.map((o) => {
+        const k = id(o.mb, o.chunk);
+        let buf: Float32Array | undefined;
+        if (o.op === "send") {
+          buf = (o.dir === "forward" ? outputs : dInputs).get(k);
+          if (!buf) throw new Error(`Stage ${stage} has nothing to send for ${o.dir} ${k}`);
+        } else {
+          buf = new Float32Array(activationSize);
+          (o.dir === "forward" ? inputs : grads).set(k, buf);
+        }
+        return { op: o.op, dir: o.dir, mb: o.mb, chunk: o.chunk, buf };
+      });
+      track();
+      await exchange(ctx!, transfers);
+      for (const o of step.ops) {
+        if (o.op === "send") (o.dir === "forward" ? outputs : dInputs).delete(id(o.mb, o.chunk));
+      }
+      continue;
+    }
+    const k = id(step.mb, step.chunk);
+    const chunk = chunks[step.chunk]!;
+    const c0 = performance.now();
+    if (step.kind === "forward") {
+      const input = inputs.get(k) ?? null;
+      inputs.delete(k);
+      const out = await chunk.forward(step.mb, input);
+      if (out !== null) {
+        if (out.length !== activationSize) {
+          throw new RangeError(
+            `Chunk ${step.chunk} returned ${out.length} activations, expected ${activationSize}`,
+          );
+        }
+        if (ctx !== null) outputs.set(k, out);
+      }
+    } else {
+      const dOut = grads.get(k) ?? null;
+      grads.delete(k);
+      const dIn = await chunk.backward(step.mb, dOut);
+      if (dIn !== null && ctx !== null) dInputs.set(k, dIn);
+    }
+    computeMs += performance.now() - c0;
+    track();
+  }
+  const wallMs = performance.now() - t0;
+  return { wallMs, computeMs, idleMs: wallMs - computeMs, peakBuffers: peak };
+}
+
+/**
+ * Sum the gradients of weights tied between the first and last stage (the token embedding and
+ * the LM head) over the embedding group, so both copies take the same step. A no-op on middle
+ * stages (`comm` null) and with one stage.
+ *
+ * @param comm the grid's embedding group, or `null`
+ * @param grad the tied weight's gradient (a host view)
+ * @param timeoutMs timeout in milliseconds
+ * @returns once summed
+ */
+export async function allReduceTiedGrads(
+  comm: Communicator | null,
+  grad: Float32Array,
+  timeoutMs?: number,
+): Promise<void> {
+  if (comm === null || comm.size === 1) return;
+  await comm.allReduce(grad, "sum", timeoutMs === undefined ? undefined : { timeoutMs });
+}
