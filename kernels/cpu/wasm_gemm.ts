@@ -177,8 +177,21 @@ function packB(
           for (let c = cols; c < NR; c++) w[d + c] = 0;
         }
       }
+    } else if (cols === NR) {
+      // op(B)[k, j] = B[off + j*ld + k]: eight rows of B, read along k.
+      const s0 = off + (jc + j0) * ld + pc, s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld;
+      const s4 = s3 + ld, s5 = s4 + ld, s6 = s5 + ld, s7 = s6 + ld;
+      for (let k = 0, d = panel; k < kc; k++, d += NR) {
+        w[d] = B[s0 + k];
+        w[d + 1] = B[s1 + k];
+        w[d + 2] = B[s2 + k];
+        w[d + 3] = B[s3 + k];
+        w[d + 4] = B[s4 + k];
+        w[d + 5] = B[s5 + k];
+        w[d + 6] = B[s6 + k];
+        w[d + 7] = B[s7 + k];
+      }
     } else {
-      // op(B)[k, j] = B[off + j*ld + k]
       for (let c = 0; c < cols; c++) {
         const s = off + (jc + j0 + c) * ld + pc;
         for (let k = 0; k < kc; k++) w[panel + k * NR + c] = B[s + k];
@@ -207,22 +220,36 @@ function packA(
   for (let i0 = 0; i0 < mc; i0 += MR) {
     const rows = Math.min(MR, mc - i0);
     const panel = base + i0 * kc;
-    if (!trans) {
-      // op(A)[i, k] = A[off + i*ld + k]
-      for (let r = 0; r < rows; r++) {
-        const s = off + (ic + i0 + r) * ld + pc;
-        for (let k = 0; k < kc; k++) w[panel + k * MR + r] = alpha * A[s + k];
+    if (rows === MR && !trans) {
+      // op(A)[i, k] = A[off + i*ld + k]: six rows of A, read along k.
+      const s0 = off + (ic + i0) * ld + pc, s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld;
+      const s4 = s3 + ld, s5 = s4 + ld;
+      for (let k = 0, d = panel; k < kc; k++, d += MR) {
+        w[d] = alpha * A[s0 + k];
+        w[d + 1] = alpha * A[s1 + k];
+        w[d + 2] = alpha * A[s2 + k];
+        w[d + 3] = alpha * A[s3 + k];
+        w[d + 4] = alpha * A[s4 + k];
+        w[d + 5] = alpha * A[s5 + k];
+      }
+    } else if (rows === MR) {
+      // op(A)[i, k] = A[off + k*ld + i]: six consecutive values per k.
+      let s = off + pc * ld + ic + i0;
+      for (let k = 0, d = panel; k < kc; k++, s += ld, d += MR) {
+        w[d] = alpha * A[s];
+        w[d + 1] = alpha * A[s + 1];
+        w[d + 2] = alpha * A[s + 2];
+        w[d + 3] = alpha * A[s + 3];
+        w[d + 4] = alpha * A[s + 4];
+        w[d + 5] = alpha * A[s + 5];
       }
     } else {
-      // op(A)[i, k] = A[off + k*ld + i]
-      let s = off + pc * ld + ic + i0;
-      for (let k = 0; k < kc; k++, s += ld) {
-        const d = panel + k * MR;
-        for (let r = 0; r < rows; r++) w[d + r] = alpha * A[s + r];
+      // Edge panel: op(A)[i, k] = A[off + i*si + k*sk], rows past the edge are zero.
+      const si = trans ? 1 : ld, sk = trans ? ld : 1;
+      for (let r = 0; r < MR; r++) {
+        const s = off + (ic + i0 + r) * si + pc * sk;
+        for (let k = 0; k < kc; k++) w[panel + k * MR + r] = r < rows ? alpha * A[s + k * sk] : 0;
       }
-    }
-    for (let r = rows; r < MR; r++) {
-      for (let k = 0; k < kc; k++) w[panel + k * MR + r] = 0;
     }
   }
 }
