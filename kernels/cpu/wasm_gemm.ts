@@ -3,10 +3,13 @@
  * relaxed SIMD where the engine validates it). The Wasm module is generated at start-up from
  * TypeScript (see `_wasm_gemm_module.ts`); nothing prebuilt.
  *
- * Structure (GotoBLAS): for each block of NC columns of C, for each block of KC steps of the
- * inner dimension, op(B) is packed into NR-column panels; for each block of MC rows, op(A),
- * scaled by alpha, is packed into MR-row panels and the macro-kernel adds every MR x NR tile of
- * the product into a padded copy of C held in Wasm memory, which then goes back into C.
+ * Structure (GotoBLAS): C is worked on in blocks of NC = 2048 columns and MB = 1920 rows, held
+ * in Wasm memory padded to whole tiles (beta applied on the way in). For each block of KC = 256
+ * steps of the inner dimension, op(B) is packed into NR = 8-column panels; for each block of
+ * MC = 120 rows, op(A), scaled by alpha, is packed into MR = 6-row panels and the macro-kernel
+ * adds every 6 x 8 tile of the product (twelve f32x4 accumulators) into C's block. Packing
+ * absorbs the transposes and leading dimensions, so the micro-kernel sees one layout. Wasm
+ * memory grows to about 18 MiB at most and is kept.
  *
  * @module
  */
@@ -21,6 +24,8 @@ const NR = 8;
 const KC = 256;
 const MC = 120;
 const NC = 2048;
+/** Rows of C per chunk, a multiple of MC. */
+const MB = 16 * MC;
 const PAGE = 65536;
 
 type Macro = (
@@ -78,7 +83,6 @@ class WasmGemm implements Gemm {
   ): void {
     checkGemmArgs(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
     if (M === 0 || N === 0) return;
-    const mp = Math.ceil(M / MR);
     const aBase = 0;
     const bBase = aBase + MC * KC;
     for (let jc = 0; jc < N; jc += NC) {
@@ -86,21 +90,24 @@ class WasmGemm implements Gemm {
       const np = Math.ceil(nc / NR);
       const ldw = np * NR;
       const cBase = bBase + KC * ldw;
-      const w = this.#view((cBase + mp * MR * ldw) * 4);
-      loadC(w, cBase, ldw, C, offC + jc, ldc, M, nc, beta);
-      if (alpha !== 0) {
-        for (let pc = 0; pc < K; pc += KC) {
+      // C is worked on in chunks of MB rows, which bounds the Wasm memory.
+      for (let i0 = 0; i0 < M; i0 += MB) {
+        const mb = Math.min(MB, M - i0);
+        const w = this.#view((cBase + Math.ceil(mb / MR) * MR * ldw) * 4);
+        const c0 = offC + i0 * ldc + jc;
+        loadC(w, cBase, ldw, C, c0, ldc, mb, nc, beta);
+        for (let pc = 0; alpha !== 0 && pc < K; pc += KC) {
           const kc = Math.min(KC, K - pc);
           packB(w, bBase, B, transB, offB, ldb, pc, kc, jc, nc);
-          for (let ic = 0; ic < M; ic += MC) {
-            const mc = Math.min(MC, M - ic);
-            packA(w, aBase, A, transA, offA, lda, ic, mc, pc, kc, alpha);
+          for (let ic = 0; ic < mb; ic += MC) {
+            const mc = Math.min(MC, mb - ic);
+            packA(w, aBase, A, transA, offA, lda, i0 + ic, mc, pc, kc, alpha);
             const cp = (cBase + ic * ldw) * 4;
             this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / MR), np, kc, ldw * 4);
           }
         }
+        storeC(w, cBase, ldw, C, c0, ldc, mb, nc);
       }
-      storeC(w, cBase, ldw, C, offC + jc, ldc, M, nc);
     }
   }
 }

@@ -102,7 +102,7 @@ for (const [label, gemm] of variants) {
   });
 
   Deno.test(`wasm sgemm (${label}) crosses every cache block boundary`, () => {
-    // 129 rows span two MC blocks, 300 inner steps two KC blocks; 2051 columns two NC blocks.
+    // 129 rows span two MC blocks, 300 inner steps two KC blocks, 2051 columns two NC blocks.
     check(
       gemm,
       { transA: false, transB: false, M: 129, N: 65, K: 300, alpha: 1, beta: 1, pad: 3, off: 1 },
@@ -117,6 +117,14 @@ for (const [label, gemm] of variants) {
       gemm,
       { transA: false, transB: true, M: 7, N: 2051, K: 33, alpha: 0.5, beta: 2, pad: 1, off: 0 },
       9,
+    );
+  });
+
+  Deno.test(`wasm sgemm (${label}) splits tall matrices into row chunks`, () => {
+    check(
+      gemm,
+      { transA: true, transB: false, M: 1925, N: 9, K: 5, alpha: 1, beta: 0.5, pad: 1, off: 3 },
+      10,
     );
   });
 
