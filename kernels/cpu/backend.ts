@@ -1,0 +1,586 @@
+/**
+ * The fast CPU backend: matrix products (matmul and the batched products inside attention)
+ * through a {@linkcode Gemm} chosen at start-up (OpenBLAS through FFI, WebAssembly SIMD, or
+ * plain TypeScript), element-wise and reduction ops as tight loops over `Float32Array`s (they
+ * are bound by memory traffic). Tensors live on SharedArrayBuffers, so that Workers of one node
+ * can read each other's buffers in place ({@linkcode CpuBackend.fromHost} wraps one).
+ *
+ * @module
+ */
+
+import type {
+  AdamWParams,
+  Backend,
+  HostArray,
+  MatmulOptions,
+  Tensor,
+  TensorDType,
+} from "../backend.ts";
+import { checkAdamW, checkHeads, checkTarget, size } from "../_check.ts";
+import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
+import { type Gemm, tsGemm } from "./gemm.ts";
+import { createWasmGemm } from "./wasm_gemm.ts";
+
+/** Options of {@linkcode createCpuBackend}. */
+export interface CpuBackendOptions {
+  /**
+   * Which matrix-product path: `"blas"` (the system's OpenBLAS/CBLAS/Accelerate), `"wasm"`
+   * (WebAssembly SIMD), `"ts"` (plain TypeScript), or `"auto"` (default: the first of those
+   * that loads).
+   */
+  gemm?: "auto" | "blas" | "wasm" | "ts";
+  /**
+   * OpenBLAS threads. This is one setting per process, shared by all Workers in it; left
+   * unchanged when omitted. The WebAssembly and TypeScript paths run on the calling thread.
+   */
+  threads?: number;
+}
+
+/** The CPU backend: a {@linkcode Backend} whose tensors are host arrays. */
+export interface CpuBackend extends Backend {
+  /** The matrix-product path in use. */
+  readonly gemm: Gemm;
+  /**
+   * Wrap a host array as a tensor without copying (e.g. a view of a SharedArrayBuffer that
+   * another Worker allocated). `Float32Array` gives an `f32` tensor, `Int32Array` an `i32` one.
+   */
+  fromHost(data: Float32Array | Int32Array): Tensor;
+  /** The live host array behind `t`. */
+  hostView(t: Tensor): Float32Array | Int32Array;
+}
+
+class CpuTensor implements Tensor {
+  constructor(readonly data: Float32Array | Int32Array, readonly dtype: TensorDType) {}
+  get length(): number {
+    return this.data.length;
+  }
+}
+
+function arr(t: Tensor, op: string, name: string, need: number): Float32Array | Int32Array {
+  if (!(t instanceof CpuTensor)) {
+    throw new TypeError(`${op}: ${name} is not a tensor of this cpu backend`);
+  }
+  if (t.data.length < need) {
+    throw new RangeError(
+      `${op}: ${name} has ${t.data.length} elements but the sizes given need ${need}`,
+    );
+  }
+  return t.data;
+}
+
+function f(t: Tensor, op: string, name: string, need: number): Float32Array {
+  const a = arr(t, op, name, need);
+  if (!(a instanceof Float32Array)) throw new TypeError(`${op}: ${name} must be an f32 tensor`);
+  return a;
+}
+
+function ints(t: Tensor, op: string, name: string, need: number): Int32Array {
+  const a = arr(t, op, name, need);
+  if (!(a instanceof Int32Array)) throw new TypeError(`${op}: ${name} must be an i32 tensor`);
+  return a;
+}
+
+function pickGemm(choice: string): { gemm: Gemm; note: string } {
+  const blas = () => {
+    const g = loadBlas();
+    if (!g) return null;
+    const v = g.info.config?.match(/^OpenBLAS [\d.]+/)?.[0];
+    const core = g.info.corename ? ` (${g.info.corename})` : "";
+    return { gemm: g as Gemm, note: `${v ?? g.info.library}${core}` };
+  };
+  const wasm = () => {
+    try {
+      return { gemm: createWasmGemm(), note: "WebAssembly SIMD" };
+    } catch {
+      return null;
+    }
+  };
+  switch (choice) {
+    case "auto":
+      return blas() ?? wasm() ?? { gemm: tsGemm, note: "plain TypeScript" };
+    case "blas": {
+      const r = blas();
+      if (!r) {
+        throw new Error(
+          `gemm "blas" was asked for but no BLAS library loads (${blasLoadError()}); ` +
+            `install OpenBLAS (Debian: apt install libopenblas0) or use gemm "auto"`,
+        );
+      }
+      return r;
+    }
+    case "wasm":
+      return { gemm: createWasmGemm(), note: "WebAssembly SIMD" };
+    case "ts":
+      return { gemm: tsGemm, note: "plain TypeScript" };
+    default:
+      throw new RangeError(
+        `gemm must be "auto", "blas", "wasm" or "ts", got ${JSON.stringify(choice)}`,
+      );
+  }
+}
+
+const GELU_K = Math.sqrt(2 / Math.PI);
+
+/**
+ * Create the CPU backend.
+ *
+ * @param opts the matrix-product path and OpenBLAS's thread count
+ * @returns a {@linkcode CpuBackend} named `"cpu"`; its `description` says which path runs
+ * @throws {Error} when `gemm: "blas"` is asked for and no BLAS library loads
+ * @throws {RangeError} on an unknown `gemm` or a bad `threads`
+ *
+ * @example Multiply two matrices on the fastest path available
+ * ```ts
+ * import { createCpuBackend } from "./backend.ts";
+ * const be = createCpuBackend();
+ * console.log(be.description); // e.g. "cpu: matmul by OpenBLAS 0.3.21 (Haswell), 1 thread"
+ * const a = be.alloc(4), b = be.alloc(4), c = be.alloc(4);
+ * be.write(a, new Float32Array([1, 2, 3, 4]));
+ * be.write(b, new Float32Array([1, 0, 0, 1]));
+ * be.matmul(c, a, b, null, 2, 2, 2);
+ * ```
+ */
+export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
+  const { gemm, note } = pickGemm(opts.gemm ?? "auto");
+  if (opts.threads !== undefined) {
+    if (!Number.isInteger(opts.threads) || opts.threads < 1) {
+      throw new RangeError(`threads must be an integer >= 1, got ${opts.threads}`);
+    }
+    if (gemm.name === "blas") setBlasThreads(opts.threads);
+  }
+  const threads = gemm.name === "blas" ? getBlasThreads() : 1;
+  const description = `cpu: matmul by ${note}` +
+    (threads === null ? "" : `, ${threads} thread${threads === 1 ? "" : "s"}`);
+  let scratch = new Float32Array(0);
+  const scratchOf = (n: number) => scratch.length >= n ? scratch : (scratch = new Float32Array(n));
+  let rowSums = new Float64Array(0);
+
+  return {
+    name: "cpu",
+    description,
+    gemm,
+
+    alloc(length: number, dtype: TensorDType = "f32"): Tensor {
+      size("alloc", { length });
+      if (dtype !== "f32" && dtype !== "i32") {
+        throw new TypeError(`alloc: dtype must be "f32" or "i32", got ${JSON.stringify(dtype)}`);
+      }
+      const buf = new SharedArrayBuffer(4 * length);
+      return new CpuTensor(dtype === "f32" ? new Float32Array(buf) : new Int32Array(buf), dtype);
+    },
+    fromHost(data: Float32Array | Int32Array): Tensor {
+      if (data instanceof Float32Array) return new CpuTensor(data, "f32");
+      if (data instanceof Int32Array) return new CpuTensor(data, "i32");
+      throw new TypeError("fromHost: data must be a Float32Array or an Int32Array");
+    },
+    view(t: Tensor, offset: number, length: number): Tensor {
+      size("view", { offset, length });
+      const a = arr(t, "view", "t", offset + length);
+      return new CpuTensor(a.subarray(offset, offset + length), t.dtype);
+    },
+    write(t: Tensor, src: HostArray, offset = 0): void {
+      size("write", { offset });
+      const a = arr(t, "write", "t", offset + src.length);
+      if ((t.dtype === "i32") !== (src instanceof Int32Array)) {
+        throw new TypeError(
+          `write: an ${t.dtype} tensor needs ${
+            t.dtype === "i32" ? "an Int32Array" : "a Float32Array or Float64Array"
+          }, got ${src.constructor.name}`,
+        );
+      }
+      a.set(src, offset);
+    },
+    read(t: Tensor): Promise<Float32Array | Int32Array> {
+      const a = arr(t, "read", "t", 0);
+      return Promise.resolve(a instanceof Float32Array ? new Float32Array(a) : new Int32Array(a));
+    },
+    hostView(t: Tensor): Float32Array | Int32Array {
+      return arr(t, "hostView", "t", 0);
+    },
+    fill(t: Tensor, value: number): void {
+      arr(t, "fill", "t", 0).fill(value);
+    },
+    copy(dst: Tensor, src: Tensor): void {
+      const s = arr(src, "copy", "src", 0);
+      const d = arr(dst, "copy", "dst", 0);
+      if (d.length !== s.length || dst.dtype !== src.dtype) {
+        throw new RangeError(
+          `copy: dst (${dst.dtype}[${d.length}]) and src (${src.dtype}[${s.length}]) must match`,
+        );
+      }
+      d.set(s);
+    },
+    dispose(): void {},
+
+    matmul(
+      out: Tensor,
+      a: Tensor,
+      b: Tensor,
+      bias: Tensor | null,
+      M: number,
+      N: number,
+      K: number,
+      o: MatmulOptions = {},
+    ): void {
+      const op = "matmul";
+      size(op, { M, N, K });
+      const C = f(out, op, "out", M * N), A = f(a, op, "a", M * K), B = f(b, op, "b", K * N);
+      let beta = o.accumulate ? 1 : 0;
+      if (bias !== null) {
+        const bi = f(bias, op, "bias", N);
+        for (let i = 0; i < M; i++) {
+          const r = i * N;
+          if (beta === 0) C.set(bi.subarray(0, N), r);
+          else for (let j = 0; j < N; j++) C[r + j] += bi[j];
+        }
+        beta = 1;
+      }
+      gemm.sgemm(
+        !!o.transA,
+        !!o.transB,
+        M,
+        N,
+        K,
+        1,
+        A,
+        0,
+        o.transA ? M : K,
+        B,
+        0,
+        o.transB ? K : N,
+        beta,
+        C,
+        0,
+        N,
+      );
+    },
+    sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate = false): void {
+      size("sumRows", { M, N });
+      const O = f(out, "sumRows", "out", N), X = f(inp, "sumRows", "inp", M * N);
+      if (rowSums.length < N) rowSums = new Float64Array(N);
+      const s = rowSums;
+      s.fill(0, 0, N);
+      for (let i = 0; i < M; i++) {
+        const r = i * N;
+        for (let j = 0; j < N; j++) s[j] += X[r + j];
+      }
+      for (let j = 0; j < N; j++) O[j] = accumulate ? O[j] + s[j] : s[j];
+    },
+    addRows(out: Tensor, row: Tensor, M: number, N: number): void {
+      size("addRows", { M, N });
+      const O = f(out, "addRows", "out", M * N), R = f(row, "addRows", "row", N);
+      for (let i = 0; i < M; i++) {
+        const r = i * N;
+        for (let j = 0; j < N; j++) O[r + j] += R[j];
+      }
+    },
+    add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
+      size("add", { n });
+      const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
+      for (let i = 0; i < n; i++) O[i] = A[i] + B[i];
+    },
+    axpy(y: Tensor, x: Tensor, alpha: number, n: number): void {
+      size("axpy", { n });
+      const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
+      for (let i = 0; i < n; i++) Y[i] += alpha * X[i];
+    },
+    scale(x: Tensor, alpha: number, n: number): void {
+      size("scale", { n });
+      const X = f(x, "scale", "x", n);
+      for (let i = 0; i < n; i++) X[i] *= alpha;
+    },
+    sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
+      size("sumSquares", { n });
+      const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
+      let s = 0;
+      for (let i = 0; i < n; i++) s += X[i] * X[i];
+      O[0] = accumulate ? O[0] + s : s;
+    },
+
+    embeddingForward(
+      out: Tensor,
+      idx: Tensor,
+      table: Tensor,
+      N: number,
+      C: number,
+      vocabStart = 0,
+    ): void {
+      const op = "embeddingForward";
+      size(op, { N, C });
+      const O = f(out, op, "out", N * C), I = ints(idx, op, "idx", N);
+      const W = f(table, op, "table", 0);
+      const rows = C === 0 ? 0 : Math.floor(W.length / C);
+      for (let n = 0; n < N; n++) {
+        const r = I[n] - vocabStart;
+        if (r >= 0 && r < rows) O.set(W.subarray(r * C, r * C + C), n * C);
+        else O.fill(0, n * C, n * C + C);
+      }
+    },
+    embeddingBackward(
+      dtable: Tensor,
+      dout: Tensor,
+      idx: Tensor,
+      N: number,
+      C: number,
+      vocabStart = 0,
+    ): void {
+      const op = "embeddingBackward";
+      size(op, { N, C });
+      const D = f(dtable, op, "dtable", 0), G = f(dout, op, "dout", N * C);
+      const I = ints(idx, op, "idx", N);
+      const rows = C === 0 ? 0 : Math.floor(D.length / C);
+      for (let n = 0; n < N; n++) {
+        const r = I[n] - vocabStart;
+        if (r < 0 || r >= rows) continue;
+        const d0 = r * C, g0 = n * C;
+        for (let c = 0; c < C; c++) D[d0 + c] += G[g0 + c];
+      }
+    },
+
+    layernormForward(
+      out: Tensor,
+      mean: Tensor,
+      rstd: Tensor,
+      inp: Tensor,
+      w: Tensor,
+      b: Tensor,
+      N: number,
+      C: number,
+      eps = 1e-5,
+    ): void {
+      const op = "layernormForward";
+      size(op, { N, C });
+      const O = f(out, op, "out", N * C), X = f(inp, op, "inp", N * C);
+      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
+      const Wt = f(w, op, "w", C), Bs = f(b, op, "b", C);
+      for (let n = 0; n < N; n++) {
+        const x0 = n * C;
+        let m = 0;
+        for (let c = 0; c < C; c++) m += X[x0 + c];
+        m /= C;
+        let v = 0;
+        for (let c = 0; c < C; c++) {
+          const d = X[x0 + c] - m;
+          v += d * d;
+        }
+        const r = 1 / Math.sqrt(v / C + eps);
+        for (let c = 0; c < C; c++) O[x0 + c] = (X[x0 + c] - m) * r * Wt[c] + Bs[c];
+        Mu[n] = m;
+        R[n] = r;
+      }
+    },
+    layernormBackward(
+      dinp: Tensor,
+      dw: Tensor,
+      db: Tensor,
+      dout: Tensor,
+      inp: Tensor,
+      w: Tensor,
+      mean: Tensor,
+      rstd: Tensor,
+      N: number,
+      C: number,
+    ): void {
+      const op = "layernormBackward";
+      size(op, { N, C });
+      const DX = f(dinp, op, "dinp", N * C), DW = f(dw, op, "dw", C), DB = f(db, op, "db", C);
+      const G = f(dout, op, "dout", N * C), X = f(inp, op, "inp", N * C), Wt = f(w, op, "w", C);
+      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
+      for (let n = 0; n < N; n++) {
+        const x0 = n * C, m = Mu[n], r = R[n];
+        let gMean = 0, gxMean = 0;
+        for (let c = 0; c < C; c++) {
+          const g = G[x0 + c] * Wt[c];
+          gMean += g;
+          gxMean += g * (X[x0 + c] - m) * r;
+        }
+        gMean /= C;
+        gxMean /= C;
+        for (let c = 0; c < C; c++) {
+          const xhat = (X[x0 + c] - m) * r, go = G[x0 + c];
+          DX[x0 + c] += r * (go * Wt[c] - gMean - xhat * gxMean);
+          DW[c] += go * xhat;
+          DB[c] += go;
+        }
+      }
+    },
+    geluForward(out: Tensor, inp: Tensor, n: number): void {
+      size("geluForward", { n });
+      const O = f(out, "geluForward", "out", n), X = f(inp, "geluForward", "inp", n);
+      for (let i = 0; i < n; i++) {
+        const x = X[i];
+        O[i] = 0.5 * x * (1 + Math.tanh(GELU_K * (x + 0.044715 * x * x * x)));
+      }
+    },
+    geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
+      const op = "geluBackward";
+      size(op, { n });
+      const D = f(dinp, op, "dinp", n), X = f(inp, op, "inp", n), G = f(dout, op, "dout", n);
+      for (let i = 0; i < n; i++) {
+        const x = X[i], x2 = x * x;
+        const th = Math.tanh(GELU_K * x * (1 + 0.044715 * x2));
+        const d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_K * (1 + 0.134145 * x2);
+        D[i] += d * G[i];
+      }
+    },
+
+    attentionForward(
+      out: Tensor,
+      att: Tensor,
+      qkv: Tensor,
+      B: number,
+      T: number,
+      C: number,
+      H: number,
+    ): void {
+      const op = "attentionForward";
+      checkHeads(op, B, T, C, H);
+      const O = f(out, op, "out", B * T * C), A = f(att, op, "att", B * H * T * T);
+      const Q = f(qkv, op, "qkv", B * T * 3 * C);
+      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * T * T;
+          // Scores S = scale * Q K^T for the whole T x T block; the mask is applied below.
+          gemm.sgemm(false, true, T, T, hs, sc, Q, q0, C3, Q, q0 + C, C3, 0, A, a0, T);
+          for (let t = 0; t < T; t++) {
+            const r = a0 + t * T;
+            let max = -Infinity;
+            for (let u = 0; u <= t; u++) if (A[r + u] > max) max = A[r + u];
+            let z = 0;
+            for (let u = 0; u <= t; u++) {
+              const e = Math.exp(A[r + u] - max);
+              A[r + u] = e;
+              z += e;
+            }
+            const iz = 1 / z;
+            for (let u = 0; u <= t; u++) A[r + u] *= iz;
+            A.fill(0, r + t + 1, r + T);
+          }
+          // out_h = att @ V.
+          gemm.sgemm(
+            false,
+            false,
+            T,
+            hs,
+            T,
+            1,
+            A,
+            a0,
+            T,
+            Q,
+            q0 + 2 * C,
+            C3,
+            0,
+            O,
+            b * T * C + h * hs,
+            C,
+          );
+        }
+      }
+    },
+    attentionBackward(
+      dqkv: Tensor,
+      dout: Tensor,
+      qkv: Tensor,
+      att: Tensor,
+      B: number,
+      T: number,
+      C: number,
+      H: number,
+    ): void {
+      const op = "attentionBackward";
+      checkHeads(op, B, T, C, H);
+      const D = f(dqkv, op, "dqkv", B * T * 3 * C), G = f(dout, op, "dout", B * T * C);
+      const Q = f(qkv, op, "qkv", B * T * 3 * C), A = f(att, op, "att", B * H * T * T);
+      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
+      const S = scratchOf(T * T);
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * T * T, g0 = b * T * C + h * hs;
+          // datt = dout_h V^T; dV += att^T dout_h.
+          gemm.sgemm(false, true, T, T, hs, 1, G, g0, C, Q, q0 + 2 * C, C3, 0, S, 0, T);
+          gemm.sgemm(true, false, T, hs, T, 1, A, a0, T, G, g0, C, 1, D, q0 + 2 * C, C3);
+          // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
+          for (let t = 0; t < T; t++) {
+            const r = t * T, ar = a0 + r;
+            let dot = 0;
+            for (let u = 0; u <= t; u++) dot += A[ar + u] * S[r + u];
+            for (let u = 0; u <= t; u++) S[r + u] = sc * A[ar + u] * (S[r + u] - dot);
+            S.fill(0, r + t + 1, r + T);
+          }
+          // dQ += dpre K; dK += dpre^T Q.
+          gemm.sgemm(false, false, T, hs, T, 1, S, 0, T, Q, q0 + C, C3, 1, D, q0, C3);
+          gemm.sgemm(true, false, T, hs, T, 1, S, 0, T, Q, q0, C3, 1, D, q0 + C, C3);
+        }
+      }
+    },
+
+    crossEntropyForward(
+      losses: Tensor,
+      probs: Tensor,
+      logits: Tensor,
+      targets: Tensor,
+      N: number,
+      V: number,
+    ): void {
+      const op = "crossEntropyForward";
+      size(op, { N, V });
+      const L = f(losses, op, "losses", N), P = f(probs, op, "probs", N * V);
+      const X = f(logits, op, "logits", N * V), Tg = ints(targets, op, "targets", N);
+      for (let n = 0; n < N; n++) {
+        const tg = Tg[n], r = n * V;
+        checkTarget(op, tg, n, V);
+        let max = -Infinity;
+        for (let j = 0; j < V; j++) if (X[r + j] > max) max = X[r + j];
+        let z = 0;
+        for (let j = 0; j < V; j++) {
+          const e = Math.exp(X[r + j] - max);
+          P[r + j] = e;
+          z += e;
+        }
+        const iz = 1 / z;
+        for (let j = 0; j < V; j++) P[r + j] *= iz;
+        L[n] = tg < 0 ? 0 : Math.log(z) - (X[r + tg] - max);
+      }
+    },
+    crossEntropyBackward(
+      dlogits: Tensor,
+      probs: Tensor,
+      targets: Tensor,
+      dloss: number,
+      N: number,
+      V: number,
+    ): void {
+      const op = "crossEntropyBackward";
+      size(op, { N, V });
+      const D = f(dlogits, op, "dlogits", N * V), P = f(probs, op, "probs", N * V);
+      const Tg = ints(targets, op, "targets", N);
+      for (let n = 0; n < N; n++) {
+        const tg = Tg[n], r = n * V;
+        checkTarget(op, tg, n, V);
+        if (tg < 0) continue;
+        for (let j = 0; j < V; j++) D[r + j] += P[r + j] * dloss;
+        D[r + tg] -= dloss;
+      }
+    },
+
+    adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, n: number, p: AdamWParams): void {
+      const op = "adamw";
+      size(op, { n });
+      checkAdamW(p);
+      const W = f(param, op, "param", n), G = f(grad, op, "grad", n);
+      const Mm = f(m, op, "m", n), Vv = f(v, op, "v", n);
+      const { lr, beta1, beta2, eps, weightDecay } = p;
+      const c1 = 1 / (1 - beta1 ** p.step), c2 = 1 / (1 - beta2 ** p.step);
+      const b1 = 1 - beta1, b2 = 1 - beta2;
+      for (let i = 0; i < n; i++) {
+        const g = G[i];
+        const mi = beta1 * Mm[i] + b1 * g, vi = beta2 * Vv[i] + b2 * g * g;
+        Mm[i] = mi;
+        Vv[i] = vi;
+        W[i] -= lr * (mi * c1 / (Math.sqrt(vi * c2) + eps) + weightDecay * W[i]);
+      }
+    },
+  };
+}

@@ -1,0 +1,238 @@
+// One suite of small op cases, run on every backend by ops_test.ts and compared with the
+// reference backend. A case builds its inputs from a seeded Rng (so every backend sees the same
+// numbers), runs one or more ops and returns the arrays to compare. Gradient outputs start from
+// random values, so that a backward that overwrites instead of adding fails.
+
+import type { Backend, HostArray, MatmulOptions, Tensor } from "../../kernels/mod.ts";
+import { Rng } from "../../kernels/mod.ts";
+
+/** One op case. */
+export interface OpCase {
+  /** What the case covers, read after the backend's name in the test name. */
+  name: string;
+  /** Run the case on `be` with inputs drawn from `rng`; returns the outputs to compare. */
+  run(be: Backend, rng: Rng): Promise<Record<string, HostArray>>;
+  /** Tolerance override: |got - want| <= tol * (1 + |want|). */
+  tol?: number;
+}
+
+function rand(be: Backend, rng: Rng, n: number, scale = 1): Tensor {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (rng.uniform() * 2 - 1) * scale;
+  const t = be.alloc(n);
+  be.write(t, a);
+  return t;
+}
+
+function ints(be: Backend, values: number[]): Tensor {
+  const t = be.alloc(values.length, "i32");
+  be.write(t, new Int32Array(values));
+  return t;
+}
+
+async function read(
+  be: Backend,
+  named: Record<string, Tensor>,
+): Promise<Record<string, HostArray>> {
+  const out: Record<string, HostArray> = {};
+  for (const [k, t] of Object.entries(named)) out[k] = await be.read(t);
+  return out;
+}
+
+function matmulCase(
+  M: number,
+  N: number,
+  K: number,
+  opts: MatmulOptions,
+  withBias: boolean,
+): OpCase {
+  const flags = [
+    opts.transA ? "transA" : "",
+    opts.transB ? "transB" : "",
+    opts.accumulate ? "accumulate" : "",
+    withBias ? "bias" : "",
+  ].filter((s) => s).join(", ");
+  return {
+    name: `matmul() ${M}x${N}x${K}${flags ? ` (${flags})` : ""}`,
+    async run(be, rng) {
+      const a = rand(be, rng, M * K), b = rand(be, rng, K * N);
+      const out = rand(be, rng, M * N); // old contents: kept under accumulate, else overwritten
+      const bias = withBias ? rand(be, rng, N) : null;
+      be.matmul(out, a, b, bias, M, N, K, opts);
+      return await read(be, { out });
+    },
+  };
+}
+
+const cases: OpCase[] = [];
+
+for (const transA of [false, true]) {
+  for (const transB of [false, true]) {
+    cases.push(matmulCase(5, 7, 3, { transA, transB }, false));
+    cases.push(matmulCase(33, 65, 17, { transA, transB, accumulate: true }, true));
+  }
+}
+cases.push(matmulCase(64, 64, 64, {}, true));
+cases.push(matmulCase(1, 130, 70, { accumulate: true }, false));
+cases.push(matmulCase(70, 3, 129, { transB: true }, true));
+
+cases.push({
+  name: "matmul() on views into one flat buffer",
+  async run(be, rng) {
+    const flat = rand(be, rng, 200);
+    const a = be.view(flat, 3, 4 * 6), b = be.view(flat, 64, 6 * 5), out = be.view(flat, 128, 20);
+    be.matmul(out, a, b, be.view(flat, 100, 5), 4, 5, 6, { accumulate: true });
+    return await read(be, { flat });
+  },
+});
+
+cases.push({
+  name: "alloc(), fill(), copy(), write() at an offset, view() and read()",
+  async run(be) {
+    const t = be.alloc(10), u = be.alloc(10), i = be.alloc(4, "i32");
+    be.fill(t, 1.5);
+    be.write(t, new Float32Array([7, 8, 9]), 4);
+    be.copy(u, t);
+    be.fill(be.view(u, 8, 2), -2);
+    be.write(i, new Int32Array([3, -1, 2 ** 30, 0]));
+    const z = be.alloc(5);
+    return await read(be, { t, u, i, z, v: be.view(t, 3, 3) });
+  },
+});
+
+cases.push({
+  name: "sumRows() overwrites or accumulates",
+  async run(be, rng) {
+    const inp = rand(be, rng, 37 * 11), o1 = rand(be, rng, 11), o2 = rand(be, rng, 11);
+    be.sumRows(o1, inp, 37, 11);
+    be.sumRows(o2, inp, 37, 11, true);
+    return await read(be, { o1, o2 });
+  },
+});
+
+cases.push({
+  name: "addRows(), add() (aliased too), axpy() and scale()",
+  async run(be, rng) {
+    const x = rand(be, rng, 9 * 13), row = rand(be, rng, 13), y = rand(be, rng, 117);
+    be.addRows(x, row, 9, 13);
+    const s = be.alloc(117);
+    be.add(s, x, y, 117);
+    be.add(y, y, x, 117);
+    be.axpy(s, y, -0.75, 117);
+    be.scale(x, 3, 100);
+    return await read(be, { x, y, s });
+  },
+});
+
+cases.push({
+  name: "sumSquares() overwrites or accumulates",
+  async run(be, rng) {
+    const x = rand(be, rng, 1000, 2), o1 = rand(be, rng, 1), o2 = rand(be, rng, 1);
+    be.sumSquares(o1, x, 1000);
+    be.sumSquares(o2, be.view(x, 10, 333), 333, true);
+    return await read(be, { o1, o2 });
+  },
+});
+
+cases.push({
+  name: "embeddingForward() and embeddingBackward() over the whole vocabulary",
+  async run(be, rng) {
+    const V = 11, C = 6, N = 9, idx = ints(be, [0, 10, 3, 3, 7, 0, 5, 3, 1]);
+    const table = rand(be, rng, V * C), out = rand(be, rng, N * C);
+    const dout = rand(be, rng, N * C), dtable = rand(be, rng, V * C);
+    be.embeddingForward(out, idx, table, N, C);
+    be.embeddingBackward(dtable, dout, idx, N, C);
+    return await read(be, { out, dtable });
+  },
+});
+
+cases.push({
+  name: "embeddingForward() and embeddingBackward() on a vocabulary shard (vocabStart)",
+  async run(be, rng) {
+    const rows = 4, start = 4, C = 5, N = 8, idx = ints(be, [0, 4, 7, 8, 5, 5, 3, 11]);
+    const table = rand(be, rng, rows * C), out = rand(be, rng, N * C);
+    const dout = rand(be, rng, N * C), dtable = rand(be, rng, rows * C);
+    be.embeddingForward(out, idx, table, N, C, start);
+    be.embeddingBackward(dtable, dout, idx, N, C, start);
+    return await read(be, { out, dtable });
+  },
+});
+
+for (const [N, C] of [[3, 8], [17, 48]]) {
+  cases.push({
+    name: `layernormForward() and layernormBackward() N=${N} C=${C}`,
+    async run(be, rng) {
+      const inp = rand(be, rng, N * C, 3), w = rand(be, rng, C), b = rand(be, rng, C);
+      const out = be.alloc(N * C), mean = be.alloc(N), rstd = be.alloc(N);
+      be.layernormForward(out, mean, rstd, inp, w, b, N, C);
+      const dout = rand(be, rng, N * C), dinp = rand(be, rng, N * C);
+      const dw = rand(be, rng, C), db = rand(be, rng, C);
+      be.layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+      return await read(be, { out, mean, rstd, dinp, dw, db });
+    },
+  });
+}
+
+cases.push({
+  name: "geluForward() and geluBackward()",
+  async run(be, rng) {
+    const n = 301, inp = rand(be, rng, n, 5), out = be.alloc(n);
+    be.geluForward(out, inp, n);
+    const dout = rand(be, rng, n), dinp = rand(be, rng, n);
+    be.geluBackward(dinp, inp, dout, n);
+    return await read(be, { out, dinp });
+  },
+});
+
+for (const [B, T, C, H] of [[1, 1, 4, 1], [2, 5, 12, 3], [2, 17, 32, 4]]) {
+  cases.push({
+    name: `attentionForward() and attentionBackward() B=${B} T=${T} C=${C} H=${H}`,
+    async run(be, rng) {
+      const qkv = rand(be, rng, B * T * 3 * C, 2);
+      const out = be.alloc(B * T * C), att = rand(be, rng, B * H * T * T);
+      be.attentionForward(out, att, qkv, B, T, C, H);
+      const dout = rand(be, rng, B * T * C), dqkv = rand(be, rng, B * T * 3 * C);
+      be.attentionBackward(dqkv, dout, qkv, att, B, T, C, H);
+      return await read(be, { out, att, dqkv });
+    },
+  });
+}
+
+for (const V of [7, 300]) {
+  cases.push({
+    name: `crossEntropyForward() and crossEntropyBackward() V=${V}, ignored targets (-1)`,
+    async run(be, rng) {
+      const N = 6, targets = ints(be, [0, V - 1, -1, 3, -1, 1]);
+      const logits = rand(be, rng, N * V, 8), losses = rand(be, rng, N);
+      const probs = be.alloc(N * V), dlogits = rand(be, rng, N * V);
+      be.crossEntropyForward(losses, probs, logits, targets, N, V);
+      be.crossEntropyBackward(dlogits, probs, targets, 1 / 4, N, V);
+      return await read(be, { losses, probs, dlogits });
+    },
+  });
+}
+
+cases.push({
+  name: "adamw() two steps, with and without weight decay",
+  async run(be, rng) {
+    const n = 257, param = rand(be, rng, n), m = be.alloc(n), v = be.alloc(n);
+    const p = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 };
+    be.adamw(param, rand(be, rng, n), m, v, n, p);
+    be.adamw(param, rand(be, rng, n), m, v, n, { ...p, step: 2 });
+    const q = rand(be, rng, 10), qm = rand(be, rng, 10, 0.1);
+    be.adamw(be.view(q, 2, 8), rand(be, rng, 8), be.view(qm, 2, 8), be.alloc(8), 8, {
+      ...p,
+      weightDecay: 0,
+      step: 5,
+    });
+    return await read(be, { param, m, v, q, qm });
+  },
+});
+
+/** Every op case. */
+export const opCases: readonly OpCase[] = cases;
+
+/** A fresh Rng for a case, equal on every backend. */
+export function caseRng(index: number): Rng {
+  return new Rng(1000 + index);
+}
