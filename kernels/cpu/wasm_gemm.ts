@@ -6,10 +6,10 @@
  * Structure (GotoBLAS): C is worked on in blocks of NC = 2048 columns and MB = 1920 rows, held
  * in Wasm memory padded to whole tiles (beta applied on the way in). For each block of KC = 256
  * steps of the inner dimension, op(B) is packed into NR = 8-column panels; for each block of
- * MC = 120 rows, op(A), scaled by alpha, is packed into MR = 6-row panels and the macro-kernel
- * adds every 6 x 8 tile of the product (twelve f32x4 accumulators) into C's block. Packing
- * absorbs the transposes and leading dimensions, so the micro-kernel sees one layout. Wasm
- * memory grows to about 18 MiB at most and is kept.
+ * MC = 120 rows, op(A), scaled by alpha, is packed into MR-row panels and the macro-kernel adds
+ * every MR x 8 tile of the product, held in f32x4 accumulators, into C's block. MR is 6 with FMA
+ * (twelve accumulators) and 4 without. Packing absorbs the transposes and leading dimensions,
+ * so the micro-kernel sees one layout. Wasm memory grows to about 18 MiB at most and is kept.
  *
  * @module
  */
@@ -19,7 +19,12 @@ import { checkGemmArgs, type Gemm } from "./gemm.ts";
 
 export type { Gemm } from "./gemm.ts";
 
-const MR = 6;
+/**
+ * Rows of the register tile: 6 x 8 fills the 15 usable xmm registers with FMA; without FMA,
+ * each multiply needs a temporary register, and 4 x 8 avoids spills.
+ */
+const MR_FMA = 6;
+const MR_MULADD = 4;
 const NR = 8;
 const KC = 256;
 const MC = 120;
@@ -45,10 +50,12 @@ class WasmGemm implements Gemm {
   #memory: WebAssembly.Memory;
   #macro: Macro;
   #f32: Float32Array;
+  #mr: number;
 
   constructor(fma: boolean) {
     this.fma = fma;
-    const bytes = buildGemmModule({ mr: MR, nr: NR, unroll: 4, fma });
+    this.#mr = fma ? MR_FMA : MR_MULADD;
+    const bytes = buildGemmModule({ mr: this.#mr, nr: NR, unroll: 4, fma });
     const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
     this.#memory = instance.exports.memory as WebAssembly.Memory;
     this.#macro = instance.exports.macro as Macro;
@@ -83,6 +90,7 @@ class WasmGemm implements Gemm {
   ): void {
     checkGemmArgs(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
     if (M === 0 || N === 0) return;
+    const mr = this.#mr;
     const aBase = 0;
     const bBase = aBase + MC * KC;
     for (let jc = 0; jc < N; jc += NC) {
@@ -93,7 +101,7 @@ class WasmGemm implements Gemm {
       // C is worked on in chunks of MB rows, which bounds the Wasm memory.
       for (let i0 = 0; i0 < M; i0 += MB) {
         const mb = Math.min(MB, M - i0);
-        const w = this.#view((cBase + Math.ceil(mb / MR) * MR * ldw) * 4);
+        const w = this.#view((cBase + Math.ceil(mb / mr) * mr * ldw) * 4);
         const c0 = offC + i0 * ldc + jc;
         loadC(w, cBase, ldw, C, c0, ldc, mb, nc, beta);
         for (let pc = 0; alpha !== 0 && pc < K; pc += KC) {
@@ -101,9 +109,9 @@ class WasmGemm implements Gemm {
           packB(w, bBase, B, transB, offB, ldb, pc, kc, jc, nc);
           for (let ic = 0; ic < mb; ic += MC) {
             const mc = Math.min(MC, mb - ic);
-            packA(w, aBase, A, transA, offA, lda, i0 + ic, mc, pc, kc, alpha);
+            packA(w, aBase, mr, A, transA, offA, lda, i0 + ic, mc, pc, kc, alpha);
             const cp = (cBase + ic * ldw) * 4;
-            this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / MR), np, kc, ldw * 4);
+            this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / mr), np, kc, ldw * 4);
           }
         }
         storeC(w, cBase, ldw, C, c0, ldc, mb, nc);
@@ -210,10 +218,12 @@ function packB(
   }
 }
 
-/** Packs alpha * op(A)[ic:ic+mc, pc:pc+kc] into MR-row panels at w[base], zero-padded. */
+/** Packs alpha * op(A)[ic:ic+mc, pc:pc+kc] into MR-row panels at w[base], zero-padded
+ * (fast paths for MR = 6). */
 function packA(
   w: Float32Array,
   base: number,
+  MR: number,
   A: Float32Array,
   trans: boolean,
   off: number,
@@ -227,7 +237,7 @@ function packA(
   for (let i0 = 0; i0 < mc; i0 += MR) {
     const rows = Math.min(MR, mc - i0);
     const panel = base + i0 * kc;
-    if (rows === MR && !trans) {
+    if (rows === 6 && MR === 6 && !trans) {
       // op(A)[i, k] = A[off + i*ld + k]: six rows of A, read along k.
       const s0 = off + (ic + i0) * ld + pc, s1 = s0 + ld, s2 = s1 + ld, s3 = s2 + ld;
       const s4 = s3 + ld, s5 = s4 + ld;
@@ -239,7 +249,7 @@ function packA(
         w[d + 4] = alpha * A[s4 + k];
         w[d + 5] = alpha * A[s5 + k];
       }
-    } else if (rows === MR) {
+    } else if (rows === 6 && MR === 6) {
       // op(A)[i, k] = A[off + k*ld + i]: six consecutive values per k.
       let s = off + pc * ld + ic + i0;
       for (let k = 0, d = panel; k < kc; k++, s += ld, d += MR) {
@@ -251,7 +261,7 @@ function packA(
         w[d + 5] = alpha * A[s + 5];
       }
     } else {
-      // Edge panel: op(A)[i, k] = A[off + i*si + k*sk], rows past the edge are zero.
+      // Other panels: op(A)[i, k] = A[off + i*si + k*sk], rows past the edge are zero.
       const si = trans ? 1 : ld, sk = trans ? ld : 1;
       for (let r = 0; r < MR; r++) {
         const s = off + (ic + i0 + r) * si + pc * sk;
