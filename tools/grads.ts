@@ -3,7 +3,7 @@
  * implementations.
  *
  * ```sh
- * deno run -A tools/grads.ts WEIGHTS.safetensors BATCH.json OUT.safetensors [--backend reference|cpu]
+ * deno run -A tools/grads.ts WEIGHTS.safetensors BATCH.json OUT.safetensors [--backend reference|cpu|webgpu]
  * ```
  *
  * BATCH.json is `{"config": {vocab, ctx, dim, layers, heads}, "inputs": [[...]], "targets":
@@ -12,7 +12,8 @@
  * @module
  */
 
-import { type Backend, createReferenceBackend } from "../kernels/mod.ts";
+import { type Backend, createCpuBackend, createReferenceBackend } from "../kernels/mod.ts";
+import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
 import {
   encodeSafetensors,
   Gpt,
@@ -88,13 +89,13 @@ export async function computeGrads(
 
 async function pickBackend(name: string): Promise<Backend> {
   if (name === "reference") return createReferenceBackend();
-  if (name === "cpu") {
-    const k = await import("../kernels/mod.ts") as Record<string, unknown>;
-    const create = k.createCpuBackend as undefined | (() => Backend | Promise<Backend>);
-    if (!create) throw new TypeError("This build has no cpu backend: use --backend reference");
-    return await create();
+  if (name === "cpu") return createCpuBackend();
+  if (name === "webgpu") {
+    const be = await createWebGPUBackend();
+    if (!be) throw new TypeError("No WebGPU adapter in this runtime: use --backend cpu");
+    return be;
   }
-  throw new TypeError(`Unknown --backend ${JSON.stringify(name)}: use reference or cpu`);
+  throw new TypeError(`Unknown --backend ${JSON.stringify(name)}: use reference, cpu or webgpu`);
 }
 
 async function main(args: string[]): Promise<number> {
@@ -105,7 +106,7 @@ async function main(args: string[]): Promise<number> {
     if (a === "--help" || a === "-h") {
       console.log(
         "usage: deno run -A tools/grads.ts WEIGHTS.safetensors BATCH.json OUT.safetensors " +
-          "[--backend reference|cpu]",
+          "[--backend reference|cpu|webgpu]",
       );
       return 0;
     }
