@@ -7,3 +7,5 @@
  */
 export * from "./communicator.ts";
 export * from "./reduce.ts";
+export * from "./shm.ts";
+export * from "./world.ts";

@@ -1,0 +1,64 @@
+/**
+ * Entry point of every rank Worker started by `startWorkers` (world.ts): receives the group spec
+ * and links, builds the rank's communicator, imports the user's module and runs its `main`.
+ *
+ * @module
+ */
+import { CollectiveError } from "./communicator.ts";
+import { EXITED, ShmLink, type ShmLinkInit } from "./_shm_link.ts";
+import { ShmCommunicator, type ShmGroupSpec, type ShmOptions } from "./shm.ts";
+
+/** The first message a rank Worker receives. */
+export interface WorldInit {
+  type: "init";
+  rank: number;
+  spec: ShmGroupSpec;
+  link: ShmLinkInit;
+  options: ShmOptions;
+  module: string;
+  data: unknown;
+}
+
+/** Plain-object form of an error thrown by a rank, posted to the parent. */
+export interface RankErrorInfo {
+  name: string;
+  message: string;
+  stack?: string;
+  reason?: string;
+  op?: string;
+  group?: string;
+  peer?: number;
+}
+
+const scope = self as unknown as {
+  onmessage: ((e: MessageEvent) => void) | null;
+  postMessage(msg: unknown): void;
+};
+
+scope.onmessage = async (e: MessageEvent) => {
+  const init = e.data as WorldInit;
+  if (init?.type !== "init") return;
+  scope.onmessage = null;
+  const link = new ShmLink(init.link);
+  const comm = new ShmCommunicator(init.spec, init.rank, link, init.options);
+  try {
+    const mod = await import(init.module);
+    if (typeof mod.main !== "function") {
+      throw new TypeError(
+        `${init.module} exports no main function: add \`export async function main(comm, data)\``,
+      );
+    }
+    const value = await mod.main(comm, init.data);
+    Atomics.store(link.alive, init.link.worldRank, EXITED);
+    scope.postMessage({ loomWorld: "result", value });
+  } catch (err) {
+    Atomics.store(link.alive, init.link.worldRank, EXITED);
+    const info: RankErrorInfo = err instanceof Error
+      ? { name: err.name, message: err.message, stack: err.stack }
+      : { name: "Error", message: String(err) };
+    if (err instanceof CollectiveError) {
+      Object.assign(info, { reason: err.reason, op: err.op, group: err.group, peer: err.peer });
+    }
+    scope.postMessage({ loomWorld: "error", error: info });
+  }
+};

@@ -1,0 +1,889 @@
+/**
+ * The shared-memory transport: ranks are threads (Workers) of one process; each rank stages its
+ * data in its own SharedArrayBuffer slot and peers read it in place; Atomics counters order the
+ * steps. Build groups with {@linkcode runWorkers} (world.ts) rather than by hand.
+ *
+ * How an op runs. Every op is a sequence of *units*; a unit writes this rank's slot (one of two
+ * halves, alternating, so that a fast rank never overwrites data a slow one still reads), then
+ * publishes a *round*: a monotonically increasing step counter in the rank's control block. After
+ * every rank has published the round, each one reads its peers' slots. Large all-reduces (and
+ * reduces) spend two rounds per unit: each rank reduces its own slice of the chunk straight from
+ * its peers' slots (reduce-scatter), publishes, and every rank copies the reduced slices out
+ * (all-gather). Small ones spend one round: every rank folds all slots itself. Reductions always
+ * fold in rank order 0, 1, ..., n-1, so every rank gets bit-identical results, equal to a serial
+ * left-to-right fold.
+ *
+ * Waiting spins on `Atomics.load` for a short budget, then sleeps in `Atomics.waitAsync` (the
+ * event loop keeps running), waking at least every 10 ms to check the deadline and the peers'
+ * liveness words. The first round of every op compares an op descriptor (op, count, dtype,
+ * reduction, root, sequence number) published by every rank: a mismatch rejects on every rank.
+ *
+ * @module
+ */
+import {
+  type CollectiveBuffer,
+  CollectiveError,
+  type CollectiveOptions,
+  type Communicator,
+  DEFAULT_TIMEOUT_MS,
+  type DType,
+  dtypeOf,
+  type ReduceOp,
+} from "./communicator.ts";
+import { finishAvg, reduceTo } from "./reduce.ts";
+import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
+
+export { ShmLink };
+export type { ShmLinkInit } from "./_shm_link.ts";
+
+/** Default bytes per staging half of each rank (each rank has two). */
+export const DEFAULT_SLOT_BYTES = 1 << 21;
+/** Default bytes per point-to-point chunk (each directed pair has two). */
+export const DEFAULT_CHANNEL_BYTES = 1 << 16;
+
+/**
+ * Structured-clonable description of one shared-memory group: post it to every member and build
+ * each member's {@linkcode ShmCommunicator} from it.
+ */
+export interface ShmGroupSpec {
+  /** Group label used in errors. */
+  name: string;
+  /** Number of ranks. */
+  size: number;
+  /** World rank (liveness index) of every group rank. */
+  worldRanks: number[];
+  /** Control blocks, one per rank. */
+  ctrl: SharedArrayBuffer;
+  /** Staging slots, one buffer per rank (two halves of `slotBytes`). */
+  data: SharedArrayBuffer[];
+  /** Point-to-point channels: control words. */
+  chanCtrl: SharedArrayBuffer;
+  /** Point-to-point channels: data (two chunks of `chanBytes` per directed pair). */
+  chanData: SharedArrayBuffer;
+  /** Bytes per staging half. */
+  slotBytes: number;
+  /** Bytes per point-to-point chunk. */
+  chanBytes: number;
+}
+
+/** Tuning of a {@linkcode ShmCommunicator}. */
+export interface ShmOptions {
+  /** Default timeout of every op, in milliseconds. */
+  timeoutMs?: number;
+  /** Microseconds to spin on `Atomics.load` before sleeping; default 50, or 5 when oversubscribed. */
+  spinUs?: number;
+  /** Largest all-reduce, in bytes, that takes the one-round path; default 64 KiB. */
+  smallBytes?: number;
+}
+
+const CTRL_STRIDE = 32; // int32 words per rank: 128 bytes, no false sharing between ranks
+const STEP = 0;
+const WAITERS = 1;
+const CLOSED = 2;
+const DESC = 8; // two descriptors of 8 words, by op parity
+const D_OP = 0, D_COUNT = 1, D_DTYPE = 2, D_RED = 3, D_ROOT = 4, D_SEQ = 5, D_A = 6, D_B = 7;
+
+const CH_STRIDE = 16; // int32 words per directed channel
+const C_SENT = 0, C_ACK = 1, C_SWAIT = 2, C_RWAIT = 3, C_ERR = 4, C_HDR = 8; // 2 x [msg, tag, len, dtype]
+
+const POLL_MS = 10;
+
+const OPS = [
+  "barrier",
+  "allReduce",
+  "reduceScatter",
+  "allGather",
+  "broadcast",
+  "reduce",
+  "allToAll",
+  "split",
+] as const;
+type OpName = typeof OPS[number];
+const DTYPES: DType[] = ["float32", "int32", "float16", "bfloat16"];
+const REDS: ReduceOp[] = ["sum", "max", "min", "avg"];
+
+/**
+ * Allocate the shared buffers of a group of `worldRanks.length` ranks.
+ *
+ * @param name the group's label
+ * @param worldRanks the liveness index of each group rank
+ * @param slotBytes bytes per staging half
+ * @param chanBytes bytes per point-to-point chunk
+ * @returns the spec to post to every member
+ */
+export function createShmGroupSpec(
+  name: string,
+  worldRanks: number[],
+  slotBytes: number = DEFAULT_SLOT_BYTES,
+  chanBytes: number = DEFAULT_CHANNEL_BYTES,
+): ShmGroupSpec {
+  const size = worldRanks.length;
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(`A group needs at least one rank, got ${size}`);
+  }
+  for (const [what, v] of [["slotBytes", slotBytes], ["chanBytes", chanBytes]] as const) {
+    if (!Number.isInteger(v) || v < 64 || v % 8 !== 0) {
+      throw new RangeError(`${what} must be a multiple of 8 and at least 64, got ${v}`);
+    }
+  }
+  return {
+    name,
+    size,
+    worldRanks: worldRanks.slice(),
+    ctrl: new SharedArrayBuffer(size * CTRL_STRIDE * 4),
+    data: worldRanks.map(() => new SharedArrayBuffer(2 * slotBytes)),
+    chanCtrl: new SharedArrayBuffer(size * size * CH_STRIDE * 4),
+    chanData: new SharedArrayBuffer(size > 1 ? size * size * 2 * chanBytes : 8),
+    slotBytes,
+    chanBytes,
+  };
+}
+
+interface Ctx {
+  op: string;
+  deadline: number;
+}
+
+/**
+ * A {@linkcode Communicator} over SharedArrayBuffer and Atomics for ranks that are threads of one
+ * process. Ops on one communicator run one after another in call order (point-to-point ops queue
+ * per peer and direction instead, so a `send` and a `recv` can be in flight together).
+ */
+export class ShmCommunicator implements Communicator {
+  /** This rank's index in the group. */
+  readonly rank: number;
+  /** Number of ranks in the group. */
+  readonly size: number;
+  /** The group's label. */
+  readonly name: string;
+  /** Always `"shm"`. */
+  readonly transport: string = "shm";
+  /** The spec this communicator was built from (to share the group with another thread). */
+  readonly spec: ShmGroupSpec;
+
+  #link: ShmLink;
+  #ctrl: Int32Array;
+  #chan: Int32Array;
+  #chanU8: Uint8Array;
+  #f32: Float32Array[][];
+  #i32: Int32Array[][];
+  #u16: Uint16Array[][];
+  #slotBytes: number;
+  #timeoutMs: number;
+  #spinMs: number;
+  #smallBytes: number;
+  #step = 0;
+  #unit = 0;
+  #seq = 0;
+  #tail: Promise<void> = Promise.resolve();
+  #p2pTail = new Map<string, Promise<void>>();
+  #sentChunks: number[];
+  #recvChunks: number[];
+  #sentMsgs: number[];
+  #recvMsgs: number[];
+  #closed = false;
+  #broken: CollectiveError | undefined;
+  #opts: ShmOptions;
+
+  /**
+   * Join a group as `rank`. Every member must build its communicator from the same spec.
+   *
+   * @param spec the group's shared buffers, from {@linkcode createShmGroupSpec}
+   * @param rank this rank's index in the group
+   * @param link this thread's liveness words and peer ports
+   * @param opts timeouts and tuning
+   */
+  constructor(spec: ShmGroupSpec, rank: number, link: ShmLink, opts: ShmOptions = {}) {
+    if (!Number.isInteger(rank) || rank < 0 || rank >= spec.size) {
+      throw new RangeError(`rank ${rank} is out of range for a group of ${spec.size}`);
+    }
+    this.rank = rank;
+    this.size = spec.size;
+    this.name = spec.name;
+    this.spec = spec;
+    this.#link = link;
+    this.#opts = opts;
+    this.#ctrl = new Int32Array(spec.ctrl);
+    this.#chan = new Int32Array(spec.chanCtrl);
+    this.#chanU8 = new Uint8Array(spec.chanData);
+    this.#slotBytes = spec.slotBytes;
+    const halves = (mk: (sab: SharedArrayBuffer, off: number) => unknown) =>
+      spec.data.map((sab) => [mk(sab, 0), mk(sab, spec.slotBytes)]);
+    this.#f32 = halves((s, o) => new Float32Array(s, o, spec.slotBytes / 4)) as Float32Array[][];
+    this.#i32 = halves((s, o) => new Int32Array(s, o, spec.slotBytes / 4)) as Int32Array[][];
+    this.#u16 = halves((s, o) => new Uint16Array(s, o, spec.slotBytes / 2)) as Uint16Array[][];
+    this.#timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const cores = (globalThis.navigator?.hardwareConcurrency ?? 2) || 2;
+    const spinUs = opts.spinUs ?? (link.worldSize > cores ? 5 : 50);
+    this.#spinMs = spinUs / 1000;
+    this.#smallBytes = opts.smallBytes ?? 64 * 1024;
+    const n = this.size;
+    this.#sentChunks = new Array(n).fill(0);
+    this.#recvChunks = new Array(n).fill(0);
+    this.#sentMsgs = new Array(n).fill(0);
+    this.#recvMsgs = new Array(n).fill(0);
+  }
+
+  // ---- public ops -------------------------------------------------------------------------
+
+  /** Reduce `buf` element-wise across all ranks; every rank ends with the result. */
+  async allReduce(
+    buf: CollectiveBuffer,
+    op: ReduceOp = "sum",
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts.dtype);
+    checkOp(op);
+    const ms = this.#timeout(opts);
+    await this.#enqueue("allReduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, -1));
+  }
+
+  /** Reduce `buf` across ranks into rank `root`'s `buf`; other ranks' buffers are unchanged. */
+  async reduce(
+    buf: CollectiveBuffer,
+    root: number,
+    op: ReduceOp = "sum",
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts.dtype);
+    checkOp(op);
+    this.#checkRank(root, "root");
+    const ms = this.#timeout(opts);
+    await this.#enqueue("reduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, root));
+  }
+
+  /** Reduce `input` (size x output.length) and leave chunk `rank` of the result in `output`. */
+  async reduceScatter(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    op: ReduceOp = "sum",
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = this.#checkPair(input, output, opts, "reduceScatter", "input", "output");
+    checkOp(op);
+    const ms = this.#timeout(opts);
+    await this.#enqueue("reduceScatter", ms, async (ctx) => {
+      const m = output.length, n = this.size;
+      const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype) / n));
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per), len = b - a;
+        const h = this.#nextHalf();
+        const mine = this.#views(dtype, this.rank, h);
+        for (let p = 0; p < n; p++) mine.set(input.subarray(p * m + a, p * m + b), p * len);
+        await this.#round(ctx, first ? this.#desc("reduceScatter", m, dtype, op, -1) : null);
+        first = false;
+        if (len === 0) continue;
+        const lo = this.rank * len, hi = lo + len;
+        const dst = output.subarray(a, b);
+        const src = (p: number) => this.#views(dtype, p, h).subarray(lo, hi);
+        if (n === 1) dst.set(src(0));
+        else {
+          reduceTo(dst, src(0), src(1), op, dtype);
+          for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+        }
+        if (op === "avg") finishAvg(dst, n, dtype);
+      }
+    });
+  }
+
+  /** Concatenate every rank's `input` in rank order into `output` (size x input.length). */
+  async allGather(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = this.#checkPair(output, input, opts, "allGather", "output", "input");
+    const ms = this.#timeout(opts);
+    await this.#enqueue("allGather", ms, async (ctx) => {
+      const m = input.length, n = this.size;
+      const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype)));
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per), len = b - a;
+        const h = this.#nextHalf();
+        this.#views(dtype, this.rank, h).set(input.subarray(a, b));
+        await this.#round(ctx, first ? this.#desc("allGather", m, dtype, null, -1) : null);
+        first = false;
+        for (let p = 0; p < n; p++) {
+          const src = p === this.rank ? input : this.#views(dtype, p, h);
+          const off = p === this.rank ? a : 0;
+          output.set(src.subarray(off, off + len), p * m + a);
+        }
+      }
+    });
+  }
+
+  /** Copy `buf` of rank `root` into `buf` of every rank. */
+  async broadcast(
+    buf: CollectiveBuffer,
+    root: number,
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts.dtype);
+    this.#checkRank(root, "root");
+    const ms = this.#timeout(opts);
+    await this.#enqueue("broadcast", ms, async (ctx) => {
+      const m = buf.length;
+      const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype)));
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per);
+        const h = this.#nextHalf();
+        if (this.rank === root) this.#views(dtype, root, h).set(buf.subarray(a, b));
+        await this.#round(ctx, first ? this.#desc("broadcast", m, dtype, null, root) : null);
+        first = false;
+        if (this.rank !== root) buf.set(this.#views(dtype, root, h).subarray(0, b - a), a);
+      }
+    });
+  }
+
+  /** Chunk `j` of rank `i`'s `input` lands as chunk `i` of rank `j`'s `output`. */
+  async allToAll(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(input, opts.dtype);
+    if (dtypeOf(output, opts.dtype) !== dtype) {
+      throw new TypeError(`allToAll: input and output must have the same element type`);
+    }
+    const n = this.size;
+    if (input.length !== output.length || input.length % n !== 0) {
+      throw new RangeError(
+        `allToAll: input (${input.length}) and output (${output.length}) must have the same ` +
+          `length, divisible by the group size ${n}; pad them to a multiple of ${n}`,
+      );
+    }
+    const ms = this.#timeout(opts);
+    await this.#enqueue("allToAll", ms, async (ctx) => {
+      const m = input.length / n;
+      const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype) / n));
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per), len = b - a;
+        const h = this.#nextHalf();
+        const mine = this.#views(dtype, this.rank, h);
+        for (let p = 0; p < n; p++) mine.set(input.subarray(p * m + a, p * m + b), p * len);
+        await this.#round(ctx, first ? this.#desc("allToAll", m, dtype, null, -1) : null);
+        first = false;
+        const r = this.rank;
+        for (let p = 0; p < n; p++) {
+          const src = this.#views(dtype, p, h).subarray(r * len, r * len + len);
+          output.set(src, p * m + a);
+        }
+      }
+    });
+  }
+
+  /** Resolve once every rank of the group has entered the barrier. */
+  async barrier(opts: CollectiveOptions = {}): Promise<void> {
+    const ms = this.#timeout(opts);
+    await this.#enqueue("barrier", ms, async (ctx) => {
+      this.#nextHalf();
+      await this.#round(ctx, this.#desc("barrier", 0, "float32", null, -1));
+    });
+  }
+
+  /**
+   * Ranks with the same `color` form a new group ordered by `key`, then by rank. A negative
+   * color joins no group and resolves to `null`. Collective over this group.
+   */
+  async split(color: number, key: number = this.rank): Promise<ShmCommunicator | null> {
+    if (!Number.isInteger(color) || Math.abs(color) > 0x3fffffff) {
+      throw new RangeError(`split: color must be an integer (negative for none), got ${color}`);
+    }
+    if (!Number.isInteger(key) || Math.abs(key) > 0x3fffffff) {
+      throw new RangeError(`split: key must be an integer, got ${key}`);
+    }
+    const ms = this.#timeoutMs;
+    let out: ShmCommunicator | null = null;
+    await this.#enqueue("split", ms, async (ctx) => {
+      this.#nextHalf();
+      const seq = this.#seq;
+      const d = this.#desc("split", 0, "float32", null, -1);
+      const base = this.rank * CTRL_STRIDE + DESC + (seq & 1) * 8;
+      Atomics.store(this.#ctrl, base + D_A, color);
+      Atomics.store(this.#ctrl, base + D_B, key);
+      await this.#round(ctx, d);
+      if (color < 0) return;
+      const members: { rank: number; key: number }[] = [];
+      for (let p = 0; p < this.size; p++) {
+        const pb = p * CTRL_STRIDE + DESC + (seq & 1) * 8;
+        if (Atomics.load(this.#ctrl, pb + D_A) === color) {
+          members.push({ rank: p, key: Atomics.load(this.#ctrl, pb + D_B) });
+        }
+      }
+      members.sort((x, y) => x.key - y.key || x.rank - y.rank);
+      const newRank = members.findIndex((m) => m.rank === this.rank);
+      const leader = members[0]!.rank;
+      const tag = `${this.name}#${seq}#${color}`;
+      let spec: ShmGroupSpec;
+      if (leader === this.rank) {
+        spec = createShmGroupSpec(
+          `${this.name}/split(${color})`,
+          members.map((m) => this.spec.worldRanks[m.rank]!),
+          this.spec.slotBytes,
+          this.spec.chanBytes,
+        );
+        for (const m of members.slice(1)) {
+          this.#link.post(this.spec.worldRanks[m.rank]!, tag, spec);
+        }
+      } else {
+        spec = await this.#link.receive(
+          tag,
+          this.spec.worldRanks[leader]!,
+          () => this.#problem(ctx, leader),
+        ) as ShmGroupSpec;
+      }
+      out = new ShmCommunicator(spec, newRank, this.#link, this.#opts);
+    });
+    return out;
+  }
+
+  /**
+   * Send `buf` to `peer`. Messages between two ranks arrive in order; the matching `recv` must
+   * give the same tag and length. Resolves once the data is in the peer's mailbox (small
+   * messages do not wait for the receiver).
+   */
+  async send(
+    buf: CollectiveBuffer,
+    peer: number,
+    tag = 0,
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts.dtype);
+    this.#checkPeer(peer, tag, "send");
+    const ms = this.#timeout(opts);
+    await this.#p2p(`s${peer}`, "send", ms, (ctx) => this.#send(ctx, buf, dtype, peer, tag));
+  }
+
+  /** Receive into `buf` the next message from `peer`, which must carry `tag` and this length. */
+  async recv(
+    buf: CollectiveBuffer,
+    peer: number,
+    tag = 0,
+    opts: CollectiveOptions = {},
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts.dtype);
+    this.#checkPeer(peer, tag, "recv");
+    const ms = this.#timeout(opts);
+    await this.#p2p(`r${peer}`, "recv", ms, (ctx) => this.#recv(ctx, buf, dtype, peer, tag));
+  }
+
+  /** Leave the group: pending and later ops of this rank reject; peers see the rank as lost. */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      const i = this.rank * CTRL_STRIDE + CLOSED;
+      Atomics.store(this.#ctrl, i, 1);
+      Atomics.notify(this.#ctrl, this.rank * CTRL_STRIDE + STEP);
+    }
+    return Promise.resolve();
+  }
+
+  // ---- argument checks ----------------------------------------------------------------------
+
+  #timeout(opts: CollectiveOptions): number {
+    return opts.timeoutMs === undefined ? this.#timeoutMs : checkTimeout(opts.timeoutMs);
+  }
+
+  #checkRank(r: number, what: string): void {
+    if (!Number.isInteger(r) || r < 0 || r >= this.size) {
+      throw new RangeError(
+        `${what} ${r} is out of range: use 0 <= ${what} < ${this.size} (the group size)`,
+      );
+    }
+  }
+
+  #checkPeer(peer: number, tag: number, op: string): void {
+    this.#checkRank(peer, "peer");
+    if (peer === this.rank) {
+      throw new RangeError(`${op}: peer ${peer} is this rank; pass another rank of the group`);
+    }
+    if (!Number.isInteger(tag) || tag < 0 || tag > 0x7fffffff) {
+      throw new RangeError(`${op}: tag must be an integer in [0, 2^31), got ${tag}`);
+    }
+  }
+
+  #checkPair(
+    big: CollectiveBuffer,
+    small: CollectiveBuffer,
+    opts: CollectiveOptions,
+    op: string,
+    bigName: string,
+    smallName: string,
+  ): DType {
+    const dtype = dtypeOf(big, opts.dtype);
+    if (dtypeOf(small, opts.dtype) !== dtype) {
+      throw new TypeError(`${op}: ${bigName} and ${smallName} must have the same element type`);
+    }
+    if (big.length !== small.length * this.size) {
+      throw new RangeError(
+        `${op}: ${bigName} has ${big.length} elements but must have group size x ` +
+          `${smallName}.length = ${this.size} x ${small.length} = ${this.size * small.length}`,
+      );
+    }
+    return dtype;
+  }
+
+  // ---- machinery --------------------------------------------------------------------------
+
+  #enqueue(op: OpName, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
+    const run = async () => {
+      if (this.#closed) {
+        throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
+      }
+      if (this.#broken !== undefined) {
+        throw new CollectiveError(
+          this.#broken.reason,
+          op,
+          this.name,
+          this.#broken.peer,
+          `the group failed earlier (${this.#broken.message}); build a new group`,
+        );
+      }
+      this.#seq++;
+      const ctx = { op, deadline: performance.now() + ms };
+      try {
+        await body(ctx);
+      } catch (e) {
+        if (e instanceof CollectiveError && e.reason !== "mismatch") this.#broken = e;
+        throw e;
+      }
+    };
+    const p = this.#tail.then(run);
+    this.#tail = p.catch(() => {});
+    return p;
+  }
+
+  #p2p(key: string, op: string, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
+    const run = async () => {
+      if (this.#closed) {
+        throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
+      }
+      await body({ op, deadline: performance.now() + ms });
+    };
+    const p = (this.#p2pTail.get(key) ?? Promise.resolve()).then(run);
+    this.#p2pTail.set(key, p.catch(() => {}));
+    return p;
+  }
+
+  #nextHalf(): number {
+    return this.#unit++ & 1;
+  }
+
+  #views(dtype: DType, p: number, h: number): CollectiveBuffer {
+    return dtype === "float32"
+      ? this.#f32[p]![h]!
+      : dtype === "int32"
+      ? this.#i32[p]![h]!
+      : this.#u16[p]![h]!;
+  }
+
+  #desc(op: OpName, count: number, dtype: DType, red: ReduceOp | null, root: number): number[] {
+    return [
+      OPS.indexOf(op),
+      count,
+      DTYPES.indexOf(dtype),
+      red === null ? -1 : REDS.indexOf(red),
+      root,
+      this.#seq,
+    ];
+  }
+
+  /** Why waiting on `peer` cannot succeed, if it cannot. */
+  #problem(ctx: Ctx, peer: number): CollectiveError | undefined {
+    if (this.#closed) {
+      return new CollectiveError("closed", ctx.op, this.name, undefined, "closed while pending");
+    }
+    const state = this.#link.state(this.spec.worldRanks[peer]!);
+    if (state === DEAD) {
+      return new CollectiveError("peer-lost", ctx.op, this.name, peer, "its Worker was terminated");
+    }
+    if (state === EXITED) {
+      return new CollectiveError(
+        "peer-lost",
+        ctx.op,
+        this.name,
+        peer,
+        "its main function returned without joining this op",
+      );
+    }
+    if (Atomics.load(this.#ctrl, peer * CTRL_STRIDE + CLOSED) !== 0) {
+      return new CollectiveError("peer-lost", ctx.op, this.name, peer, "it closed the group");
+    }
+    if (performance.now() > ctx.deadline) {
+      return new CollectiveError(
+        "timeout",
+        ctx.op,
+        this.name,
+        peer,
+        `rank ${peer} did not arrive in time (set opts.timeoutMs to wait longer)`,
+      );
+    }
+    return undefined;
+  }
+
+  /** Publish the next round (with the op descriptor when given) and wait for every peer. */
+  async #round(ctx: Ctx, desc: number[] | null): Promise<void> {
+    const me = this.rank * CTRL_STRIDE;
+    if (desc !== null) {
+      const base = me + DESC + (this.#seq & 1) * 8;
+      for (let i = 0; i < desc.length; i++) Atomics.store(this.#ctrl, base + i, desc[i]!);
+    }
+    const step = ++this.#step;
+    Atomics.store(this.#ctrl, me + STEP, step);
+    if (Atomics.load(this.#ctrl, me + WAITERS) > 0) Atomics.notify(this.#ctrl, me + STEP);
+    const n = this.size;
+    let p = 0;
+    const ready = () => {
+      while (p < n && (p === this.rank || Atomics.load(this.#ctrl, p * CTRL_STRIDE) >= step)) p++;
+      return p === n;
+    };
+    if (!ready()) {
+      const until = performance.now() + this.#spinMs;
+      for (let i = 1; !ready(); i++) {
+        if ((i & 63) === 0 && performance.now() > until) break;
+      }
+    }
+    while (p < n) {
+      await this.#wait(ctx, this.#ctrl, p * CTRL_STRIDE + STEP, step, p * CTRL_STRIDE + WAITERS, p);
+      ready();
+    }
+    if (desc !== null) this.#compare(ctx, desc);
+  }
+
+  #compare(ctx: Ctx, mine: number[]): void {
+    const par = (this.#seq & 1) * 8;
+    for (let p = 0; p < this.size; p++) {
+      if (p === this.rank) continue;
+      const base = p * CTRL_STRIDE + DESC + par;
+      const theirs = mine.map((_, i) => Atomics.load(this.#ctrl, base + i));
+      if (theirs.every((v, i) => v === mine[i])) continue;
+      throw new CollectiveError(
+        "mismatch",
+        ctx.op,
+        this.name,
+        p,
+        `rank ${p} called ${describe(theirs)} while rank ${this.rank} called ${describe(mine)}; ` +
+          `every rank must call the same ops in the same order with the same sizes`,
+      );
+    }
+  }
+
+  /**
+   * Wait until `arr[idx] >= target`: spin first (when `spin`), then sleep in waitAsync, polling
+   * the peer's liveness and the deadline.
+   */
+  async #wait(
+    ctx: Ctx,
+    arr: Int32Array,
+    idx: number,
+    target: number,
+    waitersIdx: number,
+    peer: number,
+    spin = false,
+    extra?: () => CollectiveError | undefined,
+  ): Promise<void> {
+    if (Atomics.load(arr, idx) >= target) return;
+    if (spin) {
+      const until = performance.now() + this.#spinMs;
+      for (let i = 1; Atomics.load(arr, idx) < target; i++) {
+        if ((i & 63) === 0 && performance.now() > until) break;
+      }
+    }
+    for (;;) {
+      const v = Atomics.load(arr, idx);
+      if (v >= target) return;
+      const err = extra?.() ?? this.#problem(ctx, peer);
+      if (err !== undefined) {
+        if (Atomics.load(arr, idx) >= target) return;
+        throw err;
+      }
+      const left = Math.max(1, Math.min(POLL_MS, ctx.deadline - performance.now() + 1));
+      Atomics.add(arr, waitersIdx, 1);
+      try {
+        const r = Atomics.waitAsync(arr, idx, v, left);
+        if (r.async) await r.value;
+      } finally {
+        Atomics.sub(arr, waitersIdx, 1);
+      }
+    }
+  }
+
+  async #reduceOp(
+    ctx: Ctx,
+    buf: CollectiveBuffer,
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const opName: OpName = root < 0 ? "allReduce" : "reduce";
+    const n = this.size, m = buf.length, r = this.rank;
+    const es = bytesOf(dtype);
+    const desc = this.#desc(opName, m, dtype, op, root);
+    if (m * es <= this.#smallBytes || n === 1) {
+      // One round per chunk: every rank (or the root) folds all slots in rank order.
+      const per = Math.floor(this.#slotBytes / es);
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per);
+        const h = this.#nextHalf();
+        this.#views(dtype, r, h).set(buf.subarray(a, b));
+        await this.#round(ctx, first ? desc : null);
+        first = false;
+        if (root >= 0 && r !== root) continue;
+        const dst = buf.subarray(a, b);
+        const src = (p: number) => this.#views(dtype, p, h).subarray(0, b - a);
+        if (n > 1) {
+          reduceTo(dst, src(0), src(1), op, dtype);
+          for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+        }
+        if (op === "avg") finishAvg(dst, n, dtype);
+      }
+      return;
+    }
+    // Two rounds per chunk: reduce-scatter straight from the peers' slots, then all-gather.
+    const per = Math.floor(this.#slotBytes / es);
+    let first = true;
+    for (let a = 0; a < m; a += per) {
+      const b = Math.min(m, a + per), len = b - a;
+      const h = this.#nextHalf();
+      const mine = this.#views(dtype, r, h);
+      mine.set(buf.subarray(a, b));
+      await this.#round(ctx, first ? desc : null);
+      first = false;
+      const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
+      if (hi > lo) {
+        const dst = mine.subarray(lo, hi);
+        // Rank r >= 2 overwrites its own slot slice before folding it in: read it from buf.
+        const src = (p: number) =>
+          p === r && r >= 2 ? buf.subarray(a + lo, a + hi) : this.#views(dtype, p, h).subarray(
+            lo,
+            hi,
+          );
+        reduceTo(dst, src(0), src(1), op, dtype);
+        for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+        if (op === "avg") finishAvg(dst, n, dtype);
+      }
+      await this.#round(ctx, null);
+      if (root >= 0 && r !== root) continue;
+      for (let p = 0; p < n; p++) {
+        const plo = Math.floor(p * len / n), phi = Math.floor((p + 1) * len / n);
+        if (phi > plo) buf.set(this.#views(dtype, p, h).subarray(plo, phi), a + plo);
+      }
+    }
+  }
+
+  async #send(
+    ctx: Ctx,
+    buf: CollectiveBuffer,
+    dtype: DType,
+    peer: number,
+    tag: number,
+  ): Promise<void> {
+    const c = (this.rank * this.size + peer) * CH_STRIDE;
+    const cb = this.spec.chanBytes;
+    const bytes = buf.byteLength;
+    const src = new Uint8Array(buf.buffer, buf.byteOffset, bytes);
+    const msg = ++this.#sentMsgs[peer]!;
+    const chunks = Math.max(1, Math.ceil(bytes / cb));
+    const ch = this.#chan;
+    for (let i = 0; i < chunks; i++) {
+      const k = this.#sentChunks[peer]!;
+      const refused = () => {
+        const err = Atomics.load(ch, c + C_ERR);
+        return err === 0 ? undefined : new CollectiveError(
+          "mismatch",
+          ctx.op,
+          this.name,
+          peer,
+          `rank ${peer} refused message ${err}: its recv gave a different tag, length or dtype`,
+        );
+      };
+      if (Atomics.load(ch, c + C_ACK) < k - 1) {
+        await this.#wait(ctx, ch, c + C_ACK, k - 1, c + C_SWAIT, peer, true, refused);
+      }
+      const bad = refused();
+      if (bad !== undefined) throw bad;
+      const slot = k & 1;
+      const hdr = c + C_HDR + slot * 4;
+      Atomics.store(ch, hdr, msg);
+      Atomics.store(ch, hdr + 1, tag);
+      Atomics.store(ch, hdr + 2, buf.length);
+      Atomics.store(ch, hdr + 3, DTYPES.indexOf(dtype));
+      const off = ((this.rank * this.size + peer) * 2 + slot) * cb;
+      this.#chanU8.set(src.subarray(i * cb, Math.min(bytes, (i + 1) * cb)), off);
+      this.#sentChunks[peer] = k + 1;
+      Atomics.store(ch, c + C_SENT, k + 1);
+      if (Atomics.load(ch, c + C_RWAIT) > 0) Atomics.notify(ch, c + C_SENT);
+    }
+  }
+
+  async #recv(
+    ctx: Ctx,
+    buf: CollectiveBuffer,
+    dtype: DType,
+    peer: number,
+    tag: number,
+  ): Promise<void> {
+    const c = (peer * this.size + this.rank) * CH_STRIDE;
+    const cb = this.spec.chanBytes;
+    const bytes = buf.byteLength;
+    const dst = new Uint8Array(buf.buffer, buf.byteOffset, bytes);
+    const msg = this.#recvMsgs[peer]! + 1;
+    const chunks = Math.max(1, Math.ceil(bytes / cb));
+    const ch = this.#chan;
+    for (let i = 0; i < chunks; i++) {
+      const k = this.#recvChunks[peer]!;
+      await this.#wait(ctx, ch, c + C_SENT, k + 1, c + C_RWAIT, peer, true);
+      const slot = k & 1;
+      const hdr = c + C_HDR + slot * 4;
+      const [hm, ht, hl, hd] = [0, 1, 2, 3].map((j) => Atomics.load(ch, hdr + j)) as number[];
+      if (hm !== msg || ht !== tag || hl !== buf.length || hd !== DTYPES.indexOf(dtype)) {
+        Atomics.store(ch, c + C_ERR, hm!);
+        Atomics.notify(ch, c + C_ACK);
+        throw new CollectiveError(
+          "mismatch",
+          ctx.op,
+          this.name,
+          peer,
+          `expected tag ${tag} with ${buf.length} ${dtype} but rank ${peer} sent tag ${ht} with ` +
+            `${hl} ${DTYPES[hd!] ?? "?"}: matching send and recv must agree`,
+        );
+      }
+      const off = ((peer * this.size + this.rank) * 2 + slot) * cb;
+      const len = Math.min(bytes, (i + 1) * cb) - i * cb;
+      dst.set(this.#chanU8.subarray(off, off + len), i * cb);
+      this.#recvChunks[peer] = k + 1;
+      Atomics.store(ch, c + C_ACK, k + 1);
+      if (Atomics.load(ch, c + C_SWAIT) > 0) Atomics.notify(ch, c + C_ACK);
+    }
+    this.#recvMsgs[peer] = msg;
+  }
+}
+
+function describe(d: number[]): string {
+  const op = OPS[d[D_OP]!] ?? `op#${d[D_OP]}`;
+  const red = d[D_RED]! >= 0 ? ` ${REDS[d[D_RED]!]}` : "";
+  const root = d[D_ROOT]! >= 0 ? ` root ${d[D_ROOT]}` : "";
+  return `${op}${red} of ${d[D_COUNT]} ${DTYPES[d[D_DTYPE]!] ?? "?"}${root} (op #${d[D_SEQ]})`;
+}
+
+function bytesOf(dtype: DType): number {
+  return dtype === "float32" || dtype === "int32" ? 4 : 2;
+}
+
+function checkOp(op: ReduceOp): void {
+  if (!REDS.includes(op)) {
+    throw new TypeError(`Unknown reduce op "${op}": use "sum", "max", "min" or "avg"`);
+  }
+}
+
+function checkTimeout(ms: number): number {
+  if (typeof ms !== "number" || !(ms > 0)) {
+    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
+  }
+  return ms;
+}
