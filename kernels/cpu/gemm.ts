@@ -126,6 +126,12 @@ export function checkGemmArgs(
   checkMatrix("C", C, offC, M, N, ldc);
 }
 
+const scratches = [new Float32Array(0), new Float32Array(0)];
+function scratch(which: number, n: number): Float32Array {
+  if (scratches[which].length < n) scratches[which] = new Float32Array(n);
+  return scratches[which];
+}
+
 /** Plain TypeScript GEMM: the portable fallback (a few GFLOP/s). */
 export const tsGemm: Gemm = {
   name: "ts",
@@ -137,46 +143,36 @@ export const tsGemm: Gemm = {
       else if (beta !== 1) { for (let j = 0; j < N; j++) C[c0 + j] *= beta; }
     }
     if (alpha === 0 || K === 0) return;
-    if (!transB) {
-      // C[i,:] += sum_k alpha * a(i,k) * B[k,:], four k at a time.
-      const sa = transA ? 1 : lda, sk = transA ? lda : 1; // a(i,k) = A[offA + i*sa + k*sk]
-      for (let i = 0; i < M; i++) {
-        const c0 = offC + i * ldc, a0 = offA + i * sa;
-        let k = 0;
-        for (; k + 3 < K; k += 4) {
-          const x0 = alpha * A[a0 + k * sk], x1 = alpha * A[a0 + (k + 1) * sk];
-          const x2 = alpha * A[a0 + (k + 2) * sk], x3 = alpha * A[a0 + (k + 3) * sk];
-          const b0 = offB + k * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
-          for (let j = 0; j < N; j++) {
-            C[c0 + j] += x0 * B[b0 + j] + x1 * B[b1 + j] + x2 * B[b2 + j] + x3 * B[b3 + j];
-          }
-        }
-        for (; k < K; k++) {
-          const x = alpha * A[a0 + k * sk], b0 = offB + k * ldb;
-          for (let j = 0; j < N; j++) C[c0 + j] += x * B[b0 + j];
+    // Transposed operands are copied into contiguous scratch first (O(MK + KN), small next to
+    // the O(MNK) product), so that one loop order serves all four cases.
+    let a = A, oa = offA, la = lda, b = B, ob = offB, lb = ldb;
+    if (transA) {
+      a = scratch(0, M * K);
+      for (let k = 0; k < K; k++) for (let i = 0; i < M; i++) a[i * K + k] = A[offA + k * lda + i];
+      oa = 0;
+      la = K;
+    }
+    if (transB) {
+      b = scratch(1, K * N);
+      for (let j = 0; j < N; j++) for (let k = 0; k < K; k++) b[k * N + j] = B[offB + j * ldb + k];
+      ob = 0;
+      lb = N;
+    }
+    // C[i,:] += sum_k alpha * a[i,k] * b[k,:], four k at a time.
+    for (let i = 0; i < M; i++) {
+      const c0 = offC + i * ldc, a0 = oa + i * la;
+      let k = 0;
+      for (; k + 3 < K; k += 4) {
+        const x0 = alpha * a[a0 + k], x1 = alpha * a[a0 + k + 1];
+        const x2 = alpha * a[a0 + k + 2], x3 = alpha * a[a0 + k + 3];
+        const b0 = ob + k * lb, b1 = b0 + lb, b2 = b1 + lb, b3 = b2 + lb;
+        for (let j = 0; j < N; j++) {
+          C[c0 + j] += x0 * b[b0 + j] + x1 * b[b1 + j] + x2 * b[b2 + j] + x3 * b[b3 + j];
         }
       }
-    } else if (!transA) {
-      // Rows of A against rows of B: dot products.
-      for (let i = 0; i < M; i++) {
-        const a0 = offA + i * lda, c0 = offC + i * ldc;
-        for (let j = 0; j < N; j++) {
-          const b0 = offB + j * ldb;
-          let s = 0;
-          for (let k = 0; k < K; k++) s += A[a0 + k] * B[b0 + k];
-          C[c0 + j] += alpha * s;
-        }
-      }
-    } else {
-      // Both transposed: C[i,j] += alpha * sum_k A[k,i] * B[j,k].
-      for (let i = 0; i < M; i++) {
-        const c0 = offC + i * ldc;
-        for (let j = 0; j < N; j++) {
-          const b0 = offB + j * ldb;
-          let s = 0;
-          for (let k = 0; k < K; k++) s += A[offA + k * lda + i] * B[b0 + k];
-          C[c0 + j] += alpha * s;
-        }
+      for (; k < K; k++) {
+        const x = alpha * a[a0 + k], b0 = ob + k * lb;
+        for (let j = 0; j < N; j++) C[c0 + j] += x * b[b0 + j];
       }
     }
   },
