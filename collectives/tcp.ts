@@ -1,0 +1,1214 @@
+/**
+ * A {@linkcode Communicator} over TCP between processes and nodes: a full mesh of connections
+ * built by {@linkcode rendezvous}, length-prefixed frames ({@link ./frame.ts}), ring all-reduce
+ * for large messages and recursive doubling or a direct exchange for small ones
+ * ({@link ./algorithms.ts}).
+ *
+ * Faults: every op has a deadline; when a peer's socket closes or errors, every pending op of
+ * every group containing that peer rejects with a {@linkcode CollectiveError} naming the lost
+ * rank. Each frame carries the op, element count, dtype, reduce op and root, so ranks that call
+ * different things see a `"mismatch"` error. A rank that fails an op tells the rest of the group
+ * (an abort frame), and a group that has failed rejects every later op.
+ *
+ * @module
+ */
+import {
+  type CollectiveBuffer,
+  CollectiveError,
+  type CollectiveFailure,
+  type CollectiveOptions,
+  type Communicator,
+  DEFAULT_TIMEOUT_MS,
+  type DType,
+  dtypeOf,
+  type ReduceOp,
+} from "./communicator.ts";
+import { finishAvg, reduceInto, reduceTo } from "./reduce.ts";
+import {
+  describeKind,
+  encodeHeader,
+  type Frame,
+  FrameError,
+  type FrameHeader,
+  FrameOp,
+  frameOpName,
+  HEADER_BYTES,
+  packKind,
+  writeAll,
+} from "./frame.ts";
+import { type Link, type Mesh, rendezvous, type RendezvousOptions } from "./rendezvous.ts";
+import {
+  chooseAllReduce,
+  chunks,
+  DEFAULT_CHUNK_BYTES,
+  mod,
+  ringAllGatherStep,
+  ringReduceScatterStep,
+  SMALL_MESSAGE_BYTES,
+  type Span,
+  splitEven,
+} from "./algorithms.ts";
+
+/** Options of {@linkcode connectTcp}: the rendezvous and the communicator's tuning. */
+export interface TcpOptions extends RendezvousOptions {
+  /** Default timeout of every op, in milliseconds; default {@linkcode DEFAULT_TIMEOUT_MS}. */
+  opTimeoutMs?: number;
+  /** Bytes per frame of pipelined algorithms; default 1 MiB. */
+  chunkBytes?: number;
+  /** Messages up to this size take the latency-optimal path; default 64 KiB, at most 256 KiB. */
+  smallBytes?: number;
+}
+
+/**
+ * Join a TCP world and return its communicator (group name `"world"`).
+ *
+ * @example Two ranks on one machine
+ * ```ts ignore
+ * import { connectTcp } from "./tcp.ts";
+ * const rank = Number(Deno.env.get("RANK"));
+ * const comm = await connectTcp({ rank, size: 2, masterAddr: "127.0.0.1", masterPort: 29500 });
+ * const x = new Float32Array([rank + 1]);
+ * await comm.allReduce(x); // x[0] === 3 on both ranks
+ * await comm.close();
+ * ```
+ *
+ * @param opts who this rank is, where rank 0 listens, and tuning
+ * @returns the world communicator
+ */
+export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
+  const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  const smallBytes = opts.smallBytes ?? SMALL_MESSAGE_BYTES;
+  const opTimeoutMs = opts.opTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+  if (!Number.isInteger(chunkBytes) || chunkBytes < 4096 || chunkBytes % 8 !== 0) {
+    throw new RangeError(`chunkBytes must be a multiple of 8 and at least 4096, got ${chunkBytes}`);
+  }
+  if (!Number.isInteger(smallBytes) || smallBytes < 0 || smallBytes > EAGER_COPY_BYTES) {
+    throw new RangeError(`smallBytes must be in 0..${EAGER_COPY_BYTES}, got ${smallBytes}`);
+  }
+  checkTimeout(opTimeoutMs);
+  const mesh = await rendezvous(opts);
+  if (mesh.maxFrameBytes < Math.max(chunkBytes, EAGER_COPY_BYTES)) {
+    for (const l of mesh.links) l?.conn.close();
+    throw new RangeError(
+      `maxFrameBytes (${mesh.maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
+    );
+  }
+  return new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs).world;
+}
+
+/** Payloads up to this size are copied into the frame when sent, so the caller may reuse them. */
+const EAGER_COPY_BYTES = 256 * 1024;
+
+function checkTimeout(ms: number): void {
+  if (!(ms > 0) || !Number.isFinite(ms)) {
+    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
+  }
+}
+
+function isData(op: number): boolean {
+  return op >= FrameOp.allReduce && op <= FrameOp.split;
+}
+
+function keyOf(group: number, op: number, seq: number, tag: number): string {
+  return op === FrameOp.send ? `${group}:t${tag}` : `${group}:${seq}`;
+}
+
+function bytesOf(buf: CollectiveBuffer, span?: Span): Uint8Array {
+  const bpe = buf.BYTES_PER_ELEMENT;
+  if (span === undefined) return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+  return new Uint8Array(buf.buffer, buf.byteOffset + span.offset * bpe, span.length * bpe);
+}
+
+function viewLike(like: CollectiveBuffer, bytes: Uint8Array): CollectiveBuffer {
+  const bpe = like.BYTES_PER_ELEMENT;
+  if (like instanceof Float32Array) {
+    return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / bpe);
+  }
+  if (like instanceof Int32Array) {
+    return new Int32Array(bytes.buffer, bytes.byteOffset, bytes.length / bpe);
+  }
+  return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / bpe);
+}
+
+function sub(buf: CollectiveBuffer, s: Span): CollectiveBuffer {
+  return buf.subarray(s.offset, s.offset + s.length);
+}
+
+function atLeastOne(span: Span, chunk: number): Span[] {
+  return span.length === 0 ? [span] : chunks(span, chunk);
+}
+
+function stepTag(step: number, chunk: number): number {
+  return (step << 20) | (chunk & 0xfffff);
+}
+
+function fnv(...parts: number[]): number {
+  let h = 0x811c9dc5;
+  for (const p of parts) {
+    for (let i = 0; i < 4; i++) {
+      h ^= (p >>> (8 * i)) & 0xff;
+      h = Math.imul(h, 0x01000193) >>> 0;
+    }
+  }
+  return h === 0 ? 1 : h;
+}
+
+const REDUCE_OPS = new Set(["sum", "max", "min", "avg"]);
+
+function checkOp(op: ReduceOp): void {
+  if (!REDUCE_OPS.has(op)) {
+    throw new TypeError(`Unknown reduce op "${op}": use "sum", "max", "min" or "avg"`);
+  }
+}
+
+/** What a receiver expects of every frame of an op. */
+interface Expect {
+  op: number;
+  kind: number;
+  total: number;
+  arg: number;
+}
+
+interface Waiter {
+  ctx: OpCtx;
+  peer: number;
+  tag: number;
+  dest: Uint8Array | undefined;
+  channel: Channel;
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+}
+
+interface Channel {
+  frames: Frame[];
+  waiters: Waiter[];
+}
+
+/** One op in flight: its deadline, its pending receives and sends. */
+class OpCtx {
+  failed: CollectiveError | undefined;
+  waiters = new Set<Waiter>();
+  sends: Promise<void>[] = [];
+  timer: ReturnType<typeof setTimeout> | undefined;
+  waitingOn: number | undefined;
+  readonly failure: Promise<never>;
+  #reject!: (e: Error) => void;
+
+  constructor(
+    readonly comm: TcpComm,
+    readonly name: string,
+    readonly seq: number,
+    readonly expect: Expect,
+  ) {
+    this.failure = new Promise<never>((_, reject) => (this.#reject = reject));
+    this.failure.catch(() => {});
+  }
+
+  fail(e: CollectiveError): void {
+    if (this.failed) return;
+    this.failed = e;
+    clearTimeout(this.timer);
+    for (const w of this.waiters) {
+      const i = w.channel.waiters.indexOf(w);
+      if (i >= 0) w.channel.waiters.splice(i, 1);
+      w.reject(e);
+    }
+    this.waiters.clear();
+    this.#reject(e);
+  }
+}
+
+/** The mesh, the reader loops and the per-peer message queues shared by every group. */
+class TcpTransport {
+  readonly rank: number;
+  readonly size: number;
+  readonly world: TcpComm;
+  readonly links: (Link | null)[];
+  readonly channels: Map<string, Channel>[];
+  readonly chains: Promise<void>[];
+  readonly lost = new Map<number, string>();
+  readonly byes = new Set<number>();
+  readonly closedCleanly = new Set<number>();
+  readonly active = new Set<OpCtx>();
+  readonly groups = new Map<number, TcpComm>();
+  readonly pool: Uint8Array[] = [];
+  readonly readers: Promise<void>[] = [];
+  closing = false;
+
+  constructor(
+    mesh: Mesh,
+    readonly chunkBytes: number,
+    readonly smallBytes: number,
+    readonly timeoutMs: number,
+  ) {
+    this.rank = mesh.rank;
+    this.size = mesh.size;
+    this.links = mesh.links;
+    this.channels = mesh.links.map(() => new Map());
+    this.chains = mesh.links.map(() => Promise.resolve());
+    const members = Array.from({ length: this.size }, (_, i) => i);
+    this.world = new TcpComm(this, 0, "world", members, this.rank);
+    mesh.links.forEach((l, peer) => {
+      if (l) this.readers.push(this.#readLoop(peer, l));
+    });
+  }
+
+  channel(peer: number, key: string): Channel {
+    const m = this.channels[peer]!;
+    let c = m.get(key);
+    if (c === undefined) {
+      c = { frames: [], waiters: [] };
+      m.set(key, c);
+    }
+    return c;
+  }
+
+  release(buf: Uint8Array): void {
+    if (buf.length === this.chunkBytes && buf.byteOffset === 0 && this.pool.length < 8) {
+      this.pool.push(buf);
+    }
+  }
+
+  async #readLoop(peer: number, link: Link): Promise<void> {
+    try {
+      while (true) {
+        const f = await link.reader.next((h) => this.#pick(peer, h));
+        if (f === null) {
+          const clean = this.byes.has(peer);
+          this.gone(peer, clean ? "it closed its communicator" : "its connection closed", clean);
+          return;
+        }
+        this.#dispatch(peer, f);
+      }
+    } catch (e) {
+      if (this.closing) return;
+      const msg = (e as Error).message ?? String(e);
+      if (e instanceof FrameError) {
+        console.error(`loom tcp: rank ${this.rank} dropped its connection to rank ${peer}: ${msg}`);
+      }
+      try {
+        link.conn.close();
+      } catch { /* already closed */ }
+      this.gone(peer, e instanceof FrameError ? `it sent a bad frame (${msg})` : msg);
+    }
+  }
+
+  #pick(peer: number, h: FrameHeader): Uint8Array | undefined {
+    if (h.src !== peer) {
+      throw new FrameError(`frame claims to come from rank ${h.src} on rank ${peer}'s connection`);
+    }
+    if (!isData(h.op)) return undefined;
+    const ch = this.channels[peer]!.get(keyOf(h.group, h.op, h.seq, h.tag));
+    const w = ch !== undefined && ch.frames.length === 0 ? ch.waiters[0] : undefined;
+    if (w?.dest !== undefined) {
+      const e = w.ctx.expect;
+      if (
+        w.dest.length === h.length && w.tag === h.tag && e.op === h.op && e.kind === h.kind &&
+        e.total === h.total && e.arg === h.arg
+      ) return w.dest;
+      return undefined;
+    }
+    if (h.length === this.chunkBytes) return this.pool.pop();
+    return undefined;
+  }
+
+  #dispatch(peer: number, f: Frame): void {
+    const h = f.header;
+    if (h.op === FrameOp.bye) {
+      this.byes.add(peer);
+      return;
+    }
+    if (h.op === FrameOp.abort) {
+      this.#onAbort(peer, f);
+      return;
+    }
+    if (!isData(h.op)) return;
+    const comm = this.groups.get(h.group);
+    if (comm !== undefined && h.op !== FrameOp.send) comm.checkIncoming(peer, h);
+    const ch = this.channel(peer, keyOf(h.group, h.op, h.seq, h.tag));
+    const w = ch.waiters.shift();
+    if (w !== undefined) {
+      w.ctx.waiters.delete(w);
+      w.resolve(f);
+    } else ch.frames.push(f);
+  }
+
+  #onAbort(peer: number, f: Frame): void {
+    const comm = this.groups.get(f.header.group);
+    if (comm === undefined) return;
+    let body: { reason?: CollectiveFailure; op?: string; peer?: number; detail?: string } = {};
+    try {
+      body = JSON.parse(new TextDecoder().decode(f.payload));
+    } catch { /* keep the defaults */ }
+    const lost = body.peer === undefined ? comm.groupRank(peer) : comm.groupRank(body.peer);
+    comm.breakWith(
+      new CollectiveError(
+        body.reason ?? "protocol",
+        body.op ?? "unknown",
+        comm.name,
+        lost,
+        `rank ${comm.groupRank(peer)} reported: ${body.detail ?? "an error"}`,
+      ),
+    );
+  }
+
+  /**
+   * A peer is gone. After a crash, every op of every group that contains it fails. After a
+   * clean close (it said bye), only ops that still wait for its data fail.
+   */
+  gone(peer: number, why: string, clean = false): void {
+    if (this.lost.has(peer) || this.closing) return;
+    this.lost.set(peer, why);
+    if (clean) this.closedCleanly.add(peer);
+    for (const ctx of [...this.active]) {
+      const g = ctx.comm.groupRank(peer);
+      if (g === undefined) continue;
+      if (clean && ![...ctx.waiters].some((w) => w.peer === peer)) continue;
+      ctx.fail(ctx.comm.lostError(ctx.name, g));
+    }
+  }
+
+  /** Queue a frame on a peer's connection; small payloads are copied now. */
+  send(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
+    const link = this.links[peer];
+    if (!link || this.lost.has(peer)) {
+      const p = Promise.reject(new Error(`rank ${peer} is lost: ${this.lost.get(peer)}`));
+      p.catch(() => {});
+      return p;
+    }
+    const parts: Uint8Array[] = [];
+    if (payload.length <= EAGER_COPY_BYTES) {
+      const out = new Uint8Array(HEADER_BYTES + payload.length);
+      encodeHeader(out, head);
+      out.set(payload, HEADER_BYTES);
+      parts.push(out);
+    } else {
+      const out = new Uint8Array(HEADER_BYTES);
+      encodeHeader(out, head);
+      parts.push(out, payload);
+    }
+    const p = this.chains[peer]!.then(async () => {
+      for (const part of parts) await writeAll(link.conn, part);
+    });
+    this.chains[peer] = p.catch((e) => {
+      if (!this.closing) this.gone(peer, `writing to it failed: ${(e as Error).message}`);
+    });
+    p.catch(() => {});
+    return p;
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return;
+    for (const ctx of [...this.active]) {
+      ctx.fail(
+        new CollectiveError("closed", ctx.name, ctx.comm.name, undefined, "the world was closed"),
+      );
+    }
+    const bye: FrameHeader = {
+      op: FrameOp.bye,
+      kind: 0,
+      src: this.rank,
+      group: 0,
+      tag: 0,
+      seq: 0,
+      total: 0,
+      arg: 0,
+      length: 0,
+    };
+    const byes = this.links.map((l, peer) => l ? this.send(peer, bye, new Uint8Array(0)) : null);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled(byes),
+      new Promise((r) => (timer = setTimeout(r, 1000))),
+    ]);
+    clearTimeout(timer);
+    this.closing = true;
+    for (const l of this.links) {
+      try {
+        l?.conn.close();
+      } catch { /* already closed */ }
+    }
+    await Promise.allSettled(this.readers);
+    await Promise.allSettled(this.chains);
+  }
+}
+
+/** A group of ranks over the shared TCP mesh. */
+class TcpComm implements Communicator {
+  readonly transport = "tcp";
+  readonly size: number;
+  #seq = 0;
+  #done = 0;
+  #finished = new Set<number>();
+  #splits = 0;
+  #broken: CollectiveError | undefined;
+  #closed = false;
+  #index = new Map<number, number>();
+
+  constructor(
+    readonly t: TcpTransport,
+    readonly id: number,
+    readonly name: string,
+    readonly members: number[],
+    readonly rank: number,
+  ) {
+    this.size = members.length;
+    members.forEach((w, g) => this.#index.set(w, g));
+    t.groups.set(id, this);
+  }
+
+  /** Group rank of a world rank, or undefined when it is not a member. */
+  groupRank(world: number): number | undefined {
+    return this.#index.get(world);
+  }
+
+  /** The error for an op that lost group rank `g`. */
+  lostError(op: string, g: number): CollectiveError {
+    const w = this.members[g]!;
+    return new CollectiveError(
+      "peer-lost",
+      op,
+      this.name,
+      g,
+      `lost rank ${g}${this.id === 0 ? "" : ` (world rank ${w})`}: ${this.t.lost.get(w)}`,
+    );
+  }
+
+  /** Fail this group for good: the active op and every later one reject with `e`. */
+  breakWith(e: CollectiveError): void {
+    this.#broken ??= e;
+    for (const ctx of [...this.t.active]) if (ctx.comm === this) ctx.fail(e);
+  }
+
+  /** Check a collective frame from world rank `peer` against what this rank is doing. */
+  checkIncoming(peer: number, h: FrameHeader): void {
+    const g = this.groupRank(peer);
+    if (g === undefined) return;
+    const what = `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
+      (h.op === FrameOp.broadcast || h.op === FrameOp.reduce ? ` root ${h.arg}` : "");
+    if (h.seq <= this.#done && h.seq > this.#done - 0x40000000) {
+      this.breakWith(
+        new CollectiveError(
+          "mismatch",
+          frameOpName(h.op),
+          this.name,
+          g,
+          `rank ${g} sent data for call #${h.seq} (${what}) after this rank had finished that ` +
+            `call: the ranks called different ops, sizes or roots`,
+        ),
+      );
+      return;
+    }
+    for (const ctx of this.t.active) {
+      if (ctx.comm !== this || ctx.seq !== h.seq) continue;
+      const e = ctx.expect;
+      if (e.op !== h.op || e.kind !== h.kind || e.total !== h.total || e.arg !== h.arg) {
+        const mine = `${frameOpName(e.op)} of ${e.total} ${describeKind(e.kind)}` +
+          (e.op === FrameOp.broadcast || e.op === FrameOp.reduce ? ` root ${e.arg}` : "");
+        this.#fail(
+          ctx,
+          new CollectiveError(
+            "mismatch",
+            ctx.name,
+            this.name,
+            g,
+            `rank ${g} called ${what} while rank ${this.rank} called ${mine} (call #${h.seq}): ` +
+              `every rank must call the same ops in the same order with the same sizes`,
+          ),
+        );
+      }
+    }
+  }
+
+  #fail(ctx: OpCtx, e: CollectiveError): void {
+    if (ctx.failed) return;
+    ctx.fail(e);
+    this.#broken ??= e;
+    if (e.reason === "mismatch" || e.reason === "timeout" || e.reason === "protocol") {
+      const body = new TextEncoder().encode(JSON.stringify({
+        reason: e.reason,
+        op: e.op,
+        peer: e.peer === undefined ? undefined : this.members[e.peer],
+        detail: e.message,
+      }));
+      for (const w of this.members) {
+        if (w === this.t.rank || this.t.lost.has(w)) continue;
+        this.t.send(w, {
+          op: FrameOp.abort,
+          kind: 0,
+          src: this.t.rank,
+          group: this.id,
+          tag: 0,
+          seq: 0,
+          total: 0,
+          arg: 0,
+          length: body.length,
+        }, body);
+      }
+    }
+  }
+
+  /** Run one op: checks, sequence number, deadline, failure propagation. */
+  async #run(
+    name: string,
+    expect: Omit<Expect, "total"> & { total: number },
+    opts: CollectiveOptions | undefined,
+    collective: boolean,
+    body: (ctx: OpCtx) => Promise<void>,
+  ): Promise<void> {
+    const timeout = opts?.timeoutMs ?? this.t.timeoutMs;
+    checkTimeout(timeout);
+    if (this.#closed) {
+      throw new CollectiveError("closed", name, this.name, undefined, "the group was closed");
+    }
+    if (this.#broken) {
+      throw new CollectiveError(
+        this.#broken.reason,
+        name,
+        this.name,
+        this.#broken.peer,
+        `the group failed earlier and cannot be used: ${this.#broken.message}`,
+      );
+    }
+    for (const [g, w] of this.members.entries()) {
+      if (this.t.lost.has(w) && !this.t.closedCleanly.has(w)) throw this.lostError(name, g);
+    }
+    const seq = collective ? ++this.#seq : 0;
+    const ctx = new OpCtx(this, name, seq, expect);
+    this.t.active.add(ctx);
+    ctx.timer = setTimeout(() => {
+      const who = ctx.waitingOn === undefined ? "" : `, waiting for rank ${ctx.waitingOn}`;
+      this.#fail(
+        ctx,
+        new CollectiveError(
+          "timeout",
+          name,
+          this.name,
+          ctx.waitingOn,
+          `no result within ${timeout} ms (call #${seq}${who}): a rank died, stalled or called ` +
+            `a different op`,
+        ),
+      );
+    }, timeout);
+    try {
+      if (collective) this.#scanQueued(seq);
+      await Promise.race([body(ctx), ctx.failure]);
+      await Promise.race([Promise.all(ctx.sends), ctx.failure]);
+      if (ctx.failed) throw ctx.failed;
+    } catch (e) {
+      if (!(e instanceof CollectiveError)) {
+        const err = new CollectiveError("protocol", name, this.name, ctx.waitingOn, String(e));
+        this.#fail(ctx, err);
+        throw err;
+      }
+      this.#fail(ctx, e);
+      throw e;
+    } finally {
+      clearTimeout(ctx.timer);
+      this.t.active.delete(ctx);
+      if (collective) {
+        // #done: every call up to it has finished (calls may overlap when not awaited).
+        this.#finished.add(seq);
+        while (this.#finished.delete(this.#done + 1)) this.#done++;
+      }
+    }
+  }
+
+  #scanQueued(seq: number): void {
+    for (const [g, w] of this.members.entries()) {
+      if (g === this.rank) continue;
+      const ch = this.t.channels[w]!.get(`${this.id}:${seq}`);
+      const f = ch?.frames[0];
+      if (f !== undefined) this.checkIncoming(w, f.header);
+    }
+  }
+
+  #send(ctx: OpCtx, peer: number, tag: number, payload: Uint8Array, seq = ctx.seq): void {
+    const e = ctx.expect;
+    ctx.sends.push(this.t.send(this.members[peer]!, {
+      op: e.op,
+      kind: e.kind,
+      src: this.t.rank,
+      group: this.id,
+      tag,
+      seq,
+      total: e.total,
+      arg: e.arg,
+      length: payload.length,
+    }, payload));
+  }
+
+  /** Post a receive; the promise resolves with the (checked) frame. */
+  #post(ctx: OpCtx, peer: number, tag: number, dest?: Uint8Array): Promise<Frame> {
+    const w = this.members[peer]!;
+    const e = ctx.expect;
+    const ch = this.t.channel(w, keyOf(this.id, e.op, ctx.seq, tag));
+    const check = (f: Frame): Frame => {
+      const h = f.header;
+      if (
+        h.op !== e.op || h.kind !== e.kind || h.total !== e.total || h.arg !== e.arg ||
+        (dest !== undefined && h.length !== dest.length)
+      ) {
+        const err = new CollectiveError(
+          "mismatch",
+          ctx.name,
+          this.name,
+          peer,
+          `rank ${peer} sent ${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)} ` +
+            `(arg ${h.arg}, ${h.length} bytes) where rank ${this.rank} expected ` +
+            `${frameOpName(e.op)} of ${e.total} ${describeKind(e.kind)} (arg ${e.arg}): every ` +
+            `rank must call the same ops in the same order with the same sizes`,
+        );
+        this.#fail(ctx, err);
+        throw err;
+      }
+      if (h.tag !== tag && e.op !== FrameOp.send) {
+        throw new CollectiveError(
+          "protocol",
+          ctx.name,
+          this.name,
+          peer,
+          `frame ${h.tag} arrived where ${tag} was expected`,
+        );
+      }
+      if (dest !== undefined && f.payload !== dest) {
+        dest.set(f.payload);
+        this.t.release(f.payload);
+      }
+      return f;
+    };
+    let p: Promise<Frame>;
+    if (ctx.failed) p = Promise.reject(ctx.failed);
+    else if (ch.frames.length === 0 && this.t.lost.has(w)) {
+      const err = this.lostError(ctx.name, peer);
+      ctx.fail(err);
+      p = Promise.reject(err);
+    } else if (ch.frames.length > 0) {
+      const f = ch.frames.shift()!;
+      try {
+        p = Promise.resolve(check(f));
+      } catch (err) {
+        p = Promise.reject(err);
+      }
+    } else {
+      p = new Promise<Frame>((resolve, reject) => {
+        const waiter: Waiter = { ctx, peer: w, tag, dest, channel: ch, resolve, reject };
+        ch.waiters.push(waiter);
+        ctx.waiters.add(waiter);
+      }).then(check);
+    }
+    p.catch(() => {});
+    return p;
+  }
+
+  async #take(ctx: OpCtx, peer: number, p: Promise<Frame>): Promise<Frame> {
+    ctx.waitingOn = peer;
+    const f = await p;
+    ctx.waitingOn = undefined;
+    return f;
+  }
+
+  #recv(ctx: OpCtx, peer: number, tag: number, dest?: Uint8Array): Promise<Frame> {
+    return this.#take(ctx, peer, this.#post(ctx, peer, tag, dest));
+  }
+
+  // ---- algorithms --------------------------------------------------------------------------
+
+  /** Small all-reduce: everyone sends its buffer to everyone; reduce in rank order. */
+  async #directAllReduce(ctx: OpCtx, buf: CollectiveBuffer, op: ReduceOp, dtype: DType) {
+    const n = this.size;
+    for (let j = 0; j < n; j++) if (j !== this.rank) this.#send(ctx, j, 0, bytesOf(buf));
+    const posted = new Map<number, Promise<Frame>>();
+    for (let j = 0; j < n; j++) if (j !== this.rank) posted.set(j, this.#post(ctx, j, 0));
+    const parts: CollectiveBuffer[] = [];
+    for (let j = 0; j < n; j++) {
+      parts.push(
+        j === this.rank ? buf : viewLike(buf, (await this.#take(ctx, j, posted.get(j)!)).payload),
+      );
+    }
+    const acc = parts[0]!.slice();
+    for (let j = 1; j < n; j++) reduceInto(acc, parts[j]!, op, dtype);
+    buf.set(acc as Float32Array);
+  }
+
+  /** Small all-reduce on a power-of-two group: log2(n) pairwise exchanges. */
+  async #recursiveDoubling(ctx: OpCtx, buf: CollectiveBuffer, op: ReduceOp, dtype: DType) {
+    for (let k = 1, step = 0; k < this.size; k <<= 1, step++) {
+      const partner = this.rank ^ k;
+      this.#send(ctx, partner, step, bytesOf(buf)); // copied: small
+      const other = viewLike(buf, (await this.#recv(ctx, partner, step)).payload);
+      // Both partners compute lower-rank op higher-rank, so they stay bit-identical.
+      if (this.rank < partner) reduceInto(buf, other, op, dtype);
+      else reduceTo(buf, other, buf, op, dtype);
+    }
+  }
+
+  /**
+   * Ring reduce-scatter over `segs` of `work` (rank r ends owning segment r fully reduced),
+   * optionally followed by the ring all-gather of the reduced segments back into `work`.
+   */
+  async #ring(
+    ctx: OpCtx,
+    work: CollectiveBuffer,
+    segs: Span[],
+    op: ReduceOp,
+    dtype: DType,
+    allGather: boolean,
+  ): Promise<void> {
+    const n = this.size, r = this.rank;
+    const right = mod(r + 1, n), left = mod(r - 1, n);
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / work.BYTES_PER_ELEMENT));
+    const segChunks = segs.map((s) => chunks(s, ce));
+    const rs: Promise<Frame>[] = [];
+    for (let s = 0; s < n - 1; s++) {
+      const cs = segChunks[ringReduceScatterStep(r, n, s).recv]!;
+      cs.forEach((_, ci) => rs.push(this.#post(ctx, left, stepTag(s, ci))));
+    }
+    const ag: Promise<Frame>[] = [];
+    if (allGather) {
+      for (let s = 0; s < n - 1; s++) {
+        const cs = segChunks[ringAllGatherStep(r, n, s).recv]!;
+        cs.forEach((c, ci) =>
+          ag.push(this.#post(ctx, left, stepTag(n - 1 + s, ci), bytesOf(work, c)))
+        );
+      }
+    }
+    segChunks[ringReduceScatterStep(r, n, 0).send]!.forEach((c, ci) =>
+      this.#send(ctx, right, stepTag(0, ci), bytesOf(work, c))
+    );
+    let k = 0;
+    for (let s = 0; s < n - 1; s++) {
+      const cs = segChunks[ringReduceScatterStep(r, n, s).recv]!;
+      for (let ci = 0; ci < cs.length; ci++) {
+        const c = cs[ci]!;
+        const f = await this.#take(ctx, left, rs[k++]!);
+        reduceInto(sub(work, c), viewLike(work, f.payload), op, dtype);
+        this.t.release(f.payload);
+        if (s < n - 2) this.#send(ctx, right, stepTag(s + 1, ci), bytesOf(work, c));
+        else if (allGather) this.#send(ctx, right, stepTag(n - 1, ci), bytesOf(work, c));
+      }
+    }
+    if (!allGather) return;
+    await this.#ringGatherRest(ctx, work, segChunks, ag, right, left);
+  }
+
+  /** The receive side of a ring all-gather whose step-0 sends are already queued. */
+  async #ringGatherRest(
+    ctx: OpCtx,
+    work: CollectiveBuffer,
+    segChunks: Span[][],
+    posted: Promise<Frame>[],
+    right: number,
+    left: number,
+  ): Promise<void> {
+    const n = this.size, r = this.rank;
+    let k = 0;
+    for (let s = 0; s < n - 1; s++) {
+      const cs = segChunks[ringAllGatherStep(r, n, s).recv]!;
+      for (let ci = 0; ci < cs.length; ci++) {
+        await this.#take(ctx, left, posted[k++]!);
+        if (s < n - 2) this.#send(ctx, right, stepTag(n + s, ci), bytesOf(work, cs[ci]!));
+      }
+    }
+  }
+
+  /** Ring all-gather of `out`'s segments; segment `rank` is already in place. */
+  async #ringAllGather(ctx: OpCtx, out: CollectiveBuffer, segs: Span[]): Promise<void> {
+    const n = this.size, r = this.rank;
+    const right = mod(r + 1, n), left = mod(r - 1, n);
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / out.BYTES_PER_ELEMENT));
+    const segChunks = segs.map((s) => chunks(s, ce));
+    const ag: Promise<Frame>[] = [];
+    for (let s = 0; s < n - 1; s++) {
+      segChunks[ringAllGatherStep(r, n, s).recv]!.forEach((c, ci) =>
+        ag.push(this.#post(ctx, left, stepTag(n - 1 + s, ci), bytesOf(out, c)))
+      );
+    }
+    segChunks[r]!.forEach((c, ci) => this.#send(ctx, right, stepTag(n - 1, ci), bytesOf(out, c)));
+    await this.#ringGatherRest(ctx, out, segChunks, ag, right, left);
+  }
+
+  /** Send `buf[span]` to `peer` in chunks (at least one frame, even when empty). */
+  #sendSpan(ctx: OpCtx, peer: number, buf: CollectiveBuffer, span: Span, seq?: number): void {
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+    atLeastOne(span, ce).forEach((c, ci) => this.#send(ctx, peer, ci, bytesOf(buf, c), seq));
+  }
+
+  /** Post receives of `buf[span]` from `peer`, chunk by chunk, straight into `buf`. */
+  #postSpan(ctx: OpCtx, peer: number, buf: CollectiveBuffer, span: Span): Promise<Frame>[] {
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+    return atLeastOne(span, ce).map((c, ci) => this.#post(ctx, peer, ci, bytesOf(buf, c)));
+  }
+
+  async #awaitAll(ctx: OpCtx, peer: number, ps: Promise<Frame>[]): Promise<void> {
+    for (const p of ps) await this.#take(ctx, peer, p);
+  }
+
+  // ---- the Communicator ------------------------------------------------------------------
+
+  /** See {@linkcode Communicator.allReduce}. */
+  async allReduce(
+    buf: CollectiveBuffer,
+    op: ReduceOp = "sum",
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts?.dtype);
+    checkOp(op);
+    const expect = { op: FrameOp.allReduce, kind: packKind(dtype, op), total: buf.length, arg: 0 };
+    await this.#run("allReduce", expect, opts, true, async (ctx) => {
+      const algo = chooseAllReduce(buf.byteLength, this.size, this.t.smallBytes);
+      if (algo === "recursive-doubling") await this.#recursiveDoubling(ctx, buf, op, dtype);
+      else if (algo === "direct") await this.#directAllReduce(ctx, buf, op, dtype);
+      else if (algo === "ring") {
+        await this.#ring(ctx, buf, splitEven(buf.length, this.size), op, dtype, true);
+      }
+    });
+    if (op === "avg") finishAvg(buf, this.size, dtype);
+  }
+
+  /** See {@linkcode Communicator.reduceScatter}. */
+  async reduceScatter(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    op: ReduceOp = "sum",
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(input, opts?.dtype);
+    sameType(input, output, "reduceScatter");
+    checkOp(op);
+    const m = output.length;
+    if (input.length !== m * this.size) {
+      throw new RangeError(
+        `reduceScatter: input has ${input.length} elements but needs size x output = ` +
+          `${this.size} x ${m} = ${this.size * m}: pad the input or size the output to input/size`,
+      );
+    }
+    const expect = { op: FrameOp.reduceScatter, kind: packKind(dtype, op), total: m, arg: 0 };
+    const segs = Array.from({ length: this.size }, (_, i) => ({ offset: i * m, length: m }));
+    await this.#run("reduceScatter", expect, opts, true, async (ctx) => {
+      const n = this.size, r = this.rank;
+      if (n === 1) {
+        output.set(input as Float32Array);
+        return;
+      }
+      if (input.byteLength <= this.t.smallBytes) {
+        for (let j = 0; j < n; j++) if (j !== r) this.#sendSpan(ctx, j, input, segs[j]!);
+        const posted = new Map<number, Promise<Frame>>();
+        for (let j = 0; j < n; j++) if (j !== r) posted.set(j, this.#post(ctx, j, 0));
+        const acc = (r === 0 ? sub(input, segs[0]!) : viewLike(
+          input,
+          (await this.#take(ctx, 0, posted.get(0)!)).payload,
+        )).slice();
+        for (let j = 1; j < n; j++) {
+          const part = j === r
+            ? sub(input, segs[r]!)
+            : viewLike(input, (await this.#take(ctx, j, posted.get(j)!)).payload);
+          reduceInto(acc, part, op, dtype);
+        }
+        output.set(acc as Float32Array);
+        return;
+      }
+      const work = input.slice();
+      await this.#ring(ctx, work, segs, op, dtype, false);
+      output.set(sub(work, segs[r]!) as Float32Array);
+    });
+    if (op === "avg") finishAvg(output, this.size, dtype);
+  }
+
+  /** See {@linkcode Communicator.allGather}. */
+  async allGather(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(input, opts?.dtype);
+    sameType(input, output, "allGather");
+    const m = input.length;
+    if (output.length !== m * this.size) {
+      throw new RangeError(
+        `allGather: output has ${output.length} elements but needs size x input = ` +
+          `${this.size} x ${m} = ${this.size * m}`,
+      );
+    }
+    const expect = { op: FrameOp.allGather, kind: packKind(dtype), total: m, arg: 0 };
+    await this.#run("allGather", expect, opts, true, (ctx) => this.#allGather(ctx, input, output));
+  }
+
+  async #allGather(ctx: OpCtx, input: CollectiveBuffer, output: CollectiveBuffer): Promise<void> {
+    const n = this.size, r = this.rank, m = input.length;
+    const segs = Array.from({ length: n }, (_, i) => ({ offset: i * m, length: m }));
+    output.set(input as Float32Array, r * m);
+    if (n === 1) return;
+    if (output.byteLength <= this.t.smallBytes * 4) {
+      for (let j = 0; j < n; j++) if (j !== r) this.#sendSpan(ctx, j, output, segs[r]!);
+      const posted: [number, Promise<Frame>[]][] = [];
+      for (let j = 0; j < n; j++) {
+        if (j !== r) posted.push([j, this.#postSpan(ctx, j, output, segs[j]!)]);
+      }
+      for (const [j, ps] of posted) await this.#awaitAll(ctx, j, ps);
+      return;
+    }
+    await this.#ringAllGather(ctx, output, segs);
+  }
+
+  /** See {@linkcode Communicator.broadcast}. */
+  async broadcast(buf: CollectiveBuffer, root: number, opts?: CollectiveOptions): Promise<void> {
+    const dtype = dtypeOf(buf, opts?.dtype);
+    this.#checkRank(root, "broadcast", "root");
+    const expect = { op: FrameOp.broadcast, kind: packKind(dtype), total: buf.length, arg: root };
+    await this.#run("broadcast", expect, opts, true, async (ctx) => {
+      const n = this.size, r = this.rank, all = { offset: 0, length: buf.length };
+      if (n === 1) return;
+      if (buf.byteLength <= this.t.smallBytes) {
+        if (r === root) {
+          for (let j = 0; j < n; j++) if (j !== r) this.#sendSpan(ctx, j, buf, all);
+        } else await this.#awaitAll(ctx, root, this.#postSpan(ctx, root, buf, all));
+        return;
+      }
+      // Pipelined chain root -> root+1 -> ...: each chunk is forwarded as soon as it lands.
+      const pos = mod(r - root, n), next = mod(r + 1, n), prev = mod(r - 1, n);
+      if (pos === 0) {
+        this.#sendSpan(ctx, next, buf, all);
+        return;
+      }
+      const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+      const cs = atLeastOne(all, ce);
+      const ps = this.#postSpan(ctx, prev, buf, all);
+      for (let ci = 0; ci < cs.length; ci++) {
+        await this.#take(ctx, prev, ps[ci]!);
+        if (pos < n - 1) this.#send(ctx, next, ci, bytesOf(buf, cs[ci]!));
+      }
+    });
+  }
+
+  /** See {@linkcode Communicator.reduce}. */
+  async reduce(
+    buf: CollectiveBuffer,
+    root: number,
+    op: ReduceOp = "sum",
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts?.dtype);
+    checkOp(op);
+    this.#checkRank(root, "reduce", "root");
+    const expect = { op: FrameOp.reduce, kind: packKind(dtype, op), total: buf.length, arg: root };
+    await this.#run("reduce", expect, opts, true, async (ctx) => {
+      const n = this.size, r = this.rank, all = { offset: 0, length: buf.length };
+      if (n === 1) return;
+      if (buf.byteLength <= this.t.smallBytes) {
+        if (r !== root) {
+          this.#sendSpan(ctx, root, buf, all);
+          return;
+        }
+        const posted = new Map<number, Promise<Frame>>();
+        for (let j = 0; j < n; j++) if (j !== r) posted.set(j, this.#post(ctx, j, 0));
+        const parts: CollectiveBuffer[] = [];
+        for (let j = 0; j < n; j++) {
+          parts.push(
+            j === r ? buf : viewLike(buf, (await this.#take(ctx, j, posted.get(j)!)).payload),
+          );
+        }
+        const acc = parts[0]!.slice();
+        for (let j = 1; j < n; j++) reduceInto(acc, parts[j]!, op, dtype);
+        buf.set(acc as Float32Array);
+        return;
+      }
+      // Ring reduce-scatter on a copy, then every rank sends its reduced segment to the root.
+      const segs = splitEven(buf.length, n);
+      const work = buf.slice();
+      await this.#ring(ctx, work, segs, op, dtype, false);
+      const gatherSeq = ctx.seq;
+      if (r !== root) {
+        this.#sendSpanTagged(ctx, root, work, segs[r]!, 1 << 30, gatherSeq);
+        return;
+      }
+      const posted: [number, Promise<Frame>[]][] = [];
+      for (let j = 0; j < n; j++) {
+        if (j !== r) posted.push([j, this.#postSpanTagged(ctx, j, buf, segs[j]!, 1 << 30)]);
+      }
+      buf.set(sub(work, segs[r]!) as Float32Array, segs[r]!.offset);
+      for (const [j, ps] of posted) await this.#awaitAll(ctx, j, ps);
+    });
+    if (op === "avg" && this.rank === root) finishAvg(buf, this.size, dtype);
+  }
+
+  #sendSpanTagged(
+    ctx: OpCtx,
+    peer: number,
+    buf: CollectiveBuffer,
+    span: Span,
+    base: number,
+    seq: number,
+  ): void {
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+    atLeastOne(span, ce).forEach((c, ci) => this.#send(ctx, peer, base + ci, bytesOf(buf, c), seq));
+  }
+
+  #postSpanTagged(
+    ctx: OpCtx,
+    peer: number,
+    buf: CollectiveBuffer,
+    span: Span,
+    base: number,
+  ): Promise<Frame>[] {
+    const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+    return atLeastOne(span, ce).map((c, ci) => this.#post(ctx, peer, base + ci, bytesOf(buf, c)));
+  }
+
+  /** See {@linkcode Communicator.allToAll}. */
+  async allToAll(
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(input, opts?.dtype);
+    sameType(input, output, "allToAll");
+    const n = this.size, r = this.rank;
+    if (input.length !== output.length || input.length % n !== 0) {
+      throw new RangeError(
+        `allToAll: input (${input.length}) and output (${output.length}) must have the same ` +
+          `length, divisible by the group size ${n}: pad both to a multiple of ${n}`,
+      );
+    }
+    if (input.buffer === output.buffer) {
+      throw new RangeError("allToAll: input and output must not share memory: use two buffers");
+    }
+    const m = input.length / n;
+    const expect = { op: FrameOp.allToAll, kind: packKind(dtype), total: input.length, arg: 0 };
+    await this.#run("allToAll", expect, opts, true, async (ctx) => {
+      const seg = (i: number) => ({ offset: i * m, length: m });
+      const posted: [number, Promise<Frame>[]][] = [];
+      for (let j = 0; j < n; j++) {
+        if (j !== r) posted.push([j, this.#postSpan(ctx, j, output, seg(j))]);
+      }
+      for (let k = 1; k < n; k++) {
+        const j = mod(r + k, n);
+        const s = seg(j);
+        const ce = Math.max(1, Math.floor(this.t.chunkBytes / input.BYTES_PER_ELEMENT));
+        atLeastOne(s, ce).forEach((c, ci) => this.#send(ctx, j, ci, bytesOf(input, c)));
+      }
+      output.set(sub(input, seg(r)) as Float32Array, r * m);
+      for (const [j, ps] of posted) await this.#awaitAll(ctx, j, ps);
+    });
+  }
+
+  /** See {@linkcode Communicator.send}. */
+  async send(
+    buf: CollectiveBuffer,
+    peer: number,
+    tag = 0,
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts?.dtype);
+    this.#checkPeer(peer, "send");
+    checkTag(tag);
+    const expect = { op: FrameOp.send, kind: packKind(dtype), total: buf.length, arg: 0 };
+    await this.#run("send", expect, opts, false, (ctx) => {
+      const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+      for (const c of atLeastOne({ offset: 0, length: buf.length }, ce)) {
+        this.#send(ctx, peer, tag, bytesOf(buf, c));
+      }
+      return Promise.resolve();
+    });
+  }
+
+  /** See {@linkcode Communicator.recv}. */
+  async recv(
+    buf: CollectiveBuffer,
+    peer: number,
+    tag = 0,
+    opts?: CollectiveOptions,
+  ): Promise<void> {
+    const dtype = dtypeOf(buf, opts?.dtype);
+    this.#checkPeer(peer, "recv");
+    checkTag(tag);
+    const expect = { op: FrameOp.send, kind: packKind(dtype), total: buf.length, arg: 0 };
+    await this.#run("recv", expect, opts, false, async (ctx) => {
+      const ce = Math.max(1, Math.floor(this.t.chunkBytes / buf.BYTES_PER_ELEMENT));
+      const ps = atLeastOne({ offset: 0, length: buf.length }, ce).map((c) =>
+        this.#post(ctx, peer, tag, bytesOf(buf, c))
+      );
+      await this.#awaitAll(ctx, peer, ps);
+    });
+  }
+
+  /** See {@linkcode Communicator.barrier}. Dissemination: ceil(log2 n) rounds of empty frames. */
+  async barrier(opts?: CollectiveOptions): Promise<void> {
+    const expect = { op: FrameOp.barrier, kind: 0, total: 0, arg: 0 };
+    await this.#run("barrier", expect, opts, true, async (ctx) => {
+      const n = this.size, r = this.rank, empty = new Uint8Array(0);
+      for (let k = 1, round = 0; k < n; k <<= 1, round++) {
+        this.#send(ctx, mod(r + k, n), round, empty);
+        await this.#recv(ctx, mod(r - k, n), round);
+      }
+    });
+  }
+
+  /** See {@linkcode Communicator.split}. */
+  async split(color: number, key = 0): Promise<Communicator | null> {
+    if (!Number.isInteger(color) || !Number.isInteger(key) || Math.abs(color) > 2 ** 31 - 1) {
+      throw new RangeError(`split: color and key must be 32-bit integers, got ${color}, ${key}`);
+    }
+    const mine = new Int32Array([color, key]);
+    const all = new Int32Array(2 * this.size);
+    const expect = { op: FrameOp.split, kind: packKind("int32"), total: 2, arg: 0 };
+    await this.#run("split", expect, undefined, true, (ctx) => this.#allGather(ctx, mine, all));
+    const index = ++this.#splits;
+    if (color < 0) return null;
+    const ranks: number[] = [];
+    for (let g = 0; g < this.size; g++) if (all[2 * g] === color) ranks.push(g);
+    ranks.sort((a, b) => all[2 * a + 1]! - all[2 * b + 1]! || a - b);
+    const id = fnv(this.id, index, color);
+    return new TcpComm(
+      this.t,
+      id,
+      `${this.name}/split(${color})`,
+      ranks.map((g) => this.members[g]!),
+      ranks.indexOf(this.rank),
+    );
+  }
+
+  /** See {@linkcode Communicator.close}. Closing the world closes every connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const ctx of [...this.t.active]) {
+      if (ctx.comm === this) {
+        ctx.fail(new CollectiveError("closed", ctx.name, this.name, undefined, "group closed"));
+      }
+    }
+    this.t.groups.delete(this.id);
+    if (this.id === 0) await this.t.close();
+  }
+
+  #checkRank(x: number, op: string, what: string): void {
+    if (!Number.isInteger(x) || x < 0 || x >= this.size) {
+      throw new RangeError(
+        `${op}: ${what} ${x} is out of range for group "${this.name}" of ${this.size} ranks: ` +
+          `use 0 <= ${what} < ${this.size}`,
+      );
+    }
+  }
+
+  #checkPeer(peer: number, op: string): void {
+    this.#checkRank(peer, op, "peer");
+    if (peer === this.rank) {
+      throw new RangeError(`${op}: peer ${peer} is this rank; send to another rank`);
+    }
+  }
+}
+
+function checkTag(tag: number): void {
+  if (!Number.isInteger(tag) || tag < 0 || tag > 0x7fffffff) {
+    throw new RangeError(`tag must be an integer in 0..2^31-1, got ${tag}`);
+  }
+}
+
+function sameType(a: CollectiveBuffer, b: CollectiveBuffer, op: string): void {
+  if (a.constructor !== b.constructor) {
+    throw new TypeError(
+      `${op}: input is a ${a.constructor.name} but output is a ${b.constructor.name}: ` +
+        `use the same array type for both`,
+    );
+  }
+}
