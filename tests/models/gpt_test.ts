@@ -1,0 +1,274 @@
+import assert from "node:assert/strict";
+import { createCpuBackend, createReferenceBackend, Rng } from "../../kernels/mod.ts";
+import {
+  decodeSafetensors,
+  encodeSafetensors,
+  exportGpt2,
+  Gpt,
+  gpt2Config,
+  type GptConfig,
+  gptParamSpecs,
+  gptStageSpecs,
+  importGpt2,
+  initialValue,
+  resolveGptConfig,
+  type SafetensorsInput,
+} from "../../models/mod.ts";
+
+const SMALL: GptConfig = { vocab: 11, ctx: 6, dim: 8, layers: 2, heads: 2 };
+
+Deno.test("resolveGptConfig() fills defaults and explains bad values", () => {
+  const c = resolveGptConfig(SMALL);
+  assert.deepEqual(c, { ...SMALL, tied: true, hidden: 32, lnEps: 1e-5 });
+  assert.throws(() => resolveGptConfig({ ...SMALL, dim: 10, heads: 4 }), (e: Error) => {
+    assert.ok(e instanceof RangeError);
+    assert.match(e.message, /dim 10 is not divisible by heads 4.*e\.g\. 12/);
+    return true;
+  });
+  assert.throws(() => resolveGptConfig({ ...SMALL, layers: 0 }), /"layers" must be a positive/);
+  assert.throws(
+    () => resolveGptConfig({ ...SMALL, vocab: "11" as unknown as number }),
+    (e: Error) => e instanceof TypeError && /"vocab" must be a number/.test(e.message),
+  );
+  assert.throws(
+    () => resolveGptConfig({ ...SMALL, n_embd: 8 } as unknown as GptConfig),
+    /Unknown GPT config key "n_embd"/,
+  );
+  assert.throws(() => resolveGptConfig({ ...SMALL, lnEps: 0 }), /"lnEps" must be a positive/);
+});
+
+Deno.test("parameters use GPT-2 names, order and [in, out] shapes", () => {
+  const names = gptParamSpecs({ ...SMALL, layers: 1 }).map((s) => `${s.name}:${s.shape}`);
+  assert.deepEqual(names, [
+    "wte:11,8",
+    "wpe:6,8",
+    "h.0.ln_1.weight:8",
+    "h.0.ln_1.bias:8",
+    "h.0.attn.c_attn.weight:8,24",
+    "h.0.attn.c_attn.bias:24",
+    "h.0.attn.c_proj.weight:8,8",
+    "h.0.attn.c_proj.bias:8",
+    "h.0.ln_2.weight:8",
+    "h.0.ln_2.bias:8",
+    "h.0.mlp.c_fc.weight:8,32",
+    "h.0.mlp.c_fc.bias:32",
+    "h.0.mlp.c_proj.weight:32,8",
+    "h.0.mlp.c_proj.bias:8",
+    "ln_f.weight:8",
+    "ln_f.bias:8",
+  ]);
+  const untied = gptParamSpecs({ ...SMALL, tied: false });
+  assert.equal(untied.at(-1)!.name, "lm_head.weight");
+  assert.deepEqual(untied.at(-1)!.shape, [11, 8]);
+  const gpt = new Gpt(createReferenceBackend(), SMALL);
+  assert.equal(
+    gpt.numParams,
+    11 * 8 + 6 * 8 + 2 * (4 * 8 + 8 * 24 + 24 + 64 + 8 + 256 + 32 + 256 + 8) + 16,
+  );
+});
+
+Deno.test("gptStageSpecs() gives a pipeline stage its blocks, and wte to a tied last stage", () => {
+  const names = (embedding: boolean, blocks: [number, number], head: boolean) =>
+    gptStageSpecs({ ...SMALL, layers: 4 }, { embedding, blocks, head }).map((s) => s.name);
+  const first = names(true, [0, 2], false);
+  assert.deepEqual(first.slice(0, 2), ["wte", "wpe"]);
+  assert.ok(first.every((n) => !n.startsWith("h.2") && !n.startsWith("ln_f")));
+  const last = names(false, [2, 4], true);
+  assert.equal(last[0], "wte");
+  assert.ok(last.includes("h.3.mlp.c_proj.bias") && last.includes("ln_f.bias"));
+  assert.ok(!last.includes("wpe") && !last.some((n) => n.startsWith("h.1.")));
+  assert.throws(() => names(true, [3, 5], true), /not a range within \[0, 4\)/);
+});
+
+Deno.test("initialisation is deterministic, GPT-2 style, and per tensor", async () => {
+  const be = createReferenceBackend();
+  const cfg = { vocab: 64, ctx: 16, dim: 32, layers: 4, heads: 4 };
+  const a = await new Gpt(be, cfg, { seed: 7 }).getParams();
+  const b = await new Gpt(be, cfg, { seed: 7 }).getParams();
+  const c = await new Gpt(be, cfg, { seed: 8 }).getParams();
+  for (const [name, v] of a) {
+    assert.deepEqual(v, b.get(name), `${name} differs between two runs with seed 7`);
+  }
+  assert.notDeepEqual(a.get("wte"), c.get("wte"));
+  const std = (v: Float32Array) => Math.sqrt(v.reduce((s, x) => s + x * x, 0) / v.length);
+  assert.ok(Math.abs(std(a.get("wte")!) - 0.02) < 0.002);
+  assert.ok(Math.abs(std(a.get("h.0.mlp.c_fc.weight")!) - 0.02) < 0.002);
+  const proj = 0.02 / Math.sqrt(8);
+  assert.ok(Math.abs(std(a.get("h.1.mlp.c_proj.weight")!) - proj) < 0.1 * proj);
+  assert.ok(a.get("h.2.attn.c_attn.bias")!.every((x) => x === 0));
+  assert.ok(a.get("ln_f.weight")!.every((x) => x === 1));
+  assert.ok(a.get("h.3.ln_2.bias")!.every((x) => x === 0));
+  // Another model shape draws the same values for a tensor of the same name and shape, so a
+  // rank can initialise only its own tensors (or slices of them).
+  const d = await new Gpt(be, { ...cfg, layers: 2 }, { seed: 7 }).getParams();
+  assert.deepEqual(d.get("wte"), a.get("wte"));
+  assert.deepEqual(initialValue({ name: "wte", shape: [64, 32] }, 4, 7), a.get("wte"));
+});
+
+Deno.test("the loss is the mean over targets >= 0 and starts near log(vocab)", async () => {
+  const be = createReferenceBackend();
+  const gpt = new Gpt(be, SMALL, { seed: 1 });
+  const ids = new Int32Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1]);
+  const all = new Int32Array([2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2]);
+  const loss = (await be.read(await gpt.forward(ids, all, 2, 6)))[0];
+  assert.ok(Math.abs(loss - Math.log(11)) < 0.05, `initial loss ${loss}`);
+  // per-position losses through logits, then the mean over the kept positions
+  const logits = await be.read(await gpt.logits(ids, 2, 6));
+  const per = [...all].map((t, n) => {
+    const row = logits.subarray(n * 11, n * 11 + 11);
+    const m = Math.max(...row);
+    let sum = 0;
+    for (const x of row) sum += Math.exp(x - m);
+    const lse = m + Math.log(sum);
+    return lse - row[t];
+  });
+  const masked = all.slice();
+  masked[0] = -1;
+  masked[7] = -100;
+  const want = per.filter((_, n) => n !== 0 && n !== 7).reduce((s, x) => s + x, 0) / 10;
+  const got = (await be.read(await gpt.forward(ids, masked, 2, 6)))[0];
+  assert.ok(Math.abs(got - want) < 1e-6, `${got} vs ${want}`);
+});
+
+Deno.test("forward() rejects tokens outside the vocabulary and too long sequences", async () => {
+  const gpt = new Gpt(createReferenceBackend(), SMALL);
+  const t = new Int32Array(6);
+  await assert.rejects(
+    () => gpt.forward(new Int32Array([0, 1, 11, 0, 0, 0]), t, 1, 6),
+    /inputs\[2\] = 11 is outside the vocabulary \[0, 11\)/,
+  );
+  await assert.rejects(() => gpt.forward(new Int32Array(7), new Int32Array(7), 1, 7), /ctx/);
+  await assert.rejects(() => gpt.forward(new Int32Array(5), t, 1, 6), /5 tokens but B \* T = 6/);
+  await assert.rejects(() => new Gpt(createReferenceBackend(), SMALL).backward(), /forward\(\)/);
+});
+
+Deno.test("logits() for evaluation does not disturb a pending backward", async () => {
+  const be = createReferenceBackend();
+  const rng = new Rng(5);
+  const ids = new Int32Array(12).map(() => rng.int(11));
+  const tg = new Int32Array(12).map(() => rng.int(11));
+  const a = new Gpt(be, SMALL, { seed: 3 });
+  await a.forward(ids, tg, 2, 6);
+  await a.backward();
+  const b = new Gpt(be, SMALL, { seed: 3 });
+  await b.forward(ids, tg, 2, 6);
+  await b.logits(new Int32Array(3).fill(4), 1, 3);
+  await b.backward();
+  assert.deepEqual(await b.getGrads(), await a.getGrads());
+});
+
+Deno.test("generate() appends the argmax of the last position, window by window", async () => {
+  const be = createReferenceBackend();
+  const gpt = new Gpt(be, { ...SMALL, ctx: 4 }, { seed: 11 });
+  const p = await gpt.getParams();
+  // sharpen the output so the argmax is well defined
+  p.set("wte", p.get("wte")!.map((x) => x * 50));
+  gpt.setParams(p);
+  const prompts = [[1, 2, 3], [4]];
+  const out = await gpt.generate(prompts, 3);
+  // the same decisions, one row at a time, from logits()
+  for (let r = 0; r < prompts.length; r++) {
+    const seq = [...prompts[r]];
+    for (let k = 0; k < 3; k++) {
+      const win = seq.slice(-4);
+      const lg = await be.read(await gpt.logits(new Int32Array(win), 1, win.length));
+      const last = lg.subarray((win.length - 1) * 11, win.length * 11);
+      seq.push(last.indexOf(Math.max(...last)));
+    }
+    assert.deepEqual(out[r], seq.slice(prompts[r].length));
+  }
+  const stopped = await gpt.generate([[1, 2, 3]], 3, { stop: out[0][0] });
+  assert.deepEqual(stopped, [[out[0][0]]]);
+  await assert.rejects(() => gpt.generate([[]], 1), /Prompt 0 is empty/);
+});
+
+Deno.test("GPT-2 export then import restores every parameter, and the config is inferred", async () => {
+  const be = createReferenceBackend();
+  const a = new Gpt(be, { ...SMALL, tied: false }, { seed: 4 });
+  const bytes = encodeSafetensors(await exportGpt2(a), { heads: "2" });
+  const file = decodeSafetensors(bytes);
+  const cfg = gpt2Config(file);
+  assert.deepEqual(cfg, { ...SMALL, tied: false });
+  const b = new Gpt(be, cfg, { seed: 99 });
+  importGpt2(b, file);
+  assert.deepEqual(await b.getParams(), await a.getParams());
+  const noHeads = decodeSafetensors(encodeSafetensors(await exportGpt2(a)));
+  assert.throws(
+    () => gpt2Config(noHeads),
+    /heads/,
+  );
+});
+
+Deno.test("importGpt2() accepts Hugging Face names and rejects wrong shapes by name", async () => {
+  const be = createReferenceBackend();
+  const src = new Gpt(be, SMALL, { seed: 4 });
+  const tensors = await exportGpt2(src);
+  // Hugging Face style: "transformer." prefix, mask buffers, a stored tied head
+  const hf = new Map<string, SafetensorsInput>();
+  for (const [n, t] of tensors) hf.set(`transformer.${n}`, t);
+  hf.set("transformer.h.0.attn.bias", { shape: [1, 1, 6, 6], data: new Float32Array(36) });
+  hf.set("lm_head.weight", tensors.get("wte")!);
+  const dst = new Gpt(be, SMALL, { seed: 5 });
+  importGpt2(dst, decodeSafetensors(encodeSafetensors(hf)));
+  assert.deepEqual(await dst.getParams(), await src.getParams());
+
+  const bad = new Map(tensors);
+  bad.set("h.1.mlp.c_fc.weight", { shape: [32, 8], data: new Float32Array(256) });
+  assert.throws(
+    () => importGpt2(dst, decodeSafetensors(encodeSafetensors(bad))),
+    (e: Error) =>
+      e instanceof TypeError &&
+      e.message.includes(
+        `"h.1.mlp.c_fc.weight" has shape [32,8] in the file but the model needs [8,32]`,
+      ),
+  );
+  const missing = new Map(tensors);
+  missing.delete("h.1.ln_2.bias");
+  assert.throws(
+    () => importGpt2(dst, decodeSafetensors(encodeSafetensors(missing))),
+    /lack "h.1.ln_2.bias"/,
+  );
+  const one = new Gpt(be, { ...SMALL, layers: 1 });
+  assert.throws(
+    () => importGpt2(one, decodeSafetensors(encodeSafetensors(tensors))),
+    /tensors the model does not: h\.1\./,
+  );
+  importGpt2(one, decodeSafetensors(encodeSafetensors(tensors)), { strict: false });
+});
+
+Deno.test("the GPT on the cpu backend matches the reference backend over three SGD steps", async () => {
+  const cfg = { vocab: 23, ctx: 8, dim: 16, layers: 2, heads: 4 };
+  const rng = new Rng(1);
+  const ids = new Int32Array(3 * 8).map(() => rng.int(23));
+  const tg = new Int32Array(3 * 8).map(() => rng.int(23));
+  const run = async (gpt: Gpt) => {
+    const losses: number[] = [];
+    for (let s = 0; s < 3; s++) {
+      losses.push((await gpt.backend.read(await gpt.forward(ids, tg, 3, 8)))[0]);
+      gpt.zeroGrad();
+      await gpt.backward();
+      gpt.backend.axpy(gpt.store.params, gpt.store.grads, -0.5, gpt.layout.size);
+    }
+    return { losses, params: await gpt.getParams() };
+  };
+  const cpu = createCpuBackend();
+  try {
+    const want = await run(new Gpt(createReferenceBackend(), cfg, { seed: 2 }));
+    const got = await run(new Gpt(cpu, cfg, { seed: 2 }));
+    assert.ok(want.losses[2] < want.losses[0] - 0.01, `loss did not fall: ${want.losses}`);
+    // float32 on both sides, different summation orders: 1e-5 relative on the loss, 1e-4 on
+    // parameters relative to the tensor's largest entry
+    for (let s = 0; s < 3; s++) {
+      assert.ok(Math.abs(got.losses[s] - want.losses[s]) <= 1e-5 * want.losses[s]);
+    }
+    for (const [name, w] of want.params) {
+      const g = got.params.get(name)!;
+      const scale = Math.max(...w.map(Math.abs));
+      for (let i = 0; i < w.length; i++) {
+        assert.ok(Math.abs(g[i] - w[i]) <= 1e-4 * scale, `${name}[${i}]: ${g[i]} vs ${w[i]}`);
+      }
+    }
+  } finally {
+    cpu.dispose();
+  }
+});
