@@ -148,7 +148,10 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
   };
 
   for (let r = 0; r < size; r++) {
-    const w = new Worker(new URL("./_world_worker.ts", import.meta.url), { type: "module" });
+    const w = new Worker(new URL("./_world_worker.ts", import.meta.url), {
+      type: "module",
+      name: `${opts.name ?? "world"} rank ${r}`,
+    });
     workers.push(w);
     w.onmessage = (e: MessageEvent) => {
       const msg = e.data as { loomWorld?: string; value?: unknown; error?: RankErrorInfo };
@@ -213,9 +216,43 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
  */
 export async function runWorkers<T = unknown>(opts: WorkerWorldOptions): Promise<T[]> {
   const world = startWorkers<T>(opts);
+  const failures: RankFailedError[] = [];
+  let pending = world.size;
+  let wake!: () => void;
+  const changed = () => new Promise<void>((r) => (wake = r));
+  let next = changed();
+  world.results.forEach((p) =>
+    p.then(
+      () => {
+        pending--;
+        wake();
+      },
+      (e: RankFailedError) => {
+        pending--;
+        failures.push(e);
+        wake();
+      },
+    )
+  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
   try {
-    return await Promise.all(world.results);
+    while (pending > 0 && failures.length === 0) {
+      await next;
+      next = changed();
+    }
+    if (failures.length === 0) return await Promise.all(world.results);
+    // A lost rank makes its peers fail within ~10 ms: give them a moment, then report the rank
+    // that failed on its own rather than one that only saw it go.
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, 300)));
+    while (pending > 0) {
+      const woke = await Promise.race([next.then(() => true), grace.then(() => false)]);
+      if (!woke) break;
+      next = changed();
+    }
+    const secondHand = (e: RankFailedError) => e.reason === "peer-lost" || e.reason === "timeout";
+    throw failures.find((e) => !secondHand(e)) ?? failures[0]!;
   } finally {
+    clearTimeout(timer);
     world.close();
   }
 }
