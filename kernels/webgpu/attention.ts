@@ -1,0 +1,143 @@
+// Causal multi-head attention, forward and backward. qkv[B,T,3C] holds q | k | v; head h uses
+// channels [h*hs, (h+1)*hs) of each. The forward gives each query row (b, h, t) to one
+// invocation, which writes its softmax row of att[B,H,T,T] (subtracting the row maximum first)
+// and its output row. The backward runs in two passes so that every element has one writer:
+// per query row, dscores and dq; then per key row, dk and dv.
+
+import type { GpuDevice, GpuTensor } from "./device.ts";
+import { elementwise, runElementwise } from "./elementwise.ts";
+
+const SHAPE: [string, "u32" | "f32"][] = [["T", "u32"], ["C", "u32"], ["H", "u32"], [
+  "scale",
+  "f32",
+]];
+
+// Row i = (b*H + h)*T + t; the base of q for (b, t, h) is ((b*T + t)*3C + h*hs).
+const INDEX = `let t = i % p.T;
+  let bh = i / p.T;
+  let h = bh % p.H;
+  let b = bh / p.H;
+  let hs = p.C / p.H;
+  let C3 = 3u * p.C;
+  let seq = b * p.T;`;
+
+const FORWARD = elementwise(
+  "attention_forward",
+  // out, att, qkv
+  ["f32", "f32", "f32"],
+  SHAPE,
+  `${INDEX}
+  let q0 = p.o2 + (seq + t) * C3 + h * hs;
+  let a0 = p.o1 + i * p.T;
+  var mx = -3.4028235e38;
+  for (var u = 0u; u <= t; u++) {
+    let k0 = p.o2 + (seq + u) * C3 + p.C + h * hs;
+    var s = 0.0;
+    for (var c = 0u; c < hs; c++) { s += b2[q0 + c] * b2[k0 + c]; }
+    s *= p.scale;
+    b1[a0 + u] = s;
+    mx = max(mx, s);
+  }
+  var z = 0.0;
+  for (var u = 0u; u <= t; u++) {
+    let e = exp(b1[a0 + u] - mx);
+    b1[a0 + u] = e;
+    z += e;
+  }
+  for (var u = 0u; u <= t; u++) { b1[a0 + u] = b1[a0 + u] / z; }
+  for (var u = t + 1u; u < p.T; u++) { b1[a0 + u] = 0.0; }
+  let y0 = p.o0 + (seq + t) * p.C + h * hs;
+  for (var c = 0u; c < hs; c++) {
+    var s = 0.0;
+    for (var u = 0u; u <= t; u++) { s += b1[a0 + u] * b2[p.o2 + (seq + u) * C3 + 2u * p.C + h * hs + c]; }
+    b0[y0 + c] = s;
+  }`,
+);
+
+// Pass 1, per query row: datt[u] = dout[t] . v[u]; dpre[u] = att[u] (datt[u] - att . datt) scale
+// (kept in the scratch tensor); dq[t] += sum_u dpre[u] k[u].
+const BACKWARD_QUERY = elementwise(
+  "attention_backward_query",
+  // dqkv, dout, qkv, att, dpre
+  ["f32", "f32", "f32", "f32", "f32"],
+  SHAPE,
+  `${INDEX}
+  let g0 = p.o1 + (seq + t) * p.C + h * hs;
+  let a0 = p.o3 + i * p.T;
+  let d0 = p.o4 + i * p.T;
+  var dot = 0.0;
+  for (var u = 0u; u <= t; u++) {
+    let v0 = p.o2 + (seq + u) * C3 + 2u * p.C + h * hs;
+    var s = 0.0;
+    for (var c = 0u; c < hs; c++) { s += b1[g0 + c] * b2[v0 + c]; }
+    b4[d0 + u] = s;
+    dot += b3[a0 + u] * s;
+  }
+  for (var u = 0u; u <= t; u++) { b4[d0 + u] = b3[a0 + u] * (b4[d0 + u] - dot) * p.scale; }
+  let dq0 = p.o0 + (seq + t) * C3 + h * hs;
+  for (var c = 0u; c < hs; c++) {
+    var s = 0.0;
+    for (var u = 0u; u <= t; u++) { s += b4[d0 + u] * b2[p.o2 + (seq + u) * C3 + p.C + h * hs + c]; }
+    b0[dq0 + c] = b0[dq0 + c] + s;
+  }`,
+);
+
+// Pass 2, per key row u (here called t): dk[u] += sum_{t>=u} dpre[t,u] q[t];
+// dv[u] += sum_{t>=u} att[t,u] dout[t].
+const BACKWARD_KEY = elementwise(
+  "attention_backward_key",
+  // dqkv, dout, qkv, att, dpre
+  ["f32", "f32", "f32", "f32", "f32"],
+  SHAPE,
+  `${INDEX}
+  let u = t;
+  let r0 = (bh * p.T) * p.T + u; // element (b, h, row, u) is r0 + row*T
+  let dk0 = p.o0 + (seq + u) * C3 + p.C + h * hs;
+  let dv0 = dk0 + p.C;
+  for (var c = 0u; c < hs; c++) {
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var r = u; r < p.T; r++) {
+      sk += b4[p.o4 + r0 + r * p.T] * b2[p.o2 + (seq + r) * C3 + h * hs + c];
+      sv += b3[p.o3 + r0 + r * p.T] * b1[p.o1 + (seq + r) * p.C + h * hs + c];
+    }
+    b0[dk0 + c] = b0[dk0 + c] + sk;
+    b0[dv0 + c] = b0[dv0 + c] + sv;
+  }`,
+);
+
+/** Causal attention forward: out[B,T,C] and the probabilities att[B,H,T,T]. */
+export function attentionForward(
+  dev: GpuDevice,
+  out: GpuTensor,
+  att: GpuTensor,
+  qkv: GpuTensor,
+  B: number,
+  T: number,
+  C: number,
+  H: number,
+): void {
+  const scale = 1 / Math.sqrt(C / H);
+  runElementwise(dev, FORWARD, [out, att, qkv], B * H * T, [T, C, H, scale]);
+}
+
+/** Causal attention backward: dqkv += the gradient given dout and the saved att. */
+export function attentionBackward(
+  dev: GpuDevice,
+  dqkv: GpuTensor,
+  dout: GpuTensor,
+  qkv: GpuTensor,
+  att: GpuTensor,
+  B: number,
+  T: number,
+  C: number,
+  H: number,
+): void {
+  const rows = B * H * T;
+  if (rows === 0) return;
+  const scale = 1 / Math.sqrt(C / H);
+  const dpre = dev.scratch("attention_dpre", rows * T);
+  const tensors = [dqkv, dout, qkv, att, dpre];
+  runElementwise(dev, BACKWARD_QUERY, tensors, rows, [T, C, H, scale]);
+  runElementwise(dev, BACKWARD_KEY, tensors, rows, [T, C, H, scale]);
+}

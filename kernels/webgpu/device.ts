@@ -1,0 +1,299 @@
+// The WebGPU runtime under the backend: tensors as windows of GPUBuffers, a pipeline cache keyed
+// by each program's declared key, one uniform slot per dispatch, and batched readback.
+
+import type { Tensor, TensorDType } from "../backend.ts";
+
+/** Storage element type a program binds a tensor as. */
+export type BindType = "f32" | "i32" | "vec4f";
+
+/** A uniform field of a program: name and scalar type. */
+export type Field = readonly [name: string, type: "u32" | "i32" | "f32"];
+
+/**
+ * A compute program: its cache key, the tensors it binds (in order), its uniform fields and the
+ * WGSL text of its entry point `main` (plus any helpers and workgroup variables).
+ *
+ * The generated header declares binding `i` as `b{i}` (read-write storage of the given type),
+ * and a uniform `p` holding `o{i}` (the element offset of tensor `i` inside its binding, in
+ * units of the bound type) followed by the declared fields.
+ */
+export interface Program {
+  /** Unique cache key of the compiled pipeline. */
+  readonly key: string;
+  /** Bound type of each tensor, in binding order. */
+  readonly bindings: readonly BindType[];
+  /** Uniform fields after the offsets. */
+  readonly fields: readonly Field[];
+  /** WGSL source of `main` and its helpers. */
+  readonly body: string;
+}
+
+/** A tensor on the GPU: a window of `length` elements from element `offset` of `buffer`. */
+export class GpuTensor implements Tensor {
+  constructor(
+    readonly owner: GpuDevice,
+    readonly buffer: GPUBuffer,
+    readonly offset: number,
+    readonly length: number,
+    readonly dtype: TensorDType,
+  ) {}
+}
+
+const UNIFORM_SLOT = 256; // bytes per dispatch's uniform slot
+const UNIFORM_SLOTS = 256;
+const MAX_GROUPS = 65535;
+
+/** Dispatch shape for `n` workgroups along one logical axis, folded into x and y. */
+export function grid(n: number): [number, number] {
+  if (n <= MAX_GROUPS) return [Math.max(n, 1), 1];
+  const y = Math.ceil(n / MAX_GROUPS);
+  return [Math.ceil(n / y), y];
+}
+
+/** WGSL expression for the flat workgroup index under a {@linkcode grid} dispatch. */
+export const FLAT_GROUP = "(wid.y * nwg.x + wid.x)";
+
+/** WGSL builtins argument list matching {@linkcode FLAT_GROUP}. */
+export const BUILTINS =
+  "@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, " +
+  "@builtin(local_invocation_index) lid: u32";
+
+interface PendingRead {
+  t: GpuTensor;
+  resolve: (a: Float32Array | Int32Array) => void;
+  reject: (e: unknown) => void;
+}
+
+/** One WebGPU device with its caches. */
+export class GpuDevice {
+  readonly #pipelines = new Map<string, GPUComputePipeline>();
+  readonly #uniforms: GPUBuffer;
+  readonly #storageAlign: number;
+  readonly #maxBinding: number;
+  #slot = 0;
+  #pending: PendingRead[] = [];
+  #error: string | null = null;
+  #disposed = false;
+  #scratch = new Map<string, GpuTensor>();
+
+  constructor(readonly device: GPUDevice) {
+    this.#storageAlign = device.limits.minStorageBufferOffsetAlignment;
+    this.#maxBinding = device.limits.maxStorageBufferBindingSize;
+    this.#uniforms = device.createBuffer({
+      size: UNIFORM_SLOT * UNIFORM_SLOTS,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    device.addEventListener("uncapturederror", (ev) => {
+      const msg = (ev as GPUUncapturedErrorEvent).error.message;
+      if (this.#error === null) this.#error = msg;
+    });
+  }
+
+  /** Throw if the device reported an error or was disposed. */
+  check(op: string): void {
+    if (this.#disposed) throw new TypeError(`${op}: the WebGPU backend was disposed`);
+    if (this.#error !== null) {
+      throw new Error(`${op}: an earlier WebGPU command failed: ${this.#error}`);
+    }
+  }
+
+  /** A new zero-filled tensor. */
+  alloc(length: number, dtype: TensorDType): GpuTensor {
+    this.check("alloc");
+    // Whole 16-byte words, so that any window can be rounded up to a vec4 boundary.
+    const size = Math.max(16, Math.ceil((length * 4) / 16) * 16);
+    const buffer = this.device.createBuffer({
+      size,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    return new GpuTensor(this, buffer, 0, length, dtype);
+  }
+
+  /** A scratch tensor of at least `length` f32 elements, reused across calls with one name. */
+  scratch(name: string, length: number): GpuTensor {
+    const cur = this.#scratch.get(name);
+    if (cur !== undefined && cur.length >= length) return cur;
+    cur?.buffer.destroy();
+    const t = this.alloc(Math.max(length, (cur?.length ?? 0) * 2), "f32");
+    this.#scratch.set(name, t);
+    return t;
+  }
+
+  /** The compiled pipeline of a program, built on first use. */
+  pipeline(prog: Program): GPUComputePipeline {
+    let p = this.#pipelines.get(prog.key);
+    if (p === undefined) {
+      const code = header(prog) + prog.body;
+      const module = this.device.createShaderModule({ code, label: prog.key });
+      p = this.device.createComputePipeline({
+        label: prog.key,
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+      });
+      this.#pipelines.set(prog.key, p);
+    }
+    return p;
+  }
+
+  /** Number of pipelines compiled so far. */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  /**
+   * Encode and submit one dispatch of `prog` over `tensors` with the uniform `values` (in the
+   * order of the program's fields) and `groups` workgroups.
+   */
+  run(
+    prog: Program,
+    tensors: readonly GpuTensor[],
+    values: readonly number[],
+    groups: readonly [number, number?, number?],
+  ): void {
+    this.check(prog.key);
+    if (tensors.length !== prog.bindings.length || values.length !== prog.fields.length) {
+      throw new Error(`${prog.key}: wrong number of tensors or uniform values`);
+    }
+    const pipeline = this.pipeline(prog);
+    const words = new ArrayBuffer(UNIFORM_SLOT);
+    const u32 = new Uint32Array(words), i32 = new Int32Array(words), f32 = new Float32Array(words);
+    const entries: GPUBindGroupEntry[] = [];
+    tensors.forEach((t, i) => {
+      const unit = prog.bindings[i] === "vec4f" ? 4 : 1;
+      const startByte = t.offset * 4;
+      let bindOffset = Math.floor(startByte / this.#storageAlign) * this.#storageAlign;
+      // Only whole vec4 words can be addressed through a vec4 binding.
+      if (unit === 4) bindOffset = Math.floor(bindOffset / 16) * 16;
+      const endByte = Math.min(t.buffer.size, Math.ceil(((t.offset + t.length) * 4) / 16) * 16);
+      const size = Math.max(16, endByte - bindOffset);
+      if (size > this.#maxBinding) {
+        throw new RangeError(
+          `${prog.key}: a tensor of ${t.length} elements exceeds the device's storage binding ` +
+            `limit of ${this.#maxBinding} bytes`,
+        );
+      }
+      const rel = t.offset - bindOffset / 4;
+      if (rel % unit !== 0) throw new Error(`${prog.key}: tensor ${i} is not vec4-aligned`);
+      u32[i] = rel / unit;
+      entries.push({ binding: i, resource: { buffer: t.buffer, offset: bindOffset, size } });
+    });
+    prog.fields.forEach(([, type], j) => {
+      const k = tensors.length + j, v = values[j]!;
+      if (type === "f32") f32[k] = v;
+      else if (type === "i32") i32[k] = v;
+      else u32[k] = v;
+    });
+    const slotOffset = this.#slot * UNIFORM_SLOT;
+    this.#slot = (this.#slot + 1) % UNIFORM_SLOTS;
+    const nwords = tensors.length + prog.fields.length;
+    const ubytes = Math.max(16, Math.ceil((nwords * 4) / 16) * 16);
+    this.device.queue.writeBuffer(this.#uniforms, slotOffset, words, 0, ubytes);
+    entries.push({
+      binding: tensors.length,
+      resource: { buffer: this.#uniforms, offset: slotOffset, size: ubytes },
+    });
+    const bindGroup = this.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    const enc = this.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
+    pass.end();
+    this.device.queue.submit([enc.finish()]);
+  }
+
+  /** Copy `src` into `dst` on the device (different buffers). */
+  copyBuffer(dst: GpuTensor, src: GpuTensor): void {
+    this.check("copy");
+    const enc = this.device.createCommandEncoder();
+    enc.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, src.length * 4);
+    this.device.queue.submit([enc.finish()]);
+  }
+
+  /** Write host data at element `offset` of `t`. */
+  write(t: GpuTensor, src: Float32Array | Int32Array, offset: number): void {
+    this.check("write");
+    if (src.length === 0) return;
+    // A view of a SharedArrayBuffer (the CPU's flat buffers) is copied to a plain one first.
+    const data = src.buffer instanceof ArrayBuffer ? src : src.slice();
+    this.device.queue.writeBuffer(
+      t.buffer,
+      (t.offset + offset) * 4,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.length * 4,
+    );
+  }
+
+  /** Read `t` back; reads requested in the same turn share one staging buffer and one map. */
+  read(t: GpuTensor): Promise<Float32Array | Int32Array> {
+    this.check("read");
+    return new Promise((resolve, reject) => {
+      if (this.#pending.length === 0) queueMicrotask(() => this.#flushReads());
+      this.#pending.push({ t, resolve, reject });
+    });
+  }
+
+  async #flushReads(): Promise<void> {
+    const reads = this.#pending;
+    this.#pending = [];
+    try {
+      const starts: number[] = [];
+      let total = 0;
+      for (const r of reads) {
+        starts.push(total);
+        total += Math.ceil(r.t.length / 4) * 16; // keep each copy 16-byte aligned
+      }
+      const staging = this.device.createBuffer({
+        size: Math.max(16, total),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      const enc = this.device.createCommandEncoder();
+      reads.forEach((r, i) => {
+        if (r.t.length > 0) {
+          enc.copyBufferToBuffer(r.t.buffer, r.t.offset * 4, staging, starts[i]!, r.t.length * 4);
+        }
+      });
+      this.device.queue.submit([enc.finish()]);
+      await staging.mapAsync(GPUMapMode.READ);
+      const all = staging.getMappedRange();
+      const out = reads.map((r, i) => {
+        const bytes = new Uint8Array(all, starts[i]!, r.t.length * 4).slice();
+        return r.t.dtype === "i32" ? new Int32Array(bytes.buffer) : new Float32Array(bytes.buffer);
+      });
+      staging.unmap();
+      staging.destroy();
+      const err = this.#error;
+      reads.forEach((r, i) => {
+        if (err !== null) r.reject(new Error(`read: an earlier WebGPU command failed: ${err}`));
+        else r.resolve(out[i]!);
+      });
+    } catch (e) {
+      for (const r of reads) r.reject(e);
+    }
+  }
+
+  /** Destroy the device; every later call throws. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.device.destroy();
+  }
+}
+
+function header(prog: Program): string {
+  const lines: string[] = [];
+  const fields: string[] = [];
+  prog.bindings.forEach((b, i) => {
+    const el = b === "vec4f" ? "vec4<f32>" : b;
+    lines.push(`@group(0) @binding(${i}) var<storage, read_write> b${i}: array<${el}>;`);
+    fields.push(`o${i}: u32`);
+  });
+  for (const [name, type] of prog.fields) fields.push(`${name}: ${type}`);
+  lines.push(`struct P { ${fields.join(", ")} }`);
+  lines.push(`@group(0) @binding(${prog.bindings.length}) var<uniform> p: P;`);
+  return lines.join("\n") + "\n";
+}

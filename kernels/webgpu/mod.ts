@@ -1,0 +1,62 @@
+/**
+ * The WebGPU backend: the {@linkcode Backend} contract as WGSL compute shaders through
+ * `navigator.gpu`. Tensors are windows of GPU buffers (views share their buffer); every op is
+ * submitted in order, and only `read` waits (reads requested together share one map).
+ *
+ * Nothing happens at import time: the adapter is requested by {@linkcode createWebGPUBackend}.
+ *
+ * @example Multiply two matrices on the GPU (or skip where there is no adapter)
+ * ```ts
+ * import { createWebGPUBackend } from "./mod.ts";
+ * const be = await createWebGPUBackend();
+ * if (be !== null) {
+ *   const a = be.alloc(4), b = be.alloc(4), c = be.alloc(4);
+ *   be.write(a, new Float32Array([1, 2, 3, 4]));
+ *   be.write(b, new Float32Array([1, 0, 0, 1]));
+ *   be.matmul(c, a, b, null, 2, 2, 2);
+ *   console.log(await be.read(c)); // Float32Array [1, 2, 3, 4]
+ *   be.dispose();
+ * }
+ * ```
+ *
+ * @module
+ */
+
+import type { Backend } from "../backend.ts";
+import { GpuDevice } from "./device.ts";
+import { gpuBackend } from "./gpu_backend.ts";
+
+/** Options of {@linkcode createWebGPUBackend}. */
+export interface WebGPUBackendOptions {
+  /** Adapter preference passed to `navigator.gpu.requestAdapter`. */
+  powerPreference?: "low-power" | "high-performance";
+}
+
+/**
+ * Open a WebGPU device and build a backend on it. The device takes the adapter's largest
+ * storage-buffer limits, so that big flat buffers fit.
+ *
+ * @param opts adapter preference
+ * @returns the backend, named `"webgpu"`, or `null` when this runtime has no WebGPU adapter
+ *   (call `dispose()` when done: it destroys the device)
+ */
+export async function createWebGPUBackend(
+  opts: WebGPUBackendOptions = {},
+): Promise<Backend | null> {
+  const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
+  if (gpu === undefined) return null;
+  const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference });
+  if (adapter === null) return null;
+  const l = adapter.limits;
+  const device = await adapter.requestDevice({
+    requiredLimits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    },
+  });
+  const info = adapter.info;
+  const name = info.description || [info.vendor, info.architecture, info.device].join(" ");
+  const kind = info.isFallbackAdapter ? "software fallback adapter" : "adapter";
+  return gpuBackend(new GpuDevice(device), `webgpu: ${name.trim()} (${kind})`);
+}
