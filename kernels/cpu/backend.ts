@@ -407,20 +407,22 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     geluForward(out: Tensor, inp: Tensor, n: number): void {
       size("geluForward", { n });
       const O = f(out, "geluForward", "out", n), X = f(inp, "geluForward", "inp", n);
+      // 0.5 x (1 + tanh(u)) = x * sigmoid(2u): one exp instead of a tanh (about 1.7x faster);
+      // exp overflowing to Infinity for large u gives exactly x.
       for (let i = 0; i < n; i++) {
         const x = X[i];
-        O[i] = 0.5 * x * (1 + Math.tanh(GELU_K * (x + 0.044715 * x * x * x)));
+        O[i] = x - x / (Math.exp(2 * GELU_K * x * (1 + 0.044715 * x * x)) + 1);
       }
     },
     geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
       const op = "geluBackward";
       size(op, { n });
       const D = f(dinp, op, "dinp", n), X = f(inp, op, "inp", n), G = f(dout, op, "dout", n);
+      // With s = sigmoid(2u) = (1 + tanh(u)) / 2: GELU' = s + 2 x s (1 - s) u'.
       for (let i = 0; i < n; i++) {
         const x = X[i], x2 = x * x;
-        const th = Math.tanh(GELU_K * x * (1 + 0.044715 * x2));
-        const d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_K * (1 + 0.134145 * x2);
-        D[i] += d * G[i];
+        const s = 1 / (1 + Math.exp(-2 * GELU_K * x * (1 + 0.044715 * x2)));
+        D[i] += (s + 2 * x * s * (1 - s) * GELU_K * (1 + 0.134145 * x2)) * G[i];
       }
     },
 

@@ -184,6 +184,20 @@ cases.push({
   },
 });
 
+cases.push({
+  name: "geluForward() and geluBackward() at large and tiny inputs",
+  async run(be) {
+    const xs = [-100, -30, -9, -1e-3, 0, 1e-6, 9, 30, 100];
+    const n = xs.length, inp = be.alloc(n), out = be.alloc(n), dinp = be.alloc(n);
+    const dout = be.alloc(n);
+    be.write(inp, new Float32Array(xs));
+    be.fill(dout, 1);
+    be.geluForward(out, inp, n);
+    be.geluBackward(dinp, inp, dout, n);
+    return await read(be, { out, dinp });
+  },
+});
+
 for (const [B, T, C, H] of [[1, 1, 4, 1], [2, 5, 12, 3], [2, 17, 32, 4]]) {
   cases.push({
     name: `attentionForward() and attentionBackward() B=${B} T=${T} C=${C} H=${H}`,
