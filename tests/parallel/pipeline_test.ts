@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { buildSchedule, runPipeline } from "../../parallel/mod.ts";
+import { runWorkers } from "../../collectives/mod.ts";
+import { buildGrid, buildSchedule, runPipeline, type ScheduleName } from "../../parallel/mod.ts";
+import type { PipeResult } from "./_pipe_rank.ts";
 import { B, N, serialRun, ToyChunk } from "./_toy.ts";
 
 Deno.test("runPipeline() with one stage accumulates gradients like the serial loop", async () => {
@@ -37,4 +39,73 @@ Deno.test("runPipeline() rejects a chunk count or group that does not fit the sc
     }),
     /v=1 chunks per stage but 0/,
   );
+});
+
+async function pipelined(
+  world: number,
+  tp: number,
+  pp: number,
+  name: ScheduleName,
+  m: number,
+  v = 1,
+): Promise<PipeResult[]> {
+  return await runWorkers<PipeResult>({
+    size: world,
+    module: new URL("./_pipe_rank.ts", import.meta.url),
+    data: { tp, pp, name, m, v },
+    timeoutMs: 20_000,
+  });
+}
+
+function assertMatchesSerial(ranks: PipeResult[], pp: number, m: number, v: number): void {
+  const ref = serialRun(pp * v, m);
+  for (const r of ranks) {
+    for (const c of r.chunks) {
+      // Same float64 operations in the same order per chunk: bit-for-bit equal.
+      assert.deepEqual(c.dw, ref[c.k]!.dw, `stage ${r.coords.pp} virtual stage ${c.k} dw`);
+      assert.deepEqual(c.db, ref[c.k]!.db);
+      assert.equal(c.loss, ref[c.k]!.loss);
+      assert.equal(c.saved, 0, "activations left after the step");
+    }
+  }
+}
+
+for (
+  const [pp, name, m, v] of [
+    [2, "gpipe", 4, 1],
+    [2, "1f1b", 3, 1],
+    [4, "1f1b", 8, 1],
+    [4, "gpipe", 2, 1],
+    [2, "interleaved", 4, 2],
+    [4, "interleaved", 4, 2],
+  ] as [number, ScheduleName, number, number][]
+) {
+  Deno.test(
+    `runPipeline() with ${name} on ${pp} workers (m=${m}, v=${v}) gives the serial gradients`,
+    async () => {
+      const ranks = await pipelined(pp, 1, pp, name, m, v);
+      assertMatchesSerial(ranks, pp, m, v);
+      const last = ranks.find((r) => r.coords.pp === pp - 1)!;
+      const first = ranks.find((r) => r.coords.pp === 0)!;
+      assert.deepEqual(first.tied, [1 + pp], "tied gradients summed over first and last stage");
+      assert.deepEqual(last.tied, [1 + pp]);
+    },
+  );
+}
+
+Deno.test("createGroups() on 8 workers (tp=2, pp=2, dp=2) makes the grid's groups and runs 1F1B in each pipeline", async () => {
+  const ranks = await pipelined(8, 2, 2, "1f1b", 4);
+  const grid = buildGrid({ worldSize: 8, tp: 2, pp: 2 });
+  ranks.forEach((r, rank) => {
+    assert.deepEqual(r.coords, grid.coordsOf(rank));
+    const groups = grid.groupsOf(rank);
+    for (const kind of ["tp", "dp", "pp", "modelParallel"] as const) {
+      assert.equal(
+        r.sums[kind],
+        groups[kind].reduce((a, b) => a + b, 0),
+        `${kind} of rank ${rank}`,
+      );
+    }
+  });
+  assertMatchesSerial(ranks, 2, 4, 1);
 });
