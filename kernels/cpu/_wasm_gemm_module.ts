@@ -123,8 +123,13 @@ export function buildGemmModule(cfg: GemmModuleConfig): Uint8Array {
 
 /** Whether this engine validates `f32x4.relaxed_madd` (the relaxed SIMD proposal). */
 export function hasRelaxedSimd(): boolean {
-  const m = new ModuleBuilder(1);
-  const c = new Code().get(0).get(0).get(0).f32x4RelaxedMadd();
-  m.add({ params: [V128], results: [V128], locals: [], body: c.bytes });
-  return WebAssembly.validate(m.bytes() as Uint8Array<ArrayBuffer>);
+  if (relaxed === undefined) {
+    const m = new ModuleBuilder(1);
+    const c = new Code().get(0).get(0).get(0).f32x4RelaxedMadd();
+    m.add({ params: [V128], results: [V128], locals: [], body: c.bytes });
+    relaxed = WebAssembly.validate(m.bytes() as Uint8Array<ArrayBuffer>);
+  }
+  return relaxed;
 }
+
+let relaxed: boolean | undefined;

@@ -55,7 +55,7 @@ class WasmGemm implements Gemm {
   constructor(fma: boolean) {
     this.fma = fma;
     this.#mr = fma ? MR_FMA : MR_MULADD;
-    const bytes = buildGemmModule({ mr: this.#mr, nr: NR, unroll: 4, fma });
+    const bytes = buildGemmModule({ mr: this.#mr, nr: NR, unroll: 8, fma });
     const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
     this.#memory = instance.exports.memory as WebAssembly.Memory;
     this.#macro = instance.exports.macro as Macro;
