@@ -18,7 +18,7 @@
 
 import type { Backend, Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, checkSlot, GRAD_SLOT } from "./_arena.ts";
+import { Arena, Buffers, checkSlot, GRAD_SLOT, RECOMPUTE_SLOT, roleOf } from "./_arena.ts";
 import type { ParamStore } from "./params.ts";
 
 /** What a layer is told about the pass it takes part in. */
@@ -71,6 +71,45 @@ export interface NormLayer extends Layer {
   backwardAdd(dx: Tensor, dy: Tensor, step: Step): Promise<void>;
 }
 
+/**
+ * Memory that the blocks of one model share for what is transient: backward scratch (the
+ * gradient a layer hands down, consumed before the next layer's backward) and the activations
+ * of checkpointed blocks. Block i and block j then use the same buffers for the same role,
+ * so that scratch costs one block's worth instead of one per block. A tensor returned by a
+ * pooled layer's `backward` is then valid until the next `backward` of any layer of the pool.
+ */
+export class ActivationPool {
+  #buffers: Buffers;
+
+  /**
+   * Create an empty pool.
+   *
+   * @param backend the backend that allocates the buffers
+   */
+  constructor(backend: Backend) {
+    this.#buffers = new Buffers(backend);
+  }
+
+  /**
+   * A buffer of exactly `length` elements for (slot, name), allocated once.
+   *
+   * @param slot the slot
+   * @param name the buffer's name (role and purpose)
+   * @param length elements
+   * @param dtype element type
+   * @returns the buffer
+   */
+  get(slot: number, name: string, length: number, dtype: "f32" | "i32" = "f32"): Tensor {
+    return this.#buffers.get(slot, name, length, dtype);
+  }
+}
+
+/** Options every built-in layer takes. */
+export interface LayerOptions {
+  /** Share transient buffers with the model's other blocks (see {@linkcode ActivationPool}). */
+  pool?: ActivationPool;
+}
+
 function slotOf(step: Step): number {
   const s = step.slot ?? 0;
   checkSlot(s);
@@ -84,7 +123,7 @@ function saved(list: (Tensor | undefined)[], slot: number, what: string): Tensor
 }
 
 /** Options of {@linkcode Linear}. */
-export interface LinearOptions {
+export interface LinearOptions extends LayerOptions {
   /** Whether the layer has a bias `${name}.bias`; default true. */
   bias?: boolean;
 }
@@ -111,7 +150,7 @@ export class Linear implements Layer {
    * @param name the parameter prefix, e.g. `"h.0.attn.c_attn"`
    * @param inDim input features
    * @param outDim output features
-   * @param opts whether there is a bias
+   * @param opts whether there is a bias; a pool to share scratch in
    */
   constructor(
     backend: Backend,
@@ -133,7 +172,7 @@ export class Linear implements Layer {
     this.#dw = store.grad(`${name}.weight`);
     this.#b = bias ? store.value(`${name}.bias`) : null;
     this.#db = bias ? store.grad(`${name}.bias`) : null;
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, roleOf(name));
   }
 
   /** Run the layer forward, keeping what backward needs (see {@linkcode Layer.forward}). */
@@ -183,8 +222,16 @@ export class LayerNorm implements NormLayer {
    * @param name the parameter prefix, e.g. `"h.0.ln_1"`
    * @param dim the normalised size C
    * @param eps the variance epsilon, default 1e-5
+   * @param opts a pool to share scratch in
    */
-  constructor(backend: Backend, store: ParamStore, name: string, dim: number, eps = 1e-5) {
+  constructor(
+    backend: Backend,
+    store: ParamStore,
+    name: string,
+    dim: number,
+    eps = 1e-5,
+    opts: LayerOptions = {},
+  ) {
     this.specs = [
       { name: `${name}.weight`, shape: [dim] },
       { name: `${name}.bias`, shape: [dim] },
@@ -196,7 +243,7 @@ export class LayerNorm implements NormLayer {
     this.#b = store.value(`${name}.bias`);
     this.#dw = store.grad(`${name}.weight`);
     this.#db = store.grad(`${name}.bias`);
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, roleOf(name));
   }
 
   /** Run the layer forward, keeping what backward needs (see {@linkcode Layer.forward}). */
@@ -277,8 +324,16 @@ export class CausalSelfAttention implements Layer {
    * @param cProj the output projection, input `[B*T, dim]`
    * @param dim the attention width (heads * head size) this layer computes
    * @param heads the number of heads this layer computes
+   * @param opts a pool to share scratch in, and this layer's role in it (default `"attn"`)
    */
-  constructor(backend: Backend, cAttn: Layer, cProj: Layer, dim: number, heads: number) {
+  constructor(
+    backend: Backend,
+    cAttn: Layer,
+    cProj: Layer,
+    dim: number,
+    heads: number,
+    opts: LayerOptions & { role?: string } = {},
+  ) {
     if (!Number.isInteger(heads) || heads < 1 || dim % heads !== 0) {
       throw new RangeError(`Attention width ${dim} must be a multiple of heads (${heads})`);
     }
@@ -288,7 +343,7 @@ export class CausalSelfAttention implements Layer {
     this.#C = dim;
     this.#H = heads;
     this.specs = [...cAttn.specs, ...cProj.specs];
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, opts.role ?? "attn");
   }
 
   /**
@@ -299,6 +354,7 @@ export class CausalSelfAttention implements Layer {
    * @param name the prefix, e.g. `"h.0.attn"`
    * @param dim the model width C
    * @param heads the number of heads
+   * @param opts a pool to share scratch in
    * @returns the layer
    */
   static create(
@@ -307,13 +363,15 @@ export class CausalSelfAttention implements Layer {
     name: string,
     dim: number,
     heads: number,
+    opts: LayerOptions = {},
   ): CausalSelfAttention {
     return new CausalSelfAttention(
       backend,
-      new Linear(backend, store, `${name}.c_attn`, dim, 3 * dim),
-      new Linear(backend, store, `${name}.c_proj`, dim, dim),
+      new Linear(backend, store, `${name}.c_attn`, dim, 3 * dim, opts),
+      new Linear(backend, store, `${name}.c_proj`, dim, dim, opts),
       dim,
       heads,
+      { pool: opts.pool, role: roleOf(name) },
     );
   }
 
@@ -363,14 +421,21 @@ export class Mlp implements Layer {
    * @param cFc the expansion, output `[B*T, hidden]`
    * @param cProj the projection, input `[B*T, hidden]`
    * @param hidden the hidden width this layer computes
+   * @param opts a pool to share scratch in, and this layer's role in it (default `"mlp"`)
    */
-  constructor(backend: Backend, cFc: Layer, cProj: Layer, hidden: number) {
+  constructor(
+    backend: Backend,
+    cFc: Layer,
+    cProj: Layer,
+    hidden: number,
+    opts: LayerOptions & { role?: string } = {},
+  ) {
     this.#be = backend;
     this.cFc = cFc;
     this.cProj = cProj;
     this.#hidden = hidden;
     this.specs = [...cFc.specs, ...cProj.specs];
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, opts.role ?? "mlp");
   }
 
   /**
@@ -381,6 +446,7 @@ export class Mlp implements Layer {
    * @param name the prefix, e.g. `"h.0.mlp"`
    * @param dim the model width C
    * @param hidden the hidden width (GPT-2: 4C)
+   * @param opts a pool to share scratch in
    * @returns the layer
    */
   static create(
@@ -389,12 +455,14 @@ export class Mlp implements Layer {
     name: string,
     dim: number,
     hidden: number,
+    opts: LayerOptions = {},
   ): Mlp {
     return new Mlp(
       backend,
-      new Linear(backend, store, `${name}.c_fc`, dim, hidden),
-      new Linear(backend, store, `${name}.c_proj`, hidden, dim),
+      new Linear(backend, store, `${name}.c_fc`, dim, hidden, opts),
+      new Linear(backend, store, `${name}.c_proj`, hidden, dim, opts),
       hidden,
+      { pool: opts.pool, role: roleOf(name) },
     );
   }
 
@@ -434,29 +502,43 @@ export interface BlockParts {
   mlp: Layer;
 }
 
+/** Options of {@linkcode Block}. */
+export interface BlockOptions extends LayerOptions {
+  /**
+   * Activation checkpointing: keep only the block's input and output per slot, and recompute
+   * its inner activations (in the pool, when given) right before its backward.
+   */
+  checkpoint?: boolean;
+}
+
 /** A pre-LN transformer block: `r = x + attn(ln1(x))`, `y = r + mlp(ln2(r))`. */
 export class Block implements Layer {
   /** The parameters of every part. */
   readonly specs: readonly ParamSpec[];
   /** The parts. */
   readonly parts: BlockParts;
+  /** Whether the block recomputes its activations in backward. */
+  readonly checkpoint: boolean;
   #be: Backend;
   #C: number;
   #arena: Arena;
+  #x: (Tensor | undefined)[] = [];
 
   /**
-   * Create the layer.
+   * Create the block.
    *
    * @param backend the backend
    * @param parts the normalisations, attention and MLP
    * @param dim the model width C
+   * @param opts a pool to share scratch in; activation checkpointing
    */
-  constructor(backend: Backend, parts: BlockParts, dim: number) {
+  constructor(backend: Backend, parts: BlockParts, dim: number, opts: BlockOptions = {}) {
     this.#be = backend;
     this.parts = parts;
     this.#C = dim;
+    this.checkpoint = opts.checkpoint ?? false;
     this.specs = [...parts.ln1.specs, ...parts.attn.specs, ...parts.ln2.specs, ...parts.mlp.specs];
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, "block");
   }
 
   /**
@@ -469,6 +551,7 @@ export class Block implements Layer {
    * @param heads the number of heads
    * @param hidden the MLP width
    * @param eps the layernorm epsilon
+   * @param opts a pool to share scratch in; activation checkpointing
    * @returns the block
    */
   static create(
@@ -479,19 +562,24 @@ export class Block implements Layer {
     heads: number,
     hidden: number,
     eps = 1e-5,
+    opts: BlockOptions = {},
   ): Block {
     const p = `h.${index}`;
-    return new Block(backend, {
-      ln1: new LayerNorm(backend, store, `${p}.ln_1`, dim, eps),
-      attn: CausalSelfAttention.create(backend, store, `${p}.attn`, dim, heads),
-      ln2: new LayerNorm(backend, store, `${p}.ln_2`, dim, eps),
-      mlp: Mlp.create(backend, store, `${p}.mlp`, dim, hidden),
-    }, dim);
+    const o: LayerOptions = { pool: opts.pool };
+    return new Block(
+      backend,
+      {
+        ln1: new LayerNorm(backend, store, `${p}.ln_1`, dim, eps, o),
+        attn: CausalSelfAttention.create(backend, store, `${p}.attn`, dim, heads, o),
+        ln2: new LayerNorm(backend, store, `${p}.ln_2`, dim, eps, o),
+        mlp: Mlp.create(backend, store, `${p}.mlp`, dim, hidden, o),
+      },
+      dim,
+      opts,
+    );
   }
 
-  /** Run the layer forward, keeping what backward needs (see {@linkcode Layer.forward}). */
-  async forward(x: Tensor, step: Step): Promise<Tensor> {
-    const slot = slotOf(step);
+  async #forward(x: Tensor, step: Step, slot: number): Promise<Tensor> {
     const n = step.B * step.T * this.#C;
     const { ln1, attn, ln2, mlp } = this.parts;
     const a = await attn.forward(await ln1.forward(x, step), step);
@@ -503,15 +591,32 @@ export class Block implements Layer {
     return y;
   }
 
+  /** Run the layer forward, keeping what backward needs (see {@linkcode Layer.forward}). */
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
+    const slot = slotOf(step);
+    if (!this.checkpoint) return await this.#forward(x, step, slot);
+    const y = await this.#forward(x, { ...step, slot: RECOMPUTE_SLOT }, RECOMPUTE_SLOT);
+    const out = this.#arena.get(slot, "out", y.length);
+    this.#be.copy(out, y);
+    this.#x[slot] = x;
+    return out;
+  }
+
   /** Add parameter gradients and return dX (see {@linkcode Layer.backward}). */
   async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
     if (!dy) throw new TypeError("Block.backward needs dy");
+    if (this.checkpoint) {
+      const x = saved(this.#x, slotOf(step), "Block");
+      step = { ...step, slot: RECOMPUTE_SLOT };
+      await this.#forward(x, step, RECOMPUTE_SLOT);
+    }
     const n = step.B * step.T * this.#C;
     const { ln1, attn, ln2, mlp } = this.parts;
     // dr carries the residual stream's gradient; it becomes dx once ln1 has added into it.
+    // With a pool, dy may be the dr of the block above: the same buffer.
     const dr = this.#arena.get(GRAD_SLOT, "dr", n);
-    this.#be.copy(dr, dy);
-    await ln2.backwardAdd(dr, (await mlp.backward(dy, step))!, step);
+    if (dr !== dy) this.#be.copy(dr, dy);
+    await ln2.backwardAdd(dr, (await mlp.backward(dr, step))!, step);
     await ln1.backwardAdd(dr, (await attn.backward(dr, step))!, step);
     return dr;
   }
@@ -621,6 +726,7 @@ export class Head implements Layer {
    * @param dim the model width C
    * @param tied whether the head reuses `wte` (else `lm_head.weight`)
    * @param eps the layernorm epsilon
+   * @param opts a pool to share scratch in
    */
   constructor(
     backend: Backend,
@@ -629,16 +735,17 @@ export class Head implements Layer {
     dim: number,
     tied = true,
     eps = 1e-5,
+    opts: LayerOptions = {},
   ) {
     const wName = tied ? "wte" : "lm_head.weight";
-    this.lnf = new LayerNorm(backend, store, "ln_f", dim, eps);
+    this.lnf = new LayerNorm(backend, store, "ln_f", dim, eps, opts);
     this.specs = [...this.lnf.specs, { name: wName, shape: [vocab, dim] }];
     this.#be = backend;
     this.#V = vocab;
     this.#C = dim;
     this.#w = store.value(wName);
     this.#dw = store.grad(wName);
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(backend, opts.pool, "head");
   }
 
   /** Run the layer forward, keeping what backward needs (see {@linkcode Layer.forward}). */

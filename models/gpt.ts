@@ -9,7 +9,7 @@
 import type { Backend, Tensor } from "../kernels/mod.ts";
 import { buildLayout, type FlatLayout, type LayoutOptions } from "../optim/mod.ts";
 import { Arena } from "./_arena.ts";
-import { Block, Embedding, Head, type Layer, type Step } from "./blocks.ts";
+import { ActivationPool, Block, Embedding, Head, type Layer, type Step } from "./blocks.ts";
 import {
   type GptConfig,
   gptParamSpecs,
@@ -25,6 +25,8 @@ export interface GptOptions {
   seed?: number | null;
   /** Layout alignment and padding (e.g. `padTo` the data-parallel size). */
   layout?: LayoutOptions;
+  /** Activation checkpointing of every block: recompute its activations in backward. */
+  checkpoint?: boolean;
 }
 
 /** Options of {@linkcode Gpt.generate}. */
@@ -94,11 +96,18 @@ export class Gpt {
     this.backend = backend;
     this.config = c;
     this.store = new FlatParams(backend, buildLayout(gptParamSpecs(c), opts.layout));
+    const pool = new ActivationPool(backend);
+    const checkpoint = opts.checkpoint ?? false;
     const layers: Layer[] = [new Embedding(backend, this.store, c.vocab, c.ctx, c.dim)];
     for (let i = 0; i < c.layers; i++) {
-      layers.push(Block.create(backend, this.store, i, c.dim, c.heads, c.hidden, c.lnEps));
+      layers.push(
+        Block.create(backend, this.store, i, c.dim, c.heads, c.hidden, c.lnEps, {
+          pool,
+          checkpoint,
+        }),
+      );
     }
-    layers.push(new Head(backend, this.store, c.vocab, c.dim, c.tied, c.lnEps));
+    layers.push(new Head(backend, this.store, c.vocab, c.dim, c.tied, c.lnEps, { pool }));
     this.layers = layers;
     this.#arena = new Arena(backend);
     const seed = opts.seed === undefined ? 0 : opts.seed;

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { type Backend, createReferenceBackend, Rng, type Tensor } from "../../kernels/mod.ts";
 import {
+  ActivationPool,
   Block,
   CausalSelfAttention,
   Embedding,
@@ -287,4 +288,11 @@ Deno.test("backward adds into the gradients: two backwards give twice the gradie
   await gpt.backward(0.5);
   const g = host(be, gpt.store.grads);
   for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g[i] - 1.5 * once[i]) < 1e-12);
+});
+
+Deno.test("a checkpointed block with a shared pool matches finite differences", async () => {
+  const { be, store, rng } = setup();
+  const pool = new ActivationPool(be);
+  const layer = Block.create(be, store, 1, C, CFG.heads, 12, 1e-5, { pool, checkpoint: true });
+  await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });
