@@ -43,9 +43,14 @@ type Macro = (
   ldc: number,
 ) => void;
 
-class WasmGemm implements Gemm {
+/** The WebAssembly GEMM: a {@linkcode Gemm} that says which instructions it uses. */
+export interface WasmGemm extends Gemm {
+  /** Whether the micro-kernel uses fused multiply-add (`f32x4.relaxed_madd`). */
+  readonly fma: boolean;
+}
+
+class SimdGemm implements WasmGemm {
   readonly name = "wasm";
-  /** Whether the micro-kernel uses fused multiply-add. */
   readonly fma: boolean;
   #memory: WebAssembly.Memory;
   #macro: Macro;
@@ -271,7 +276,7 @@ function packA(
   }
 }
 
-const cache = new Map<boolean, WasmGemm>();
+const cache = new Map<boolean, SimdGemm>();
 
 /** Options of {@linkcode createWasmGemm}. */
 export interface WasmGemmOptions {
@@ -288,7 +293,7 @@ export interface WasmGemmOptions {
  * `f32x4.mul` + `f32x4.add`.
  *
  * @param options instruction choice (for tests and benchmarks; the default is the fastest)
- * @returns a {@linkcode Gemm} named `"wasm"`
+ * @returns a {@linkcode Gemm} named `"wasm"`, with `fma` telling which instructions it uses
  * @example Multiply two 2x2 matrices
  * ```ts
  * import { createWasmGemm } from "./wasm_gemm.ts";
@@ -298,7 +303,7 @@ export interface WasmGemmOptions {
  * // C is now [1, 2, 3, 4]
  * ```
  */
-export function createWasmGemm(options: WasmGemmOptions = {}): Gemm {
+export function createWasmGemm(options: WasmGemmOptions = {}): WasmGemm {
   const relaxed = hasRelaxedSimd();
   const fma = options.fma ?? relaxed;
   if (fma && !relaxed) {
@@ -308,6 +313,6 @@ export function createWasmGemm(options: WasmGemmOptions = {}): Gemm {
     );
   }
   let g = cache.get(fma);
-  if (!g) cache.set(fma, g = new WasmGemm(fma));
+  if (!g) cache.set(fma, g = new SimdGemm(fma));
   return g;
 }

@@ -168,7 +168,9 @@ Deno.test("wasm sgemm rejects a matrix that does not fit its array", () => {
   );
 });
 
-Deno.test("createWasmGemm() returns one cached instance named wasm", () => {
+Deno.test("createWasmGemm() returns one cached instance named wasm, with FMA where the engine has it", () => {
   assert.equal(createWasmGemm(), createWasmGemm());
   assert.equal(createWasmGemm().name, "wasm");
+  assert.equal(createWasmGemm().fma, hasRelaxedSimd());
+  assert.equal(createWasmGemm({ fma: false }).fma, false);
 });
