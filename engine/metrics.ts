@@ -1,0 +1,81 @@
+/**
+ * Run records: `metrics.jsonl` (one JSON object per logged step or evaluation) and
+ * `summary.json` at the end.
+ *
+ * @module
+ */
+
+/** A logged training step. */
+export interface StepRecord {
+  /** 1-based optimizer step. */
+  step: number;
+  /** Mean training loss of the step. */
+  loss: number;
+  /** Learning rate used. */
+  lr: number;
+  /** Training throughput over the last logging interval. */
+  tokens_per_s: number;
+  /** Global gradient norm before clipping (when computed). */
+  grad_norm?: number;
+}
+
+/** A logged evaluation. */
+export interface EvalRecord {
+  /** Step after which it ran. */
+  step: number;
+  /** Always `"eval"`. */
+  kind: "eval";
+  /** Mean validation loss. */
+  val_loss: number | null;
+  /** Held-out exact-match accuracy (tasks only). */
+  heldout_accuracy?: number;
+}
+
+/** Appends records to a JSON-lines file, one object per line. */
+export class MetricsWriter {
+  readonly #file: Deno.FsFile;
+  readonly #enc = new TextEncoder();
+
+  private constructor(file: Deno.FsFile) {
+    this.#file = file;
+  }
+
+  /**
+   * Open (append to) a metrics file.
+   *
+   * @param path the `metrics.jsonl` path
+   * @param append keep earlier lines (a resumed run) instead of truncating
+   * @returns the writer
+   */
+  static async open(path: string, append: boolean): Promise<MetricsWriter> {
+    const file = await Deno.open(path, { write: true, create: true, append, truncate: !append });
+    return new MetricsWriter(file);
+  }
+
+  /**
+   * Write one record as a line.
+   *
+   * @param rec the record
+   */
+  async write(rec: StepRecord | EvalRecord): Promise<void> {
+    const bytes = this.#enc.encode(JSON.stringify(rec) + "\n");
+    let off = 0;
+    while (off < bytes.length) off += await this.#file.write(bytes.subarray(off));
+  }
+
+  /** Close the file. */
+  close(): void {
+    this.#file.close();
+  }
+}
+
+/**
+ * Read a `metrics.jsonl` back.
+ *
+ * @param path the file
+ * @returns its records in order
+ */
+export async function readMetrics(path: string): Promise<(StepRecord | EvalRecord)[]> {
+  const text = await Deno.readTextFile(path);
+  return text.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l));
+}

@@ -1,0 +1,28 @@
+/**
+ * The engine: a validated configuration (DeepSpeed and Megatron keys), a GPT with its
+ * optimizer, schedule and loss scaler, `trainBatch` / `evalBatch` / `save` / `load`,
+ * safetensors checkpoints, and the run records (metrics.jsonl, progress line).
+ *
+ * @example
+ * ```ts
+ * import { initialize } from "./mod.ts";
+ * import { createReferenceBackend } from "../kernels/mod.ts";
+ * const engine = await initialize(
+ *   { model: { vocab: 8, ctx: 4, dim: 8, layers: 1, heads: 2 }, train_batch_size: 1 },
+ *   { backend: createReferenceBackend() },
+ * );
+ * console.assert(engine.model.numParams > 0);
+ * ```
+ *
+ * @module
+ */
+export * from "./config.ts";
+export * from "./engine.ts";
+export * from "./checkpoint.ts";
+export * from "./metrics.ts";
+export * from "./progress.ts";
+export type * from "../kernels/backend.ts";
+export type { Rng } from "../kernels/rng.ts";
+export type * from "../models/mod.ts";
+export type * from "../optim/mod.ts";
+export type { Batch } from "../data/mod.ts";

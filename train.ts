@@ -1,0 +1,588 @@
+/**
+ * The main job: train a GPT on the embedded default task (multi-digit addition, scored by
+ * exact match on held-out problems) or on any UTF-8 text file, on one rank.
+ *
+ * ```sh
+ * deno run -A train.ts                              # the default: learns 3-digit addition
+ * deno run -A train.ts --data book.txt --ctx 128    # a character-level model of a text
+ * deno run -A train.ts --resume runs/add-...        # continue a saved run
+ * deno run -A train.ts --help                       # every option, with defaults
+ * ```
+ *
+ * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, and the checkpoint
+ * (`checkpoint.safetensors`, `config.json`).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import {
+  AdditionTask,
+  type Batch,
+  type Dataset,
+  loadTextDataset,
+  type Score,
+  TOKENIZER_KINDS,
+  tokenizerFromJSON,
+  type TokenizerJSON,
+} from "./data/mod.ts";
+import {
+  Engine,
+  type EngineConfig,
+  formatDuration,
+  MetricsWriter,
+  Progress,
+} from "./engine/mod.ts";
+import { readCheckpointConfig } from "./engine/mod.ts";
+import { type Backend, createCpuBackend } from "./kernels/mod.ts";
+import { createWebGPUBackend } from "./kernels/webgpu/mod.ts";
+import { SCHEDULE_KINDS } from "./optim/mod.ts";
+
+type Kind = "int" | "float" | "string" | "bool";
+interface OptionSpec {
+  kind: Kind;
+  dflt: string | number | boolean | null;
+  help: string;
+  choices?: readonly string[];
+  /** Saved with the run and taken from it on --resume. */
+  saved?: boolean;
+}
+
+/** Every option of train.ts, its type, default and help (also what --help prints). */
+const OPTIONS: Record<string, OptionSpec> = {
+  dim: { kind: "int", dflt: 64, help: "model width", saved: true },
+  layers: { kind: "int", dflt: 2, help: "transformer blocks", saved: true },
+  heads: { kind: "int", dflt: 4, help: "attention heads (must divide --dim)", saved: true },
+  ctx: {
+    kind: "int",
+    dflt: null,
+    help: "context length (default: the task's 11 for addition, 64 with --data)",
+    saved: true,
+  },
+  batch: { kind: "int", dflt: 64, help: "sequences per optimizer step", saved: true },
+  accum: {
+    kind: "int",
+    dflt: 1,
+    help: "gradient accumulation: micro-batches per step (must divide --batch)",
+    saved: true,
+  },
+  steps: { kind: "int", dflt: 1500, help: "total optimizer steps of the run", saved: true },
+  lr: { kind: "float", dflt: 3e-3, help: "peak learning rate", saved: true },
+  schedule: {
+    kind: "string",
+    dflt: "cosine",
+    help: "learning-rate schedule after warmup",
+    choices: SCHEDULE_KINDS,
+    saved: true,
+  },
+  warmup: { kind: "int", dflt: 100, help: "warmup steps (linear)", saved: true },
+  "min-lr-ratio": {
+    kind: "float",
+    dflt: 0.05,
+    help: "cosine floor as a fraction of --lr",
+    saved: true,
+  },
+  optimizer: {
+    kind: "string",
+    dflt: "adamw",
+    help: "optimizer",
+    choices: ["adamw", "sgd"],
+    saved: true,
+  },
+  "weight-decay": {
+    kind: "float",
+    dflt: 0.1,
+    help: "decoupled weight decay (2-D weights only)",
+    saved: true,
+  },
+  clip: {
+    kind: "float",
+    dflt: 1,
+    help: "clip gradients to this global norm (0: off)",
+    saved: true,
+  },
+  seed: { kind: "int", dflt: 0, help: "seed of initialisation and data order", saved: true },
+  data: {
+    kind: "string",
+    dflt: null,
+    help: "a UTF-8 text file to train on (default: the embedded addition task)",
+    saved: true,
+  },
+  tokenizer: {
+    kind: "string",
+    dflt: "char",
+    help: "tokenizer for --data",
+    choices: TOKENIZER_KINDS,
+    saved: true,
+  },
+  digits: { kind: "int", dflt: 3, help: "digits per operand of the addition task", saved: true },
+  backend: {
+    kind: "string",
+    dflt: "auto",
+    help: "compute backend (auto: WebGPU on a hardware adapter, else CPU)",
+    choices: ["auto", "cpu", "webgpu"],
+  },
+  gemm: {
+    kind: "string",
+    dflt: "auto",
+    help: "CPU matrix-product path",
+    choices: ["auto", "blas", "wasm", "ts"],
+  },
+  threads: { kind: "int", dflt: 1, help: "BLAS threads of the CPU backend" },
+  out: { kind: "string", dflt: null, help: "run directory (default: runs/<task>-<time>)" },
+  resume: { kind: "string", dflt: null, help: "continue the run saved in this directory" },
+  "eval-every": {
+    kind: "int",
+    dflt: 250,
+    help: "evaluate (validation loss, held-out score) every N steps (0: only at the end)",
+  },
+  "save-every": {
+    kind: "int",
+    dflt: 0,
+    help: "also checkpoint every N steps (0: only at the end)",
+  },
+  "stop-after": {
+    kind: "int",
+    dflt: 0,
+    help: "stop (and checkpoint) after this step, keeping the --steps schedule (0: run to the end)",
+  },
+  quiet: { kind: "bool", dflt: false, help: "print only the summary" },
+  help: { kind: "bool", dflt: false, help: "show this help" },
+};
+
+/** The parsed options, with defaults applied. */
+export type TrainOptions = Record<string, string | number | boolean | null>;
+
+/** What a finished run reports (also written as summary.json). */
+export interface TrainSummary {
+  /** Steps done when the run stopped. */
+  steps: number;
+  /** Mean training loss over the last logged steps. */
+  train_loss: number;
+  /** Validation loss at the end (null without validation data). */
+  val_loss: number | null;
+  /** Held-out exact-match score (tasks only). */
+  heldout: { correct: number; total: number; accuracy: number } | null;
+  /** Mean training throughput of this process. */
+  tokens_per_s: number;
+  /** Wall time of this process in seconds. */
+  wall_time_s: number;
+  /** Parameters of the model. */
+  params: number;
+  /** The backend's description. */
+  backend: string;
+  /** The data set. */
+  data: string;
+  /** The run directory. */
+  out: string;
+}
+
+/**
+ * The --help text.
+ *
+ * @returns the text
+ */
+export function helpText(): string {
+  const lines = [
+    "Train a GPT with Loom on one rank.",
+    "",
+    "Usage: deno run -A train.ts [options]",
+    "",
+    "With no options it learns 3-digit addition (a task embedded in the code, no download) and",
+    "reports exact-match accuracy on held-out problems.",
+    "",
+    "Options (--name value or --name=value):",
+  ];
+  for (const [name, o] of Object.entries(OPTIONS)) {
+    const arg = o.kind === "bool"
+      ? ""
+      : o.choices
+      ? ` ${o.choices.join("|")}`
+      : ` ${o.kind.toUpperCase()}`;
+    const d = o.dflt === null || o.kind === "bool" ? "" : ` (default: ${o.dflt})`;
+    lines.push(`  --${(name + arg).padEnd(26)} ${o.help}${d}`);
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Parse and check the command line. Unknown options, values of the wrong type and values out
+ * of range are errors that name the option; nothing else happens before this succeeds.
+ *
+ * @param argv the arguments
+ * @returns the options given (without defaults) and the options with defaults
+ */
+export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: TrainOptions } {
+  const spec: Record<string, { type: "string" | "boolean" }> = {};
+  for (const [name, o] of Object.entries(OPTIONS)) {
+    spec[name] = { type: o.kind === "bool" ? "boolean" : "string" };
+  }
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    throw new TypeError(`${(e as Error).message}. Run with --help to see the options.`);
+  }
+  const given: TrainOptions = {};
+  for (const [name, raw] of Object.entries(values)) {
+    if (raw === undefined) continue;
+    const o = OPTIONS[name];
+    if (o.kind === "bool") {
+      given[name] = raw as boolean;
+    } else if (o.kind === "string") {
+      const s = raw as string;
+      if (o.choices && !o.choices.includes(s)) {
+        throw new RangeError(`--${name} must be one of ${o.choices.join(", ")}, got "${s}"`);
+      }
+      if (s === "") throw new TypeError(`--${name} needs a value`);
+      given[name] = s;
+    } else {
+      const s = (raw as string).trim();
+      const v = Number(s);
+      if (s === "" || !Number.isFinite(v) || (o.kind === "int" && !Number.isInteger(v))) {
+        throw new TypeError(
+          `--${name} expects ${o.kind === "int" ? "an integer" : "a number"}, got "${raw}"`,
+        );
+      }
+      if (v < 0) throw new RangeError(`--${name} must not be negative, got ${v}`);
+      given[name] = v;
+    }
+  }
+  const all: TrainOptions = {};
+  for (const [name, o] of Object.entries(OPTIONS)) all[name] = given[name] ?? o.dflt;
+  for (const k of ["dim", "layers", "heads", "batch", "accum", "steps", "digits", "threads"]) {
+    if ((all[k] as number) < 1) throw new RangeError(`--${k} must be at least 1, got ${all[k]}`);
+  }
+  if (given.ctx !== undefined && (given.ctx as number) < 1) {
+    throw new RangeError(`--ctx must be at least 1, got ${given.ctx}`);
+  }
+  if ((all.batch as number) % (all.accum as number) !== 0) {
+    throw new RangeError(`--batch ${all.batch} must be a multiple of --accum ${all.accum}`);
+  }
+  if ((all.dim as number) % (all.heads as number) !== 0) {
+    throw new RangeError(`--dim ${all.dim} must be a multiple of --heads ${all.heads}`);
+  }
+  if ((all.warmup as number) >= (all.steps as number) && (all.warmup as number) > 0) {
+    throw new RangeError(`--warmup ${all.warmup} must be less than --steps ${all.steps}`);
+  }
+  if ((all["min-lr-ratio"] as number) > 1) {
+    throw new RangeError(`--min-lr-ratio must be in [0, 1], got ${all["min-lr-ratio"]}`);
+  }
+  if (given.tokenizer !== undefined && given.data === undefined && given.resume === undefined) {
+    throw new RangeError("--tokenizer applies to --data: give a text file with --data");
+  }
+  return { given, all };
+}
+
+/** Bytes the run needs, roughly: parameters, gradients, two moments and the activations. */
+function memoryEstimate(o: TrainOptions, vocab: number, T: number): number {
+  const C = o.dim as number, L = o.layers as number, H = o.heads as number;
+  const rows = ((o.batch as number) / (o.accum as number)) * T;
+  const params = vocab * C + T * C + L * 12 * C * C + 2 * vocab * C;
+  const perLayer = 2 * (20 * C + H * T);
+  return 4 * (4 * params + rows * (L * perLayer + 3 * vocab + 6 * C));
+}
+
+async function pickBackend(o: TrainOptions): Promise<Backend> {
+  if (o.backend === "webgpu" || o.backend === "auto") {
+    const gpu = await createWebGPUBackend();
+    if (gpu === null && o.backend === "webgpu") {
+      throw new RangeError(
+        "--backend webgpu: this runtime has no WebGPU adapter; use --backend cpu (or auto)",
+      );
+    }
+    if (gpu !== null) {
+      const software = /fallback|llvmpipe|swiftshader|lavapipe/i.test(gpu.description);
+      if (o.backend === "webgpu" || !software) return gpu;
+      gpu.dispose();
+    }
+  }
+  return createCpuBackend({ gemm: o.gemm as "auto", threads: o.threads as number });
+}
+
+function defaultOut(o: TrainOptions): string {
+  const t = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
+  const what = o.data ? String(o.data).split("/").pop()!.replace(/\.[^.]*$/, "") : "addition";
+  return `runs/${what}-${t}`;
+}
+
+async function evaluate(
+  engine: Engine,
+  ds: Dataset,
+  B: number,
+  limit: number,
+): Promise<{ val: number | null; score: Score | null }> {
+  const batches = ds.validationBatches(B, 8);
+  let sum = 0;
+  for (const b of batches) sum += await engine.evalBatch(b);
+  const val = batches.length > 0 ? sum / batches.length : null;
+  const score = ds.score
+    ? await ds.score((inputs, b, t) => engine.logits(inputs, b, t), B, limit)
+    : null;
+  return { val, score };
+}
+
+/**
+ * Run the main job with the given command-line arguments.
+ *
+ * @param argv the arguments
+ * @param opts `print: false` keeps the run silent (tests)
+ * @returns the summary, or null for --help
+ */
+export async function main(
+  argv: string[],
+  opts: { print?: boolean } = {},
+): Promise<TrainSummary | null> {
+  const print = opts.print ?? true;
+  let { given, all: o } = parseTrainArgs(argv);
+  if (o.help) {
+    if (print) console.log(helpText());
+    return null;
+  }
+  const say = (s: string) => {
+    if (print && !o.quiet) console.log(s);
+  };
+
+  // Resuming: saved options fill in what is not given on this command line.
+  let savedTokenizer: TokenizerJSON | null = null;
+  if (o.resume !== null) {
+    const cfg = await readCheckpointConfig(String(o.resume));
+    const run = cfg.run as TrainOptions | undefined;
+    if (!run || typeof run !== "object") {
+      throw new TypeError(`${o.resume}/config.json has no "run" section: not a train.ts run`);
+    }
+    const merged: TrainOptions = {};
+    for (const [name, spec] of Object.entries(OPTIONS)) {
+      merged[name] = given[name] ?? (spec.saved && name in run ? run[name] : o[name]);
+    }
+    for (const k of ["dim", "layers", "heads", "ctx", "digits", "tokenizer", "optimizer"]) {
+      if (given[k] !== undefined && run[k] !== given[k] && !(k === "ctx" && run[k] === null)) {
+        throw new TypeError(
+          `--${k} ${given[k]} differs from the checkpoint in ${o.resume} (${run[k]}): ` +
+            `a resumed run keeps its model shape; drop --${k}`,
+        );
+      }
+    }
+    if (merged.out === null) merged.out = o.resume;
+    savedTokenizer = (cfg.tokenizer as TokenizerJSON | undefined) ?? null;
+    given = { ...given };
+    o = merged;
+  }
+
+  // Data, before anything heavy.
+  let ds: Dataset;
+  if (o.data !== null) {
+    const reuse = savedTokenizer ? await tokenizerFromJSON(savedTokenizer) : undefined;
+    ds = await loadTextDataset(String(o.data), {
+      seqLen: (o.ctx as number | null) ?? 64,
+      tokenizer: o.tokenizer as "char",
+      reuse,
+    });
+  } else {
+    const task = new AdditionTask({ digits: o.digits as number });
+    if (o.ctx !== null && (o.ctx as number) < task.seqLen) {
+      throw new RangeError(
+        `The ${task.digits}-digit addition task needs --ctx of at least ${task.seqLen}, ` +
+          `got ${o.ctx}`,
+      );
+    }
+    ds = task;
+  }
+  const ctx = (o.ctx as number | null) ?? ds.seqLen;
+  const vocab = ds.tokenizer.vocabSize;
+  const need = memoryEstimate(o, vocab, ctx);
+  const avail = Deno.systemMemoryInfo().available;
+  if (need > 0.8 * avail) {
+    throw new RangeError(
+      `This model and batch need about ${(need / 2 ** 30).toFixed(1)} GiB but only ` +
+        `${(avail / 2 ** 30).toFixed(1)} GiB of memory is available: lower --batch (or raise ` +
+        `--accum), --ctx, --dim or --layers`,
+    );
+  }
+
+  const steps = o.steps as number;
+  const config: EngineConfig = {
+    model: {
+      vocab,
+      ctx,
+      dim: o.dim as number,
+      layers: o.layers as number,
+      heads: o.heads as number,
+    },
+    train_batch_size: o.batch as number,
+    gradient_accumulation_steps: o.accum as number,
+    gradient_clipping: o.clip as number,
+    optimizer: {
+      type: o.optimizer === "sgd" ? "SGD" : "AdamW",
+      params: o.optimizer === "sgd"
+        ? { lr: o.lr as number, weight_decay: o["weight-decay"] as number }
+        : { lr: o.lr as number, weight_decay: o["weight-decay"] as number, betas: [0.9, 0.98] },
+    },
+    scheduler: {
+      type: { cosine: "WarmupCosineLR", linear: "WarmupDecayLR", constant: "WarmupLR" }[
+        o.schedule as "cosine"
+      ],
+      params: {
+        warmup_num_steps: o.warmup as number,
+        total_num_steps: steps,
+        cos_min_ratio: o["min-lr-ratio"] as number,
+      },
+    },
+    seed: o.seed as number,
+  };
+
+  const backend = await pickBackend(o);
+  try {
+    const engine = new Engine(config, backend);
+    const micro = engine.config.microBatch;
+    const src = ds.trainBatches(micro, (o.seed as number) + 1);
+    const out = String(o.out ?? defaultOut(o));
+    let tokensBefore = 0;
+    if (o.resume !== null) {
+      const extra = await engine.load(String(o.resume));
+      src.setState(extra.data as ReturnType<typeof src.getState>);
+      tokensBefore = Number(extra.tokens ?? 0);
+      if (engine.step >= steps) {
+        throw new RangeError(
+          `The run in ${o.resume} already took ${engine.step} steps: raise --steps to continue`,
+        );
+      }
+    }
+    const stopAt = (o["stop-after"] as number) > 0
+      ? Math.min(o["stop-after"] as number, steps)
+      : steps;
+    await Deno.mkdir(out, { recursive: true });
+    const metrics = await MetricsWriter.open(`${out}/metrics.jsonl`, o.resume !== null);
+    say(
+      `Loom: ${ds.name}, ${engine.model.numParams.toLocaleString("en-US")} parameters ` +
+        `(dim ${o.dim}, layers ${o.layers}, heads ${o.heads}, ctx ${ctx}, vocab ${vocab})`,
+    );
+    say(`backend: ${backend.description}`);
+    say(`${engine.step > 0 ? `resuming at step ${engine.step}, ` : ""}writing to ${out}/`);
+    const progress = new Progress(50, !print || Boolean(o.quiet));
+
+    const evalEvery = o["eval-every"] as number, saveEvery = o["save-every"] as number;
+    const saveRun = async () => {
+      await engine.save(out, { data: src.getState(), tokens: tokensBefore + tokensRun }, {
+        run: { ...o, ctx, out, resume: null, "stop-after": 0 },
+        tokenizer: ds.tokenizer.toJSON(),
+      });
+    };
+    const t0 = performance.now();
+    let tokensRun = 0;
+    const window: { t: number; tokens: number }[] = [{ t: t0, tokens: 0 }];
+    const recent: number[] = [];
+    const stepsStart = engine.step;
+    let last: { val: number | null; score: Score | null } = { val: null, score: null };
+    while (engine.step < stopAt) {
+      const batches: Batch[] = [];
+      for (let i = 0; i < engine.config.accumulation; i++) batches.push(src.next());
+      const r = await engine.trainBatch(batches);
+      tokensRun += r.tokens;
+      const now = performance.now();
+      window.push({ t: now, tokens: tokensRun });
+      if (window.length > 21) window.shift();
+      const w0 = window[0];
+      const tps = (tokensRun - w0.tokens) / Math.max(1e-9, (now - w0.t) / 1000);
+      recent.push(r.loss);
+      if (recent.length > 20) recent.shift();
+      const rec = { step: r.step, loss: r.loss, lr: r.lr, tokens_per_s: Math.round(tps) };
+      await metrics.write(Number.isNaN(r.gradNorm) ? rec : { ...rec, grad_norm: r.gradNorm });
+      if (!Number.isFinite(r.loss)) {
+        throw new RangeError(
+          `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${o.lr}) or set --clip`,
+        );
+      }
+      progress.update({
+        step: r.step,
+        total: stopAt,
+        loss: r.loss,
+        lr: r.lr,
+        tokensPerS: tps,
+        elapsed: (now - t0) / 1000,
+        stepsThisRun: r.step - stepsStart,
+      });
+      const end = engine.step === stopAt;
+      if ((evalEvery > 0 && r.step % evalEvery === 0) || end) {
+        last = await evaluate(engine, ds, micro, end ? Infinity : 500);
+        await metrics.write({
+          step: r.step,
+          kind: "eval",
+          val_loss: last.val,
+          ...(last.score ? { heldout_accuracy: last.score.accuracy } : {}),
+        });
+        progress.log(
+          `eval @ ${r.step}: val loss ${last.val?.toFixed(4) ?? "n/a"}` +
+            (last.score
+              ? ` | held-out exact match ${last.score.correct}/${last.score.total} ` +
+                `(${(100 * last.score.accuracy).toFixed(1)}%)`
+              : ""),
+        );
+      }
+      if (saveEvery > 0 && r.step % saveEvery === 0 && !end) await saveRun();
+    }
+    progress.done();
+    await saveRun();
+    metrics.close();
+    const wall = (performance.now() - t0) / 1000;
+    const summary: TrainSummary = {
+      steps: engine.step,
+      train_loss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
+      val_loss: last.val,
+      heldout: last.score
+        ? { correct: last.score.correct, total: last.score.total, accuracy: last.score.accuracy }
+        : null,
+      tokens_per_s: Math.round(tokensRun / Math.max(wall, 1e-9)),
+      wall_time_s: Math.round(wall * 100) / 100,
+      params: engine.model.numParams,
+      backend: backend.description,
+      data: ds.name,
+      out,
+    };
+    await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+    if (print) {
+      console.log(
+        `done: ${summary.steps} steps in ${formatDuration(wall)}, ` +
+          `${summary.tokens_per_s.toLocaleString("en-US")} tokens/s, ` +
+          `${summary.params.toLocaleString("en-US")} parameters`,
+      );
+      console.log(
+        `train loss ${summary.train_loss.toFixed(4)} | val loss ` +
+          `${summary.val_loss?.toFixed(4) ?? "n/a"}` +
+          (summary.heldout
+            ? ` | held-out exact match ${summary.heldout.correct}/${summary.heldout.total} ` +
+              `(${(100 * summary.heldout.accuracy).toFixed(1)}%)`
+            : ""),
+      );
+      if (last.score) {
+        console.log("samples (held-out problems):");
+        for (const s of last.score.samples.slice(0, 6)) {
+          console.log(
+            `  ${s.prompt}${s.predicted}  ${s.correct ? "right" : `wrong, ${s.expected}`}`,
+          );
+        }
+      } else {
+        const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
+        const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
+        const [gen] = await engine.model.generate([prompt], 120);
+        console.log("sample (greedy):");
+        console.log(`  ${ds.tokenizer.decode(prompt)}|${ds.tokenizer.decode(gen)}`);
+      }
+      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/checkpoint.safetensors`);
+    }
+    return summary;
+  } finally {
+    backend.dispose();
+  }
+}
+
+if (import.meta.main) {
+  try {
+    await main(Deno.args);
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof RangeError) {
+      console.error(`error: ${e.message}`);
+      Deno.exit(2);
+    }
+    throw e;
+  }
+}
