@@ -43,14 +43,9 @@ type Macro = (
   ldc: number,
 ) => void;
 
-/** The WebAssembly GEMM: a {@linkcode Gemm} that says which instructions it uses. */
-export interface WasmGemm extends Gemm {
-  /** Whether the micro-kernel uses fused multiply-add (`f32x4.relaxed_madd`). */
-  readonly fma: boolean;
-}
-
-class SimdGemm implements WasmGemm {
+class SimdGemm implements Gemm {
   readonly name = "wasm";
+  /** Whether the micro-kernel uses fused multiply-add (`f32x4.relaxed_madd`). */
   readonly fma: boolean;
   #memory: WebAssembly.Memory;
   #macro: Macro;
@@ -303,7 +298,9 @@ export interface WasmGemmOptions {
  * // C is now [1, 2, 3, 4]
  * ```
  */
-export function createWasmGemm(options: WasmGemmOptions = {}): WasmGemm {
+export function createWasmGemm(
+  options: WasmGemmOptions = {},
+): Gemm & { readonly fma: boolean } {
   const relaxed = hasRelaxedSimd();
   const fma = options.fma ?? relaxed;
   if (fma && !relaxed) {
