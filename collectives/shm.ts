@@ -141,6 +141,9 @@ export function createShmGroupSpec(
 
 interface Ctx {
   op: string;
+  /** Timeout in ms; the clock starts when the op first has to wait (reading it costs ~0.4 us). */
+  ms: number;
+  /** performance.now() deadline, 0 until the op first waits. */
   deadline: number;
 }
 
@@ -176,6 +179,8 @@ export class ShmCommunicator implements Communicator {
   #unit = 0;
   #seq = 0;
   #tail: Promise<void> = Promise.resolve();
+  #busy = 0;
+  #slotCache: (CollectiveBuffer | undefined)[] = [];
   #p2pTail = new Map<string, Promise<void>>();
   #sentChunks: number[];
   #recvChunks: number[];
@@ -270,13 +275,13 @@ export class ShmCommunicator implements Communicator {
         const b = Math.min(m, a + per), len = b - a;
         const h = this.#nextHalf();
         const mine = this.#views(dtype, this.rank, h);
-        for (let p = 0; p < n; p++) mine.set(input.subarray(p * m + a, p * m + b), p * len);
+        for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
         await this.#round(ctx, first ? this.#desc("reduceScatter", m, dtype, op, -1) : null);
         first = false;
         if (len === 0) continue;
         const lo = this.rank * len, hi = lo + len;
         const dst = output.subarray(a, b);
-        const src = (p: number) => this.#views(dtype, p, h).subarray(lo, hi);
+        const src = (p: number) => this.#slot(dtype, p, h, lo, hi);
         if (n === 1) dst.set(src(0));
         else {
           reduceTo(dst, src(0), src(1), op, dtype);
@@ -302,7 +307,7 @@ export class ShmCommunicator implements Communicator {
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per), len = b - a;
         const h = this.#nextHalf();
-        this.#views(dtype, this.rank, h).set(input.subarray(a, b));
+        this.#views(dtype, this.rank, h).set(sub(input, a, b));
         await this.#round(ctx, first ? this.#desc("allGather", m, dtype, null, -1) : null);
         first = false;
         for (let p = 0; p < n; p++) {
@@ -330,10 +335,10 @@ export class ShmCommunicator implements Communicator {
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per);
         const h = this.#nextHalf();
-        if (this.rank === root) this.#views(dtype, root, h).set(buf.subarray(a, b));
+        if (this.rank === root) this.#views(dtype, root, h).set(sub(buf, a, b));
         await this.#round(ctx, first ? this.#desc("broadcast", m, dtype, null, root) : null);
         first = false;
-        if (this.rank !== root) buf.set(this.#views(dtype, root, h).subarray(0, b - a), a);
+        if (this.rank !== root) buf.set(this.#slot(dtype, root, h, 0, b - a), a);
       }
     });
   }
@@ -364,12 +369,12 @@ export class ShmCommunicator implements Communicator {
         const b = Math.min(m, a + per), len = b - a;
         const h = this.#nextHalf();
         const mine = this.#views(dtype, this.rank, h);
-        for (let p = 0; p < n; p++) mine.set(input.subarray(p * m + a, p * m + b), p * len);
+        for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
         await this.#round(ctx, first ? this.#desc("allToAll", m, dtype, null, -1) : null);
         first = false;
         const r = this.rank;
         for (let p = 0; p < n; p++) {
-          const src = this.#views(dtype, p, h).subarray(r * len, r * len + len);
+          const src = this.#slot(dtype, p, h, r * len, r * len + len);
           output.set(src, p * m + a);
         }
       }
@@ -531,29 +536,37 @@ export class ShmCommunicator implements Communicator {
 
   #enqueue(op: OpName, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
     const run = async () => {
-      if (this.#closed) {
-        throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
-      }
-      if (this.#broken !== undefined) {
-        throw new CollectiveError(
-          this.#broken.reason,
-          op,
-          this.name,
-          this.#broken.peer,
-          `the group failed earlier (${this.#broken.message}); build a new group`,
-        );
-      }
-      this.#seq++;
-      const ctx = { op, deadline: performance.now() + ms };
       try {
-        await body(ctx);
+        if (this.#closed) {
+          throw new CollectiveError(
+            "closed",
+            op,
+            this.name,
+            undefined,
+            "the communicator is closed",
+          );
+        }
+        if (this.#broken !== undefined) {
+          throw new CollectiveError(
+            this.#broken.reason,
+            op,
+            this.name,
+            this.#broken.peer,
+            `the group failed earlier (${this.#broken.message}); build a new group`,
+          );
+        }
+        this.#seq++;
+        await body({ op, ms, deadline: 0 });
       } catch (e) {
-        if (e instanceof CollectiveError && e.reason !== "mismatch") this.#broken = e;
+        if (e instanceof CollectiveError && e.reason !== "mismatch") this.#broken ??= e;
         throw e;
+      } finally {
+        this.#busy--;
       }
     };
-    const p = this.#tail.then(run);
-    this.#tail = p.catch(() => {});
+    // An idle communicator starts the op at once (no promise hop on the latency path).
+    const p = this.#busy++ === 0 ? run() : this.#tail.then(run, run);
+    this.#tail = p;
     return p;
   }
 
@@ -562,7 +575,7 @@ export class ShmCommunicator implements Communicator {
       if (this.#closed) {
         throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
       }
-      await body({ op, deadline: performance.now() + ms });
+      await body({ op, ms, deadline: 0 });
     };
     const p = (this.#p2pTail.get(key) ?? Promise.resolve()).then(run);
     this.#p2pTail.set(key, p.catch(() => {}));
@@ -571,6 +584,19 @@ export class ShmCommunicator implements Communicator {
 
   #nextHalf(): number {
     return this.#unit++ & 1;
+  }
+
+  /** Elements [lo, hi) of rank p's staging half h; the last view per slot is reused. */
+  #slot(dtype: DType, p: number, h: number, lo: number, hi: number): CollectiveBuffer {
+    const k = (DTYPES.indexOf(dtype) * this.size + p) * 2 + h;
+    const v = this.#slotCache[k];
+    const es = bytesOf(dtype);
+    if (v !== undefined && v.length === hi - lo && v.byteOffset === h * this.#slotBytes + lo * es) {
+      return v;
+    }
+    const w = this.#views(dtype, p, h).subarray(lo, hi);
+    this.#slotCache[k] = w;
+    return w;
   }
 
   #views(dtype: DType, p: number, h: number): CollectiveBuffer {
@@ -613,7 +639,9 @@ export class ShmCommunicator implements Communicator {
     if (Atomics.load(this.#ctrl, peer * CTRL_STRIDE + CLOSED) !== 0) {
       return new CollectiveError("peer-lost", ctx.op, this.name, peer, "it closed the group");
     }
-    if (performance.now() > ctx.deadline) {
+    const now = performance.now();
+    if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
+    if (now > ctx.deadline) {
       return new CollectiveError(
         "timeout",
         ctx.op,
@@ -625,31 +653,53 @@ export class ShmCommunicator implements Communicator {
     return undefined;
   }
 
-  /** Publish the next round (with the op descriptor when given) and wait for every peer. */
-  async #round(ctx: Ctx, desc: number[] | null): Promise<void> {
+  /**
+   * Publish the next round (with the op descriptor when given) and wait for every peer. Returns
+   * `undefined` when every peer arrived within the spin budget, else a promise.
+   */
+  #round(ctx: Ctx, desc: number[] | null): Promise<void> | undefined {
     const me = this.rank * CTRL_STRIDE;
+    const ctrl = this.#ctrl;
     if (desc !== null) {
       const base = me + DESC + (this.#seq & 1) * 8;
-      for (let i = 0; i < desc.length; i++) Atomics.store(this.#ctrl, base + i, desc[i]!);
+      for (let i = 0; i < desc.length; i++) Atomics.store(ctrl, base + i, desc[i]!);
     }
     const step = ++this.#step;
-    Atomics.store(this.#ctrl, me + STEP, step);
-    if (Atomics.load(this.#ctrl, me + WAITERS) > 0) Atomics.notify(this.#ctrl, me + STEP);
-    const n = this.size;
+    Atomics.store(ctrl, me + STEP, step);
+    if (Atomics.load(ctrl, me + WAITERS) > 0) Atomics.notify(ctrl, me + STEP);
+    const n = this.size, r = this.rank;
     let p = 0;
-    const ready = () => {
-      while (p < n && (p === this.rank || Atomics.load(this.#ctrl, p * CTRL_STRIDE) >= step)) p++;
-      return p === n;
-    };
-    if (!ready()) {
-      const until = performance.now() + this.#spinMs;
-      for (let i = 1; !ready(); i++) {
-        if ((i & 63) === 0 && performance.now() > until) break;
+    while (p < n && (p === r || Atomics.load(ctrl, p * CTRL_STRIDE) >= step)) p++;
+    if (p < n) {
+      const now = performance.now();
+      if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
+      const until = now + this.#spinMs;
+      for (let i = 1;; i++) {
+        while (p < n && (p === r || Atomics.load(ctrl, p * CTRL_STRIDE) >= step)) p++;
+        if (p === n) break;
+        if ((i & 255) === 0 && performance.now() > until) {
+          return this.#roundSlow(ctx, desc, step, p);
+        }
       }
     }
+    if (desc !== null) this.#compare(ctx, desc);
+    return undefined;
+  }
+
+  async #roundSlow(ctx: Ctx, desc: number[] | null, step: number, p: number): Promise<void> {
+    const n = this.size;
     while (p < n) {
-      await this.#wait(ctx, this.#ctrl, p * CTRL_STRIDE + STEP, step, p * CTRL_STRIDE + WAITERS, p);
-      ready();
+      if (p !== this.rank) {
+        await this.#wait(
+          ctx,
+          this.#ctrl,
+          p * CTRL_STRIDE + STEP,
+          step,
+          p * CTRL_STRIDE + WAITERS,
+          p,
+        );
+      }
+      p++;
     }
     if (desc !== null) this.#compare(ctx, desc);
   }
@@ -687,10 +737,12 @@ export class ShmCommunicator implements Communicator {
     extra?: () => CollectiveError | undefined,
   ): Promise<void> {
     if (Atomics.load(arr, idx) >= target) return;
+    const now = performance.now();
+    if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
     if (spin) {
-      const until = performance.now() + this.#spinMs;
+      const until = now + this.#spinMs;
       for (let i = 1; Atomics.load(arr, idx) < target; i++) {
-        if ((i & 63) === 0 && performance.now() > until) break;
+        if ((i & 255) === 0 && performance.now() > until) break;
       }
     }
     for (;;) {
@@ -730,12 +782,12 @@ export class ShmCommunicator implements Communicator {
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per);
         const h = this.#nextHalf();
-        this.#views(dtype, r, h).set(buf.subarray(a, b));
+        this.#views(dtype, r, h).set(sub(buf, a, b));
         await this.#round(ctx, first ? desc : null);
         first = false;
         if (root >= 0 && r !== root) continue;
-        const dst = buf.subarray(a, b);
-        const src = (p: number) => this.#views(dtype, p, h).subarray(0, b - a);
+        const dst = sub(buf, a, b);
+        const src = (p: number) => this.#slot(dtype, p, h, 0, b - a);
         if (n > 1) {
           reduceTo(dst, src(0), src(1), op, dtype);
           for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
@@ -751,18 +803,15 @@ export class ShmCommunicator implements Communicator {
       const b = Math.min(m, a + per), len = b - a;
       const h = this.#nextHalf();
       const mine = this.#views(dtype, r, h);
-      mine.set(buf.subarray(a, b));
+      mine.set(sub(buf, a, b));
       await this.#round(ctx, first ? desc : null);
       first = false;
       const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
       if (hi > lo) {
-        const dst = mine.subarray(lo, hi);
+        const dst = this.#slot(dtype, r, h, lo, hi);
         // Rank r >= 2 overwrites its own slot slice before folding it in: read it from buf.
         const src = (p: number) =>
-          p === r && r >= 2 ? buf.subarray(a + lo, a + hi) : this.#views(dtype, p, h).subarray(
-            lo,
-            hi,
-          );
+          p === r && r >= 2 ? sub(buf, a + lo, a + hi) : this.#slot(dtype, p, h, lo, hi);
         reduceTo(dst, src(0), src(1), op, dtype);
         for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
         if (op === "avg") finishAvg(dst, n, dtype);
@@ -771,7 +820,7 @@ export class ShmCommunicator implements Communicator {
       if (root >= 0 && r !== root) continue;
       for (let p = 0; p < n; p++) {
         const plo = Math.floor(p * len / n), phi = Math.floor((p + 1) * len / n);
-        if (phi > plo) buf.set(this.#views(dtype, p, h).subarray(plo, phi), a + plo);
+        if (phi > plo) buf.set(this.#slot(dtype, p, h, plo, phi), a + plo);
       }
     }
   }
@@ -862,6 +911,10 @@ export class ShmCommunicator implements Communicator {
     }
     this.#recvMsgs[peer] = msg;
   }
+}
+
+function sub(buf: CollectiveBuffer, a: number, b: number): CollectiveBuffer {
+  return a === 0 && b === buf.length ? buf : buf.subarray(a, b);
 }
 
 function describe(d: number[]): string {
