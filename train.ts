@@ -74,7 +74,12 @@ const OPTIONS: Record<string, OptionSpec> = {
     choices: SCHEDULE_KINDS,
     saved: true,
   },
-  warmup: { kind: "int", dflt: 100, help: "warmup steps (linear)", saved: true },
+  warmup: {
+    kind: "int",
+    dflt: 100,
+    help: "warmup steps, linear (at most a tenth of --steps unless given)",
+    saved: true,
+  },
   "min-lr-ratio": {
     kind: "float",
     dflt: 0.05,
@@ -260,6 +265,9 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
   }
   if ((all.dim as number) % (all.heads as number) !== 0) {
     throw new RangeError(`--dim ${all.dim} must be a multiple of --heads ${all.heads}`);
+  }
+  if (given.warmup === undefined) {
+    all.warmup = Math.min(all.warmup as number, Math.floor((all.steps as number) / 10));
   }
   if ((all.warmup as number) >= (all.steps as number) && (all.warmup as number) > 0) {
     throw new RangeError(`--warmup ${all.warmup} must be less than --steps ${all.steps}`);

@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { readMetrics, type StepRecord } from "../../engine/mod.ts";
+import { helpText, main, parseTrainArgs } from "../../train.ts";
+
+const tiny = ["--digits", "2", "--dim", "32", "--layers", "1", "--heads", "2", "--batch", "32"];
+const cpu = ["--backend", "cpu", "--threads", "1"];
+
+Deno.test("train.ts trains a tiny model and writes metrics, summary and checkpoint", async () => {
+  const out = await Deno.makeTempDir();
+  const s = await main([...tiny, ...cpu, "--steps", "60", "--eval-every", "30", "--out", out], {
+    print: false,
+  });
+  assert.ok(s);
+  assert.equal(s.steps, 60);
+  assert.equal(s.heldout?.total, 1000);
+  assert.ok(s.val_loss !== null && s.val_loss < 2.2, `val loss ${s.val_loss}`);
+  const lines = await readMetrics(`${out}/metrics.jsonl`);
+  const steps = lines.filter((l) => !("kind" in l)) as StepRecord[];
+  assert.equal(steps.length, 60);
+  for (const k of ["step", "loss", "lr", "tokens_per_s"]) assert.ok(k in steps[0]);
+  assert.ok(steps[59].loss < steps[0].loss, "the loss goes down");
+  assert.equal(lines.filter((l) => "kind" in l).length, 2);
+  const summary = JSON.parse(await Deno.readTextFile(`${out}/summary.json`));
+  for (
+    const k of [
+      "train_loss",
+      "val_loss",
+      "heldout",
+      "tokens_per_s",
+      "wall_time_s",
+      "params",
+      "backend",
+    ]
+  ) {
+    assert.ok(k in summary, `summary has ${k}`);
+  }
+  await Deno.stat(`${out}/checkpoint.safetensors`);
+  const cfg = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
+  assert.equal(cfg.engine.train_batch_size, 32);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("a run stopped half way and resumed has the same loss curve as a straight run", async () => {
+  const text = await Deno.makeTempFile({ suffix: ".txt" });
+  await Deno.writeTextFile(
+    text,
+    "It was the best of times, it was the worst of times. ".repeat(30),
+  );
+  const args = [
+    ...cpu,
+    "--data",
+    text,
+    "--ctx",
+    "16",
+    "--dim",
+    "32",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+  ];
+  const run = [...args, "--batch", "8", "--accum", "2", "--steps", "12", "--warmup", "3"];
+  const a = await Deno.makeTempDir(), b = await Deno.makeTempDir();
+  await main([...run, "--out", a], { print: false });
+  await main([...run, "--out", b, "--stop-after", "6"], { print: false });
+  await main(["--resume", b, ...cpu], { print: false });
+  const curve = async (dir: string) =>
+    (await readMetrics(`${dir}/metrics.jsonl`)).filter((l) => !("kind" in l)).map((
+      l,
+    ) => [l.step, (l as StepRecord).loss, (l as StepRecord).lr]);
+  const straight = await curve(a), resumed = await curve(b);
+  assert.equal(straight.length, 12);
+  assert.deepEqual(resumed, straight);
+  for (const d of [a, b]) await Deno.remove(d, { recursive: true });
+  await Deno.remove(text);
+});
+
+Deno.test("train.ts rejects bad input with a clear message before any work", async () => {
+  const bad = (argv: string[], re: RegExp) =>
+    assert.rejects(() => main([...cpu, ...argv], { print: false }), re);
+  await bad(["--lerning-rate", "1"], /Unknown option '--lerning-rate'.*--help/);
+  await bad(["--steps", "ten"], /--steps expects an integer, got "ten"/);
+  await bad(["--lr", "fast"], /--lr expects a number/);
+  await bad(["--backend", "tpu"], /--backend must be one of auto, cpu, webgpu/);
+  await bad(["--dim", "30", "--heads", "4"], /--dim 30 must be a multiple of --heads 4/);
+  await bad(["--data", "/nonexistent/loom.txt"], /does not exist/);
+  const empty = await Deno.makeTempFile();
+  await bad(["--data", empty], /is empty/);
+  const short = await Deno.makeTempFile();
+  await Deno.writeTextFile(short, "short text");
+  await bad(["--data", short, "--ctx", "64"], /too few for a sequence length of 64/);
+  await bad(["--ctx", "5"], /needs --ctx of at least 11/);
+  await bad(["--dim", "8192", "--layers", "48", "--heads", "64"], /GiB of memory is available/);
+  await bad(["--resume", empty], /No checkpoint/);
+  await bad(["stray"], /Unexpected argument 'stray'/);
+  for (const p of [empty, short]) await Deno.remove(p);
+  assert.throws(() => parseTrainArgs(["--batch", "10", "--accum", "3"]), /multiple of --accum/);
+});
+
+Deno.test("--help lists every option with its default", () => {
+  const h = helpText();
+  for (
+    const flag of [
+      "--dim",
+      "--layers",
+      "--heads",
+      "--ctx",
+      "--batch",
+      "--steps",
+      "--lr",
+      "--schedule",
+      "--warmup",
+      "--seed",
+      "--backend auto|cpu|webgpu",
+      "--data",
+      "--tokenizer char|gpt2",
+      "--out",
+      "--resume",
+      "--eval-every",
+    ]
+  ) assert.ok(h.includes(flag), `--help mentions ${flag}`);
+  assert.match(h, /--steps INT\s+total optimizer steps of the run \(default: 1500\)/);
+});
