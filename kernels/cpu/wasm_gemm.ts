@@ -132,10 +132,17 @@ function loadC(
   nc: number,
   beta: number,
 ): void {
+  if (beta === 0) {
+    w.fill(0, base, base + M * ldw);
+    return;
+  }
+  if (beta === 1 && ldw === nc && ldc === nc) {
+    w.set(C.subarray(off, off + M * nc), base);
+    return;
+  }
   for (let i = 0; i < M; i++) {
     const d = base + i * ldw, s = off + i * ldc;
-    if (beta === 0) w.fill(0, d, d + nc);
-    else if (beta === 1) w.set(C.subarray(s, s + nc), d);
+    if (beta === 1) w.set(C.subarray(s, s + nc), d);
     else for (let j = 0; j < nc; j++) w[d + j] = beta * C[s + j];
   }
 }
@@ -151,6 +158,10 @@ function storeC(
   M: number,
   nc: number,
 ): void {
+  if (ldw === nc && ldc === nc) {
+    C.set(w.subarray(base, base + M * nc), off);
+    return;
+  }
   for (let i = 0; i < M; i++) {
     const d = base + i * ldw;
     C.set(w.subarray(d, d + nc), off + i * ldc);

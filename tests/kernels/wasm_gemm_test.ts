@@ -120,6 +120,36 @@ for (const [label, gemm] of variants) {
     );
   });
 
+  Deno.test(`wasm sgemm (${label}) copies a contiguous C whose width fills whole tiles`, () => {
+    let seed = 200;
+    for (const [M, N, K] of [[6, 8, 4], [24, 64, 33], [7, 16, 9]]) {
+      for (const beta of [0, 1, -0.5]) {
+        check(gemm, {
+          transA: false,
+          transB: true,
+          M: M!,
+          N: N!,
+          K: K!,
+          alpha: 1,
+          beta,
+          pad: 0,
+          off: 0,
+        }, seed++);
+        check(gemm, {
+          transA: true,
+          transB: false,
+          M: M!,
+          N: N!,
+          K: K!,
+          alpha: 2,
+          beta,
+          pad: 0,
+          off: 5,
+        }, seed++);
+      }
+    }
+  });
+
   Deno.test(`wasm sgemm (${label}) splits tall matrices into row chunks`, () => {
     check(
       gemm,
