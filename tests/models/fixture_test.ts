@@ -3,7 +3,7 @@
 // relative, each gradient within 1e-3 of the largest gradient of the same tensor.
 
 import assert from "node:assert/strict";
-import { createCpuBackend, createReferenceBackend } from "../../kernels/mod.ts";
+import { type Backend, createCpuBackend, createReferenceBackend } from "../../kernels/mod.ts";
 import {
   decodeSafetensors,
   readSafetensors,
@@ -77,6 +77,32 @@ Deno.test({
       compare(await computeGrads(fx!.weights, fx!.batch, be), fx!.grads);
     } finally {
       be.dispose();
+    }
+  },
+});
+
+// WebGPU: only where an adapter exists; one device for the test, destroyed at its end.
+Deno.test({
+  name: "the GPT reproduces the reference loss and every gradient on the webgpu backend",
+  ignore,
+  async fn() {
+    let gpu: Backend | null = null;
+    try {
+      const url = new URL("../../kernels/webgpu/mod.ts", import.meta.url).href;
+      gpu = await (await import(url)).createWebGPUBackend();
+    } catch (e) {
+      console.log(
+        `skipping webgpu: the backend did not load: ${e instanceof Error ? e.message : e}`,
+      );
+    }
+    if (!gpu) {
+      console.log("skipping webgpu: no WebGPU adapter on this machine");
+      return;
+    }
+    try {
+      compare(await computeGrads(fx!.weights, fx!.batch, gpu), fx!.grads);
+    } finally {
+      gpu.dispose();
     }
   },
 });
