@@ -33,16 +33,17 @@ function madd(c: Code, fma: boolean, acc: number, a: number, b: number): void {
 }
 
 /**
- * The micro-kernel `(a, b, c, kc, ldc)`: C[0:MR, 0:NR] += Apanel @ Bpanel over kc >= 1 steps.
+ * The micro-kernel `(a, b, c, kc, ldc, add)`: C[0:MR, 0:NR] (+)= Apanel @ Bpanel over kc >= 1
+ * steps, adding into C when `add` is non-zero and overwriting it otherwise.
  */
 function microKernel(
   cfg: GemmModuleConfig,
 ): { params: number[]; locals: number[]; body: number[] } {
   const { mr, nr, unroll, fma } = cfg;
   const nv = nr / 4;
-  const [A, B, C, KC, LDC] = [0, 1, 2, 3, 4];
-  const END = 5, END_U = 6, ROW = 7, AV = 8;
-  const BV = 9;
+  const [A, B, C, KC, LDC, ADD] = [0, 1, 2, 3, 4, 5];
+  const END = 6, END_U = 7, ROW = 8, AV = 9;
+  const BV = 10;
   const ACC = BV + nv;
   const acc = (r: number, j: number) => ACC + r * nv + j;
   const locals = [I32, I32, I32, V128, ...new Array(nv + mr * nv).fill(V128)];
@@ -66,24 +67,34 @@ function microKernel(
   c.get(B).get(KC).i32(-unroll).i32And().i32(nr * 4).mul().add().set(END_U);
   if (unroll > 1) loop(unroll, END_U);
   loop(1, END);
-  c.get(C).set(ROW);
-  for (let r = 0; r < mr; r++) {
-    for (let j = 0; j < nv; j++) {
-      c.get(ROW).get(ROW).v128Load(16 * j).get(acc(r, j)).f32x4Add().v128Store(16 * j);
+  const store = (add: boolean) => {
+    c.get(C).set(ROW);
+    for (let r = 0; r < mr; r++) {
+      for (let j = 0; j < nv; j++) {
+        c.get(ROW);
+        if (add) c.get(ROW).v128Load(16 * j).get(acc(r, j)).f32x4Add();
+        else c.get(acc(r, j));
+        c.v128Store(16 * j);
+      }
+      if (r + 1 < mr) c.get(ROW).get(LDC).add().set(ROW);
     }
-    if (r + 1 < mr) c.get(ROW).get(LDC).add().set(ROW);
-  }
-  return { params: [I32, I32, I32, I32, I32], locals, body: c.bytes };
+  };
+  c.get(ADD).if();
+  store(true);
+  c.else();
+  store(false);
+  c.end();
+  return { params: [I32, I32, I32, I32, I32, I32], locals, body: c.bytes };
 }
 
 /**
- * The macro-kernel `(a, b, c, mp, np, kc, ldc)`: for each of `np` B panels and each of `mp`
+ * The macro-kernel `(a, b, c, mp, np, kc, ldc, add)`: for each of `np` B panels and each of `mp`
  * A panels, runs the micro-kernel on the matching tile of C. `mp, np, kc >= 1`.
  */
 function macroKernel(cfg: GemmModuleConfig, micro: number): number[] {
   const { mr, nr } = cfg;
-  const [A0, B0, C0, MP, NP, KC, LDC] = [0, 1, 2, 3, 4, 5, 6];
-  const [JP, IP, BP, AP, CC, AS, BS, CS] = [7, 8, 9, 10, 11, 12, 13, 14];
+  const [A0, B0, C0, MP, NP, KC, LDC, ADD] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const [JP, IP, BP, AP, CC, AS, BS, CS] = [8, 9, 10, 11, 12, 13, 14, 15];
   const c = new Code();
   c.get(KC).i32(mr * 4).mul().set(AS);
   c.get(KC).i32(nr * 4).mul().set(BS);
@@ -93,7 +104,7 @@ function macroKernel(cfg: GemmModuleConfig, micro: number): number[] {
   c.i32(0).set(IP).get(A0).set(AP);
   c.get(C0).get(JP).i32(nr * 4).mul().add().set(CC);
   c.loop();
-  c.get(AP).get(BP).get(CC).get(KC).get(LDC).call(micro);
+  c.get(AP).get(BP).get(CC).get(KC).get(LDC).get(ADD).call(micro);
   c.get(AP).get(AS).add().set(AP);
   c.get(CC).get(CS).add().set(CC);
   c.get(IP).i32(1).add().tee(IP).get(MP).ne().brIf(0);
@@ -104,7 +115,7 @@ function macroKernel(cfg: GemmModuleConfig, micro: number): number[] {
   return c.bytes;
 }
 
-/** Encodes the GEMM module; it exports `memory` and `macro(a, b, c, mp, np, kc, ldc)`. */
+/** Encodes the GEMM module; it exports `memory` and `macro(a, b, c, mp, np, kc, ldc, add)`. */
 export function buildGemmModule(cfg: GemmModuleConfig): Uint8Array {
   if (cfg.nr % 4 !== 0 || cfg.mr < 1 || (cfg.unroll & (cfg.unroll - 1)) !== 0) {
     throw new RangeError(`Bad GEMM tile ${cfg.mr}x${cfg.nr}/${cfg.unroll}`);
@@ -113,7 +124,7 @@ export function buildGemmModule(cfg: GemmModuleConfig): Uint8Array {
   const micro = m.add({ results: [], ...microKernel(cfg) });
   m.add({
     exportName: "macro",
-    params: new Array(7).fill(I32),
+    params: new Array(8).fill(I32),
     results: [],
     locals: new Array(8).fill(I32),
     body: macroKernel(cfg, micro),

@@ -4,12 +4,13 @@
  * TypeScript (see `_wasm_gemm_module.ts`); nothing prebuilt.
  *
  * Structure (GotoBLAS): C is worked on in blocks of NC = 2048 columns and MB = 1920 rows, held
- * in Wasm memory padded to whole tiles (beta applied on the way in). For each block of KC = 256
- * steps of the inner dimension, op(B) is packed into NR = 8-column panels; for each block of
- * MC = 120 rows, op(A), scaled by alpha, is packed into MR-row panels and the macro-kernel adds
- * every MR x 8 tile of the product, held in f32x4 accumulators, into C's block. MR is 6 with FMA
- * (twelve accumulators) and 4 without. Packing absorbs the transposes and leading dimensions,
- * so the micro-kernel sees one layout. Wasm memory grows to about 18 MiB at most and is kept.
+ * in Wasm memory padded to whole tiles (beta applied on the way in; with beta = 0 the first
+ * product block overwrites it). For each block of KC = 256 steps of the inner dimension, op(B)
+ * is packed into NR = 8-column panels; for each block of MC = 120 rows, op(A), scaled by alpha,
+ * is packed into MR-row panels and the macro-kernel adds every MR x 8 tile of the product, held
+ * in f32x4 accumulators, into C's block. MR is 6 with FMA (twelve accumulators) and 4 without.
+ * Packing absorbs the transposes and leading dimensions, so the micro-kernel sees one layout.
+ * Wasm memory grows to about 18 MiB at most and is kept.
  *
  * @module
  */
@@ -41,6 +42,7 @@ type Macro = (
   np: number,
   kc: number,
   ldc: number,
+  add: number,
 ) => void;
 
 class SimdGemm implements Gemm {
@@ -103,7 +105,9 @@ class SimdGemm implements Gemm {
         const mb = Math.min(MB, M - i0);
         const w = this.#view((cBase + Math.ceil(mb / mr) * mr * ldw) * 4);
         const c0 = offC + i0 * ldc + jc;
-        loadC(w, cBase, ldw, C, c0, ldc, mb, nc, beta);
+        // With beta = 0, the first block of the inner dimension overwrites C's block.
+        const overwrite = beta === 0 && alpha !== 0 && K > 0;
+        if (!overwrite) loadC(w, cBase, ldw, C, c0, ldc, mb, nc, beta);
         for (let pc = 0; alpha !== 0 && pc < K; pc += KC) {
           const kc = Math.min(KC, K - pc);
           packB(w, bBase, B, transB, offB, ldb, pc, kc, jc, nc);
@@ -111,7 +115,8 @@ class SimdGemm implements Gemm {
             const mc = Math.min(MC, mb - ic);
             packA(w, aBase, mr, A, transA, offA, lda, i0 + ic, mc, pc, kc, alpha);
             const cp = (cBase + ic * ldw) * 4;
-            this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / mr), np, kc, ldw * 4);
+            const add = overwrite && pc === 0 ? 0 : 1;
+            this.#macro(aBase * 4, bBase * 4, cp, Math.ceil(mc / mr), np, kc, ldw * 4, add);
           }
         }
         storeC(w, cBase, ldw, C, c0, ldc, mb, nc);
