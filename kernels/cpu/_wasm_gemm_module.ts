@@ -45,6 +45,7 @@ function microKernel(
   const END = 6, END_U = 7, ROW = 8, AV = 9;
   const BV = 10;
   const ACC = BV + nv;
+  // The accumulators start at zero: Wasm zeroes every local on entry.
   const acc = (r: number, j: number) => ACC + r * nv + j;
   const locals = [I32, I32, I32, V128, ...new Array(nv + mr * nv).fill(V128)];
   const c = new Code();
