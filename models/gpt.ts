@@ -8,7 +8,7 @@
 
 import type { Backend, Tensor } from "../kernels/mod.ts";
 import { buildLayout, type FlatLayout, type LayoutOptions } from "../optim/mod.ts";
-import { Arena } from "./_arena.ts";
+import { Arena, RECOMPUTE_SLOT } from "./_arena.ts";
 import { ActivationPool, Block, Embedding, Head, type Layer, type Step } from "./blocks.ts";
 import {
   type GptConfig,
@@ -27,6 +27,30 @@ export interface GptOptions {
   layout?: LayoutOptions;
   /** Activation checkpointing of every block: recompute its activations in backward. */
   checkpoint?: boolean;
+  /**
+   * Called around every layer's forward and backward, e.g. to gather a layer's parameters
+   * before it runs and release them after (ZeRO stage 3), or to start reducing a layer's
+   * gradients as soon as its backward is done.
+   */
+  gate?: LayerGate;
+}
+
+/** Hooks around each layer's forward and backward (see {@linkcode GptOptions.gate}). */
+export interface LayerGate {
+  /**
+   * Before `layer` runs `phase`; `layer.specs` names its parameters.
+   *
+   * @param layer the layer about to run
+   * @param phase which pass
+   */
+  acquire(layer: Layer, phase: "forward" | "backward"): void | Promise<void>;
+  /**
+   * After `layer` has run `phase` (its gradients are complete after its last backward).
+   *
+   * @param layer the layer that ran
+   * @param phase which pass
+   */
+  release(layer: Layer, phase: "forward" | "backward"): void | Promise<void>;
 }
 
 /** Options of {@linkcode Gpt.generate}. */
@@ -36,7 +60,9 @@ export interface GenerateOptions {
 }
 
 const TRAIN_SLOT = 0;
-const EVAL_SLOT = 1;
+// Evaluation keeps nothing for a backward, so it runs in the transient slot that the blocks
+// share through the pool: its activations cost one block's worth, not one per block.
+const EVAL_SLOT = RECOMPUTE_SLOT;
 
 function checkTokens(what: string, a: Int32Array, n: number, V: number, allowNegative: boolean) {
   if (!(a instanceof Int32Array)) throw new TypeError(`${what} must be an Int32Array`);
@@ -83,6 +109,7 @@ export class Gpt {
   readonly layers: readonly Layer[];
   #arena: Arena;
   #step: Step | null = null;
+  #gate: LayerGate | null;
 
   /**
    * Build the model and its buffers.
@@ -110,6 +137,7 @@ export class Gpt {
     layers.push(new Head(backend, this.store, c.vocab, c.dim, c.tied, c.lnEps, { pool }));
     this.layers = layers;
     this.#arena = new Arena(backend);
+    this.#gate = opts.gate ?? null;
     const seed = opts.seed === undefined ? 0 : opts.seed;
     if (seed !== null) this.initialize(seed);
   }
@@ -145,7 +173,12 @@ export class Gpt {
     const idT = this.#arena.get(slot, "ids", B * T, "i32");
     this.backend.write(idT, ids);
     let x = idT;
-    for (const layer of this.layers) x = await layer.forward(x, step);
+    const gate = this.#gate;
+    for (const layer of this.layers) {
+      if (gate) await gate.acquire(layer, "forward");
+      x = await layer.forward(x, step);
+      if (gate) await gate.release(layer, "forward");
+    }
     return x;
   }
 
@@ -192,7 +225,10 @@ export class Gpt {
     const step: Step = gradScale === (s.gradScale ?? 1) ? s : { ...s, gradScale };
     let dy: Tensor | null = null;
     for (let i = this.layers.length - 1; i >= 0; i--) {
-      dy = await this.layers[i].backward(dy, step);
+      const layer = this.layers[i];
+      if (this.#gate) await this.#gate.acquire(layer, "backward");
+      dy = await layer.backward(dy, step);
+      if (this.#gate) await this.#gate.release(layer, "backward");
     }
   }
 

@@ -147,14 +147,36 @@ Deno.test("logits() for evaluation does not disturb a pending backward", async (
   const rng = new Rng(5);
   const ids = new Int32Array(12).map(() => rng.int(11));
   const tg = new Int32Array(12).map(() => rng.int(11));
-  const a = new Gpt(be, SMALL, { seed: 3 });
-  await a.forward(ids, tg, 2, 6);
-  await a.backward();
-  const b = new Gpt(be, SMALL, { seed: 3 });
-  await b.forward(ids, tg, 2, 6);
-  await b.logits(new Int32Array(3).fill(4), 1, 3);
-  await b.backward();
-  assert.deepEqual(await b.getGrads(), await a.getGrads());
+  for (const checkpoint of [false, true]) {
+    const a = new Gpt(be, SMALL, { seed: 3, checkpoint });
+    await a.forward(ids, tg, 2, 6);
+    await a.backward();
+    const b = new Gpt(be, SMALL, { seed: 3, checkpoint });
+    await b.forward(ids, tg, 2, 6);
+    await b.logits(new Int32Array(3).fill(4), 1, 3);
+    await b.backward();
+    assert.deepEqual(await b.getGrads(), await a.getGrads(), `checkpoint: ${checkpoint}`);
+  }
+});
+
+Deno.test("a gate is called around every layer's forward and backward, in order", async () => {
+  const calls: string[] = [];
+  const gpt = new Gpt(createReferenceBackend(), SMALL, {
+    gate: {
+      acquire: (layer, phase) => void calls.push(`+${phase[0]}${gpt.layers.indexOf(layer)}`),
+      release: async (layer, phase) => {
+        await Promise.resolve();
+        calls.push(`-${phase[0]}${gpt.layers.indexOf(layer)}`);
+      },
+    },
+  });
+  const t = new Int32Array(6).fill(1);
+  await gpt.forward(t, t, 1, 6);
+  await gpt.backward();
+  const fwd = [0, 1, 2, 3].flatMap((i) => [`+f${i}`, `-f${i}`]);
+  const bwd = [3, 2, 1, 0].flatMap((i) => [`+b${i}`, `-b${i}`]);
+  assert.deepEqual(calls, [...fwd, ...bwd]);
+  assert.deepEqual(gpt.layers[3].specs.map((s) => s.name), ["ln_f.weight", "ln_f.bias", "wte"]);
 });
 
 Deno.test("generate() appends the argmax of the last position, window by window", async () => {
