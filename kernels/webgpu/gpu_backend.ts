@@ -10,6 +10,7 @@ import { embeddingBackward, embeddingForward } from "./embedding.ts";
 import { geluBackward, geluForward } from "./gelu.ts";
 import { layernormBackward, layernormForward } from "./layernorm.ts";
 import { matmul } from "./matmul.ts";
+import { matmulDirect } from "./matmul_direct.ts";
 import { sumRows, sumSquares } from "./reduce.ts";
 
 function sizes(op: string, s: Record<string, number>): void {
@@ -21,7 +22,8 @@ function sizes(op: string, s: Record<string, number>): void {
 }
 
 /** Build the WebGPU {@linkcode Backend} over an open device. */
-export function gpuBackend(dev: GpuDevice, description: string): Backend {
+export function gpuBackend(dev: GpuDevice, description: string, tiled: boolean): Backend {
+  const mm = tiled ? matmul : matmulDirect;
   const own = (t: Tensor, op: string, name: string, need: number, dtype: TensorDType = "f32") => {
     if (!(t instanceof GpuTensor) || t.owner !== dev) {
       throw new TypeError(`${op}: ${name} is not a tensor of this WebGPU backend`);
@@ -124,7 +126,7 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
     ): void {
       const op = "matmul";
       sizes(op, { M, N, K });
-      matmul(
+      mm(
         dev,
         f(out, op, "out", M * N),
         f(a, op, "a", M * K),

@@ -4,39 +4,71 @@
 // of it in registers. Per step of 16 along K, the workgroup stages op(a) as As[k][m] and op(b)
 // as Bs[k][n] in workgroup memory, so the inner loop reads one vec4 of each and does 16 fused
 // multiply-adds. An operand whose contiguous axis and offset are multiples of 4 is loaded as
-// vec4s (one per invocation per step); otherwise as four scalars per invocation.
+// vec4s (one per invocation per step); otherwise as four scalars per invocation. The code is
+// unrolled as text, with no dynamic index into a vector, which keeps shader compilation short.
 
 import type { GpuDevice, GpuTensor, Program } from "./device.ts";
 
 const TILE = 64;
 
-/** Variant of the matmul program. */
-interface Variant {
+/** Variant of the matmul program (bias and accumulation are uniform flags, not variants). */
+export interface Variant {
   transA: boolean;
   transB: boolean;
   vecA: boolean;
   vecB: boolean;
-  bias: boolean;
-  accumulate: boolean;
 }
 
-// Store value `v` at (k, m) of a [16][64] tile kept as vec4s along the second axis.
-const put = (tile: string, k: string, m: string, v: string) =>
-  `${tile}[(${k}) * 16u + (${m}) / 4u][(${m}) % 4u] = ${v};`;
+const LANES = ["x", "y", "z", "w"];
+
+// Tiles are [16][64] floats kept as 256 vec4s along the second axis; (k, m) is element
+// tile[k * 16 + m / 4][m % 4]. Scattering a vec4 along k writes one lane of four vec4s.
+function scatter(tile: string, k: string, m: string, x: string): string {
+  return LANES.map((l, j) => `${tile}[(${k} + ${j}u) * 16u + ${m} / 4u].${l} = ${x}.${l};`)
+    .join("\n    ");
+}
+
+// Scalar loads: invocation `lid` loads elements lid + q*256 of the tile for q = 0..3.
+function scalarLoad(
+  tile: string,
+  buf: string,
+  order: [string, string],
+  bound: string,
+  at: string,
+): string {
+  const out: string[] = [];
+  for (let q = 0; q < 4; q++) {
+    out.push(`{
+    let e = lid + ${q * 256}u;
+    let kk = ${order[0]}; let mm = ${order[1]};
+    let g${tile === "As" ? "m" : "n"} = ${tile === "As" ? "m0" : "n0"} + mm; let gk = k0 + kk;
+    var x = 0.0;
+    if (g${tile === "As" ? "m" : "n"} < ${bound} && gk < p.K) { x = ${buf}[${at}]; }
+    let s = kk * 16u + mm / 4u;
+    switch (mm % 4u) {
+      case 0u: { ${tile}[s].x = x; }
+      case 1u: { ${tile}[s].y = x; }
+      case 2u: { ${tile}[s].z = x; }
+      default: { ${tile}[s].w = x; }
+    }
+  }`);
+  }
+  return out.join("\n  ");
+}
 
 function loadA(v: Variant): string {
   if (v.vecA && !v.transA) {
-    // a[M,K], vec4 along k: 64 rows x 4 vec4s.
+    // a[M,K], vec4 along k: 64 rows x 4 vec4s; one lane each of four vec4s of the tile.
     return `{
     let mm = lid / 4u; let kq = lid % 4u;
     let gm = m0 + mm; let gk = k0 + kq * 4u;
     var x = vec4<f32>(0.0);
     if (gm < p.M && gk < p.K) { x = b1[p.o1 + (gm * p.K + gk) / 4u]; }
-    for (var j = 0u; j < 4u; j++) { ${put("As", "kq * 4u + j", "mm", "x[j]")} }
+    ${scatter("As", "kq * 4u", "mm", "x")}
   }`;
   }
   if (v.vecA && v.transA) {
-    // a[K,M], vec4 along m: 16 rows x 16 vec4s.
+    // a[K,M], vec4 along m: 16 rows x 16 vec4s, stored as they are.
     return `{
     let kk = lid / 16u; let mq = lid % 16u;
     let gm = m0 + mq * 4u; let gk = k0 + kk;
@@ -45,17 +77,9 @@ function loadA(v: Variant): string {
     As[kk * 16u + mq] = x;
   }`;
   }
-  const [kk, mm, at] = v.transA
-    ? ["e / 64u", "e % 64u", "gk * p.M + gm"]
-    : ["e % 16u", "e / 16u", "gm * p.K + gk"];
-  return `for (var q = 0u; q < 4u; q++) {
-    let e = lid + q * 256u;
-    let kk = ${kk}; let mm = ${mm};
-    let gm = m0 + mm; let gk = k0 + kk;
-    var x = 0.0;
-    if (gm < p.M && gk < p.K) { x = b1[p.o1 + ${at}]; }
-    ${put("As", "kk", "mm", "x")}
-  }`;
+  return v.transA
+    ? scalarLoad("As", "b1", ["e / 64u", "e % 64u"], "p.M", "p.o1 + gk * p.M + gm")
+    : scalarLoad("As", "b1", ["e % 16u", "e / 16u"], "p.M", "p.o1 + gm * p.K + gk");
 }
 
 function loadB(v: Variant): string {
@@ -76,32 +100,36 @@ function loadB(v: Variant): string {
     let gn = n0 + nn; let gk = k0 + kq * 4u;
     var x = vec4<f32>(0.0);
     if (gn < p.N && gk < p.K) { x = b2[p.o2 + (gn * p.K + gk) / 4u]; }
-    for (var j = 0u; j < 4u; j++) { ${put("Bs", "kq * 4u + j", "nn", "x[j]")} }
+    ${scatter("Bs", "kq * 4u", "nn", "x")}
   }`;
   }
-  const [kk, nn, at] = v.transB
-    ? ["e % 16u", "e / 16u", "gn * p.K + gk"]
-    : ["e / 64u", "e % 64u", "gk * p.N + gn"];
-  return `for (var q = 0u; q < 4u; q++) {
-    let e = lid + q * 256u;
-    let kk = ${kk}; let nn = ${nn};
-    let gn = n0 + nn; let gk = k0 + kk;
-    var x = 0.0;
-    if (gn < p.N && gk < p.K) { x = b2[p.o2 + ${at}]; }
-    ${put("Bs", "kk", "nn", "x")}
-  }`;
+  return v.transB
+    ? scalarLoad("Bs", "b2", ["e % 16u", "e / 16u"], "p.N", "p.o2 + gn * p.K + gk")
+    : scalarLoad("Bs", "b2", ["e / 64u", "e % 64u"], "p.N", "p.o2 + gk * p.N + gn");
 }
 
-function program(v: Variant): Program {
+// Write row r of the invocation's block: four columns, each guarded.
+function store(r: number): string {
+  const cols = LANES.map((l, c) =>
+    `if (n + ${c}u < p.N) {
+        let o = row + n + ${c}u;
+        var y = acc${r}.${l};
+        if (p.bias != 0u) { y += b3[p.o3 + n + ${c}u]; }
+        if (p.acc != 0u) { y += b0[o]; }
+        b0[o] = y;
+      }`
+  );
+  return `if (m0 + ty * 4u + ${r}u < p.M) {
+      let row = p.o0 + (m0 + ty * 4u + ${r}u) * p.N;
+      ${cols.join("\n      ")}
+    }`;
+}
+
+/** The WGSL program of one variant. */
+export function program(v: Variant): Program {
   const key = `matmul_${v.transA ? "T" : "N"}${v.transB ? "T" : "N"}_${v.vecA ? 4 : 1}${
     v.vecB ? 4 : 1
-  }${v.bias ? "_bias" : ""}${v.accumulate ? "_acc" : ""}`;
-  const bindings: Program["bindings"] = [
-    "f32",
-    v.vecA ? "vec4f" : "f32",
-    v.vecB ? "vec4f" : "f32",
-    ...(v.bias ? ["f32" as const] : []),
-  ];
+  }`;
   const body = `
 var<workgroup> As: array<vec4<f32>, 256>;
 var<workgroup> Bs: array<vec4<f32>, 256>;
@@ -113,7 +141,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let n0 = wid.x * ${TILE}u;
   let tx = lid3.x;
   let ty = lid3.y;
-  var acc: array<vec4<f32>, 4>;
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);
   for (var k0 = 0u; k0 < p.K; k0 += 16u) {
     ${loadA(v)}
     ${loadB(v)}
@@ -121,29 +152,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var k = 0u; k < 16u; k++) {
       let a = As[k * 16u + ty];
       let b = Bs[k * 16u + tx];
-      acc[0] = fma(vec4<f32>(a.x), b, acc[0]);
-      acc[1] = fma(vec4<f32>(a.y), b, acc[1]);
-      acc[2] = fma(vec4<f32>(a.z), b, acc[2]);
-      acc[3] = fma(vec4<f32>(a.w), b, acc[3]);
+      acc0 = fma(vec4<f32>(a.x), b, acc0);
+      acc1 = fma(vec4<f32>(a.y), b, acc1);
+      acc2 = fma(vec4<f32>(a.z), b, acc2);
+      acc3 = fma(vec4<f32>(a.w), b, acc3);
     }
     workgroupBarrier();
   }
-  for (var r = 0u; r < 4u; r++) {
-    let m = m0 + ty * 4u + r;
-    if (m >= p.M) { break; }
-    for (var c = 0u; c < 4u; c++) {
-      let n = n0 + tx * 4u + c;
-      if (n >= p.N) { break; }
-      var y = acc[r][c];
-      ${v.bias ? "y += b3[p.o3 + n];" : ""}
-      let o = p.o0 + m * p.N + n;
-      ${v.accumulate ? "y += b0[o];" : ""}
-      b0[o] = y;
-    }
-  }
+  let n = n0 + tx * 4u;
+  ${[0, 1, 2, 3].map(store).join("\n  ")}
 }
 `;
-  return { key, bindings, fields: [["M", "u32"], ["N", "u32"], ["K", "u32"]], body };
+  return {
+    key,
+    // out, a, b, bias (a dummy binding of `out` when there is no bias)
+    bindings: ["f32", v.vecA ? "vec4f" : "f32", v.vecB ? "vec4f" : "f32", "f32"],
+    fields: [["M", "u32"], ["N", "u32"], ["K", "u32"], ["bias", "u32"], ["acc", "u32"]],
+    body,
+  };
 }
 
 const programs = new Map<string, Program>();
@@ -169,12 +195,14 @@ export function matmul(
     // The contiguous axis of a is K (or M when transposed); of b, N (or K when transposed).
     vecA: a.offset % 4 === 0 && (transA ? M : K) % 4 === 0,
     vecB: b.offset % 4 === 0 && (transB ? K : N) % 4 === 0,
-    bias: bias !== null,
-    accumulate,
   };
   const id = JSON.stringify(v);
   let prog = programs.get(id);
   if (prog === undefined) programs.set(id, prog = program(v));
-  const tensors = bias === null ? [out, a, b] : [out, a, b, bias];
-  dev.run(prog, tensors, [M, N, K], [Math.ceil(N / TILE), Math.ceil(M / TILE)]);
+  dev.run(
+    prog,
+    [out, a, b, bias ?? out],
+    [M, N, K, bias === null ? 0 : 1, accumulate ? 1 : 0],
+    [Math.ceil(N / TILE), Math.ceil(M / TILE)],
+  );
 }

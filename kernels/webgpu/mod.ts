@@ -30,6 +30,13 @@ import { gpuBackend } from "./gpu_backend.ts";
 export interface WebGPUBackendOptions {
   /** Adapter preference passed to `navigator.gpu.requestAdapter`. */
   powerPreference?: "low-power" | "high-performance";
+  /**
+   * Matrix-product kernel: `"tiled"` stages 64x64 tiles in workgroup memory (for GPUs),
+   * `"direct"` reads operands straight from storage (for software adapters, where workgroup
+   * memory is ordinary cache and the tiled kernel's barriers make compilation slow).
+   * Default `"auto"`: direct on a fallback (software) adapter, tiled otherwise.
+   */
+  matmul?: "auto" | "tiled" | "direct";
 }
 
 /**
@@ -43,6 +50,12 @@ export interface WebGPUBackendOptions {
 export async function createWebGPUBackend(
   opts: WebGPUBackendOptions = {},
 ): Promise<Backend | null> {
+  const choice = opts.matmul ?? "auto";
+  if (choice !== "auto" && choice !== "tiled" && choice !== "direct") {
+    throw new RangeError(
+      `matmul must be "auto", "tiled" or "direct", got ${JSON.stringify(choice)}`,
+    );
+  }
   const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
   if (gpu === undefined) return null;
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference });
@@ -58,5 +71,10 @@ export async function createWebGPUBackend(
   const info = adapter.info;
   const name = info.description || [info.vendor, info.architecture, info.device].join(" ");
   const kind = info.isFallbackAdapter ? "software fallback adapter" : "adapter";
-  return gpuBackend(new GpuDevice(device), `webgpu: ${name.trim()} (${kind})`);
+  const tiled = choice === "tiled" || (choice === "auto" && !info.isFallbackAdapter);
+  return gpuBackend(
+    new GpuDevice(device),
+    `webgpu: ${name.trim()} (${kind}), ${tiled ? "tiled" : "direct"} matmul`,
+    tiled,
+  );
 }
