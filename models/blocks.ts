@@ -8,8 +8,9 @@
  * Activations are kept per `slot` (one per micro-batch in flight; slot 0 is enough without
  * pipelining) in buffers allocated once per shape and reused. A tensor returned by
  * `forward` stays valid until the next `forward` of that layer on the same slot; a tensor
- * returned by `backward` until the next `backward` of that layer (any slot). A layer keeps a
- * reference to its input, so the caller must keep the input unchanged until `backward`.
+ * returned by `backward` until the next `backward` of that layer (any slot), or of any layer
+ * sharing its {@linkcode ActivationPool}. A layer keeps a reference to its input, so the
+ * caller must keep the input unchanged until `backward`. Slots are integers in [0, 1023].
  *
  * Linear weights are stored `[in, out]` (GPT-2's Conv1D layout): `y = x W + b`.
  *

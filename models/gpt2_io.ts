@@ -11,6 +11,7 @@ import type { GptConfig } from "./config.ts";
 import type { Gpt } from "./gpt.ts";
 import {
   readSafetensors,
+  type SafetensorsEntry,
   type SafetensorsFile,
   type SafetensorsInput,
   toFloat32,
@@ -31,8 +32,22 @@ function canonical(name: string): string | null {
   return n;
 }
 
+function entryOf(file: SafetensorsFile, name: string): SafetensorsEntry | undefined {
+  return file.tensors.get(name) ?? file.tensors.get(`transformer.${name}`);
+}
+
 function shapeOf(file: SafetensorsFile, name: string): readonly number[] | undefined {
-  return (file.tensors.get(name) ?? file.tensors.get(`transformer.${name}`))?.shape;
+  return entryOf(file, name)?.shape;
+}
+
+// A stored head is tied when it is absent or holds exactly the token embedding.
+function headIsTied(file: SafetensorsFile): boolean {
+  const head = entryOf(file, "lm_head.weight");
+  if (!head) return true;
+  const wte = entryOf(file, "wte");
+  if (!wte || wte.dtype !== head.dtype || wte.bytes.length !== head.bytes.length) return false;
+  for (let i = 0; i < wte.bytes.length; i++) if (wte.bytes[i] !== head.bytes[i]) return false;
+  return true;
 }
 
 /**
@@ -65,15 +80,16 @@ export function gpt2Config(file: SafetensorsFile, heads?: number): GptConfig {
     dim: wte[1],
     layers,
     heads: h,
-    tied: !shapeOf(file, "lm_head.weight"),
+    tied: headIsTied(file),
     ...(fc && fc[1] !== 4 * wte[1] ? { hidden: fc[1] } : {}),
   };
 }
 
 /**
  * Copy GPT-2 weights into a model. Accepts names with or without Hugging Face's
- * `transformer.` prefix. A tied model ignores a stored `lm_head.weight`; an untied model
- * without one in the file starts its head from `wte`.
+ * `transformer.` prefix. A tied model accepts a stored `lm_head.weight` only when it equals
+ * `wte` (strict) or ignores it (not strict); an untied model without one in the file starts
+ * its head from `wte`.
  *
  * @param model the model to fill
  * @param file the weights (F32, F16, BF16 or F64)
@@ -105,6 +121,12 @@ export function importGpt2(model: Gpt, file: SafetensorsFile, opts: Gpt2ImportOp
       );
     }
     byName.set(slot.name, toFloat32(e));
+  }
+  if ((opts.strict ?? true) && model.config.tied && !headIsTied(file)) {
+    throw new RangeError(
+      "The GPT-2 weights have an lm_head.weight that differs from wte, but the model ties " +
+        "them: build it with tied: false (or import with strict: false to drop the head)",
+    );
   }
   if (opts.strict ?? true) {
     const extra = [...stored.keys()].filter((n) =>

@@ -333,3 +333,14 @@ Deno.test("activation checkpointing gives identical gradients with less memory",
     `checkpointed ${ckpt.activations} vs ${plain.activations} activation elements`,
   );
 });
+
+Deno.test("an untied head in the file is detected and not silently dropped", async () => {
+  const be = createReferenceBackend();
+  const untied = new Gpt(be, { ...SMALL, tied: false }, { seed: 6 });
+  const file = decodeSafetensors(encodeSafetensors(await exportGpt2(untied), { heads: "2" }));
+  assert.equal(gpt2Config(file).tied, false);
+  const tied = new Gpt(be, SMALL);
+  assert.throws(() => importGpt2(tied, file), /differs from wte.*tied: false/);
+  importGpt2(tied, file, { strict: false });
+  assert.deepEqual((await tied.getParams()).get("wte"), (await untied.getParams()).get("wte"));
+});
