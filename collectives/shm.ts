@@ -13,6 +13,11 @@
  * fold in rank order 0, 1, ..., n-1, so every rank gets bit-identical results, equal to a serial
  * left-to-right fold.
  *
+ * Zero copy: when every rank's buffer of a large all-reduce or reduce lives on a
+ * SharedArrayBuffer (like the trainer's flat buffers), the ranks skip the staging slots: each
+ * shares its SharedArrayBuffer with its peers once (a MessagePort message, remembered by the
+ * group until it closes), and each rank folds its slice straight from its peers' buffers.
+ *
  * Waiting spins on `Atomics.load` for a short budget, then sleeps in `Atomics.waitAsync` (the
  * event loop keeps running), waking at least every 10 ms to check the deadline and the peers'
  * liveness words. The first round of every op compares an op descriptor (op, count, dtype,
@@ -46,6 +51,8 @@ export const DEFAULT_CHANNEL_BYTES = 1 << 16;
  * each member's {@linkcode ShmCommunicator} from it.
  */
 export interface ShmGroupSpec {
+  /** Unique id of this group (keys its messages between ranks). */
+  id: string;
   /** Group label used in errors. */
   name: string;
   /** Number of ranks. */
@@ -127,6 +134,7 @@ export function createShmGroupSpec(
     }
   }
   return {
+    id: crypto.randomUUID(),
     name,
     size,
     worldRanks: worldRanks.slice(),
@@ -181,6 +189,9 @@ export class ShmCommunicator implements Communicator {
   #tail: Promise<void> = Promise.resolve();
   #busy = 0;
   #slotCache: (CollectiveBuffer | undefined)[] = [];
+  #myBufs = new WeakMap<SharedArrayBuffer, number>();
+  #nextBufId = 0;
+  #peerBufs: Map<number, SharedArrayBuffer>[] = [];
   #p2pTail = new Map<string, Promise<void>>();
   #sentChunks: number[];
   #recvChunks: number[];
@@ -480,6 +491,7 @@ export class ShmCommunicator implements Communicator {
   close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
+      this.#peerBufs = [];
       const i = this.rank * CTRL_STRIDE + CLOSED;
       Atomics.store(this.#ctrl, i, 1);
       Atomics.notify(this.#ctrl, this.rank * CTRL_STRIDE + STEP);
@@ -796,16 +808,15 @@ export class ShmCommunicator implements Communicator {
       }
       return;
     }
+    const peers = await this.#locate(ctx, desc, buf, -1);
+    if (peers !== null) return this.#reduceInPlace(ctx, buf, peers, op, dtype, root);
     // Two rounds per chunk: reduce-scatter straight from the peers' slots, then all-gather.
     const per = Math.floor(this.#slotBytes / es);
-    let first = true;
     for (let a = 0; a < m; a += per) {
       const b = Math.min(m, a + per), len = b - a;
       const h = this.#nextHalf();
-      const mine = this.#views(dtype, r, h);
-      mine.set(sub(buf, a, b));
-      await this.#round(ctx, first ? desc : null);
-      first = false;
+      this.#views(dtype, r, h).set(sub(buf, a, b));
+      await this.#round(ctx, null);
       const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
       if (hi > lo) {
         const dst = this.#slot(dtype, r, h, lo, hi);
@@ -823,6 +834,119 @@ export class ShmCommunicator implements Communicator {
         if (phi > plo) buf.set(this.#slot(dtype, p, h, plo, phi), a + plo);
       }
     }
+  }
+
+  /**
+   * Zero-copy all-reduce (or reduce) when every rank's buffer lives on a SharedArrayBuffer its
+   * peers know: each rank folds its slice from its peers' buffers into its own (for reduce: into
+   * the root's), then, for all-reduce, copies the other slices from their owners. The last round
+   * keeps every buffer untouched until nobody reads it any more.
+   */
+  async #reduceInPlace(
+    ctx: Ctx,
+    buf: CollectiveBuffer,
+    peers: CollectiveBuffer[],
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const n = this.size, m = buf.length, r = this.rank;
+    const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
+    const owner = root < 0 ? r : root; // whose buffer receives slice r
+    const target = peers[owner]!;
+    // Owners 0 and 1 fold in place (dst aliases their own operand element by element); an owner
+    // >= 2 would lose its values before folding them in, so fold in pieces with a saved copy.
+    const per = owner < 2 ? Math.max(1, hi - lo) : Math.floor(this.#slotBytes / bytesOf(dtype));
+    for (let s = lo; s < hi; s += per) {
+      const e = Math.min(hi, s + per);
+      const dst = sub(target, s, e);
+      let own = dst;
+      if (owner >= 2) {
+        own = this.#slot(dtype, r, 0, 0, e - s);
+        own.set(dst);
+      }
+      const src = (p: number) => (p === owner ? own : sub(peers[p]!, s, e));
+      reduceTo(dst, src(0), src(1), op, dtype);
+      for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+      if (op === "avg") finishAvg(dst, n, dtype);
+    }
+    await this.#round(ctx, null);
+    if (root >= 0) return;
+    for (let p = 0; p < n; p++) {
+      const plo = Math.floor(p * m / n), phi = Math.floor((p + 1) * m / n);
+      if (p !== r && phi > plo) buf.set(sub(peers[p]!, plo, phi), plo);
+    }
+    await this.#round(ctx, null);
+  }
+
+  /**
+   * First round of an op that may read its peers' buffers in place: publish the descriptor and
+   * where `buf` lives (when it is on a SharedArrayBuffer, sharing that buffer with the peers
+   * once), and return every rank's buffer as a view (this rank's is `buf`) when the ranks that
+   * matter (`only` >= 0: that rank; else all) have one; `null` means: use the staging slots.
+   */
+  async #locate(
+    ctx: Ctx,
+    desc: number[],
+    buf: CollectiveBuffer,
+    only: number,
+  ): Promise<CollectiveBuffer[] | null> {
+    const n = this.size, r = this.rank;
+    const base = r * CTRL_STRIDE + DESC + (this.#seq & 1) * 8;
+    let id = 0;
+    const sab = buf.buffer;
+    if (sab instanceof SharedArrayBuffer && buf.byteOffset % buf.BYTES_PER_ELEMENT === 0) {
+      id = this.#myBufs.get(sab) ?? 0;
+      if (id === 0) {
+        id = ++this.#nextBufId;
+        this.#myBufs.set(sab, id);
+        for (let p = 0; p < n; p++) {
+          if (p !== r) this.#link.post(this.spec.worldRanks[p]!, this.#regKey(r, id), sab);
+        }
+      }
+    }
+    Atomics.store(this.#ctrl, base + D_A, id);
+    Atomics.store(this.#ctrl, base + D_B, buf.byteOffset / buf.BYTES_PER_ELEMENT);
+    await this.#round(ctx, desc);
+    const ids: number[] = [], offs: number[] = [];
+    for (let p = 0; p < n; p++) {
+      const pb = p * CTRL_STRIDE + DESC + (this.#seq & 1) * 8;
+      ids.push(Atomics.load(this.#ctrl, pb + D_A));
+      offs.push(Atomics.load(this.#ctrl, pb + D_B));
+    }
+    const needed = only >= 0 ? [only] : ids.map((_, p) => p);
+    if (needed.some((p) => ids[p] === 0)) return null;
+    const views: CollectiveBuffer[] = [];
+    const Ctor = buf.constructor as new (
+      b: SharedArrayBuffer,
+      off: number,
+      len: number,
+    ) => CollectiveBuffer;
+    for (let p = 0; p < n; p++) {
+      if (p === r) views.push(buf);
+      else if (!needed.includes(p)) views.push(buf);
+      else {
+        const peerSab = await this.#peerBuffer(ctx, p, ids[p]!);
+        views.push(new Ctor(peerSab, offs[p]! * buf.BYTES_PER_ELEMENT, buf.length));
+      }
+    }
+    return views;
+  }
+
+  #regKey(owner: number, id: number): string {
+    return `${this.spec.id}:buf:${owner}:${id}`;
+  }
+
+  async #peerBuffer(ctx: Ctx, p: number, id: number): Promise<SharedArrayBuffer> {
+    const known = (this.#peerBufs[p] ??= new Map()).get(id);
+    if (known !== undefined) return known;
+    const sab = await this.#link.receive(
+      this.#regKey(p, id),
+      this.spec.worldRanks[p]!,
+      () => this.#problem(ctx, p),
+    ) as SharedArrayBuffer;
+    this.#peerBufs[p]!.set(id, sab);
+    return sab;
   }
 
   async #send(

@@ -19,12 +19,15 @@ for (
     [1, { sizes: [0, 1, 5, 1000], dtypes: [...ALL] }],
     [2, { sizes: [0, 1, 5, 1001, 20001], dtypes: [...ALL] }],
     [3, { sizes: [0, 1, 7, 1001, 20003], dtypes: ["float32", "int32", "bfloat16"] }],
+    [3, { sizes: [1, 20003], dtypes: ["float32", "float16"], shared: true }],
+    [4, { sizes: [40001], dtypes: ["float32", "int32"], shared: true }],
     [4, { sizes: [0, 1, 6, 999], dtypes: ["float32", "int32", "float16"] }],
     [8, { sizes: [0, 1, 13, 17001], dtypes: ["float32", "int32"] }],
   ] as [number, OpsData][]
 ) {
   Deno.test({
-    name: `every op matches a serial reference on ${size} Workers`,
+    name: `every op matches a serial reference on ${size} Workers` +
+      (data.shared ? ", buffers read in place" : ""),
     ...opt,
     fn: async () => {
       const res = await runOps(size, data);
@@ -52,6 +55,7 @@ Deno.test({
       sizes: [1_500_007],
       dtypes: ["float32"],
       ops: ["allReduce", "allGather", "reduceScatter", "sendRecv"],
+      shared: true,
     });
     assert.deepEqual(res, [[], []]);
   },

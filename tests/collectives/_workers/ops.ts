@@ -12,6 +12,21 @@ export interface OpsData {
   sizes: number[];
   dtypes: DType[];
   ops?: string[];
+  /** Put the buffers on SharedArrayBuffers (peers then read them in place). */
+  shared?: boolean;
+}
+
+/** A copy of `x` on a SharedArrayBuffer, at a non-zero offset. */
+function onShared(x: CollectiveBuffer): CollectiveBuffer {
+  const Ctor = x.constructor as new (
+    b: SharedArrayBuffer,
+    o: number,
+    n: number,
+  ) => CollectiveBuffer;
+  const es = x.BYTES_PER_ELEMENT;
+  const y = new Ctor(new SharedArrayBuffer(es * (x.length + 3)), es * 3, x.length);
+  y.set(x);
+  return y;
 }
 
 function value(rank: number, i: number, salt: number): number {
@@ -88,6 +103,7 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
   const n = comm.size, r = comm.rank;
   const fails: string[] = [];
   const want = (op: string) => data.ops === undefined || data.ops.includes(op);
+  const copy = (x: CollectiveBuffer) => (data.shared ? onShared(x) : x.slice());
   let salt = 0;
   for (const dtype of data.dtypes) {
     const o = { dtype };
@@ -99,27 +115,27 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
         : ["sum", "max"];
       if (want("allReduce")) {
         for (const op of reds) {
-          const buf = inputs[r]!.slice();
+          const buf = copy(inputs[r]!);
           await comm.allReduce(buf, op, o);
           check(fails, `allReduce ${op} ${dtype} x${len}`, buf, reference(dtype, op, inputs, len));
         }
       }
       if (want("reduce")) {
         const root = (salt + 1) % n;
-        const buf = inputs[r]!.slice();
+        const buf = copy(inputs[r]!);
         await comm.reduce(buf, root, "sum", o);
         const ref = r === root ? reference(dtype, "sum", inputs, len) : inputs[r]!;
         check(fails, `reduce sum ${dtype} x${len} root ${root}`, buf, ref);
       }
       if (want("broadcast")) {
         const root = salt % n;
-        const buf = inputs[r]!.slice();
+        const buf = copy(inputs[r]!);
         await comm.broadcast(buf, root, o);
         check(fails, `broadcast ${dtype} x${len} root ${root}`, buf, inputs[root]!);
       }
       if (want("allGather")) {
         const out = make(dtype, len * n, 0, 0).fill(0);
-        await comm.allGather(inputs[r]!, out, o);
+        await comm.allGather(copy(inputs[r]!), out, o);
         const ref: number[] = [];
         for (const x of inputs) for (const v of x) ref.push(v);
         check(fails, `allGather ${dtype} x${len}`, out, ref);
@@ -128,7 +144,7 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
         const big = Array.from({ length: n }, (_, p) => make(dtype, len * n, p, salt + 1000));
         for (const op of ["sum", "max"] as const) {
           const out = make(dtype, len, 0, 0).fill(0);
-          await comm.reduceScatter(big[r]!, out, op, o);
+          await comm.reduceScatter(copy(big[r]!), out, op, o);
           const ref = reference(dtype, op, big, len * n).slice(r * len, (r + 1) * len);
           check(fails, `reduceScatter ${op} ${dtype} x${len}`, out, ref);
         }
