@@ -1,0 +1,159 @@
+/**
+ * Training throughput of the GPT on random tokens: 3 warm-up steps, then the median step time
+ * of `--steps` timed steps, on one backend path.
+ *
+ * ```sh
+ * deno run -A bench/train.ts --vocab 256 --ctx 128 --dim 256 --layers 4 --heads 8 \
+ *   --batch 8 --steps 20 --json [--backend blas|wasm|ts|webgpu] [--threads 1]
+ * ```
+ *
+ * Prints one JSON line with `--json`: `backend, threads, params, tokens_per_s,
+ * ms_per_step_median, loss_first, loss_last`.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { WindowSampler } from "../data/mod.ts";
+import { Engine } from "../engine/mod.ts";
+import { type Backend, createCpuBackend, Rng } from "../kernels/mod.ts";
+import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
+
+const WARMUP = 3;
+const NUMS = ["vocab", "ctx", "dim", "layers", "heads", "batch", "steps", "threads", "seed"];
+const DEFAULTS: Record<string, number> = {
+  vocab: 256,
+  ctx: 128,
+  dim: 256,
+  layers: 4,
+  heads: 8,
+  batch: 8,
+  steps: 20,
+  threads: 1,
+  seed: 0,
+};
+
+interface BenchOptions {
+  vocab: number;
+  ctx: number;
+  dim: number;
+  layers: number;
+  heads: number;
+  batch: number;
+  steps: number;
+  threads: number;
+  seed: number;
+  backend: string;
+  json: boolean;
+  help: boolean;
+}
+
+function parse(argv: string[]): BenchOptions {
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    json: { type: "boolean" },
+    backend: { type: "string" },
+    help: { type: "boolean" },
+  };
+  for (const k of NUMS) options[k] = { type: "string" };
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    values = parseArgs({ args: argv, options, strict: true, allowPositionals: false }).values;
+  } catch (e) {
+    throw new TypeError(`${(e as Error).message}. Run with --help to see the options.`);
+  }
+  const n: Record<string, number> = {};
+  for (const k of NUMS) {
+    const raw = values[k] as string | undefined;
+    const v = raw === undefined ? DEFAULTS[k] : Number(raw);
+    if (!Number.isInteger(v) || v < (k === "seed" ? 0 : 1)) {
+      throw new TypeError(`--${k} expects a positive integer, got "${raw}"`);
+    }
+    n[k] = v;
+  }
+  const backend = (values.backend as string | undefined) ?? "auto";
+  if (!["auto", "blas", "wasm", "ts", "webgpu"].includes(backend)) {
+    throw new RangeError(`--backend must be auto, blas, wasm, ts or webgpu, got "${backend}"`);
+  }
+  return {
+    ...(n as Omit<BenchOptions, "backend" | "json" | "help">),
+    backend,
+    json: Boolean(values.json),
+    help: Boolean(values.help),
+  };
+}
+
+async function makeBackend(kind: string, threads: number): Promise<Backend> {
+  if (kind === "webgpu") {
+    const be = await createWebGPUBackend();
+    if (be === null) throw new RangeError("--backend webgpu: no WebGPU adapter in this runtime");
+    return be;
+  }
+  return createCpuBackend({ gemm: kind as "auto", threads });
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+if (import.meta.main) {
+  let o: BenchOptions;
+  try {
+    o = parse(Deno.args);
+  } catch (e) {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(2);
+  }
+  if (o.help) {
+    console.log(
+      "Usage: deno run -A bench/train.ts [--vocab 256] [--ctx 128] [--dim 256] [--layers 4]\n" +
+        "  [--heads 8] [--batch 8] [--steps 20] [--backend auto|blas|wasm|ts|webgpu]\n" +
+        "  [--threads 1] [--seed 0] [--json]",
+    );
+    Deno.exit(0);
+  }
+  const backend = await makeBackend(o.backend, o.threads);
+  const engine = new Engine({
+    model: { vocab: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads },
+    train_batch_size: o.batch,
+    gradient_clipping: 1,
+    optimizer: { type: "AdamW", params: { lr: 1e-3 } },
+    seed: o.seed,
+  }, backend);
+  const rng = new Rng(o.seed + 1);
+  const stream = Int32Array.from({ length: 1 << 16 }, () => rng.int(o.vocab));
+  const src = new WindowSampler(stream, o.batch, o.ctx, o.seed + 2);
+  const times: number[] = [];
+  let lossFirst = NaN, lossLast = NaN;
+  for (let i = 0; i < WARMUP + o.steps; i++) {
+    const batch = src.next();
+    const t = performance.now();
+    const r = await engine.trainBatch([batch]);
+    const ms = performance.now() - t;
+    if (i === 0) lossFirst = r.loss;
+    lossLast = r.loss;
+    if (i >= WARMUP) times.push(ms);
+  }
+  const ms = median(times);
+  const result = {
+    backend: backend.description,
+    threads: o.backend === "webgpu" ? null : o.threads,
+    params: engine.model.numParams,
+    tokens_per_s: Math.round((o.batch * o.ctx) / (ms / 1000)),
+    ms_per_step_median: Math.round(ms * 100) / 100,
+    loss_first: lossFirst,
+    loss_last: lossLast,
+  };
+  backend.dispose();
+  if (o.json) {
+    console.log(JSON.stringify(result));
+  } else {
+    console.log(`${result.backend}`);
+    console.log(
+      `${result.params.toLocaleString("en-US")} parameters, batch ${o.batch} x ctx ${o.ctx}: ` +
+        `${result.tokens_per_s.toLocaleString("en-US")} tokens/s, ` +
+        `${result.ms_per_step_median} ms/step (median of ${o.steps} after ${WARMUP} warm-up), ` +
+        `loss ${lossFirst.toFixed(3)} -> ${lossLast.toFixed(3)}`,
+    );
+  }
+}
