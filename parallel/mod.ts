@@ -22,3 +22,5 @@ export * from "./linear.ts";
 export * from "./embedding.ts";
 export * from "./cross_entropy.ts";
 export * from "./attention.ts";
+export * from "./block.ts";
+export * from "./gpt.ts";

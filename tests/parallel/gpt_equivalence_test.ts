@@ -1,0 +1,165 @@
+import assert from "node:assert/strict";
+import { runWorkers } from "../../collectives/mod.ts";
+import { createReferenceBackend } from "../../kernels/mod.ts";
+import { Gpt } from "../../models/mod.ts";
+import { AdamW, clipGradNorm } from "../../optim/mod.ts";
+import { gpt2ShardKind, type ScheduleName, unshardTensor } from "../../parallel/mod.ts";
+import {
+  CFG,
+  LR,
+  MAX_NORM,
+  MICRO,
+  microBatch,
+  MICROS,
+  SEED,
+  STEPS,
+  T,
+  WEIGHT_DECAY,
+} from "./_gpt_data.ts";
+import type { GptRankResult } from "./_gpt_rank.ts";
+
+// Tolerance. Everything is float32. Pipeline parallelism keeps the serial summation order
+// inside every op, so it matches to a few ulps. Tensor parallelism adds the same products in
+// another order (matmuls split by columns or rows, all-reduce and reduce-scatter order), which
+// moves the first step's gradients by about 1e-7 relative; AdamW (update ~ g / sqrt(v)) and
+// clipping amplify such differences a few times per step. For scale: two correct serial runs of
+// this recipe, one on the reference backend and one on the CPU backend (another summation
+// order), differ at step 5 by 6e-5 in the parameters and 4e-5 relative in the gradient norm;
+// every tensor-parallel layout here (tp 2 or 4, with or without sequence parallelism, 3D) stays
+// below 2.5e-5 in the parameters (pipeline-only layouts below 6e-6). Hence: parameters within 5e-5 absolute (they are of order
+// 0.02..1), losses within 1e-5 relative, gradient norms within 5e-5 relative. A wrong slice, a
+// missing all-reduce or a misplaced micro-batch moves values by 1e-3 or more.
+const ATOL = 5e-5;
+const LOSS_RTOL = 1e-5;
+const NORM_RTOL = 5e-5;
+
+interface Serial {
+  losses: number[];
+  norms: number[];
+  params: Map<string, Float32Array>;
+}
+
+async function serialRun(): Promise<Serial> {
+  const be = createReferenceBackend();
+  const gpt = new Gpt(be, CFG, { seed: SEED });
+  const opt = new AdamW(be, gpt.layout, gpt.store.params, gpt.store.grads, {
+    weightDecay: WEIGHT_DECAY,
+  });
+  const losses: number[] = [];
+  const norms: number[] = [];
+  for (let step = 0; step < STEPS; step++) {
+    gpt.zeroGrad();
+    let sum = 0;
+    for (let j = 0; j < MICROS; j++) {
+      const { inputs, targets } = microBatch(step, j);
+      sum += (await be.read(await gpt.forward(inputs, targets, MICRO, T)))[0]!;
+      await gpt.backward(1 / MICROS);
+    }
+    norms.push(await clipGradNorm(be, gpt.store.grads, MAX_NORM, gpt.layout.size));
+    opt.step(LR);
+    losses.push(sum / MICROS);
+  }
+  return { losses, norms, params: await gpt.getParams() };
+}
+
+const reference = serialRun();
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let w = 0;
+  for (let i = 0; i < a.length; i++) w = Math.max(w, Math.abs(a[i]! - b[i]!));
+  return w;
+}
+
+async function check(
+  world: number,
+  layout: { tp: number; pp: number; v?: number; sp?: boolean; schedule: ScheduleName },
+): Promise<void> {
+  const ref = await reference;
+  const ranks = await runWorkers<GptRankResult>({
+    size: world,
+    module: new URL("./_gpt_rank.ts", import.meta.url),
+    data: { v: 1, sp: false, ...layout },
+    timeoutMs: 60_000,
+  });
+  const { tp, pp } = layout;
+  for (let step = 0; step < STEPS; step++) {
+    // Every tensor rank of the last stages computes the same loss; sum over data parallel.
+    const last = ranks.filter((r) => r.coords.pp === pp - 1 && r.coords.tp === 0);
+    const loss = last.reduce((a, r) => a + r.lossSums[step]!, 0) / MICROS;
+    assert.ok(
+      Math.abs(loss / ref.losses[step]! - 1) < LOSS_RTOL,
+      `step ${step} loss ${loss} vs ${ref.losses[step]}`,
+    );
+    for (const r of ranks) {
+      const rel = r.norms[step]! / ref.norms[step]! - 1;
+      assert.ok(
+        Math.abs(rel) < NORM_RTOL,
+        `step ${step} gradient norm ${r.norms[step]} vs ${ref.norms[step]}`,
+      );
+    }
+  }
+  let compared = 0;
+  for (const [name, full] of ref.params) {
+    const holders = ranks.filter((r) => name in r.params);
+    assert.ok(holders.length > 0, `no rank holds ${name}`);
+    for (const dp of new Set(holders.map((r) => r.coords.dp))) {
+      for (const stage of new Set(holders.map((r) => r.coords.pp))) {
+        const group = holders.filter((r) => r.coords.dp === dp && r.coords.pp === stage)
+          .sort((a, b) => a.coords.tp - b.coords.tp);
+        assert.equal(group.length, tp);
+        const got = unshardTensor(
+          group.map((r) => r.params[name]!),
+          shapeOf(name),
+          gpt2ShardKind(name),
+        );
+        const d = maxDiff(got, full);
+        assert.ok(d < ATOL, `${name} (dp ${dp}, stage ${stage}) differs by ${d}`);
+        compared++;
+      }
+    }
+  }
+  assert.ok(compared >= ref.params.size);
+}
+
+function shapeOf(name: string): number[] {
+  const { vocab: V, ctx, dim: C } = CFG;
+  if (name === "wte") return [V, C];
+  if (name === "wpe") return [ctx, C];
+  if (name.endsWith("c_attn.weight")) return [C, 3 * C];
+  if (name.endsWith("c_attn.bias")) return [3 * C];
+  if (name.endsWith("mlp.c_fc.weight")) return [C, 4 * C];
+  if (name.endsWith("mlp.c_fc.bias")) return [4 * C];
+  if (name.endsWith("mlp.c_proj.weight")) return [4 * C, C];
+  if (name.endsWith("attn.c_proj.weight")) return [C, C];
+  return [C];
+}
+
+const CASES: [
+  number,
+  { tp: number; pp: number; v?: number; sp?: boolean; schedule: ScheduleName },
+][] = [
+  [2, { tp: 2, pp: 1, schedule: "none" }],
+  [4, { tp: 4, pp: 1, schedule: "none" }],
+  [2, { tp: 2, pp: 1, sp: true, schedule: "none" }],
+  [4, { tp: 4, pp: 1, sp: true, schedule: "none" }],
+  [2, { tp: 1, pp: 2, schedule: "gpipe" }],
+  [2, { tp: 1, pp: 2, schedule: "1f1b" }],
+  [4, { tp: 1, pp: 4, schedule: "gpipe" }],
+  [4, { tp: 1, pp: 4, schedule: "1f1b" }],
+  [2, { tp: 1, pp: 2, v: 2, schedule: "interleaved" }],
+  [8, { tp: 2, pp: 2, schedule: "1f1b" }],
+];
+
+for (const [world, layout] of CASES) {
+  const what = [
+    layout.tp > 1 ? `tp=${layout.tp}` : "",
+    layout.sp ? "sequence parallel" : "",
+    layout.pp > 1 ? `pp=${layout.pp} ${layout.schedule}` : "",
+    layout.v ? `v=${layout.v}` : "",
+    world / (layout.tp * layout.pp) > 1 ? `dp=${world / (layout.tp * layout.pp)}` : "",
+  ].filter((x) => x).join(", ");
+  Deno.test(`GPT with ${what} on ${world} workers trains like one rank for ${STEPS} steps`, async () => {
+    await check(world, layout);
+  });
+}
