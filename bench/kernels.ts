@@ -21,6 +21,7 @@ import {
   type MatmulOptions,
   setBlasThreads,
 } from "../kernels/mod.ts";
+import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
 
 interface Shape {
   op: string;
@@ -152,14 +153,8 @@ for (const name of ["ts", "wasm", "blas"] as const) {
 if (wanted.has("webgpu")) {
   // One rasteriser thread for llvmpipe, set before the adapter exists (Mesa reads it then).
   if (Deno.env.get("LP_NUM_THREADS") === undefined) Deno.env.set("LP_NUM_THREADS", "1");
-  let gpu: Backend | null = null;
-  let why = "no WebGPU adapter on this machine";
-  try {
-    const mod = await import(new URL("../kernels/webgpu/mod.ts", import.meta.url).href);
-    gpu = await mod.createWebGPUBackend();
-  } catch (e) {
-    why = `the WebGPU backend did not load: ${e instanceof Error ? e.message : e}`;
-  }
+  const gpu = await createWebGPUBackend();
+  const why = "no WebGPU adapter on this machine";
   if (!gpu) {
     note(`webgpu: skipped, ${why}`);
   } else {

@@ -12,6 +12,7 @@ import {
   type HostArray,
   loadBlas,
 } from "../../kernels/mod.ts";
+import { createWebGPUBackend } from "../../kernels/webgpu/mod.ts";
 import { caseRng, opCases } from "./_cases.ts";
 
 const TOL = 1e-4;
@@ -47,23 +48,16 @@ suite("cpu (wasm)", () => createCpuBackend({ gemm: "wasm" }));
 if (loadBlas()) suite("cpu (blas)", () => createCpuBackend({ gemm: "blas", threads: 1 }));
 else console.log(`ops tests: skipping cpu (blas): ${blasLoadError()}`);
 
-// WebGPU: only where an adapter exists; the device is created once and destroyed at the end.
-let gpu: Backend | null = null;
-let gpuSkip = "";
-try {
-  const url = new URL("../../kernels/webgpu/mod.ts", import.meta.url).href;
-  const mod = await import(url);
-  gpu = await mod.createWebGPUBackend();
-  if (!gpu) gpuSkip = "no WebGPU adapter on this machine";
-} catch (e) {
-  gpuSkip = `the WebGPU backend did not load: ${e instanceof Error ? e.message : e}`;
-}
-if (gpu) {
-  const g = gpu;
-  suite("webgpu", () => g);
-  Deno.test("webgpu: dispose() releases the device", () => g.dispose());
-} else {
-  console.log(`ops tests: skipping webgpu: ${gpuSkip}`);
+// WebGPU, with each matrix-product kernel, only where an adapter exists; each device is created
+// once and destroyed after its cases.
+for (const matmul of ["tiled", "direct"] as const) {
+  const gpu = await createWebGPUBackend({ matmul });
+  if (gpu === null) {
+    console.log(`ops tests: skipping webgpu (${matmul}): no WebGPU adapter on this machine`);
+    continue;
+  }
+  suite(`webgpu (${matmul})`, () => gpu);
+  Deno.test(`webgpu (${matmul}): dispose() releases the device`, () => gpu.dispose());
 }
 
 Deno.test("cpu: tensors live on SharedArrayBuffers and fromHost() wraps one without copying", () => {
