@@ -156,12 +156,16 @@ export function encodeHeader(out: Uint8Array, h: FrameHeader, offset = 0): void 
 
 /** A header that failed validation; the connection that sent it is dropped. */
 export class FrameError extends Error {
+  /** True when the stream ended inside a frame (a lost peer rather than a bad one). */
+  readonly truncated: boolean;
   /**
    * @param message what was wrong with the bytes
+   * @param truncated whether the stream ended inside a frame
    */
-  constructor(message: string) {
+  constructor(message: string, truncated = false) {
     super(message);
     this.name = "FrameError";
+    this.truncated = truncated;
   }
 }
 
@@ -293,6 +297,7 @@ export class FrameReader {
         if (this.#end === this.#start) return false;
         throw new FrameError(
           `connection closed in the middle of a frame (${this.#end - this.#start} bytes pending)`,
+          true,
         );
       }
       this.#end += n;
@@ -332,7 +337,7 @@ export class FrameReader {
       }
       const n = await this.#r.read(dest.subarray(off));
       if (n === null) {
-        throw new FrameError(`connection closed in the middle of a ${len}-byte payload`);
+        throw new FrameError(`connection closed in the middle of a ${len}-byte payload`, true);
       }
       off += n;
     }

@@ -283,13 +283,14 @@ class TcpTransport {
     } catch (e) {
       if (this.closing) return;
       const msg = (e as Error).message ?? String(e);
-      if (e instanceof FrameError) {
+      const bad = e instanceof FrameError && !e.truncated;
+      if (bad) {
         console.error(`loom tcp: rank ${this.rank} dropped its connection to rank ${peer}: ${msg}`);
       }
       try {
         link.conn.close();
       } catch { /* already closed */ }
-      this.gone(peer, e instanceof FrameError ? `it sent a bad frame (${msg})` : msg);
+      this.gone(peer, bad ? `it sent a bad frame (${msg})` : `its connection failed (${msg})`);
     }
   }
 
@@ -625,7 +626,7 @@ class TcpComm implements Communicator {
 
   #send(ctx: OpCtx, peer: number, tag: number, payload: Uint8Array, seq = ctx.seq): void {
     const e = ctx.expect;
-    ctx.sends.push(this.t.send(this.members[peer]!, {
+    const sent = this.t.send(this.members[peer]!, {
       op: e.op,
       kind: e.kind,
       src: this.t.rank,
@@ -635,7 +636,10 @@ class TcpComm implements Communicator {
       total: e.total,
       arg: e.arg,
       length: payload.length,
-    }, payload));
+    }, payload);
+    // A small payload was copied into the frame, so the op need not wait for the socket (a write
+    // completes ~50 us after it was issued); a failed write still fails the op through `gone`.
+    if (payload.length > EAGER_COPY_BYTES) ctx.sends.push(sent);
   }
 
   /** Post a receive; the promise resolves with the (checked) frame. */

@@ -1,0 +1,136 @@
+// TCP communicator across separate processes on loopback. Each world runs one child program per
+// rank (_tcp/rank.ts) that performs a battery of ops and checks every result against a serial
+// reference computed from all ranks' inputs; this file checks what the children report.
+import assert from "node:assert/strict";
+
+const RANK = new URL("./_tcp/rank.ts", import.meta.url).pathname;
+
+interface Report {
+  rank: number;
+  checks: number;
+  failures: string[];
+  digests?: string[];
+  caught?: {
+    reason: string;
+    op: string;
+    group?: string;
+    peer?: number;
+    message: string;
+  } | null;
+  after?: string | null;
+  ms?: number;
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = l.addr.port;
+  l.close();
+  return port;
+}
+
+function spawn(scenario: string, rank: number, size: number, port: number): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", RANK, scenario, String(rank), String(size), String(port)],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+async function report(child: Deno.ChildProcess, what: string): Promise<Report> {
+  const out = await child.output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `${what} exited with ${out.code}:\n${stdout}\n${stderr}`);
+  const last = stdout.trim().split("\n").at(-1)!;
+  return JSON.parse(last) as Report;
+}
+
+async function runWorld(scenario: string, size: number): Promise<Report[]> {
+  const port = freePort();
+  const children = Array.from({ length: size }, (_, r) => spawn(scenario, r, size, port));
+  return await Promise.all(children.map((c, r) => report(c, `rank ${r} of ${size}`)));
+}
+
+function checkOps(reports: Report[], size: number): void {
+  assert.equal(reports.length, size);
+  for (const r of reports) {
+    assert.deepEqual(r.failures, [], `rank ${r.rank} of ${size}`);
+    assert.ok(r.checks >= 60, `rank ${r.rank} ran only ${r.checks} checks`);
+  }
+  // Floating-point sums of non-integers: every rank must hold the very same bits.
+  for (const r of reports) assert.deepEqual(r.digests, reports[0]!.digests);
+}
+
+const opts = { sanitizeOps: true, sanitizeResources: true };
+
+Deno.test({
+  name: "every op over TCP matches the serial reference in worlds of 1, 2 and 3 processes",
+  ...opts,
+  async fn() {
+    const worlds = await Promise.all([1, 2, 3].map((n) => runWorld("ops", n)));
+    worlds.forEach((w, i) => checkOps(w, i + 1));
+  },
+});
+
+Deno.test({
+  name: "every op over TCP matches the serial reference in worlds of 4 and 8 processes",
+  ...opts,
+  async fn() {
+    checkOps(await runWorld("ops", 4), 4);
+    checkOps(await runWorld("ops", 8), 8);
+  },
+});
+
+Deno.test({
+  name: "killing a process mid-all-reduce makes every survivor reject naming the lost rank",
+  ...opts,
+  async fn() {
+    const size = 3, victim = size - 1;
+    const port = freePort();
+    const children = Array.from({ length: size }, (_, r) => spawn("kill", r, size, port));
+    const survivors = children.slice(0, victim).map((c, r) => report(c, `survivor ${r}`));
+    // Wait until the victim has finished two all-reduces, then kill it mid-loop.
+    const v = children[victim]!;
+    const reader = v.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    while (!seen.includes("GO")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += value;
+    }
+    assert.ok(seen.includes("GO"), `the victim never got going: ${seen}`);
+    const killedAt = performance.now();
+    v.kill("SIGKILL");
+    await reader.cancel();
+    await v.stderr.cancel();
+    await v.status;
+    const reports = await Promise.all(survivors);
+    const elapsed = performance.now() - killedAt;
+    // The op timeout is 20 s; a lost socket must be noticed long before it.
+    assert.ok(elapsed < 10_000, `survivors took ${elapsed} ms to notice`);
+    for (const r of reports) {
+      assert.equal(r.caught?.reason, "peer-lost", JSON.stringify(r));
+      assert.equal(r.caught?.op, "allReduce");
+      assert.equal(r.caught?.group, "world");
+      assert.equal(r.caught?.peer, victim);
+      assert.match(r.caught!.message, /rank 2/);
+    }
+  },
+});
+
+Deno.test({
+  name: "ranks that pass different sizes all reject with a mismatch instead of hanging",
+  ...opts,
+  async fn() {
+    const reports = await runWorld("mismatch", 3);
+    for (const r of reports) {
+      assert.equal(r.caught?.reason, "mismatch", JSON.stringify(r));
+      assert.equal(r.caught?.op, "allReduce");
+      assert.match(r.caught!.message, /10 float32/);
+      assert.match(r.caught!.message, /11 float32/);
+      // The group is unusable afterwards, and says so at once.
+      assert.equal(r.after, "mismatch");
+    }
+  },
+});
