@@ -7,8 +7,9 @@
  * @module
  */
 
+import type { Backend } from "../kernels/mod.ts";
 import type { GptConfig } from "./config.ts";
-import type { Gpt } from "./gpt.ts";
+import { Gpt, type GptOptions } from "./gpt.ts";
 import {
   readSafetensors,
   type SafetensorsEntry,
@@ -172,6 +173,28 @@ export async function loadGpt2(
   opts: Gpt2ImportOptions = {},
 ): Promise<void> {
   importGpt2(model, await readSafetensors(path), opts);
+}
+
+/**
+ * Build a model from a GPT-2 safetensors file: its shape inferred from the tensors, its
+ * parameters copied from them.
+ *
+ * @param backend the backend
+ * @param path the file
+ * @param heads attention heads (default: from the file's metadata)
+ * @param opts model options (the seed is ignored: the file gives every parameter)
+ * @returns the model
+ */
+export async function loadGpt2Model(
+  backend: Backend,
+  path: string | URL,
+  heads?: number,
+  opts: GptOptions = {},
+): Promise<Gpt> {
+  const file = await readSafetensors(path);
+  const model = new Gpt(backend, gpt2Config(file, heads), { ...opts, seed: null });
+  importGpt2(model, file);
+  return model;
 }
 
 /**

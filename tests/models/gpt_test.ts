@@ -11,8 +11,10 @@ import {
   gptStageSpecs,
   importGpt2,
   initialValue,
+  loadGpt2Model,
   resolveGptConfig,
   type SafetensorsInput,
+  saveGpt2,
 } from "../../models/mod.ts";
 
 const SMALL: GptConfig = { vocab: 11, ctx: 6, dim: 8, layers: 2, heads: 2 };
@@ -343,4 +345,18 @@ Deno.test("an untied head in the file is detected and not silently dropped", asy
   assert.throws(() => importGpt2(tied, file), /differs from wte.*tied: false/);
   importGpt2(tied, file, { strict: false });
   assert.deepEqual((await tied.getParams()).get("wte"), (await untied.getParams()).get("wte"));
+});
+
+Deno.test("saveGpt2() then loadGpt2Model() rebuilds the same model from the file alone", async () => {
+  const be = createReferenceBackend();
+  const a = new Gpt(be, { ...SMALL, hidden: 24 }, { seed: 12 });
+  const path = await Deno.makeTempFile({ suffix: ".safetensors" });
+  try {
+    await saveGpt2(a, path);
+    const b = await loadGpt2Model(be, path);
+    assert.deepEqual(b.config, a.config);
+    assert.deepEqual(await b.getParams(), await a.getParams());
+  } finally {
+    await Deno.remove(path);
+  }
 });
