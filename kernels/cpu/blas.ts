@@ -7,6 +7,9 @@
  *
  * Arrays may live on a SharedArrayBuffer: FFI takes views of one directly.
  *
+ * The environment variable `LOOM_BLAS_LIB` overrides the libraries tried: a path (or several,
+ * comma-separated) to a library that exports `cblas_sgemm`, or `none` to use no BLAS.
+ *
  * @module
  */
 
@@ -58,8 +61,15 @@ type Lib = Deno.DynamicLibrary<typeof SYMBOLS>;
 
 const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
 
-/** Library names tried in order, per operating system. */
+/** Library names tried in order: `LOOM_BLAS_LIB` if set, else per operating system. */
 function candidates(): string[] {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get("LOOM_BLAS_LIB");
+  } catch {
+    env = undefined; // no env permission: use the defaults
+  }
+  if (env !== undefined && env !== "") return env === "none" ? [] : env.split(",");
   switch (Deno.build.os) {
     case "darwin":
       return [
@@ -132,13 +142,14 @@ function open(): { lib: Lib; gemm: BlasGemm } | null {
     };
     return { lib, gemm };
   }
-  lastError = errors.join("; ");
+  lastError = errors.length ? errors.join("; ") : "LOOM_BLAS_LIB=none";
   return null;
 }
 
 /**
  * The system BLAS as a {@linkcode Gemm}, opened on the first call (later calls return the same
- * object); `null` when no library with `cblas_sgemm` is found or FFI is not permitted.
+ * object); `null` when no library with `cblas_sgemm` is found, FFI is not permitted, or
+ * `LOOM_BLAS_LIB=none`.
  *
  * @returns the BLAS gemm, or null (see {@linkcode blasLoadError} for why)
  *
