@@ -25,6 +25,13 @@ export interface GptOptions {
   seed?: number | null;
   /** Layout alignment and padding (e.g. `padTo` the data-parallel size). */
   layout?: LayoutOptions;
+  /**
+   * Adopt this parameter buffer (`layout.size` elements, e.g. shared with other Workers)
+   * instead of allocating one; pass `seed: null` to keep its contents.
+   */
+  params?: Tensor;
+  /** Adopt this gradient buffer (`layout.size` elements) instead of allocating one. */
+  grads?: Tensor;
   /** Activation checkpointing of every block: recompute its activations in backward. */
   checkpoint?: boolean;
   /**
@@ -116,13 +123,16 @@ export class Gpt {
    *
    * @param backend the backend
    * @param config the model's shape
-   * @param opts seed and layout options
+   * @param opts seed, layout, buffers to adopt, checkpointing, a layer gate
    */
   constructor(backend: Backend, config: GptConfig, opts: GptOptions = {}) {
     const c = resolveGptConfig(config);
     this.backend = backend;
     this.config = c;
-    this.store = new FlatParams(backend, buildLayout(gptParamSpecs(c), opts.layout));
+    this.store = new FlatParams(backend, buildLayout(gptParamSpecs(c), opts.layout), {
+      params: opts.params,
+      grads: opts.grads,
+    });
     const pool = new ActivationPool(backend);
     const checkpoint = opts.checkpoint ?? false;
     const layers: Layer[] = [new Embedding(backend, this.store, c.vocab, c.ctx, c.dim)];

@@ -45,9 +45,10 @@ export class FlatParams implements ParamStore {
    */
   constructor(backend: Backend, layout: FlatLayout, opts: FlatParamsOptions = {}) {
     for (const [k, t] of Object.entries(opts)) {
-      if (t && t.length !== layout.size) {
+      if (t && (t.length !== layout.size || t.dtype !== "f32")) {
         throw new RangeError(
-          `${k} buffer has ${t.length} elements but the layout needs ${layout.size}`,
+          `The ${k} buffer is ${t.dtype} with ${t.length} elements but the layout needs ` +
+            `${layout.size} f32 elements`,
         );
       }
     }

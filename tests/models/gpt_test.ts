@@ -360,3 +360,15 @@ Deno.test("saveGpt2() then loadGpt2Model() rebuilds the same model from the file
     await Deno.remove(path);
   }
 });
+
+Deno.test("a Gpt can adopt existing parameter and gradient buffers", async () => {
+  const be = createReferenceBackend();
+  const a = new Gpt(be, SMALL, { seed: 21 });
+  const b = new Gpt(be, SMALL, { seed: null, params: a.store.params, grads: a.store.grads });
+  assert.equal(b.store.params, a.store.params);
+  assert.deepEqual(await b.getParams(), await a.getParams());
+  assert.throws(
+    () => new Gpt(be, SMALL, { params: be.alloc(10) }),
+    /params buffer is f32 with 10 elements but the layout needs \d+ f32 elements/,
+  );
+});
