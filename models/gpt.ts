@@ -7,7 +7,7 @@
  */
 
 import type { Backend, Tensor } from "../kernels/mod.ts";
-import { buildLayout, type FlatLayout, type LayoutOptions } from "../optim/mod.ts";
+import { buildLayout, type FlatLayout, type LayoutOptions, type ParamSpec } from "../optim/mod.ts";
 import { Arena, RECOMPUTE_SLOT } from "./_arena.ts";
 import { ActivationPool, Block, Embedding, Head, type Layer, type Step } from "./blocks.ts";
 import {
@@ -42,7 +42,11 @@ export interface GptOptions {
   gate?: LayerGate;
 }
 
-/** Hooks around each layer's forward and backward (see {@linkcode GptOptions.gate}). */
+/**
+ * Hooks around each layer's forward and backward (see {@linkcode GptOptions.gate}). A layer
+ * is passed as what it declares, its parameter specs, so an implementation (a ZeRO-3
+ * optimizer) needs nothing from `models/`.
+ */
 export interface LayerGate {
   /**
    * Before `layer` runs `phase`; `layer.specs` names its parameters.
@@ -50,14 +54,20 @@ export interface LayerGate {
    * @param layer the layer about to run
    * @param phase which pass
    */
-  acquire(layer: Layer, phase: "forward" | "backward"): void | Promise<void>;
+  acquire(
+    layer: { readonly specs: readonly ParamSpec[] },
+    phase: "forward" | "backward",
+  ): void | Promise<void>;
   /**
    * After `layer` has run `phase` (its gradients are complete after its last backward).
    *
    * @param layer the layer that ran
    * @param phase which pass
    */
-  release(layer: Layer, phase: "forward" | "backward"): void | Promise<void>;
+  release(
+    layer: { readonly specs: readonly ParamSpec[] },
+    phase: "forward" | "backward",
+  ): void | Promise<void>;
 }
 
 /** Options of {@linkcode Gpt.generate}. */

@@ -11,6 +11,7 @@ import {
   gptStageSpecs,
   importGpt2,
   initialValue,
+  type Layer,
   loadGpt2Model,
   resolveGptConfig,
   type SafetensorsInput,
@@ -165,10 +166,11 @@ Deno.test("a gate is called around every layer's forward and backward, in order"
   const calls: string[] = [];
   const gpt = new Gpt(createReferenceBackend(), SMALL, {
     gate: {
-      acquire: (layer, phase) => void calls.push(`+${phase[0]}${gpt.layers.indexOf(layer)}`),
+      acquire: (layer, phase) =>
+        void calls.push(`+${phase[0]}${gpt.layers.indexOf(layer as Layer)}`),
       release: async (layer, phase) => {
         await Promise.resolve();
-        calls.push(`-${phase[0]}${gpt.layers.indexOf(layer)}`);
+        calls.push(`-${phase[0]}${gpt.layers.indexOf(layer as Layer)}`);
       },
     },
   });
