@@ -279,15 +279,43 @@ export class ShmCommunicator implements Communicator {
     checkOp(op);
     const ms = this.#timeout(opts);
     await this.#enqueue("reduceScatter", ms, async (ctx) => {
-      const m = output.length, n = this.size;
+      const m = output.length, n = this.size, r = this.rank;
       const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype) / n));
+      const desc = this.#desc("reduceScatter", m, dtype, op, -1);
       let first = true;
+      if (n > 1 && input.byteLength > this.#smallBytes) {
+        const peers = await this.#locate(ctx, desc, input, -1);
+        first = false;
+        if (peers !== null) {
+          // Fold block r straight from every rank's input. When output is this rank's own block
+          // of input and r >= 2, save each piece first (the fold would overwrite it too early).
+          const own = sub(input, r * m, (r + 1) * m);
+          const alias = r >= 2 && overlaps(output, own);
+          const step = alias ? Math.floor(this.#slotBytes / bytesOf(dtype)) : Math.max(1, m);
+          for (let s = 0; s < m; s += step) {
+            const e = Math.min(m, s + step);
+            const dst = sub(output, s, e);
+            let mine = sub(own, s, e);
+            if (alias) {
+              const saved = this.#slot(dtype, r, 0, 0, e - s);
+              saved.set(mine);
+              mine = saved;
+            }
+            const src = (p: number) => (p === r ? mine : sub(peers[p]!, r * m + s, r * m + e));
+            reduceTo(dst, src(0), src(1), op, dtype);
+            for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+            if (op === "avg") finishAvg(dst, n, dtype);
+          }
+          await this.#round(ctx, null);
+          return;
+        }
+      }
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per), len = b - a;
         const h = this.#nextHalf();
         const mine = this.#views(dtype, this.rank, h);
         for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
-        await this.#round(ctx, first ? this.#desc("reduceScatter", m, dtype, op, -1) : null);
+        await this.#round(ctx, first ? desc : null);
         first = false;
         if (len === 0) continue;
         const lo = this.rank * len, hi = lo + len;
@@ -314,12 +342,22 @@ export class ShmCommunicator implements Communicator {
     await this.#enqueue("allGather", ms, async (ctx) => {
       const m = input.length, n = this.size;
       const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype)));
+      const desc = this.#desc("allGather", m, dtype, null, -1);
       let first = true;
+      if (n > 1 && output.byteLength > this.#smallBytes) {
+        const peers = await this.#locate(ctx, desc, input, -1);
+        first = false;
+        if (peers !== null) {
+          for (let p = 0; p < n; p++) output.set(peers[p]!, p * m);
+          await this.#round(ctx, null);
+          return;
+        }
+      }
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per), len = b - a;
         const h = this.#nextHalf();
         this.#views(dtype, this.rank, h).set(sub(input, a, b));
-        await this.#round(ctx, first ? this.#desc("allGather", m, dtype, null, -1) : null);
+        await this.#round(ctx, first ? desc : null);
         first = false;
         for (let p = 0; p < n; p++) {
           const src = p === this.rank ? input : this.#views(dtype, p, h);
@@ -342,12 +380,22 @@ export class ShmCommunicator implements Communicator {
     await this.#enqueue("broadcast", ms, async (ctx) => {
       const m = buf.length;
       const per = Math.max(1, Math.floor(this.#slotBytes / bytesOf(dtype)));
+      const desc = this.#desc("broadcast", m, dtype, null, root);
       let first = true;
+      if (this.size > 1 && buf.byteLength > this.#smallBytes) {
+        const peers = await this.#locate(ctx, desc, buf, root);
+        first = false;
+        if (peers !== null) {
+          if (this.rank !== root) buf.set(peers[root]!);
+          await this.#round(ctx, null);
+          return;
+        }
+      }
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per);
         const h = this.#nextHalf();
         if (this.rank === root) this.#views(dtype, root, h).set(sub(buf, a, b));
-        await this.#round(ctx, first ? this.#desc("broadcast", m, dtype, null, root) : null);
+        await this.#round(ctx, first ? desc : null);
         first = false;
         if (this.rank !== root) buf.set(this.#slot(dtype, root, h, 0, b - a), a);
       }
@@ -895,7 +943,7 @@ export class ShmCommunicator implements Communicator {
     const base = r * CTRL_STRIDE + DESC + (this.#seq & 1) * 8;
     let id = 0;
     const sab = buf.buffer;
-    if (sab instanceof SharedArrayBuffer && buf.byteOffset % buf.BYTES_PER_ELEMENT === 0) {
+    if (sab instanceof SharedArrayBuffer && (only < 0 || only === r)) {
       id = this.#myBufs.get(sab) ?? 0;
       if (id === 0) {
         id = ++this.#nextBufId;
@@ -1035,6 +1083,11 @@ export class ShmCommunicator implements Communicator {
     }
     this.#recvMsgs[peer] = msg;
   }
+}
+
+function overlaps(x: CollectiveBuffer, y: CollectiveBuffer): boolean {
+  return x.buffer === y.buffer && x.byteOffset < y.byteOffset + y.byteLength &&
+    y.byteOffset < x.byteOffset + x.byteLength;
 }
 
 function sub(buf: CollectiveBuffer, a: number, b: number): CollectiveBuffer {

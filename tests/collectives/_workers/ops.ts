@@ -159,6 +159,22 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
         }
         check(fails, `allToAll ${dtype} x${len}`, out, ref);
       }
+      if (want("inPlace")) {
+        // reduceScatter into this rank's own block of its input; allGather from this rank's own
+        // block of its output.
+        const big = Array.from({ length: n }, (_, p) => make(dtype, len * n, p, salt + 3000));
+        const mine = copy(big[r]!);
+        const block = mine.subarray(r * len, (r + 1) * len);
+        await comm.reduceScatter(mine, block, "sum", o);
+        const ref = reference(dtype, "sum", big, len * n).slice(r * len, (r + 1) * len);
+        check(fails, `reduceScatter in place ${dtype} x${len}`, block, ref);
+        const out = copy(make(dtype, len * n, 0, 0).fill(0));
+        out.set(inputs[r]!, r * len);
+        await comm.allGather(out.subarray(r * len, (r + 1) * len), out, o);
+        const cat: number[] = [];
+        for (const x of inputs) for (const v of x) cat.push(v);
+        check(fails, `allGather in place ${dtype} x${len}`, out, cat);
+      }
       if (want("sendRecv") && n > 1) {
         // A ring: send to the right, receive from the left, both in flight at once.
         const right = (r + 1) % n, left = (r + n - 1) % n;
