@@ -203,6 +203,55 @@ Deno.test({
 });
 
 Deno.test({
+  name: "recv() with a different tag than the message sent rejects as a mismatch",
+  ...opt,
+  fn: async () => {
+    const res = await runWorkers<{ first: Outcome }>({
+      size: 2,
+      module: faults,
+      data: { scenario: "p2p-mismatch" } satisfies FaultsData,
+    });
+    assert.ok(res[0]!.first.ok, "a small send completes into the mailbox");
+    assert.equal(res[1]!.first.reason, "mismatch");
+    assert.equal(res[1]!.first.peer, 0);
+    assert.match(res[1]!.first.message!, /expected tag 2 .* sent tag 1/);
+  },
+});
+
+Deno.test({
+  name: "recv() from a rank that never sends times out naming it",
+  ...opt,
+  fn: async () => {
+    const res = await runWorkers<{ first?: Outcome }>({
+      size: 2,
+      module: faults,
+      data: { scenario: "p2p-timeout", timeoutMs: 200 } satisfies FaultsData,
+    });
+    const o = res[1]!.first!;
+    assert.equal(o.reason, "timeout", o.message);
+    assert.equal(o.peer, 0);
+    assert.equal(o.op, "recv");
+    assert.ok(o.ms! >= 190 && o.ms! < 2_000, `took ${o.ms} ms`);
+  },
+});
+
+Deno.test({
+  name: "close() makes the closing rank's later ops and its peers' pending ops reject",
+  ...opt,
+  fn: async () => {
+    const res = await runWorkers<{ first?: Outcome; after?: Outcome }>({
+      size: 2,
+      module: faults,
+      data: { scenario: "close" } satisfies FaultsData,
+    });
+    assert.equal(res[0]!.after!.reason, "closed");
+    assert.equal(res[1]!.first!.reason, "peer-lost");
+    assert.equal(res[1]!.first!.peer, 0);
+    assert.match(res[1]!.first!.message!, /closed the group/);
+  },
+});
+
+Deno.test({
   name: "invalid arguments throw TypeError or RangeError before any communication",
   ...opt,
   fn: async () => {

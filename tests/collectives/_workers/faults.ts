@@ -3,7 +3,16 @@
 import { CollectiveError, type Communicator } from "../../../collectives/mod.ts";
 
 export interface FaultsData {
-  scenario: "kill-mid-op" | "mismatch-size" | "mismatch-op" | "stall" | "exit-early" | "bad-args";
+  scenario:
+    | "kill-mid-op"
+    | "mismatch-size"
+    | "mismatch-op"
+    | "stall"
+    | "exit-early"
+    | "bad-args"
+    | "p2p-mismatch"
+    | "p2p-timeout"
+    | "close";
   victim?: number;
   timeoutMs?: number;
 }
@@ -90,6 +99,31 @@ export async function main(comm: Communicator, data: FaultsData): Promise<unknow
     case "exit-early": {
       if (r === data.victim) return { exited: true };
       await new Promise((res) => setTimeout(res, 50));
+      return { first: await attempt(() => comm.barrier({ timeoutMs })) };
+    }
+    case "p2p-mismatch": {
+      const buf = new Float32Array(4).fill(r);
+      const first = await attempt(() =>
+        r === 0 ? comm.send(buf, 1, 1, { timeoutMs }) : comm.recv(buf, 0, 2, { timeoutMs })
+      );
+      return { first };
+    }
+    case "p2p-timeout": {
+      if (r === 0) {
+        // Stay alive but never send.
+        await new Promise((res) => setTimeout(res, 700));
+        return {};
+      }
+      return { first: await attempt(() => comm.recv(new Int32Array(3), 0, 0, { timeoutMs })) };
+    }
+    case "close": {
+      if (r === 0) {
+        await new Promise((res) => setTimeout(res, 50));
+        await comm.close();
+        const after = await attempt(() => comm.barrier({ timeoutMs }));
+        await new Promise((res) => setTimeout(res, 300));
+        return { after };
+      }
       return { first: await attempt(() => comm.barrier({ timeoutMs })) };
     }
     case "bad-args": {
