@@ -95,6 +95,15 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
     return key(o.dir, o.mb, sender);
   };
   const posted = new Map<string, { send?: number; recv?: number; sendStage?: number }>();
+  // Per directed pair "from>to", the transfers in the order each side posts them: a transport
+  // that delivers messages between two ranks in order (shared memory, TCP) needs both equal.
+  const sendOrder = new Map<string, string[]>();
+  const recvOrder = new Map<string, string[]>();
+  const push = (m: Map<string, string[]>, k: string, id: string) => {
+    const l = m.get(k);
+    if (l) l.push(id);
+    else m.set(k, [id]);
+  };
   const pos = new Array<number>(pp).fill(0);
   const clock = new Array<number>(pp).fill(0);
   const postedStep = new Array<number>(pp).fill(-1);
@@ -112,6 +121,10 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
           if (postedStep[s] !== pos[s]) {
             for (const o of step.ops) {
               const id = transferOf(s, o);
+              const k = o.chunk * pp + s;
+              if (o.op === "send" && !(o.dir === "forward" ? fEnd : bEnd).has(`${o.mb}:${k}`)) {
+                throw new RangeError(`Stage ${s} sends ${id} before computing it`);
+              }
               const e = posted.get(id) ?? {};
               if (e[o.op] !== undefined) {
                 throw new RangeError(`Stage ${s} posts ${o.op} of ${id} a second time`);
@@ -119,6 +132,8 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
               e[o.op] = clock[s]!;
               if (o.op === "send") e.sendStage = s;
               posted.set(id, e);
+              if (o.op === "send") push(sendOrder, `${s}>${o.peer}`, id);
+              else push(recvOrder, `${o.peer}>${s}`, id);
             }
             postedStep[s] = pos[s]!;
           }
@@ -196,6 +211,16 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
   for (const [id, e] of posted) {
     if (e.send === undefined || e.recv === undefined) {
       throw new RangeError(`Transfer ${id} has a ${e.send === undefined ? "recv" : "send"} only`);
+    }
+  }
+  for (const [pair, sends] of sendOrder) {
+    const recvs = recvOrder.get(pair) ?? [];
+    const i = sends.findIndex((id, j) => recvs[j] !== id);
+    if (i >= 0 || sends.length !== recvs.length) {
+      throw new RangeError(
+        `Stages ${pair.replace(">", " -> ")} send and receive in different orders (message ${i}: ` +
+          `sent ${sends[i]}, received ${recvs[i]}): an in-order transport would mismatch`,
+      );
     }
   }
   for (let mb = 0; mb < m; mb++) {

@@ -6,6 +6,7 @@ import {
   type Schedule,
   type ScheduleName,
   simulateSchedule,
+  type Step,
 } from "../../parallel/mod.ts";
 
 const PP = [1, 2, 4, 8];
@@ -53,7 +54,7 @@ Deno.test("every micro-batch runs forward before backward on every stage and chu
   assert.ok(count > 50, `only ${count} layouts covered`);
 });
 
-Deno.test("sends match receives and blocking execution never deadlocks", () => {
+Deno.test("sends match receives, in the same order, and blocking execution never deadlocks", () => {
   for (const s of layouts()) {
     let sends = 0;
     let recvs = 0;
@@ -136,4 +137,39 @@ Deno.test("renderTimeline() draws one row per stage with idle cells", () => {
   assert.match(lines[0]!, /1f1b pp=2 m=2 v=1: bubble 33\.3%/);
   assert.match(lines[1]!, /^stage 0 \| F0 F1 \. {2}\. {2}B0 - {2}\. {2}B1 - /);
   assert.match(lines[2]!, /^stage 1 \| \. {2}F0 B0 - {2}F1 B1 - /);
+});
+
+Deno.test("simulateSchedule() rejects receives in another order than the peer sends", () => {
+  // Stage 0 posts both activations at once; stage 1 takes micro-batch 1 first. Matching by tag
+  // would run, but on an in-order transport the first message would be the wrong one.
+  const F = (mb: number) => ({ kind: "forward", mb, chunk: 0 }) as const;
+  const B = (mb: number) => ({ kind: "backward", mb, chunk: 0 }) as const;
+  const op = (o: "send" | "recv", dir: "forward" | "backward", mb: number, peer: number) => ({
+    op: o,
+    dir,
+    mb,
+    chunk: 0,
+    peer,
+  });
+  const x = (...ops: ReturnType<typeof op>[]) => ({ kind: "p2p", verb: "exchange", ops }) as const;
+  const stages: Step[][] = [
+    [F(0), F(1), x(op("send", "forward", 0, 1), op("send", "forward", 1, 1))],
+    [x(op("recv", "forward", 1, 0)), F(1), x(op("recv", "forward", 0, 0)), F(0)],
+  ];
+  stages[0]!.push(x(op("recv", "backward", 0, 1)), B(0), x(op("recv", "backward", 1, 1)), B(1));
+  stages[1]!.push(B(0), x(op("send", "backward", 0, 0)), B(1), x(op("send", "backward", 1, 0)));
+  assert.throws(
+    () => simulateSchedule({ name: "gpipe", pp: 2, m: 2, v: 1, stages }),
+    /send and receive in different orders/,
+  );
+});
+
+Deno.test("simulateSchedule() rejects a send of data the stage has not computed yet", () => {
+  const s = buildSchedule("gpipe", { pp: 2, m: 2 });
+  const st0 = [...s.stages[0]!];
+  const early = [st0[1]!, st0[0]!, ...st0.slice(2)];
+  assert.throws(
+    () => simulateSchedule({ ...s, stages: [early, s.stages[1]!] }),
+    /before computing/,
+  );
 });
