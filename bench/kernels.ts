@@ -9,6 +9,8 @@
  * products backward. Each figure is the median of repeated runs (at least 3, for at least
  * 0.3 s). `--json` prints one object per line: `{backend, op, shape, ms, gflops}` (blas lines
  * add `core`, the kernel set OpenBLAS picked). `--quick` stops at 512 and skips the GPT shapes.
+ * `--ops` adds the other ops of one layer of that GPT (attention, GELU, layernorm, cross-entropy)
+ * and AdamW over its parameters (`gflops` is null where a FLOP count says nothing).
  *
  * @module
  */
@@ -19,7 +21,9 @@ import {
   createCpuBackend,
   loadBlas,
   type MatmulOptions,
+  Rng,
   setBlasThreads,
+  type Tensor,
 } from "../kernels/mod.ts";
 import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
 
@@ -31,16 +35,28 @@ interface Shape {
   opts: MatmulOptions;
 }
 
+/** One timed operation: `setup` allocates and fills its tensors and returns the step to time. */
+interface Job {
+  op: string;
+  shape: string;
+  /** Floating-point operations of one step, or null where GFLOP/s says nothing. */
+  flops: number | null;
+  setup(be: Backend): { step: () => void; probe: Tensor };
+}
+
 const args = Deno.args;
 const json = args.includes("--json");
 const quick = args.includes("--quick");
+const withOps = args.includes("--ops");
 const pick = args.find((_, i) => args[i - 1] === "--backend") ??
   args.find((a) => a.startsWith("--backend="))?.slice(10) ?? "ts,wasm,blas,webgpu";
 const wanted = new Set(pick.split(","));
 for (const a of args) {
-  if (a.startsWith("--") && !["--json", "--quick", "--backend"].includes(a.split("=")[0])) {
+  if (
+    a.startsWith("--") && !["--json", "--quick", "--ops", "--backend"].includes(a.split("=")[0])
+  ) {
     console.error(
-      `Unknown option ${a}. Usage: bench/kernels.ts [--json] [--quick] [--backend ts,wasm,blas,webgpu]`,
+      `Unknown option ${a}. Usage: bench/kernels.ts [--json] [--quick] [--ops] [--backend ts,wasm,blas,webgpu]`,
     );
     Deno.exit(2);
   }
@@ -74,47 +90,158 @@ function shapeName(s: Shape): string {
   return `${s.M}x${s.N}x${s.K}${t === "NN" ? "" : ` ${t}`}`;
 }
 
-type Sync = (t: ReturnType<Backend["alloc"]>) => Promise<unknown>;
+function filled(be: Backend, n: number, seed: number, scale = 1): Tensor {
+  const rng = new Rng(seed), a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (rng.uniform() * 2 - 1) * scale;
+  const t = be.alloc(n);
+  be.write(t, a);
+  return t;
+}
+
+function matmulJob(s: Shape): Job {
+  return {
+    op: s.op,
+    shape: shapeName(s),
+    flops: 2 * s.M * s.N * s.K,
+    setup(be) {
+      const a = filled(be, s.M * s.K, 1), b = filled(be, s.K * s.N, 2), c = be.alloc(s.M * s.N);
+      return { step: () => be.matmul(c, a, b, null, s.M, s.N, s.K, s.opts), probe: c };
+    },
+  };
+}
+
+const jobs: Job[] = shapes.map(matmulJob);
+if (withOps) {
+  // The other ops of one layer of that GPT (B = 8, T = 128, C = 256, H = 8), and AdamW over
+  // its 3.26 M parameters.
+  const B = 8, T = 128, C = 256, H = 8, N = B * T, V = 256, P = 3_257_856;
+  const attShape = `B=${B} T=${T} C=${C} H=${H}`;
+  const attFlops = 4 * B * H * T * T * (C / H); // two T x T x hs products, full blocks
+  jobs.push(
+    {
+      op: "attention.fwd",
+      shape: attShape,
+      flops: attFlops,
+      setup(be) {
+        const qkv = filled(be, N * 3 * C, 3), out = be.alloc(N * C), att = be.alloc(B * H * T * T);
+        return { step: () => be.attentionForward(out, att, qkv, B, T, C, H), probe: out };
+      },
+    },
+    {
+      op: "attention.bwd",
+      shape: attShape,
+      flops: 2 * attFlops,
+      setup(be) {
+        const qkv = filled(be, N * 3 * C, 3), out = be.alloc(N * C), att = be.alloc(B * H * T * T);
+        be.attentionForward(out, att, qkv, B, T, C, H);
+        const dout = filled(be, N * C, 4), dqkv = be.alloc(N * 3 * C);
+        return {
+          step: () => be.attentionBackward(dqkv, dout, qkv, att, B, T, C, H),
+          probe: dqkv,
+        };
+      },
+    },
+    {
+      op: "gelu.fwd+bwd",
+      shape: `n=${N * 4 * C}`,
+      flops: null,
+      setup(be) {
+        const n = N * 4 * C, x = filled(be, n, 5, 3), y = be.alloc(n), d = be.alloc(n);
+        return {
+          step: () => {
+            be.geluForward(y, x, n);
+            be.geluBackward(d, x, y, n);
+          },
+          probe: d,
+        };
+      },
+    },
+    {
+      op: "layernorm.fwd+bwd",
+      shape: `N=${N} C=${C}`,
+      flops: null,
+      setup(be) {
+        const x = filled(be, N * C, 6), w = filled(be, C, 7), b = filled(be, C, 8);
+        const y = be.alloc(N * C), mean = be.alloc(N), rstd = be.alloc(N);
+        const dx = be.alloc(N * C), dw = be.alloc(C), db = be.alloc(C);
+        return {
+          step: () => {
+            be.layernormForward(y, mean, rstd, x, w, b, N, C);
+            be.layernormBackward(dx, dw, db, y, x, w, mean, rstd, N, C);
+          },
+          probe: dx,
+        };
+      },
+    },
+    {
+      op: "crossentropy.fwd+bwd",
+      shape: `N=${N} V=${V}`,
+      flops: null,
+      setup(be) {
+        const logits = filled(be, N * V, 9, 4), probs = be.alloc(N * V), losses = be.alloc(N);
+        const targets = be.alloc(N, "i32"), dlogits = be.alloc(N * V);
+        be.write(targets, new Int32Array(N).map((_, i) => (i * 31) % V));
+        return {
+          step: () => {
+            be.crossEntropyForward(losses, probs, logits, targets, N, V);
+            be.crossEntropyBackward(dlogits, probs, targets, 1 / N, N, V);
+          },
+          probe: dlogits,
+        };
+      },
+    },
+    {
+      op: "adamw",
+      shape: `n=${P}`,
+      flops: null,
+      setup(be) {
+        const p = filled(be, P, 10), g = filled(be, P, 11), m = be.alloc(P), v = be.alloc(P);
+        let step = 0;
+        const hp = { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 1 };
+        return { step: () => be.adamw(p, g, m, v, P, { ...hp, step: ++step }), probe: p };
+      },
+    },
+  );
+}
+
+type Sync = (t: Tensor) => Promise<unknown>;
 
 /**
- * Median milliseconds of one matmul of `s` on `be`: each sample runs `reps` products, then
- * `sync` (which waits for queued work), and divides.
+ * Median milliseconds of one step of `job` on `be`: each sample runs `reps` steps, then `sync`
+ * (which waits for queued work), and divides.
  */
-async function time(be: Backend, s: Shape, sync: Sync, reps = 1): Promise<number> {
-  const a = be.alloc(s.M * s.K), b = be.alloc(s.K * s.N), c = be.alloc(s.M * s.N);
-  const fillA = new Float32Array(s.M * s.K).map((_, i) => ((i * 7919) % 1000) / 1000 - 0.5);
-  const fillB = new Float32Array(s.K * s.N).map((_, i) => ((i * 104729) % 1000) / 1000 - 0.5);
-  be.write(a, fillA);
-  be.write(b, fillB);
-  be.matmul(c, a, b, null, s.M, s.N, s.K, s.opts); // warm-up
-  await sync(c);
+async function time(be: Backend, job: Job, sync: Sync, reps = 1): Promise<number> {
+  const { step, probe } = job.setup(be);
+  step(); // warm-up
+  await sync(probe);
   const times: number[] = [];
   const start = performance.now();
   while (times.length < 3 || (performance.now() - start < 300 && times.length < 50)) {
     const t0 = performance.now();
-    for (let r = 0; r < reps; r++) be.matmul(c, a, b, null, s.M, s.N, s.K, s.opts);
-    await sync(c);
+    for (let r = 0; r < reps; r++) step();
+    await sync(probe);
     times.push((performance.now() - t0) / reps);
   }
   times.sort((x, y) => x - y);
   return times[times.length >> 1];
 }
 
-function report(backend: string, s: Shape, ms: number, extra: Record<string, string> = {}): void {
-  const gflops = (2 * s.M * s.N * s.K) / (ms * 1e6);
+function report(backend: string, job: Job, ms: number, extra: Record<string, string> = {}): void {
+  const gflops = job.flops === null ? null : job.flops / (ms * 1e6);
   if (json) {
     console.log(JSON.stringify({
       backend,
-      op: s.op,
-      shape: shapeName(s),
+      op: job.op,
+      shape: job.shape,
       ms: +ms.toFixed(3),
-      gflops: +gflops.toFixed(2),
+      gflops: gflops === null ? null : +gflops.toFixed(2),
       ...extra,
     }));
   } else {
     console.log(
-      `${backend.padEnd(7)} ${s.op.padEnd(14)} ${shapeName(s).padEnd(18)} ` +
-        `${ms.toFixed(3).padStart(10)} ms ${gflops.toFixed(2).padStart(8)} GFLOP/s`,
+      `${backend.padEnd(7)} ${job.op.padEnd(20)} ${job.shape.padEnd(22)} ` +
+        `${ms.toFixed(3).padStart(10)} ms` +
+        (gflops === null ? "" : ` ${gflops.toFixed(2).padStart(8)} GFLOP/s`),
     );
   }
 }
@@ -146,7 +273,7 @@ for (const name of ["ts", "wasm", "blas"] as const) {
   }
   const be = createCpuBackend({ gemm: name, ...(name === "blas" ? { threads: 1 } : {}) });
   note(`${name}: ${be.description}`);
-  for (const s of shapes) report(name, s, await time(be, s, noSync), extra);
+  for (const job of jobs) report(name, job, await time(be, job, noSync), extra);
   be.dispose();
 }
 
@@ -163,7 +290,7 @@ if (wanted.has("webgpu")) {
     // A read waits for the products; each readback costs about 10 ms in Deno, so one read
     // follows 5 products.
     const sync: Sync = async (c) => await g.read(g.view(c, 0, 1));
-    for (const s of shapes) report("webgpu", s, await time(g, s, sync, 5));
+    for (const job of jobs) report("webgpu", job, await time(g, job, sync, 5));
     g.dispose();
   }
 }
