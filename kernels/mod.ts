@@ -8,3 +8,4 @@ export * from "./backend.ts";
 export * from "./rng.ts";
 export * from "./reference.ts";
 export * from "./cpu/mod.ts";
+export * from "./webgpu/mod.ts";
