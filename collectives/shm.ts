@@ -618,7 +618,11 @@ export class ShmCommunicator implements Communicator {
         this.#seq++;
         await body({ op, ms, deadline: 0 });
       } catch (e) {
-        if (e instanceof CollectiveError && e.reason !== "mismatch") this.#broken ??= e;
+        if (e instanceof CollectiveError && e.reason === "mismatch") {
+          // Every rank rejected after the same round, but the ranks may have taken paths that
+          // use different numbers of staging units: realign the halves on the shared step count.
+          this.#unit = this.#step;
+        } else if (e instanceof CollectiveError) this.#broken ??= e;
         throw e;
       } finally {
         this.#busy--;

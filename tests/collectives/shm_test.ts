@@ -154,7 +154,9 @@ Deno.test({
   name: "mismatched sizes reject on every rank and the group goes on",
   ...opt,
   fn: async () => {
-    const res = await runWorkers<{ first: Outcome; next: Outcome; sum: number }>({
+    const res = await runWorkers<
+      { first: Outcome; next: Outcome; sum: number; second: Outcome; after: number[] }
+    >({
       size: 3,
       module: faults,
       data: { scenario: "mismatch-size" } satisfies FaultsData,
@@ -165,6 +167,8 @@ Deno.test({
       assert.match(o.first.message!, /allReduce sum of (8|9) float32/);
       assert.ok(o.next.ok);
       assert.equal(o.sum, 6);
+      assert.equal(o.second.reason, "mismatch", `rank ${r}: ${o.second.message}`);
+      assert.deepEqual(o.after, [3, 2, 3, 3, 3, 4]);
     }
   },
 });

@@ -78,7 +78,20 @@ export async function main(comm: Communicator, data: FaultsData): Promise<unknow
       // A mismatch does not break the group: the next matching op works.
       const buf = new Int32Array([r + 1]);
       const next = await attempt(() => comm.allReduce(buf, "sum", { timeoutMs }));
-      return { first, next, sum: buf[0] };
+      // Again with one rank on the large path and the others on the small one.
+      const second = await attempt(() =>
+        comm.allReduce(new Float32Array(r === 0 ? 100_000 : 8), "sum", { timeoutMs })
+      );
+      // Staged ops after that still see the right halves of every rank's slot.
+      const big = new Int32Array(50_001).fill(r + 1);
+      const after: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        await comm.allReduce(big, "max", { timeoutMs });
+        const g = new Int32Array(3 * n);
+        await comm.allGather(new Int32Array(3).fill(r + i), g, { timeoutMs });
+        after.push(big[50_000]!, g[3 * n - 1]!);
+      }
+      return { first, next, sum: buf[0], second, after };
     }
     case "mismatch-op": {
       const buf = new Float32Array(4);
