@@ -22,10 +22,16 @@ export interface Variant {
 const LANES = ["x", "y", "z", "w"];
 
 // Tiles are [16][64] floats kept as 256 vec4s along the second axis; (k, m) is element
-// tile[k * 16 + m / 4][m % 4]. Scattering a vec4 along k writes one lane of four vec4s.
+// tile[k * 16 + m / 4][m % 4]. Scattering a vec4 along k writes lane m % 4 of four vec4s.
 function scatter(tile: string, k: string, m: string, x: string): string {
-  return LANES.map((l, j) => `${tile}[(${k} + ${j}u) * 16u + ${m} / 4u].${l} = ${x}.${l};`)
-    .join("\n    ");
+  const cases = LANES.map((lane, c) => {
+    const body = LANES.map((l, j) => `${tile}[(${k} + ${j}u) * 16u + s].${lane} = ${x}.${l};`);
+    return `${c === 3 ? "default" : `case ${c}u`}: { ${body.join(" ")} }`;
+  });
+  return `let s = ${m} / 4u;
+    switch (${m} % 4u) {
+      ${cases.join("\n      ")}
+    }`;
 }
 
 // Scalar loads: invocation `lid` loads elements lid + q*256 of the tile for q = 0..3.
