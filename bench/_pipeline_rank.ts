@@ -16,6 +16,7 @@ import {
   serialSpecs,
   shardSpecs,
   stageParts,
+  type TraceEntry,
 } from "../parallel/mod.ts";
 
 export interface BenchRankInput {
@@ -33,6 +34,8 @@ export interface BenchRankResult {
   stage: number;
   wallMs: number[];
   idleMs: number[];
+  /** Compute steps of the last timed step. */
+  trace: TraceEntry[];
 }
 
 export async function main(comm: Communicator, d: BenchRankInput): Promise<BenchRankResult> {
@@ -55,6 +58,7 @@ export async function main(comm: Communicator, d: BenchRankInput): Promise<Bench
   });
   const wallMs: number[] = [];
   const idleMs: number[] = [];
+  let trace: TraceEntry[] = [];
   for (let step = 0; step < d.warmup + d.steps; step++) {
     store.zeroGrad();
     const chunks = parts.map((p, c) =>
@@ -66,11 +70,13 @@ export async function main(comm: Communicator, d: BenchRankInput): Promise<Bench
       comm,
       chunks,
       activationSize: gptActivationSize(d.B, d.T, d.cfg.dim, tp),
+      trace: true,
     });
+    trace = [...stats.trace!];
     if (step >= d.warmup) {
       wallMs.push(stats.wallMs);
       idleMs.push(stats.idleMs);
     }
   }
-  return { stage: comm.rank, wallMs, idleMs };
+  return { stage: comm.rank, wallMs, idleMs, trace };
 }

@@ -50,6 +50,29 @@ export interface RunPipelineOptions {
   activationSize: number;
   /** Timeout of each transfer in milliseconds. */
   timeoutMs?: number;
+  /** Record the start and end of every forward and backward in `stats.trace`. */
+  trace?: boolean;
+  /**
+   * Post each exchange's transfers and go on: a receive is awaited just before the compute that
+   * consumes it, sends at the end of the step list (default true). With false, every exchange
+   * completes before the next step, the blocking model the schedules are proven against; the
+   * default only ever waits for less, so it cannot deadlock where that model does not.
+   */
+  overlap?: boolean;
+}
+
+/** One forward or backward as it ran, in milliseconds since the start of the step list. */
+export interface TraceEntry {
+  /** Forward or backward. */
+  readonly kind: "forward" | "backward";
+  /** Micro-batch. */
+  readonly mb: number;
+  /** Chunk on this stage. */
+  readonly chunk: number;
+  /** Start time. */
+  readonly start: number;
+  /** End time. */
+  readonly end: number;
 }
 
 /** Timings of one run of {@linkcode runPipeline}, in milliseconds. */
@@ -62,6 +85,8 @@ export interface PipelineStats {
   readonly idleMs: number;
   /** Most activation buffers received or produced and not yet released, at any time. */
   readonly peakBuffers: number;
+  /** Every compute step with its times, when `trace` was set. */
+  readonly trace?: readonly TraceEntry[];
 }
 
 /**
@@ -100,7 +125,12 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
   const track = () => {
     peak = Math.max(peak, inputs.size + grads.size + outputs.size + dInputs.size);
   };
+  const overlap = opts.overlap ?? true;
+  const sends: Promise<void>[] = [];
+  const recvF = new Map<string, Promise<void>>(); // receives in flight, awaited before use
+  const recvB = new Map<string, Promise<void>>();
   let computeMs = 0;
+  const trace: TraceEntry[] | undefined = opts.trace ? [] : undefined;
   const t0 = performance.now();
   for (const step of schedule.stages[stage]!) {
     if (step.kind === "p2p") {
@@ -117,14 +147,34 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
         return { op: o.op, dir: o.dir, mb: o.mb, chunk: o.chunk, buf };
       });
       track();
-      await exchange(ctx!, transfers);
-      for (const o of step.ops) {
-        if (o.op === "send") (o.dir === "forward" ? outputs : dInputs).delete(id(o.mb, o.chunk));
+      if (!overlap) {
+        await exchange(ctx!, transfers);
+        for (const t of transfers) {
+          if (t.op === "send") (t.dir === "forward" ? outputs : dInputs).delete(id(t.mb, t.chunk));
+        }
+        continue;
+      }
+      for (const t of transfers) {
+        const k = id(t.mb, t.chunk);
+        const done = exchange(ctx!, [t]);
+        done.catch(() => {}); // awaited below; keep an early failure from going unhandled
+        if (t.op === "send") {
+          const sent = done.then(() => {
+            (t.dir === "forward" ? outputs : dInputs).delete(k);
+          });
+          sent.catch(() => {});
+          sends.push(sent);
+        } else (t.dir === "forward" ? recvF : recvB).set(k, done);
       }
       continue;
     }
     const k = id(step.mb, step.chunk);
     const chunk = chunks[step.chunk]!;
+    const pending = (step.kind === "forward" ? recvF : recvB).get(k);
+    if (pending) {
+      await pending;
+      (step.kind === "forward" ? recvF : recvB).delete(k);
+    }
     const c0 = performance.now();
     if (step.kind === "forward") {
       const input = inputs.get(k) ?? null;
@@ -144,11 +194,14 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
       const dIn = await chunk.backward(step.mb, dOut);
       if (dIn !== null && ctx !== null) dInputs.set(k, dIn);
     }
-    computeMs += performance.now() - c0;
+    const c1 = performance.now();
+    computeMs += c1 - c0;
+    trace?.push({ kind: step.kind, mb: step.mb, chunk: step.chunk, start: c0 - t0, end: c1 - t0 });
     track();
   }
+  await Promise.all(sends);
   const wallMs = performance.now() - t0;
-  return { wallMs, computeMs, idleMs: wallMs - computeMs, peakBuffers: peak };
+  return { wallMs, computeMs, idleMs: wallMs - computeMs, peakBuffers: peak, trace };
 }
 
 /**

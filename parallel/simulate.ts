@@ -15,6 +15,16 @@ export interface SimulateOptions {
   forwardTime?: number;
   /** Time of one backward of one chunk; default 2 / v. */
   backwardTime?: number;
+  /**
+   * Time of each compute step, overriding the two above (e.g. times measured in a real run).
+   *
+   * @param stage the stage
+   * @param kind forward or backward
+   * @param mb the micro-batch
+   * @param chunk the chunk on that stage
+   * @returns the duration
+   */
+  duration?: (stage: number, kind: "forward" | "backward", mb: number, chunk: number) => number;
 }
 
 /** A compute step placed in time. */
@@ -170,7 +180,7 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
               }
               start = Math.max(start, f);
             }
-            clock[s] = start + tf;
+            clock[s] = start + (opts.duration?.(s, "forward", step.mb, step.chunk) ?? tf);
             fEnd.set(id, clock[s]!);
           } else {
             if (!fEnd.has(id)) {
@@ -188,7 +198,7 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
               }
               start = Math.max(start, b);
             }
-            clock[s] = start + tb;
+            clock[s] = start + (opts.duration?.(s, "backward", step.mb, step.chunk) ?? tb);
             bEnd.set(id, clock[s]!);
           }
           intervals[s]!.push({

@@ -22,7 +22,7 @@ export interface PipeResult {
 
 export async function main(
   comm: Communicator,
-  d: { tp: number; pp: number; name: ScheduleName; m: number; v: number },
+  d: { tp: number; pp: number; name: ScheduleName; m: number; v: number; overlap: boolean },
 ): Promise<PipeResult> {
   const grid = buildGrid({ worldSize: comm.size, tp: d.tp, pp: d.pp });
   const g = await createGroups(comm, grid);
@@ -43,6 +43,7 @@ export async function main(
     chunks,
     activationSize: B * N,
     timeoutMs: 20_000,
+    overlap: d.overlap,
   });
   return {
     coords: g.coords,

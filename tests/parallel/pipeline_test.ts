@@ -48,11 +48,12 @@ async function pipelined(
   name: ScheduleName,
   m: number,
   v = 1,
+  overlap = true,
 ): Promise<PipeResult[]> {
   return await runWorkers<PipeResult>({
     size: world,
     module: new URL("./_pipe_rank.ts", import.meta.url),
-    data: { tp, pp, name, m, v },
+    data: { tp, pp, name, m, v, overlap },
     timeoutMs: 20_000,
   });
 }
@@ -70,20 +71,23 @@ function assertMatchesSerial(ranks: PipeResult[], pp: number, m: number, v: numb
   }
 }
 
-for (
-  const [pp, name, m, v] of [
-    [2, "gpipe", 4, 1],
-    [2, "1f1b", 3, 1],
-    [4, "1f1b", 8, 1],
-    [4, "gpipe", 2, 1],
-    [2, "interleaved", 4, 2],
-    [4, "interleaved", 4, 2],
-  ] as [number, ScheduleName, number, number][]
-) {
+const PIPELINES: [number, ScheduleName, number, number, boolean][] = [
+  [2, "gpipe", 4, 1, true],
+  [2, "1f1b", 3, 1, true],
+  [4, "1f1b", 8, 1, true],
+  [4, "1f1b", 8, 1, false],
+  [4, "gpipe", 2, 1, true],
+  [2, "interleaved", 4, 2, true],
+  [4, "interleaved", 4, 2, true],
+  [4, "interleaved", 8, 2, false],
+];
+
+for (const [pp, name, m, v, overlap] of PIPELINES) {
+  const how = overlap ? "" : ", blocking exchanges";
   Deno.test(
-    `runPipeline() with ${name} on ${pp} workers (m=${m}, v=${v}) gives the serial gradients`,
+    `runPipeline() with ${name} on ${pp} workers (m=${m}, v=${v}${how}) gives the serial gradients`,
     async () => {
-      const ranks = await pipelined(pp, 1, pp, name, m, v);
+      const ranks = await pipelined(pp, 1, pp, name, m, v, overlap);
       assertMatchesSerial(ranks, pp, m, v);
       const last = ranks.find((r) => r.coords.pp === pp - 1)!;
       const first = ranks.find((r) => r.coords.pp === 0)!;
