@@ -23,6 +23,14 @@
  */
 
 import type { Backend } from "../backend.ts";
+export type {
+  AdamWParams,
+  Backend,
+  HostArray,
+  MatmulOptions,
+  Tensor,
+  TensorDType,
+} from "../backend.ts";
 import { GpuDevice } from "./device.ts";
 import { gpuBackend } from "./gpu_backend.ts";
 
