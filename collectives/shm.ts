@@ -85,9 +85,11 @@ export interface ShmOptions {
 
 const CTRL_STRIDE = 32; // int32 words per rank: 128 bytes, no false sharing between ranks
 const STEP = 0;
-const WAITERS = 1;
 const CLOSED = 2;
 const DESC = 8; // two descriptors of 8 words, by op parity
+// After the rank blocks, one group block: the arrival counter every round adds to.
+const ARRIVED = 0;
+const G_WAITERS = 1;
 const D_OP = 0, D_COUNT = 1, D_DTYPE = 2, D_RED = 3, D_ROOT = 4, D_SEQ = 5, D_A = 6, D_B = 7;
 
 const CH_STRIDE = 16; // int32 words per directed channel
@@ -138,7 +140,7 @@ export function createShmGroupSpec(
     name,
     size,
     worldRanks: worldRanks.slice(),
-    ctrl: new SharedArrayBuffer(size * CTRL_STRIDE * 4),
+    ctrl: new SharedArrayBuffer((size + 1) * CTRL_STRIDE * 4),
     data: worldRanks.map(() => new SharedArrayBuffer(2 * slotBytes)),
     chanCtrl: new SharedArrayBuffer(size * size * CH_STRIDE * 4),
     chanData: new SharedArrayBuffer(size > 1 ? size * size * 2 * chanBytes : 8),
@@ -188,6 +190,7 @@ export class ShmCommunicator implements Communicator {
   #seq = 0;
   #tail: Promise<void> = Promise.resolve();
   #busy = 0;
+  #group: number;
   #slotCache: (CollectiveBuffer | undefined)[] = [];
   #myBufs = new WeakMap<SharedArrayBuffer, number>();
   #nextBufId = 0;
@@ -220,6 +223,7 @@ export class ShmCommunicator implements Communicator {
     this.#link = link;
     this.#opts = opts;
     this.#ctrl = new Int32Array(spec.ctrl);
+    this.#group = spec.size * CTRL_STRIDE;
     this.#chan = new Int32Array(spec.chanCtrl);
     this.#chanU8 = new Uint8Array(spec.chanData);
     this.#slotBytes = spec.slotBytes;
@@ -542,7 +546,7 @@ export class ShmCommunicator implements Communicator {
       this.#peerBufs = [];
       const i = this.rank * CTRL_STRIDE + CLOSED;
       Atomics.store(this.#ctrl, i, 1);
-      Atomics.notify(this.#ctrl, this.rank * CTRL_STRIDE + STEP);
+      Atomics.notify(this.#ctrl, this.#group + ARRIVED);
     }
     return Promise.resolve();
   }
@@ -682,39 +686,33 @@ export class ShmCommunicator implements Communicator {
     ];
   }
 
-  /** Why waiting on `peer` cannot succeed, if it cannot. */
-  #problem(ctx: Ctx, peer: number): CollectiveError | undefined {
-    if (this.#closed) {
-      return new CollectiveError("closed", ctx.op, this.name, undefined, "closed while pending");
-    }
-    const state = this.#link.state(this.spec.worldRanks[peer]!);
+  /** Why rank `p` can no longer take part, if it cannot. */
+  #gone(ctx: Ctx, p: number): CollectiveError | undefined {
+    const state = this.#link.state(this.spec.worldRanks[p]!);
     if (state === DEAD) {
-      return new CollectiveError("peer-lost", ctx.op, this.name, peer, "its Worker was terminated");
+      return new CollectiveError("peer-lost", ctx.op, this.name, p, "its Worker was terminated");
     }
     if (state === EXITED) {
       return new CollectiveError(
         "peer-lost",
         ctx.op,
         this.name,
-        peer,
+        p,
         "its main function returned without joining this op",
       );
     }
-    if (Atomics.load(this.#ctrl, peer * CTRL_STRIDE + CLOSED) !== 0) {
-      return new CollectiveError("peer-lost", ctx.op, this.name, peer, "it closed the group");
-    }
-    const now = performance.now();
-    if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
-    if (now > ctx.deadline) {
-      return new CollectiveError(
-        "timeout",
-        ctx.op,
-        this.name,
-        peer,
-        `rank ${peer} did not arrive in time (set opts.timeoutMs to wait longer)`,
-      );
+    if (Atomics.load(this.#ctrl, p * CTRL_STRIDE + CLOSED) !== 0) {
+      return new CollectiveError("peer-lost", ctx.op, this.name, p, "it closed the group");
     }
     return undefined;
+  }
+
+  /** Why waiting on `peer` cannot succeed, if it cannot. */
+  #problem(ctx: Ctx, peer: number): CollectiveError | undefined {
+    if (this.#closed) {
+      return new CollectiveError("closed", ctx.op, this.name, undefined, "closed while pending");
+    }
+    return this.#gone(ctx, peer) ?? this.#late(ctx, peer);
   }
 
   /**
@@ -730,42 +728,63 @@ export class ShmCommunicator implements Communicator {
     }
     const step = ++this.#step;
     Atomics.store(ctrl, me + STEP, step);
-    if (Atomics.load(ctrl, me + WAITERS) > 0) Atomics.notify(ctrl, me + STEP);
-    const n = this.size, r = this.rank;
-    let p = 0;
-    while (p < n && (p === r || Atomics.load(ctrl, p * CTRL_STRIDE) >= step)) p++;
-    if (p < n) {
+    // One group-wide arrival counter: a waiter sleeps on it once and only the last rank to
+    // arrive wakes everybody (no convoy of wake-ups through the ranks one by one).
+    const g = this.#group, target = this.size * step;
+    if (Atomics.add(ctrl, g + ARRIVED, 1) + 1 >= target) {
+      if (Atomics.load(ctrl, g + G_WAITERS) > 0) Atomics.notify(ctrl, g + ARRIVED);
+    } else if (Atomics.load(ctrl, g + ARRIVED) < target) {
       const now = performance.now();
       if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
       const until = now + this.#spinMs;
-      for (let i = 1;; i++) {
-        while (p < n && (p === r || Atomics.load(ctrl, p * CTRL_STRIDE) >= step)) p++;
-        if (p === n) break;
-        if ((i & 255) === 0 && performance.now() > until) {
-          return this.#roundSlow(ctx, desc, step, p);
-        }
+      for (let i = 1; Atomics.load(ctrl, g + ARRIVED) < target; i++) {
+        if ((i & 255) === 0 && performance.now() > until) return this.#roundSlow(ctx, desc, step);
       }
     }
     if (desc !== null) this.#compare(ctx, desc);
     return undefined;
   }
 
-  async #roundSlow(ctx: Ctx, desc: number[] | null, step: number, p: number): Promise<void> {
-    const n = this.size;
-    while (p < n) {
-      if (p !== this.rank) {
-        await this.#wait(
-          ctx,
-          this.#ctrl,
-          p * CTRL_STRIDE + STEP,
-          step,
-          p * CTRL_STRIDE + WAITERS,
-          p,
-        );
-      }
-      p++;
-    }
+  async #roundSlow(ctx: Ctx, desc: number[] | null, step: number): Promise<void> {
+    const g = this.#group;
+    await this.#wait(
+      ctx,
+      this.#ctrl,
+      g + ARRIVED,
+      this.size * step,
+      g + G_WAITERS,
+      false,
+      () => this.#roundProblem(ctx, step),
+    );
     if (desc !== null) this.#compare(ctx, desc);
+  }
+
+  /** Why a round cannot complete, if it cannot: a member gone before arriving, or the clock. */
+  #roundProblem(ctx: Ctx, step: number): CollectiveError | undefined {
+    if (this.#closed) {
+      return new CollectiveError("closed", ctx.op, this.name, undefined, "closed while pending");
+    }
+    let late = -1;
+    for (let p = 0; p < this.size; p++) {
+      if (p === this.rank || Atomics.load(this.#ctrl, p * CTRL_STRIDE + STEP) >= step) continue;
+      const e = this.#gone(ctx, p);
+      if (e !== undefined && Atomics.load(this.#ctrl, p * CTRL_STRIDE + STEP) < step) return e;
+      if (late < 0) late = p;
+    }
+    return late < 0 ? undefined : this.#late(ctx, late);
+  }
+
+  #late(ctx: Ctx, peer: number): CollectiveError | undefined {
+    const now = performance.now();
+    if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
+    if (now <= ctx.deadline) return undefined;
+    return new CollectiveError(
+      "timeout",
+      ctx.op,
+      this.name,
+      peer,
+      `rank ${peer} did not arrive in time (set opts.timeoutMs to wait longer)`,
+    );
   }
 
   #compare(ctx: Ctx, mine: number[]): void {
@@ -796,9 +815,8 @@ export class ShmCommunicator implements Communicator {
     idx: number,
     target: number,
     waitersIdx: number,
-    peer: number,
-    spin = false,
-    extra?: () => CollectiveError | undefined,
+    spin: boolean,
+    check: () => CollectiveError | undefined,
   ): Promise<void> {
     if (Atomics.load(arr, idx) >= target) return;
     const now = performance.now();
@@ -812,7 +830,7 @@ export class ShmCommunicator implements Communicator {
     for (;;) {
       const v = Atomics.load(arr, idx);
       if (v >= target) return;
-      const err = extra?.() ?? this.#problem(ctx, peer);
+      const err = check();
       if (err !== undefined) {
         if (Atomics.load(arr, idx) >= target) return;
         throw err;
@@ -1028,7 +1046,15 @@ export class ShmCommunicator implements Communicator {
         );
       };
       if (Atomics.load(ch, c + C_ACK) < k - 1) {
-        await this.#wait(ctx, ch, c + C_ACK, k - 1, c + C_SWAIT, peer, true, refused);
+        await this.#wait(
+          ctx,
+          ch,
+          c + C_ACK,
+          k - 1,
+          c + C_SWAIT,
+          true,
+          () => refused() ?? this.#problem(ctx, peer),
+        );
       }
       const bad = refused();
       if (bad !== undefined) throw bad;
@@ -1062,7 +1088,15 @@ export class ShmCommunicator implements Communicator {
     const ch = this.#chan;
     for (let i = 0; i < chunks; i++) {
       const k = this.#recvChunks[peer]!;
-      await this.#wait(ctx, ch, c + C_SENT, k + 1, c + C_RWAIT, peer, true);
+      await this.#wait(
+        ctx,
+        ch,
+        c + C_SENT,
+        k + 1,
+        c + C_RWAIT,
+        true,
+        () => this.#problem(ctx, peer),
+      );
       const slot = k & 1;
       const hdr = c + C_HDR + slot * 4;
       const [hm, ht, hl, hd] = [0, 1, 2, 3].map((j) => Atomics.load(ch, hdr + j)) as number[];
