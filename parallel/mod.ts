@@ -24,3 +24,4 @@ export * from "./cross_entropy.ts";
 export * from "./attention.ts";
 export * from "./block.ts";
 export * from "./gpt.ts";
+export * from "./trainer.ts";
