@@ -1,5 +1,6 @@
 // The WebGPU runtime under the backend: tensors as windows of GPUBuffers, a pipeline cache keyed
-// by each program's declared key, one uniform slot per dispatch, and batched readback.
+// by each program's declared key, one uniform slot per dispatch, the dispatches of one turn
+// batched into one submission, and batched readback.
 
 import type { Tensor, TensorDType } from "../backend.ts";
 
@@ -70,7 +71,11 @@ export class GpuDevice {
   readonly #uniforms: GPUBuffer;
   readonly #storageAlign: number;
   readonly #maxBinding: number;
-  #slot = 0;
+  #slot = 0; // next uniform slot of the open batch
+  readonly #uniformHost = new ArrayBuffer(UNIFORM_SLOT * UNIFORM_SLOTS);
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  readonly #layouts = new Map<GPUComputePipeline, GPUBindGroupLayout>();
   #pending: PendingRead[] = [];
   #error: string | null = null;
   #disposed = false;
@@ -155,8 +160,11 @@ export class GpuDevice {
       throw new Error(`${prog.key}: wrong number of tensors or uniform values`);
     }
     const pipeline = this.pipeline(prog);
-    const words = new ArrayBuffer(UNIFORM_SLOT);
-    const u32 = new Uint32Array(words), i32 = new Int32Array(words), f32 = new Float32Array(words);
+    if (this.#slot === UNIFORM_SLOTS) this.flush();
+    const slotOffset = this.#slot * UNIFORM_SLOT;
+    const u32 = new Uint32Array(this.#uniformHost, slotOffset, UNIFORM_SLOT / 4);
+    const i32 = new Int32Array(this.#uniformHost, slotOffset, UNIFORM_SLOT / 4);
+    const f32 = new Float32Array(this.#uniformHost, slotOffset, UNIFORM_SLOT / 4);
     const entries: GPUBindGroupEntry[] = [];
     tensors.forEach((t, i) => {
       const unit = prog.bindings[i] === "vec4f" ? 4 : 1;
@@ -183,31 +191,56 @@ export class GpuDevice {
       else if (type === "i32") i32[k] = v;
       else u32[k] = v;
     });
-    const slotOffset = this.#slot * UNIFORM_SLOT;
-    this.#slot = (this.#slot + 1) % UNIFORM_SLOTS;
+    this.#slot++;
     const nwords = tensors.length + prog.fields.length;
     const ubytes = Math.max(16, Math.ceil((nwords * 4) / 16) * 16);
-    this.device.queue.writeBuffer(this.#uniforms, slotOffset, words, 0, ubytes);
     entries.push({
       binding: tensors.length,
       resource: { buffer: this.#uniforms, offset: slotOffset, size: ubytes },
     });
-    const bindGroup = this.device.createBindGroup({
-      layout: pipeline.getBindGroupLayout(0),
-      entries,
-    });
-    const enc = this.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    let layout = this.#layouts.get(pipeline);
+    if (layout === undefined) this.#layouts.set(pipeline, layout = pipeline.getBindGroupLayout(0));
+    const bindGroup = this.device.createBindGroup({ layout, entries });
+    const pass = this.#openPass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(groups[0], groups[1] ?? 1, groups[2] ?? 1);
-    pass.end();
-    this.device.queue.submit([enc.finish()]);
+  }
+
+  // Dispatches of one turn share a compute pass (WebGPU orders and synchronises the dispatches
+  // of a pass); the batch is submitted at the end of the turn, or before anything that has to
+  // follow it on the queue (a write, a copy, a read).
+  #openPass(): GPUComputePassEncoder {
+    if (this.#pass === null) {
+      this.#encoder = this.device.createCommandEncoder();
+      this.#pass = this.#encoder.beginComputePass();
+      queueMicrotask(() => this.flush());
+    }
+    return this.#pass;
+  }
+
+  /** Submit the open batch of dispatches, with its uniforms written first. */
+  flush(): void {
+    if (this.#pass === null || this.#disposed) return;
+    this.#pass.end();
+    const cmd = this.#encoder!.finish();
+    this.#pass = null;
+    this.#encoder = null;
+    this.device.queue.writeBuffer(
+      this.#uniforms,
+      0,
+      this.#uniformHost,
+      0,
+      this.#slot * UNIFORM_SLOT,
+    );
+    this.#slot = 0;
+    this.device.queue.submit([cmd]);
   }
 
   /** Copy `src` into `dst` on the device (different buffers). */
   copyBuffer(dst: GpuTensor, src: GpuTensor): void {
     this.check("copy");
+    this.flush();
     const enc = this.device.createCommandEncoder();
     enc.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, src.length * 4);
     this.device.queue.submit([enc.finish()]);
@@ -217,6 +250,7 @@ export class GpuDevice {
   write(t: GpuTensor, src: Float32Array | Int32Array, offset: number): void {
     this.check("write");
     if (src.length === 0) return;
+    this.flush();
     // A view of a SharedArrayBuffer (the CPU's flat buffers) is copied to a plain one first.
     const data = src.buffer instanceof ArrayBuffer ? src : src.slice();
     this.device.queue.writeBuffer(
@@ -241,6 +275,7 @@ export class GpuDevice {
     const reads = this.#pending;
     this.#pending = [];
     try {
+      this.flush();
       const starts: number[] = [];
       let total = 0;
       for (const r of reads) {
