@@ -247,15 +247,20 @@ export class ShmCommunicator implements Communicator {
   // ---- public ops -------------------------------------------------------------------------
 
   /** Reduce `buf` element-wise across all ranks; every rank ends with the result. */
-  async allReduce(
+  allReduce(
     buf: CollectiveBuffer,
     op: ReduceOp = "sum",
     opts: CollectiveOptions = {},
   ): Promise<void> {
-    const dtype = dtypeOf(buf, opts.dtype);
-    checkOp(op);
-    const ms = this.#timeout(opts);
-    await this.#enqueue("allReduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, -1));
+    let dtype: DType, ms: number;
+    try {
+      dtype = dtypeOf(buf, opts.dtype);
+      checkOp(op);
+      ms = this.#timeout(opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#enqueue("allReduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, -1));
   }
 
   /** Reduce `buf` across ranks into rank `root`'s `buf`; other ranks' buffers are unchanged. */
@@ -445,11 +450,17 @@ export class ShmCommunicator implements Communicator {
   }
 
   /** Resolve once every rank of the group has entered the barrier. */
-  async barrier(opts: CollectiveOptions = {}): Promise<void> {
-    const ms = this.#timeout(opts);
-    await this.#enqueue("barrier", ms, async (ctx) => {
+  barrier(opts: CollectiveOptions = {}): Promise<void> {
+    let ms: number;
+    try {
+      ms = this.#timeout(opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#enqueue("barrier", ms, async (ctx) => {
       this.#nextHalf();
-      await this.#round(ctx, this.#desc("barrier", 0, "float32", null, -1));
+      const w = this.#round(ctx, this.#desc("barrier", 0, "float32", null, -1));
+      if (w !== undefined) await w;
     });
   }
 
@@ -792,8 +803,12 @@ export class ShmCommunicator implements Communicator {
     for (let p = 0; p < this.size; p++) {
       if (p === this.rank) continue;
       const base = p * CTRL_STRIDE + DESC + par;
+      let same = true;
+      for (let i = 0; i < mine.length && same; i++) {
+        same = Atomics.load(this.#ctrl, base + i) === mine[i];
+      }
+      if (same) continue;
       const theirs = mine.map((_, i) => Atomics.load(this.#ctrl, base + i));
-      if (theirs.every((v, i) => v === mine[i])) continue;
       throw new CollectiveError(
         "mismatch",
         ctx.op,
@@ -865,7 +880,8 @@ export class ShmCommunicator implements Communicator {
         const b = Math.min(m, a + per);
         const h = this.#nextHalf();
         this.#views(dtype, r, h).set(sub(buf, a, b));
-        await this.#round(ctx, first ? desc : null);
+        const w = this.#round(ctx, first ? desc : null);
+        if (w !== undefined) await w;
         first = false;
         if (root >= 0 && r !== root) continue;
         const dst = sub(buf, a, b);
