@@ -17,7 +17,7 @@ function runOps(size: number, data: OpsData, extra: { slotBytes?: number } = {})
 for (
   const [size, data] of [
     [1, { sizes: [0, 1, 5, 1000], dtypes: [...ALL] }],
-    [2, { sizes: [0, 1, 5, 1001, 20001], dtypes: [...ALL] }],
+    [2, { sizes: [0, 1, 5, 1001, 40001], dtypes: [...ALL] }],
     [3, { sizes: [0, 1, 7, 1001, 20003], dtypes: ["float32", "int32", "bfloat16"] }],
     [3, { sizes: [1, 20003], dtypes: ["float32", "float16"], shared: true }],
     [4, { sizes: [40001], dtypes: ["float32", "int32"], shared: true }],
