@@ -204,6 +204,8 @@ export class GptChunk implements PipelineChunk {
   readonly layers: readonly ParallelLayer[];
   /** Loss of each micro-batch this step (on the chunk with the head). */
   readonly losses: Map<number, number> = new Map();
+  /** Most activation slots in use at once (micro-batches between forward and backward). */
+  peakSlots = 0;
   #be: Backend;
   #tp: TensorParallel;
   #opts: GptChunkOptions;
@@ -211,6 +213,7 @@ export class GptChunk implements PipelineChunk {
   #last: boolean;
   #inputs = new Map<number, Tensor>();
   #steps = new Map<number, ParallelStep>();
+  #used = new Set<number>(); // activation slots held by micro-batches between forward and backward
   #dy: Tensor | null = null;
 
   /**
@@ -247,7 +250,13 @@ export class GptChunk implements PipelineChunk {
     if (s) return s;
     const { B, T } = this.#opts;
     const sp = this.#tp.sequenceParallel === true;
-    const base = { B, T: sp ? T / tpSize(this.#tp) : T, slot: mb };
+    // The lowest free slot: layers keep activations per slot, so a schedule that holds at most
+    // k micro-batches (1F1B: pp - stage) makes them allocate k sets, not m.
+    let slot = 0;
+    while (this.#used.has(slot)) slot++;
+    this.#used.add(slot);
+    this.peakSlots = Math.max(this.peakSlots, this.#used.size);
+    const base = { B, T: sp ? T / tpSize(this.#tp) : T, slot };
     if (!this.#last) s = base;
     else {
       const tg = this.#opts.batch(mb).targets;
@@ -261,11 +270,11 @@ export class GptChunk implements PipelineChunk {
     return s;
   }
 
-  #tensor(mb: number, length: number, dtype: "f32" | "i32"): Tensor {
-    let t = this.#inputs.get(mb);
+  #tensor(slot: number, length: number, dtype: "f32" | "i32"): Tensor {
+    let t = this.#inputs.get(slot);
     if (!t || t.length !== length || t.dtype !== dtype) {
       t = this.#be.alloc(length, dtype);
-      this.#inputs.set(mb, t);
+      this.#inputs.set(slot, t);
     }
     return t;
   }
@@ -282,11 +291,11 @@ export class GptChunk implements PipelineChunk {
     let x: Tensor;
     if (this.#first) {
       const ids = this.#opts.batch(mb).inputs;
-      x = this.#tensor(mb, ids.length, "i32");
+      x = this.#tensor(step.slot!, ids.length, "i32");
       this.#be.write(x, ids);
     } else {
       if (input === null) throw new TypeError(`Chunk needs activations for micro-batch ${mb}`);
-      x = this.#tensor(mb, input.length, "f32");
+      x = this.#tensor(step.slot!, input.length, "f32");
       this.#be.write(x, input);
     }
     for (const layer of this.layers) x = await layer.forward(x, step);
@@ -306,7 +315,8 @@ export class GptChunk implements PipelineChunk {
    * @returns gradient of its input, or `null` on the first
    */
   async backward(mb: number, dOutput: Float32Array | null): Promise<Float32Array | null> {
-    const step = this.#step(mb);
+    const step = this.#steps.get(mb);
+    if (!step) throw new RangeError(`Backward of micro-batch ${mb} before its forward`);
     let dy: Tensor | null = null;
     if (!this.#last) {
       if (dOutput === null) throw new TypeError(`Chunk needs a gradient for micro-batch ${mb}`);
@@ -318,6 +328,7 @@ export class GptChunk implements PipelineChunk {
     }
     for (let i = this.layers.length - 1; i >= 0; i--) dy = await this.layers[i]!.backward(dy, step);
     this.#steps.delete(mb);
+    this.#used.delete(step.slot!);
     if (this.#first || dy === null) return null;
     const out = await this.#be.read(dy);
     return out instanceof Float32Array ? out : Float32Array.from(out);

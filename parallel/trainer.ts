@@ -78,6 +78,11 @@ export interface StepResult {
   readonly loss: number;
   /** Global gradient norm before clipping. */
   readonly gradNorm: number;
+  /**
+   * Most micro-batches whose activations this rank held at once, summed over its chunks
+   * (1F1B: at most pp - stage; GPipe: m).
+   */
+  readonly peakActivations: number;
 }
 
 class Store implements ParamSource {
@@ -195,7 +200,8 @@ export class ParallelGptTrainer {
    *
    * @param batch global micro-batch `j` of this step
    * @param lr the learning rate
-   * @returns the mean loss and the gradient norm, on every rank
+   * @returns the mean loss and the gradient norm (the same on every rank), and this rank's peak
+   *   number of micro-batches holding activations
    */
   async trainStep(batch: (j: number) => MicroBatch, lr: number): Promise<StepResult> {
     const o = this.#o;
@@ -229,7 +235,8 @@ export class ParallelGptTrainer {
       for (const c of chunks) for (const l of c.losses.values()) sum[0]! += l;
     }
     await o.world.allReduce(sum, "sum", { timeoutMs: o.timeoutMs ?? 30_000 });
-    return { loss: sum[0]! / (m * dp), gradNorm };
+    const peakActivations = chunks.reduce((a, c) => a + c.peakSlots, 0);
+    return { loss: sum[0]! / (m * dp), gradNorm, peakActivations };
   }
 
   /**

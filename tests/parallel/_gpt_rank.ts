@@ -23,6 +23,7 @@ export interface GptRankResult {
   coords: { tp: number; dp: number; pp: number };
   losses: number[];
   norms: number[];
+  peaks: number[];
   /** The serial parameters put together from every rank's shards (world rank 0 only). */
   params: Map<string, Float32Array> | null;
 }
@@ -53,10 +54,18 @@ export async function main(
   });
   const losses: number[] = [];
   const norms: number[] = [];
+  const peaks: number[] = [];
   for (let step = 0; step < STEPS; step++) {
     const r = await trainer.trainStep((j) => microBatch(step, j), LR);
     losses.push(r.loss);
     norms.push(r.gradNorm);
+    peaks.push(r.peakActivations);
   }
-  return { coords: trainer.groups.coords, losses, norms, params: await trainer.gatherParams() };
+  return {
+    coords: trainer.groups.coords,
+    losses,
+    norms,
+    peaks,
+    params: await trainer.gatherParams(),
+  };
 }

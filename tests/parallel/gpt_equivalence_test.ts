@@ -96,6 +96,14 @@ async function check(
       );
     }
   }
+  // Activation memory: 1F1B holds at most pp - stage micro-batches, GPipe all of them.
+  const m = MICROS * layout.tp * layout.pp / world;
+  for (const r of ranks) {
+    const peak = Math.max(...r.peaks);
+    if (layout.schedule === "1f1b") assert.ok(peak <= layout.pp - r.coords.pp, `1f1b peak ${peak}`);
+    if (layout.schedule === "gpipe") assert.equal(peak, m);
+    if (layout.schedule === "none") assert.equal(peak, 1);
+  }
   const params = ranks[0]!.params!;
   assert.deepEqual([...params.keys()].sort(), [...ref.params.keys()].sort());
   for (const [name, full] of ref.params) {
