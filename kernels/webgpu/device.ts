@@ -168,7 +168,8 @@ export class GpuDevice {
     const entries: GPUBindGroupEntry[] = [];
     tensors.forEach((t, i) => {
       const unit = prog.bindings[i] === "vec4f" ? 4 : 1;
-      const startByte = t.offset * 4;
+      // (An empty view at the very end of its buffer still binds the buffer's last 16 bytes.)
+      const startByte = Math.min(t.offset * 4, t.buffer.size - 16);
       let bindOffset = Math.floor(startByte / this.#storageAlign) * this.#storageAlign;
       // Only whole vec4 words can be addressed through a vec4 binding.
       if (unit === 4) bindOffset = Math.floor(bindOffset / 16) * 16;

@@ -96,6 +96,20 @@ Deno.test({
 });
 
 Deno.test({
+  name: "matmul() with K = 0 on empty views at the end of a buffer adds only the bias",
+  ignore,
+  async fn() {
+    const be = gpu();
+    const flat = be.alloc(64), out = be.alloc(6);
+    be.write(flat, Float32Array.from({ length: 64 }, (_, i) => i));
+    be.write(out, new Float32Array([1, 2, 3, 4, 5, 6]));
+    const empty = be.view(flat, 64, 0);
+    be.matmul(out, empty, empty, be.view(flat, 61, 3), 2, 3, 0, { accumulate: true });
+    assert.deepEqual([...await be.read(out)], [62, 64, 66, 65, 67, 69]);
+  },
+});
+
+Deno.test({
   name: "read() of several tensors requested together returns each tensor's own data",
   ignore,
   async fn() {
