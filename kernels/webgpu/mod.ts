@@ -66,7 +66,12 @@ export async function createWebGPUBackend(
   }
   const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
   if (gpu === undefined) return null;
-  const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference });
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference });
+  } catch {
+    return null; // a runtime without a usable driver behaves as one without an adapter
+  }
   if (adapter === null) return null;
   const l = adapter.limits;
   const device = await adapter.requestDevice({
