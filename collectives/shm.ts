@@ -5,23 +5,26 @@
  *
  * How an op runs. Every op is a sequence of *units*; a unit writes this rank's slot (one of two
  * halves, alternating, so that a fast rank never overwrites data a slow one still reads), then
- * publishes a *round*: a monotonically increasing step counter in the rank's control block. After
- * every rank has published the round, each one reads its peers' slots. Large all-reduces (and
- * reduces) spend two rounds per unit: each rank reduces its own slice of the chunk straight from
- * its peers' slots (reduce-scatter), publishes, and every rank copies the reduced slices out
- * (all-gather). Small ones spend one round: every rank folds all slots itself. Reductions always
- * fold in rank order 0, 1, ..., n-1, so every rank gets bit-identical results, equal to a serial
- * left-to-right fold.
+ * publishes a *round*: it bumps its step counter and a group-wide arrival counter, and the round
+ * is complete once the arrival counter reaches size x step. Then each rank reads its peers'
+ * slots. Large all-reduces (and reduces) spend two rounds per unit: each rank reduces its own
+ * slice of the chunk straight from its peers' slots (reduce-scatter), publishes, and every rank
+ * copies the reduced slices out (all-gather). Small ones spend one round: every rank folds all
+ * slots itself. Reductions always fold in rank order 0, 1, ..., n-1, so every rank gets
+ * bit-identical results, equal to a serial left-to-right fold.
  *
- * Zero copy: when every rank's buffer of a large all-reduce or reduce lives on a
- * SharedArrayBuffer (like the trainer's flat buffers), the ranks skip the staging slots: each
- * shares its SharedArrayBuffer with its peers once (a MessagePort message, remembered by the
- * group until it closes), and each rank folds its slice straight from its peers' buffers.
+ * Zero copy: when the buffers of a large all-reduce, reduce, reduce-scatter, all-gather (every
+ * rank's) or broadcast (the root's) live on a SharedArrayBuffer (like the trainer's flat
+ * buffers), the ranks skip the staging slots: each shares its SharedArrayBuffer with its peers
+ * once (a MessagePort message; the peers keep a reference until the group closes) and reads its
+ * peers' buffers in place. A last round keeps every buffer untouched until nobody reads it.
  *
  * Waiting spins on `Atomics.load` for a short budget, then sleeps in `Atomics.waitAsync` (the
- * event loop keeps running), waking at least every 10 ms to check the deadline and the peers'
- * liveness words. The first round of every op compares an op descriptor (op, count, dtype,
- * reduction, root, sequence number) published by every rank: a mismatch rejects on every rank.
+ * event loop keeps running), waking at least every 10 ms to check the deadline and the members'
+ * liveness words. The timeout of an op counts from the moment it first has to wait. The first
+ * round of every op compares an op descriptor (op, count, dtype, reduction, root, sequence
+ * number) published by every rank: a mismatch rejects on every rank and leaves the group usable;
+ * a timeout or a lost member leaves it failed (later ops reject at once).
  *
  * @module
  */
@@ -79,7 +82,11 @@ export interface ShmOptions {
   timeoutMs?: number;
   /** Microseconds to spin on `Atomics.load` before sleeping; default 50, or 5 when oversubscribed. */
   spinUs?: number;
-  /** Largest all-reduce, in bytes, that takes the one-round path; default 64 KiB. */
+  /**
+   * Messages up to this many bytes take the one-round path through the staging slots; larger
+   * ones reduce-scatter then all-gather, and read SharedArrayBuffer-backed buffers in place.
+   * Default 64 KiB.
+   */
   smallBytes?: number;
 }
 

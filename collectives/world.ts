@@ -40,6 +40,8 @@ export interface WorkerWorldOptions {
   chanBytes?: number;
   /** Microseconds to spin before sleeping while waiting for a peer. */
   spinUs?: number;
+  /** Messages up to this many bytes take the latency path (default 64 KiB). */
+  smallBytes?: number;
   /** Called with every message a rank posts itself (`self.postMessage`), e.g. progress. */
   onMessage?: (rank: number, message: unknown) => void;
 }
@@ -174,7 +176,7 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
       rank: r,
       spec,
       link: { worldRank: r, worldSize: size, alive: aliveSab, ports: ports[r]! },
-      options: { timeoutMs: opts.timeoutMs, spinUs: opts.spinUs },
+      options: { timeoutMs: opts.timeoutMs, spinUs: opts.spinUs, smallBytes: opts.smallBytes },
       module: moduleUrl,
       data: opts.data,
     };
