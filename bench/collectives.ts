@@ -384,13 +384,13 @@ async function cli(args: Args): Promise<void> {
   for (const transport of args.transports) {
     if (transport === "tcp" && connectTcp === undefined) {
       const msg = "tcp: skipped (collectives/mod.ts exports no connectTcp in this tree)";
-      if (args.json) console.log(JSON.stringify({ transport, skipped: msg }));
+      if (args.json) console.error(`# ${msg}`);
       else console.log(`# ${msg}`);
       continue;
     }
     if (transport === "hierarchical") {
       const msg = "hierarchical: not benchmarked yet (no hierarchical communicator in this tree)";
-      if (args.json) console.log(JSON.stringify({ transport, skipped: msg }));
+      if (args.json) console.error(`# ${msg}`);
       else console.log(`# ${msg}`);
       continue;
     }
