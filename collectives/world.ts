@@ -88,7 +88,9 @@ export interface WorkerWorld<T> {
 
 /**
  * Start `size` rank Workers running `module`'s `main(comm, data)`. Use {@linkcode runWorkers}
- * unless you need to watch or kill single ranks.
+ * unless you need to watch or kill single ranks. A Worker stays alive after its `main` returns
+ * (its peers may still read its shared memory and messages) until {@linkcode WorkerWorld.close}:
+ * always call `close()` when done, or the process will not exit.
  *
  * @param opts the world's size, module and options
  * @returns a handle with one result promise per rank
