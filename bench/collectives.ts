@@ -370,6 +370,10 @@ function defaultPlan(t: Transport): { ops: Op[]; ranks: number[]; sizes: number[
 }
 
 async function cli(args: Args): Promise<void> {
+  // Figures from a shared machine are only comparable with the load they were taken under.
+  const load = Deno.loadavg().map((x) => x.toFixed(2)).join(" ");
+  const cores = navigator.hardwareConcurrency;
+  (args.json ? console.error : console.log)(`# load average ${load} on ${cores} cores`);
   const header = () => {
     console.log(
       "#" + ["size", "count", "type", "op", "time", "algbw", "busbw", "#wrong"]
