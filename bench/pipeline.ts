@@ -2,7 +2,9 @@
  * Pipeline schedules on a GPT: step time and the measured bubble (the time each stage sits idle
  * inside a step, over the step, averaged over stages) next to the theory, (p-1)/(m+p-1) for
  * GPipe and 1F1B and 1/v of that for interleaved 1F1B, plus what the event simulator predicts
- * for the same schedule with uniform stages.
+ * for the same schedule with uniform stages, and for the last timed step the measured bubble
+ * next to the simulator replaying that step's measured compute times (the difference is what
+ * communication and waking up cost; the replay's excess over theory is uneven compute).
  *
  * ```sh
  * deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128]
@@ -84,7 +86,18 @@ for (const pp of ppList) {
       ranks.reduce((a, r) => a + r.idleMs[i]! / r.wallMs[i]!, 0) / pp
     );
     const theory = (pp - 1) / (m + pp - 1) / v;
-    const sim = simulateSchedule(buildSchedule(schedule, { pp, m, v }));
+    const built = buildSchedule(schedule, { pp, m, v });
+    const sim = simulateSchedule(built);
+    // The same schedule replayed with the compute times measured in the last step: what the
+    // bubble would be with free communication, given this machine's uneven step times.
+    const dur = new Map<string, number>();
+    for (const r of ranks) {
+      for (const t of r.trace) dur.set(`${r.stage}:${t.kind}:${t.mb}:${t.chunk}`, t.end - t.start);
+    }
+    const replay = simulateSchedule(built, {
+      duration: (s, kind, mb, chunk) => dur.get(`${s}:${kind}:${mb}:${chunk}`)!,
+    });
+    const lastWall = ranks.reduce((a, r) => a + r.idleMs.at(-1)! / r.wallMs.at(-1)!, 0) / pp;
     const row = {
       pp,
       m,
@@ -94,6 +107,8 @@ for (const pp of ppList) {
       bubble_measured: Number(median(bubbles).toFixed(3)),
       bubble_theory: Number(theory.toFixed(3)),
       bubble_simulated: Number(sim.bubbleFraction.toFixed(3)),
+      bubble_last_step: Number(lastWall.toFixed(3)),
+      bubble_replayed_last_step: Number(replay.bubbleFraction.toFixed(3)),
       comparable: pp <= cores,
       cores,
     };
@@ -102,11 +117,28 @@ for (const pp of ppList) {
       console.log(
         `pp=${pp} m=${m} ${schedule.padEnd(11)} v=${v}  step ${row.step_ms.toFixed(1)} ms  ` +
           `bubble ${row.bubble_measured.toFixed(3)} (theory ${row.bubble_theory.toFixed(3)}, ` +
-          `simulated ${row.bubble_simulated.toFixed(3)})${
+          `simulated ${row.bubble_simulated.toFixed(3)}; last step ${row.bubble_last_step} vs ` +
+          `${row.bubble_replayed_last_step} replaying its compute times)${
             row.comparable ? "" : `  [${pp} Workers on ${cores} cores: not comparable]`
           }`,
       );
-      if (args.timeline) console.log(renderTimeline(sim));
+      if (args.timeline) {
+        console.log(renderTimeline(sim));
+        // The last timed step as it ran, one column per median forward time.
+        const measured = {
+          schedule: built,
+          makespan: Math.max(...ranks.map((r) => r.wallMs.at(-1)!)),
+          stages: ranks.map((r) => ({
+            intervals: r.trace,
+            busy: r.trace.reduce((a, t) => a + t.end - t.start, 0),
+            peakInFlight: 0,
+          })),
+          bubbleFraction: lastWall,
+        };
+        const fwd = ranks.flatMap((r) => r.trace.filter((t) => t.kind === "forward"));
+        const unit = median(fwd.map((t) => t.end - t.start));
+        console.log(renderTimeline(measured, unit).replace(/^[^:]*:/, "measured:"));
+      }
     }
   }
 }
