@@ -100,7 +100,7 @@ const G_WAITERS = 1;
 const D_OP = 0, D_COUNT = 1, D_DTYPE = 2, D_RED = 3, D_ROOT = 4, D_SEQ = 5, D_A = 6, D_B = 7;
 
 const CH_STRIDE = 16; // int32 words per directed channel
-const C_SENT = 0, C_ACK = 1, C_SWAIT = 2, C_RWAIT = 3, C_ERR = 4, C_HDR = 8; // 2 x [msg, tag, len, dtype]
+const C_SENT = 0, C_ACK = 1, C_SWAIT = 2, C_RWAIT = 3, C_HDR = 8; // 2 x [msg, tag, len, dtype]
 
 const POLL_MS = 10;
 
@@ -203,6 +203,7 @@ export class ShmCommunicator implements Communicator {
   #nextBufId = 0;
   #peerBufs: Map<number, SharedArrayBuffer>[] = [];
   #p2pTail = new Map<string, Promise<void>>();
+  #kept: Map<number, { dtype: number; length: number; data: Uint8Array }[]>[] = [];
   #sentChunks: number[];
   #recvChunks: number[];
   #sentMsgs: number[];
@@ -528,9 +529,10 @@ export class ShmCommunicator implements Communicator {
   }
 
   /**
-   * Send `buf` to `peer`. Messages between two ranks arrive in order; the matching `recv` must
-   * give the same tag and length. Resolves once the data is in the peer's mailbox (small
-   * messages do not wait for the receiver).
+   * Send `buf` to `peer`, matched by the peer's `recv` with the same tag (messages with the same
+   * tag match in order) and length. Resolves once the data is in the channel: messages up to two
+   * chunks (128 KiB by default) do not wait for the receiver; longer ones stream as it takes
+   * them, so pair a long send with its recv in `Promise.all` when both sides send first.
    */
   async send(
     buf: CollectiveBuffer,
@@ -544,7 +546,11 @@ export class ShmCommunicator implements Communicator {
     await this.#p2p(`s${peer}`, "send", ms, (ctx) => this.#send(ctx, buf, dtype, peer, tag));
   }
 
-  /** Receive into `buf` the next message from `peer`, which must carry `tag` and this length. */
+  /**
+   * Receive into `buf` the next message from `peer` sent with `tag`; one with the same tag but
+   * another length or dtype rejects as a mismatch. Messages with other tags that arrive first
+   * are kept for their own recv.
+   */
   async recv(
     buf: CollectiveBuffer,
     peer: number,
@@ -1058,16 +1064,7 @@ export class ShmCommunicator implements Communicator {
     const ch = this.#chan;
     for (let i = 0; i < chunks; i++) {
       const k = this.#sentChunks[peer]!;
-      const refused = () => {
-        const err = Atomics.load(ch, c + C_ERR);
-        return err === 0 ? undefined : new CollectiveError(
-          "mismatch",
-          ctx.op,
-          this.name,
-          peer,
-          `rank ${peer} refused message ${err}: its recv gave a different tag, length or dtype`,
-        );
-      };
+      // Two chunks per channel: chunk k may reuse its slot once chunk k - 2 has been taken.
       if (Atomics.load(ch, c + C_ACK) < k - 1) {
         await this.#wait(
           ctx,
@@ -1076,11 +1073,9 @@ export class ShmCommunicator implements Communicator {
           k - 1,
           c + C_SWAIT,
           true,
-          () => refused() ?? this.#problem(ctx, peer),
+          () => this.#problem(ctx, peer),
         );
       }
-      const bad = refused();
-      if (bad !== undefined) throw bad;
       const slot = k & 1;
       const hdr = c + C_HDR + slot * 4;
       Atomics.store(ch, hdr, msg);
@@ -1095,6 +1090,10 @@ export class ShmCommunicator implements Communicator {
     }
   }
 
+  /**
+   * Receive the next message from `peer` with `tag`. Messages with other tags that arrive first
+   * are taken off the channel and kept (copied) until a recv asks for their tag.
+   */
   async #recv(
     ctx: Ctx,
     buf: CollectiveBuffer,
@@ -1102,13 +1101,55 @@ export class ShmCommunicator implements Communicator {
     peer: number,
     tag: number,
   ): Promise<void> {
+    const dt = DTYPES.indexOf(dtype);
+    const dst = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
+    const kept = this.#kept[peer]?.get(tag);
+    const early = kept?.shift();
+    if (early !== undefined) {
+      if (kept!.length === 0) this.#kept[peer]!.delete(tag);
+      if (early.dtype !== dt || early.length !== buf.length) {
+        throw this.#p2pMismatch(ctx, peer, tag, buf.length, dtype, early.length, early.dtype);
+      }
+      dst.set(early.data);
+      return;
+    }
+    const c = (peer * this.size + this.rank) * CH_STRIDE;
+    const ch = this.#chan;
+    for (;;) {
+      const k = this.#recvChunks[peer]!;
+      await this.#wait(
+        ctx,
+        ch,
+        c + C_SENT,
+        k + 1,
+        c + C_RWAIT,
+        true,
+        () => this.#problem(ctx, peer),
+      );
+      const hdr = c + C_HDR + (k & 1) * 4;
+      const ht = Atomics.load(ch, hdr + 1);
+      const hl = Atomics.load(ch, hdr + 2);
+      const hd = Atomics.load(ch, hdr + 3);
+      const fits = ht === tag && hl === buf.length && hd === dt;
+      const bytes = hl * (hd === 0 || hd === 1 ? 4 : 2);
+      const into = fits ? dst : new Uint8Array(bytes);
+      await this.#drain(ctx, peer, bytes, into);
+      if (fits) return;
+      if (ht === tag) throw this.#p2pMismatch(ctx, peer, tag, buf.length, dtype, hl, hd);
+      const byTag = this.#kept[peer] ??= new Map();
+      const list = byTag.get(ht) ?? [];
+      list.push({ dtype: hd, length: hl, data: into });
+      byTag.set(ht, list);
+    }
+  }
+
+  /** Copy the message at the head of `peer`'s channel (`bytes` long) into `into`. */
+  async #drain(ctx: Ctx, peer: number, bytes: number, into: Uint8Array): Promise<void> {
     const c = (peer * this.size + this.rank) * CH_STRIDE;
     const cb = this.spec.chanBytes;
-    const bytes = buf.byteLength;
-    const dst = new Uint8Array(buf.buffer, buf.byteOffset, bytes);
-    const msg = this.#recvMsgs[peer]! + 1;
-    const chunks = Math.max(1, Math.ceil(bytes / cb));
     const ch = this.#chan;
+    const msg = ++this.#recvMsgs[peer]!;
+    const chunks = Math.max(1, Math.ceil(bytes / cb));
     for (let i = 0; i < chunks; i++) {
       const k = this.#recvChunks[peer]!;
       await this.#wait(
@@ -1121,28 +1162,41 @@ export class ShmCommunicator implements Communicator {
         () => this.#problem(ctx, peer),
       );
       const slot = k & 1;
-      const hdr = c + C_HDR + slot * 4;
-      const [hm, ht, hl, hd] = [0, 1, 2, 3].map((j) => Atomics.load(ch, hdr + j)) as number[];
-      if (hm !== msg || ht !== tag || hl !== buf.length || hd !== DTYPES.indexOf(dtype)) {
-        Atomics.store(ch, c + C_ERR, hm!);
-        Atomics.notify(ch, c + C_ACK);
+      if (Atomics.load(ch, c + C_HDR + slot * 4) !== msg) {
         throw new CollectiveError(
-          "mismatch",
+          "protocol",
           ctx.op,
           this.name,
           peer,
-          `expected tag ${tag} with ${buf.length} ${dtype} but rank ${peer} sent tag ${ht} with ` +
-            `${hl} ${DTYPES[hd!] ?? "?"}: matching send and recv must agree`,
+          `chunk ${i} of message ${msg} from rank ${peer} is missing`,
         );
       }
       const off = ((peer * this.size + this.rank) * 2 + slot) * cb;
       const len = Math.min(bytes, (i + 1) * cb) - i * cb;
-      dst.set(this.#chanU8.subarray(off, off + len), i * cb);
+      into.set(this.#chanU8.subarray(off, off + len), i * cb);
       this.#recvChunks[peer] = k + 1;
       Atomics.store(ch, c + C_ACK, k + 1);
       if (Atomics.load(ch, c + C_SWAIT) > 0) Atomics.notify(ch, c + C_ACK);
     }
-    this.#recvMsgs[peer] = msg;
+  }
+
+  #p2pMismatch(
+    ctx: Ctx,
+    peer: number,
+    tag: number,
+    length: number,
+    dtype: DType,
+    sentLength: number,
+    sentDtype: number,
+  ): CollectiveError {
+    return new CollectiveError(
+      "mismatch",
+      ctx.op,
+      this.name,
+      peer,
+      `recv with tag ${tag} expected ${length} ${dtype} but rank ${peer} sent ${sentLength} ` +
+        `${DTYPES[sentDtype] ?? "?"} with that tag: matching send and recv must agree`,
+    );
   }
 }
 

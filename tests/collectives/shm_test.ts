@@ -207,18 +207,19 @@ Deno.test({
 });
 
 Deno.test({
-  name: "recv() with a different tag than the message sent rejects as a mismatch",
+  name: "recv() matches messages by tag, keeps early ones, and rejects a length mismatch",
   ...opt,
   fn: async () => {
-    const res = await runWorkers<{ first: Outcome }>({
+    const res = await runWorkers<{ got?: unknown[]; wrong?: Outcome }>({
       size: 2,
       module: faults,
-      data: { scenario: "p2p-mismatch" } satisfies FaultsData,
+      data: { scenario: "p2p-tags", timeoutMs: 10_000 } satisfies FaultsData,
     });
-    assert.ok(res[0]!.first.ok, "a small send completes into the mailbox");
-    assert.equal(res[1]!.first.reason, "mismatch");
-    assert.equal(res[1]!.first.peer, 0);
-    assert.match(res[1]!.first.message!, /expected tag 2 .* sent tag 1/);
+    assert.deepEqual(res[1]!.got, [[3, 3, 3], true, [1, 1]]);
+    const wrong = res[1]!.wrong!;
+    assert.equal(wrong.reason, "mismatch");
+    assert.equal(wrong.peer, 0);
+    assert.match(wrong.message!, /tag 4 expected 5 int32 but rank 0 sent 4 int32/);
   },
 });
 

@@ -10,7 +10,7 @@ export interface FaultsData {
     | "stall"
     | "exit-early"
     | "bad-args"
-    | "p2p-mismatch"
+    | "p2p-tags"
     | "p2p-timeout"
     | "close";
   victim?: number;
@@ -114,12 +114,28 @@ export async function main(comm: Communicator, data: FaultsData): Promise<unknow
       await new Promise((res) => setTimeout(res, 50));
       return { first: await attempt(() => comm.barrier({ timeoutMs })) };
     }
-    case "p2p-mismatch": {
-      const buf = new Float32Array(4).fill(r);
-      const first = await attempt(() =>
-        r === 0 ? comm.send(buf, 1, 1, { timeoutMs }) : comm.recv(buf, 0, 2, { timeoutMs })
-      );
-      return { first };
+    case "p2p-tags": {
+      // Rank 0 sends tags 1, 2 (long: it streams), 3; rank 1 asks for 3, then 2, then 1, and
+      // then for tag 4 with the wrong length.
+      const long = 40_000;
+      if (r === 0) {
+        await comm.send(new Float32Array([1, 1]), 1, 1, { timeoutMs });
+        await comm.send(new Float32Array(long).fill(2), 1, 2, { timeoutMs });
+        await comm.send(new Float32Array([3, 3, 3]), 1, 3, { timeoutMs });
+        await comm.send(new Int32Array(4), 1, 4, { timeoutMs });
+        await comm.barrier({ timeoutMs });
+        return {};
+      }
+      const three = new Float32Array(3), two = new Float32Array(long), one = new Float32Array(2);
+      await comm.recv(three, 0, 3, { timeoutMs });
+      await comm.recv(two, 0, 2, { timeoutMs });
+      await comm.recv(one, 0, 1, { timeoutMs });
+      const wrong = await attempt(() => comm.recv(new Int32Array(5), 0, 4, { timeoutMs }));
+      await comm.barrier({ timeoutMs });
+      return {
+        got: [Array.from(three), two.every((v) => v === 2), Array.from(one)],
+        wrong,
+      };
     }
     case "p2p-timeout": {
       if (r === 0) {
