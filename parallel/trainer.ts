@@ -32,7 +32,7 @@ import {
   stageParts,
   syncGradients,
 } from "./gpt.ts";
-import { buildGrid, createGroups, type Grid, type GridGroups } from "./grid.ts";
+import { buildGrid, checkModelLayout, createGroups, type Grid, type GridGroups } from "./grid.ts";
 import { gpt2ShardKind, type ParamSource, shardTensor, unshardTensor } from "./layer.ts";
 import type { TensorParallel } from "./mappings.ts";
 import { runPipeline } from "./pipeline.ts";
@@ -184,6 +184,34 @@ export class ParallelGptTrainer {
    */
   static async create(o: ParallelTrainerOptions): Promise<ParallelGptTrainer> {
     const grid = buildGrid({ worldSize: o.world.size, tp: o.tp ?? 1, pp: o.pp ?? 1 });
+    const c = o.config;
+    const shape = checkModelLayout({
+      heads: c.heads,
+      layers: c.layers,
+      vocab: c.vocab,
+      tp: grid.tp,
+      pp: grid.pp,
+      virtualStages: o.virtualStages ?? 1,
+    });
+    if (shape.vocabPadding > 0) {
+      throw new RangeError(
+        `Vocabulary ${c.vocab} does not split across tp=${grid.tp}: build the model (on every ` +
+          `layout, one rank too) with the padded vocabulary ${shape.paddedVocab}`,
+      );
+    }
+    const hidden = c.hidden ?? 4 * c.dim;
+    if (hidden % grid.tp !== 0 || c.dim % c.heads !== 0) {
+      throw new RangeError(
+        `The MLP width ${hidden} must be a multiple of tp=${grid.tp} and the width ${c.dim} ` +
+          `a multiple of the ${c.heads} heads`,
+      );
+    }
+    if ((o.sequenceParallel ?? false) && grid.tp > 1 && o.seqLen % grid.tp !== 0) {
+      throw new RangeError(
+        `Sequence parallelism splits each sequence of ${o.seqLen} tokens across tp=${grid.tp}: ` +
+          `the sequence length must be a multiple of tp`,
+      );
+    }
     const schedule = chooseSchedule({
       pp: grid.pp,
       m: o.microBatches,
@@ -246,34 +274,45 @@ export class ParallelGptTrainer {
    *
    * @returns the full tensors by GPT-2 name on rank 0
    */
-  async gatherParams(): Promise<Map<string, Float32Array> | null> {
+  gatherParams(): Promise<Map<string, Float32Array> | null> {
+    return this.gather(this.params);
+  }
+
+  /**
+   * Put a buffer laid out like the parameters (the parameters, the gradients, an optimizer
+   * moment) back together as serial tensors on world rank 0, from data-parallel replica 0.
+   * Collective over the world.
+   *
+   * @param buf a buffer of `layout.size` elements on this rank
+   * @returns the full tensors by GPT-2 name on rank 0, `null` elsewhere
+   */
+  async gather(buf: Tensor): Promise<Map<string, Float32Array> | null> {
     const o = this.#o;
     const world = o.world;
     const g = this.grid;
     const opts = { timeoutMs: o.timeoutMs ?? 30_000 };
-    const mine = Float32Array.from(await o.backend.read(this.params));
+    const mine = Float32Array.from(await o.backend.read(buf));
     if (world.rank !== 0) {
       if (this.groups.coords.dp === 0) await world.send(mine, 0, 0x7ff0, opts);
       return null;
     }
     const shards = new Map<string, { shape: readonly number[]; parts: Float32Array[] }>();
     for (let pp = 0; pp < g.pp; pp++) {
-      const parts = stageParts(o.config.layers, g.pp, this.schedule.v, pp);
-      const serial = serialSpecs(o.config, parts);
+      const serial = serialSpecs(o.config, stageParts(o.config.layers, g.pp, this.schedule.v, pp));
       const layout = buildLayout(shardSpecs(serial, g.tp));
+      const seen = new Set(shards.keys()); // a tied wte already taken from an earlier stage
       for (let t = 0; t < g.tp; t++) {
         const r = g.rankOf({ tp: t, dp: 0, pp });
-        let buf = mine;
+        let from = mine;
         if (r !== 0) {
-          buf = new Float32Array(layout.size);
-          await world.recv(buf, r, 0x7ff0, opts);
+          from = new Float32Array(layout.size);
+          await world.recv(from, r, 0x7ff0, opts);
         }
         for (const s of serial) {
-          if (shards.has(s.name) && t === 0) continue; // a tied copy seen on an earlier stage
+          if (seen.has(s.name)) continue;
           const e = shards.get(s.name) ?? { shape: s.shape, parts: [] };
-          if (e.parts.length === g.tp) continue;
           const slot = layout.get(s.name);
-          e.parts.push(buf.slice(slot.offset, slot.offset + slot.size));
+          e.parts.push(from.slice(slot.offset, slot.offset + slot.size));
           shards.set(s.name, e);
         }
       }
@@ -283,5 +322,35 @@ export class ParallelGptTrainer {
       out.set(name, unshardTensor(e.parts, e.shape, gpt2ShardKind(name)));
     }
     return out;
+  }
+
+  /**
+   * Fill a buffer laid out like the parameters from serial tensors (e.g. a checkpoint every rank
+   * has read): each rank takes its slices. Not collective.
+   *
+   * @param buf a buffer of `layout.size` elements on this rank
+   * @param full the serial tensors by GPT-2 name
+   */
+  load(buf: Tensor, full: ReadonlyMap<string, Float32Array>): void {
+    const o = this.#o;
+    const serial = serialSpecs(o.config, this.#parts);
+    for (const s of serial) {
+      const value = full.get(s.name);
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      if (!value || value.length !== n) {
+        throw new RangeError(
+          `Tensor "${s.name}" is ${value ? `${value.length} elements` : "missing"}: the model ` +
+            `needs [${s.shape}] (${n} elements)`,
+        );
+      }
+      const shard = shardTensor(
+        value,
+        s.shape,
+        gpt2ShardKind(s.name),
+        this.grid.tp,
+        this.groups.coords.tp,
+      );
+      o.backend.write(buf, shard, this.layout.get(s.name).offset);
+    }
   }
 }

@@ -26,11 +26,30 @@ export interface GptRankResult {
   peaks: number[];
   /** The serial parameters put together from every rank's shards (world rank 0 only). */
   params: Map<string, Float32Array> | null;
+  /** AdamW's moments, put together the same way (world rank 0 only). */
+  moments: { m: Map<string, Float32Array>; v: Map<string, Float32Array> } | null;
+}
+
+/** A saved run to continue from: serial tensors, moments and the optimizer step count. */
+export interface Resume {
+  params: Map<string, Float32Array>;
+  m: Map<string, Float32Array>;
+  v: Map<string, Float32Array>;
+  steps: number;
 }
 
 export async function main(
   comm: Communicator,
-  d: { tp: number; pp: number; v: number; sp: boolean; schedule: ScheduleName },
+  d: {
+    tp: number;
+    pp: number;
+    v: number;
+    sp: boolean;
+    schedule: ScheduleName;
+    /** Steps [from, to) of the recipe to run; default all. */
+    steps?: [number, number];
+    resume?: Resume;
+  },
 ): Promise<GptRankResult> {
   const be = createReferenceBackend();
   const dp = comm.size / (d.tp * d.pp);
@@ -52,20 +71,27 @@ export async function main(
     maxGradNorm: MAX_NORM,
     timeoutMs: 30_000,
   });
+  if (d.resume) {
+    trainer.load(trainer.params, d.resume.params);
+    const st = trainer.optimizer.stateTensors();
+    trainer.load(st.m!, d.resume.m);
+    trainer.load(st.v!, d.resume.v);
+    trainer.optimizer.steps = d.resume.steps;
+  }
   const losses: number[] = [];
   const norms: number[] = [];
   const peaks: number[] = [];
-  for (let step = 0; step < STEPS; step++) {
+  const [from, to] = d.steps ?? [0, STEPS];
+  for (let step = from; step < to; step++) {
     const r = await trainer.trainStep((j) => microBatch(step, j), LR);
     losses.push(r.loss);
     norms.push(r.gradNorm);
     peaks.push(r.peakActivations);
   }
-  return {
-    coords: trainer.groups.coords,
-    losses,
-    norms,
-    peaks,
-    params: await trainer.gatherParams(),
-  };
+  const params = await trainer.gatherParams();
+  const st = trainer.optimizer.stateTensors();
+  const m = await trainer.gather(st.m!);
+  const v = await trainer.gather(st.v!);
+  const moments = m && v ? { m, v } : null;
+  return { coords: trainer.groups.coords, losses, norms, peaks, params, moments };
 }

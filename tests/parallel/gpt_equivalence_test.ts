@@ -16,7 +16,7 @@ import {
   T,
   WEIGHT_DECAY,
 } from "./_gpt_data.ts";
-import type { GptRankResult } from "./_gpt_rank.ts";
+import type { GptRankResult, Resume } from "./_gpt_rank.ts";
 
 // Tolerance. Everything is float32. Pipeline parallelism keeps the serial summation order
 // inside every op, so it matches to a few ulps. Tensor parallelism adds the same products in
@@ -141,3 +141,51 @@ for (const [world, layout] of CASES) {
     await check(world, layout);
   });
 }
+
+Deno.test("a run saved after 2 steps on dp=2 x tp=2 x pp=2 continues on tp=4 with sequence parallelism like one rank", async () => {
+  const ref = await reference;
+  const first = await runWorkers<GptRankResult>({
+    size: 8,
+    module: new URL("./_gpt_rank.ts", import.meta.url),
+    data: { tp: 2, pp: 2, v: 1, sp: false, schedule: "1f1b", steps: [0, 2] },
+    timeoutMs: 60_000,
+  });
+  const saved = first[0]!;
+  const resume: Resume = {
+    params: saved.params!,
+    m: saved.moments!.m,
+    v: saved.moments!.v,
+    steps: 2,
+  };
+  const second = await runWorkers<GptRankResult>({
+    size: 4,
+    module: new URL("./_gpt_rank.ts", import.meta.url),
+    data: { tp: 4, pp: 1, v: 1, sp: true, schedule: "none", steps: [2, STEPS], resume },
+    timeoutMs: 60_000,
+  });
+  const losses = [...saved.losses, ...second[0]!.losses];
+  losses.forEach((l, step) => {
+    assert.ok(Math.abs(l / ref.losses[step]! - 1) < LOSS_RTOL, `step ${step} loss ${l}`);
+  });
+  for (const [name, full] of ref.params) {
+    const d = maxDiff(second[0]!.params!.get(name)!, full);
+    assert.ok(d < ATOL, `${name} differs by ${d}`);
+  }
+});
+
+Deno.test("ParallelGptTrainer.create() explains layouts that cannot work before any collective", async () => {
+  const [messages] = await runWorkers<string[]>({
+    size: 2,
+    module: new URL("./_bad_rank.ts", import.meta.url),
+    timeoutMs: 20_000,
+  });
+  const expected = [
+    /RangeError: Vocabulary 15 does not split across tp=2: .* padded vocabulary 16/,
+    /RangeError: Cannot split 1 attention heads across tp=2/,
+    /RangeError: Cannot split 2 layers into pp=2 stages x 2 virtual stages/,
+    /RangeError: Sequence parallelism splits each sequence of 7 tokens across tp=2/,
+    /RangeError: Cannot lay out 2 ranks as tp=3/,
+    /RangeError: The interleaved schedule needs pp >= 2 and v >= 2/,
+  ];
+  expected.forEach((re, i) => assert.match(messages![i]!, re));
+});
