@@ -328,7 +328,9 @@ export class FrameReader {
     while (off < len) {
       if (len - off < 16 * 1024) {
         // Small remainder: go through the buffer so the next header comes in the same read.
-        await this.#fill(Math.min(len - off, 1));
+        if (!await this.#fill(1)) {
+          throw new FrameError(`connection closed in the middle of a ${len}-byte payload`, true);
+        }
         const k = Math.min(len - off, this.#end - this.#start);
         dest.set(this.#buf.subarray(this.#start, this.#start + k), off);
         this.#start += k;
