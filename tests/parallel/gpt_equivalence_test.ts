@@ -125,6 +125,7 @@ const CASES: [
   [4, { tp: 1, pp: 4, schedule: "gpipe" }],
   [4, { tp: 1, pp: 4, schedule: "1f1b" }],
   [2, { tp: 1, pp: 2, v: 2, schedule: "interleaved" }],
+  [2, { tp: 1, pp: 1, schedule: "none" }],
   [8, { tp: 2, pp: 2, schedule: "1f1b" }],
   [8, { tp: 2, pp: 2, v: 2, sp: true, schedule: "interleaved" }],
 ];
