@@ -103,6 +103,8 @@ const CH_STRIDE = 16; // int32 words per directed channel
 const C_SENT = 0, C_ACK = 1, C_SWAIT = 2, C_RWAIT = 3, C_HDR = 8; // 2 x [msg, tag, len, dtype]
 
 const POLL_MS = 10;
+/** Elements folded per step of an in-place reduction: the scratch stays in cache. */
+const FOLD_CHUNK = 1 << 15;
 
 const OPS = [
   "barrier",
@@ -937,9 +939,11 @@ export class ShmCommunicator implements Communicator {
 
   /**
    * Zero-copy all-reduce (or reduce) when every rank's buffer lives on a SharedArrayBuffer its
-   * peers know: each rank folds its slice from its peers' buffers into its own (for reduce: into
-   * the root's), then, for all-reduce, copies the other slices from their owners. The last round
-   * keeps every buffer untouched until nobody reads it any more.
+   * peers know: rank r folds slice r of every rank's buffer, chunk by chunk, into a small
+   * cache-resident scratch (in rank order), and writes the result straight into slice r of
+   * every rank's buffer (for reduce: of the root's only). Each element is read and then written
+   * by its slice's owner alone, so no rank can see a half-reduced value; the last round keeps
+   * every buffer untouched until nobody reads or writes it any more.
    */
   async #reduceInPlace(
     ctx: Ctx,
@@ -951,29 +955,15 @@ export class ShmCommunicator implements Communicator {
   ): Promise<void> {
     const n = this.size, m = buf.length, r = this.rank;
     const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
-    const owner = root < 0 ? r : root; // whose buffer receives slice r
-    const target = peers[owner]!;
-    // Owners 0 and 1 fold in place (dst aliases their own operand element by element); an owner
-    // >= 2 would lose its values before folding them in, so fold in pieces with a saved copy.
-    const per = owner < 2 ? Math.max(1, hi - lo) : Math.floor(this.#slotBytes / bytesOf(dtype));
-    for (let s = lo; s < hi; s += per) {
-      const e = Math.min(hi, s + per);
-      const dst = sub(target, s, e);
-      let own = dst;
-      if (owner >= 2) {
-        own = this.#slot(dtype, r, 0, 0, e - s);
-        own.set(dst);
-      }
-      const src = (p: number) => (p === owner ? own : sub(peers[p]!, s, e));
-      reduceTo(dst, src(0), src(1), op, dtype);
-      for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
-      if (op === "avg") finishAvg(dst, n, dtype);
-    }
-    await this.#round(ctx, null);
-    if (root >= 0) return;
-    for (let p = 0; p < n; p++) {
-      const plo = Math.floor(p * m / n), phi = Math.floor((p + 1) * m / n);
-      if (p !== r && phi > plo) buf.set(sub(peers[p]!, plo, phi), plo);
+    const chunk = Math.min(Math.floor(this.#slotBytes / bytesOf(dtype)), FOLD_CHUNK);
+    for (let s = lo; s < hi; s += chunk) {
+      const e = Math.min(hi, s + chunk);
+      const t = this.#slot(dtype, r, 0, 0, e - s);
+      reduceTo(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
+      for (let p = 2; p < n; p++) reduceTo(t, t, sub(peers[p]!, s, e), op, dtype);
+      if (op === "avg") finishAvg(t, n, dtype);
+      if (root >= 0) peers[root]!.set(t, s);
+      else for (let p = 0; p < n; p++) peers[p]!.set(t, s);
     }
     await this.#round(ctx, null);
   }
