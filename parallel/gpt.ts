@@ -359,10 +359,12 @@ export interface GradGroups {
   readonly embedding: Communicator | null;
   /** One model replica (tp * pp ranks), for the gradient norm. */
   readonly modelParallel: Communicator | null;
-  /** This rank's pipeline stage and the number of stages. */
+  /** This rank's pipeline stage. */
   readonly stage: number;
   /** Number of pipeline stages. */
   readonly pp: number;
+  /** Whether the head reuses `wte` (then the first and last stage each hold a copy). */
+  readonly tied: boolean;
 }
 
 /**
@@ -389,7 +391,7 @@ export async function syncGradients(
       }
     }
   }
-  if (g.pp > 1 && g.embedding !== null && layout.slots.some((s) => s.name === "wte")) {
+  if (g.tied && g.pp > 1 && g.embedding !== null) {
     const s = layout.get("wte");
     await allReduceT(be, { comm: g.embedding }, be.view(grads, s.offset, s.size));
   }
@@ -418,7 +420,7 @@ export async function globalGradNorm(
   const out = be.alloc(1);
   for (const s of layout.slots) {
     if (gpt2ShardKind(s.name).kind === "replicate" && tpRank !== 0) continue;
-    if (s.name === "wte" && g.pp > 1 && g.stage !== 0) continue;
+    if (s.name === "wte" && g.tied && g.pp > 1 && g.stage !== 0) continue;
     be.sumSquares(out, be.view(grads, s.offset, s.size), s.size, true);
   }
   const sq = Float32Array.from(await be.read(out));

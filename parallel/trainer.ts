@@ -173,6 +173,7 @@ export class ParallelGptTrainer {
       modelParallel: groups.modelParallel,
       stage: groups.coords.pp,
       pp: grid.pp,
+      tied: o.config.tied ?? true,
     };
   }
 

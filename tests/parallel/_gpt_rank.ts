@@ -49,6 +49,8 @@ export async function main(
     /** Steps [from, to) of the recipe to run; default all. */
     steps?: [number, number];
     resume?: Resume;
+    /** Give the head its own weight instead of reusing wte. */
+    untied?: boolean;
   },
 ): Promise<GptRankResult> {
   const be = createReferenceBackend();
@@ -56,7 +58,7 @@ export async function main(
   const trainer = await ParallelGptTrainer.create({
     world: comm,
     backend: be,
-    config: CFG,
+    config: { ...CFG, tied: !d.untied },
     tp: d.tp,
     pp: d.pp,
     virtualStages: d.v,
