@@ -1,5 +1,6 @@
 // Softmax cross-entropy over the vocabulary. Forward: one workgroup per row (max, then the sum
-// of exp(x - max)), so the softmax never overflows. Backward: one invocation per logit.
+// of exp(x - max)), so the softmax never overflows; on the direct path one invocation walks each
+// row instead. Backward: one invocation per logit.
 
 import {
   BUILTINS,
@@ -47,6 +48,28 @@ fn main(${BUILTINS}) {
 `,
 };
 
+// One invocation per row, no workgroup memory (software adapters).
+const FORWARD_DIRECT = elementwise(
+  "crossEntropy_forward_direct",
+  ["f32", "f32", "f32", "i32"],
+  [["V", "u32"]],
+  `let x0 = p.o2 + i * p.V;
+  var mx = -3.4028235e38;
+  for (var j = 0u; j < p.V; j++) { mx = max(mx, b2[x0 + j]); }
+  var z = 0.0;
+  for (var j = 0u; j < p.V; j++) { z += exp(b2[x0 + j] - mx); }
+  let y0 = p.o1 + i * p.V;
+  for (var j = 0u; j < p.V; j++) { b1[y0 + j] = exp(b2[x0 + j] - mx) / z; }
+  let t = b3[p.o3 + i];
+  var loss = 0.0;
+  if (t >= i32(p.V)) {
+    loss = bitcast<f32>(0x7fc00000u); // a target past the vocabulary: NaN, never silent
+  } else if (t >= 0) {
+    loss = log(z) - (b2[x0 + u32(t)] - mx);
+  }
+  b0[p.o0 + i] = loss;`,
+);
+
 const BACKWARD = elementwise(
   "crossEntropy_backward",
   ["f32", "f32", "i32"],
@@ -69,7 +92,9 @@ export function crossEntropyForward(
   V: number,
 ): void {
   if (N === 0) return;
-  dev.run(FORWARD, [losses, probs, logits, targets], [N, V], grid(N));
+  const tensors = [losses, probs, logits, targets];
+  if (dev.direct) runElementwise(dev, FORWARD_DIRECT, tensors, N, [V]);
+  else dev.run(FORWARD, tensors, [N, V], grid(N));
 }
 
 /** dlogits += (probs - onehot(targets)) * dloss, skipping rows with a negative target. */

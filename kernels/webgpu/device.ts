@@ -81,7 +81,11 @@ export class GpuDevice {
   #disposed = false;
   #scratch = new Map<string, GpuTensor>();
 
-  constructor(readonly device: GPUDevice) {
+  /**
+   * @param device the open device
+   * @param direct use the kernels without workgroup memory or barriers (software adapters)
+   */
+  constructor(readonly device: GPUDevice, readonly direct: boolean) {
     this.#storageAlign = device.limits.minStorageBufferOffsetAlignment;
     this.#maxBinding = device.limits.maxStorageBufferBindingSize;
     this.#uniforms = device.createBuffer({

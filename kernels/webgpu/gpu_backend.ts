@@ -22,8 +22,8 @@ function sizes(op: string, s: Record<string, number>): void {
 }
 
 /** Build the WebGPU {@linkcode Backend} over an open device. */
-export function gpuBackend(dev: GpuDevice, description: string, tiled: boolean): Backend {
-  const mm = tiled ? matmul : matmulDirect;
+export function gpuBackend(dev: GpuDevice, description: string): Backend {
+  const mm = dev.direct ? matmulDirect : matmul;
   const own = (t: Tensor, op: string, name: string, need: number, dtype: TensorDType = "f32") => {
     if (!(t instanceof GpuTensor) || t.owner !== dev) {
       throw new TypeError(`${op}: ${name} is not a tensor of this WebGPU backend`);

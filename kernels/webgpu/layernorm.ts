@@ -1,6 +1,7 @@
 // LayerNorm forward and backward. One workgroup per row reduces mean and variance (forward) or
-// the two gradient means (backward); the weight and bias gradients take one invocation per
-// channel walking down the rows, so no two invocations write the same element.
+// the two gradient means (backward); on the direct path one invocation walks each row instead.
+// The weight and bias gradients take one invocation per channel walking down the rows, so no two
+// invocations write the same element.
 
 import {
   BUILTINS,
@@ -98,6 +99,54 @@ const BACKWARD_PARAMS = elementwise(
   b1[p.o1 + i] = b1[p.o1 + i] + sb;`,
 );
 
+// One invocation per row, no workgroup memory (software adapters).
+const FORWARD_DIRECT = elementwise(
+  "layernorm_forward_direct",
+  ["f32", "f32", "f32", "f32", "f32", "f32"],
+  [["C", "u32"], ["eps", "f32"]],
+  `let x0 = p.o3 + i * p.C;
+  var s = 0.0;
+  for (var c = 0u; c < p.C; c++) { s += b3[x0 + c]; }
+  let mean = s / f32(p.C);
+  var v = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    let d = b3[x0 + c] - mean;
+    v += d * d;
+  }
+  let r = 1.0 / sqrt(v / f32(p.C) + p.eps);
+  let y0 = p.o0 + i * p.C;
+  for (var c = 0u; c < p.C; c++) {
+    b0[y0 + c] = (b3[x0 + c] - mean) * r * b4[p.o4 + c] + b5[p.o5 + c];
+  }
+  b1[p.o1 + i] = mean;
+  b2[p.o2 + i] = r;`,
+);
+
+const BACKWARD_INPUT_DIRECT = elementwise(
+  "layernorm_backward_input_direct",
+  ["f32", "f32", "f32", "f32", "f32", "f32"],
+  [["C", "u32"]],
+  `let x0 = p.o2 + i * p.C;
+  let g0 = p.o1 + i * p.C;
+  let mu = b4[p.o4 + i];
+  let r = b5[p.o5 + i];
+  var sg = 0.0;
+  var sgx = 0.0;
+  for (var c = 0u; c < p.C; c++) {
+    let g = b1[g0 + c] * b3[p.o3 + c];
+    sg += g;
+    sgx += g * (b2[x0 + c] - mu) * r;
+  }
+  let gMean = sg / f32(p.C);
+  let gxMean = sgx / f32(p.C);
+  let d0 = p.o0 + i * p.C;
+  for (var c = 0u; c < p.C; c++) {
+    let xhat = (b2[x0 + c] - mu) * r;
+    let g = b1[g0 + c] * b3[p.o3 + c];
+    b0[d0 + c] = b0[d0 + c] + r * (g - gMean - xhat * gxMean);
+  }`,
+);
+
 /** LayerNorm forward over N rows of C; saves mean[N] and rstd[N]. */
 export function layernormForward(
   dev: GpuDevice,
@@ -112,7 +161,9 @@ export function layernormForward(
   eps: number,
 ): void {
   if (N === 0) return;
-  dev.run(FORWARD, [out, mean, rstd, inp, w, b], [N, C, eps], grid(N));
+  const tensors = [out, mean, rstd, inp, w, b];
+  if (dev.direct) runElementwise(dev, FORWARD_DIRECT, tensors, N, [C, eps]);
+  else dev.run(FORWARD, tensors, [N, C, eps], grid(N));
 }
 
 /** LayerNorm backward: dinp, dw, db += the gradients. */
@@ -130,6 +181,8 @@ export function layernormBackward(
   C: number,
 ): void {
   if (N === 0 || C === 0) return;
-  dev.run(BACKWARD_INPUT, [dinp, dout, inp, w, mean, rstd], [N, C], grid(N));
+  const tensors = [dinp, dout, inp, w, mean, rstd];
+  if (dev.direct) runElementwise(dev, BACKWARD_INPUT_DIRECT, tensors, N, [C]);
+  else dev.run(BACKWARD_INPUT, tensors, [N, C], grid(N));
   runElementwise(dev, BACKWARD_PARAMS, [dw, db, dout, inp, mean, rstd], C, [N]);
 }

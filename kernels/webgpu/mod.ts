@@ -39,11 +39,15 @@ export interface WebGPUBackendOptions {
   /** Adapter preference passed to `navigator.gpu.requestAdapter`. */
   powerPreference?: "low-power" | "high-performance";
   /**
-   * Matrix-product kernel: `"tiled"` stages 64x64 tiles in workgroup memory (for GPUs),
-   * `"direct"` reads operands straight from storage (for software adapters, where workgroup
-   * memory is ordinary cache and the tiled kernel's barriers make compilation slow).
-   * Default `"auto"`: direct on a fallback (software) adapter, tiled otherwise.
+   * Kernel family. `"tiled"`: kernels for GPUs, which stage matmul tiles in workgroup memory and
+   * reduce each row (layernorm, softmax) across a workgroup. `"direct"`: kernels without
+   * workgroup memory or barriers (a register-blocked matmul reading storage directly, one
+   * invocation per row), for software adapters such as llvmpipe, where workgroup memory is
+   * ordinary cache and barriers make shaders slow to compile and to run. Default `"auto"`:
+   * direct on a fallback (software) adapter, tiled otherwise.
    */
+  kernels?: "auto" | "tiled" | "direct";
+  /** The earlier name of {@linkcode WebGPUBackendOptions.kernels}; `kernels` wins if both are given. */
   matmul?: "auto" | "tiled" | "direct";
 }
 
@@ -58,10 +62,10 @@ export interface WebGPUBackendOptions {
 export async function createWebGPUBackend(
   opts: WebGPUBackendOptions = {},
 ): Promise<Backend | null> {
-  const choice = opts.matmul ?? "auto";
+  const choice = opts.kernels ?? opts.matmul ?? "auto";
   if (choice !== "auto" && choice !== "tiled" && choice !== "direct") {
     throw new RangeError(
-      `matmul must be "auto", "tiled" or "direct", got ${JSON.stringify(choice)}`,
+      `kernels must be "auto", "tiled" or "direct", got ${JSON.stringify(choice)}`,
     );
   }
   const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
@@ -84,10 +88,9 @@ export async function createWebGPUBackend(
   const info = adapter.info;
   const name = info.description || [info.vendor, info.architecture, info.device].join(" ");
   const kind = info.isFallbackAdapter ? "software fallback adapter" : "adapter";
-  const tiled = choice === "tiled" || (choice === "auto" && !info.isFallbackAdapter);
+  const direct = choice === "direct" || (choice === "auto" && info.isFallbackAdapter);
   return gpuBackend(
-    new GpuDevice(device),
-    `webgpu: ${name.trim()} (${kind}), ${tiled ? "tiled" : "direct"} matmul`,
-    tiled,
+    new GpuDevice(device, direct),
+    `webgpu: ${name.trim()} (${kind}), ${direct ? "direct" : "tiled"} kernels`,
   );
 }

@@ -75,6 +75,31 @@ fn main(${BUILTINS}) {
 `,
 };
 
+// Direct path: invocation g sums the squares of its contiguous chunk, then one invocation adds
+// the partial sums.
+const SQ_PARTIAL_DIRECT = elementwise(
+  "sumSquares_partial_direct",
+  ["f32", "f32"],
+  [["chunk", "u32"], ["total", "u32"]],
+  `let end = min((i + 1u) * p.chunk, p.total);
+  var s = 0.0;
+  for (var j = i * p.chunk; j < end; j++) {
+    let x = b1[p.o1 + j];
+    s += x * x;
+  }
+  b0[p.o0 + i] = s;`,
+);
+
+const SQ_FINAL_DIRECT = elementwise(
+  "sumSquares_final_direct",
+  ["f32", "f32"],
+  [["parts", "u32"], ["acc", "u32"]],
+  `var s = 0.0;
+  for (var j = 0u; j < p.parts; j++) { s += b1[p.o1 + j]; }
+  if (p.acc != 0u) { s += b0[p.o0]; }
+  b0[p.o0] = s;`,
+);
+
 /** `out[N] (+)= sum over rows of inp[M,N]`. */
 export function sumRows(
   dev: GpuDevice,
@@ -95,6 +120,14 @@ export function sumSquares(
   n: number,
   accumulate: boolean,
 ): void {
+  if (dev.direct) {
+    const parts = Math.min(PARTIALS * 4, Math.ceil(n / 256));
+    const chunk = parts === 0 ? 0 : Math.ceil(n / parts);
+    const partial = dev.scratch("sumSquares", PARTIALS * 4);
+    runElementwise(dev, SQ_PARTIAL_DIRECT, [partial, x], parts, [chunk, n]);
+    runElementwise(dev, SQ_FINAL_DIRECT, [out, partial], 1, [parts, accumulate ? 1 : 0]);
+    return;
+  }
   const groups = Math.max(1, Math.min(PARTIALS, Math.ceil(n / (WG * 4))));
   const partial = dev.scratch("sumSquares", PARTIALS);
   if (n > 0) dev.run(SQ_PARTIAL, [partial, x], [n], [groups]);

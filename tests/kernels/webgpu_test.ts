@@ -28,10 +28,12 @@ function randoms(rng: Rng, n: number): Float32Array {
   return Float32Array.from({ length: n }, () => rng.uniform() * 2 - 1);
 }
 
-const tiled = await createWebGPUBackend({ matmul: "tiled" });
+const tiled = await createWebGPUBackend({ kernels: "tiled" });
 const ignore = tiled === null;
 if (ignore) console.log("webgpu tests: skipping: no WebGPU adapter on this machine");
+const direct = ignore ? null : await createWebGPUBackend({ kernels: "direct" });
 const gpu = (): Backend => tiled!;
+const both = (): [string, Backend][] => [["tiled", tiled!], ["direct", direct!]];
 const reference = createReferenceBackend();
 
 // Runs a matmul on a flat buffer at the given element offsets, on `be`.
@@ -80,17 +82,13 @@ Deno.test({
   name: "direct matmul() over several 32x32 tiles with views matches the reference",
   ignore,
   async fn() {
-    const be = (await createWebGPUBackend({ matmul: "direct" }))!;
-    try {
-      assert.match(be.description, /direct matmul/);
-      const rng = new Rng(7);
-      const data = randoms(rng, 3 * 70 * 80 + 200);
-      for (const opts of [{}, { transA: true, transB: true }]) {
-        const want = await matmulOn(reference, data, 4, 70 * 80 + 8, 70, 66, 80, opts);
-        close("out", await matmulOn(be, data, 4, 70 * 80 + 8, 70, 66, 80, opts), want);
-      }
-    } finally {
-      be.dispose();
+    const be = direct!;
+    assert.match(be.description, /direct kernels/);
+    const rng = new Rng(7);
+    const data = randoms(rng, 3 * 70 * 80 + 200);
+    for (const opts of [{}, { transA: true, transB: true }]) {
+      const want = await matmulOn(reference, data, 4, 70 * 80 + 8, 70, 66, 80, opts);
+      close("out", await matmulOn(be, data, 4, 70 * 80 + 8, 70, 66, 80, opts), want);
     }
   },
 });
@@ -137,15 +135,16 @@ Deno.test({
   name: "sumSquares() over 300,000 elements matches a float64 sum",
   ignore,
   async fn() {
-    const be = gpu();
     const x = randoms(new Rng(3), 300_000);
-    const t = be.alloc(x.length), out = be.alloc(1);
-    be.write(t, x);
-    be.write(out, new Float32Array([2]));
-    be.sumSquares(out, t, x.length, true);
     let want = 2;
     for (const v of x) want += v * v;
-    close("sum", await be.read(out), [want], 1e-5);
+    for (const [label, be] of both()) {
+      const t = be.alloc(x.length), out = be.alloc(1);
+      be.write(t, x);
+      be.write(out, new Float32Array([2]));
+      be.sumSquares(out, t, x.length, true);
+      close(label, await be.read(out), [want], 1e-5);
+    }
   },
 });
 
@@ -154,13 +153,15 @@ Deno.test({
   ignore,
   async fn() {
     // The device cannot throw without a readback, so the bad row is made loud instead.
-    const be = gpu();
-    const logits = be.alloc(6), probs = be.alloc(6), losses = be.alloc(2), tg = be.alloc(2, "i32");
-    be.write(tg, new Int32Array([1, 3]));
-    be.crossEntropyForward(losses, probs, logits, tg, 2, 3);
-    const l = await be.read(losses);
-    assert.ok(Math.abs(l[0]! - Math.log(3)) < 1e-6);
-    assert.ok(Number.isNaN(l[1]));
+    for (const [label, be] of both()) {
+      const logits = be.alloc(6), probs = be.alloc(6), losses = be.alloc(2);
+      const tg = be.alloc(2, "i32");
+      be.write(tg, new Int32Array([1, 3]));
+      be.crossEntropyForward(losses, probs, logits, tg, 2, 3);
+      const l = await be.read(losses);
+      assert.ok(Math.abs(l[0]! - Math.log(3)) < 1e-6, label);
+      assert.ok(Number.isNaN(l[1]), label);
+    }
   },
 });
 
@@ -188,12 +189,12 @@ Deno.test({
 });
 
 Deno.test({
-  name: "createWebGPUBackend() rejects an unknown matmul kernel",
+  name: "createWebGPUBackend() rejects an unknown kernel family",
   async fn() {
     await assert.rejects(
       // deno-lint-ignore no-explicit-any
-      () => createWebGPUBackend({ matmul: "fast" as any }),
-      /matmul must be "auto", "tiled" or "direct"/,
+      () => createWebGPUBackend({ kernels: "fast" as any }),
+      /kernels must be "auto", "tiled" or "direct"/,
     );
   },
 });
@@ -202,10 +203,11 @@ Deno.test({
   name: "webgpu: after dispose() every call throws",
   ignore,
   fn() {
-    const be = gpu();
-    const t = be.alloc(4);
-    be.dispose();
-    assert.throws(() => be.fill(t, 1), /disposed/);
-    assert.throws(() => be.alloc(4), /disposed/);
+    for (const [, be] of both()) {
+      const t = be.alloc(4);
+      be.dispose();
+      assert.throws(() => be.fill(t, 1), /disposed/);
+      assert.throws(() => be.alloc(4), /disposed/);
+    }
   },
 });
