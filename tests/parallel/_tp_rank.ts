@@ -7,12 +7,15 @@ import { createReferenceBackend, type Tensor } from "../../kernels/mod.ts";
 import {
   allReduceSequenceParallelGrads,
   ColumnParallelLinear,
+  gatherFromRegion,
   gpt2ShardKind,
   isSequenceParallelPartial,
   type ParallelLayer,
   ParallelMlp,
   ParallelSelfAttention,
   RowParallelLinear,
+  scatterToRegion,
+  scatterToSequence,
   shardTensor,
   type TensorParallel,
   VocabParallelEmbedding,
@@ -107,5 +110,45 @@ export async function main(
     for (const p of layer.specs) g[p.name] = Float32Array.from(await be.read(store.grad(p.name)));
     out[name] = { y, dx: dx === null ? null : Float32Array.from(await be.read(dx)), grads: g };
   }
+  out.mappings = { y: await checkMappings(be, tp, inp.xF), dx: null, grads: {} };
   return out;
+}
+
+/** The last-dimension and row pairs that no layer above uses, checked by exact copies. */
+async function checkMappings(
+  be: ReturnType<typeof createReferenceBackend>,
+  tp: TensorParallel,
+  full: Float32Array,
+): Promise<Float32Array> {
+  const size = tp.comm!.size;
+  const rank = tp.comm!.rank;
+  const { B, T, F } = DIMS;
+  const N = B * T;
+  const local = shardTensor(full, [N, F], { kind: "columns" }, size, rank);
+  const rows = full.slice(rank * (N / size) * F, (rank + 1) * (N / size) * F);
+  const t = (a: Float32Array) => {
+    const x = be.alloc(a.length);
+    be.write(x, a);
+    return x;
+  };
+  const read = async (x: Tensor) => Float32Array.from(await be.read(x));
+  const bad: number[] = [];
+  const same = (a: Float32Array, b: Float32Array, i: number) => {
+    if (a.length !== b.length || a.some((v, j) => v !== b[j])) bad.push(i);
+  };
+  const fullT = be.alloc(N * F);
+  const localT = be.alloc(N * F / size);
+  await gatherFromRegion.forward(be, tp, fullT, t(local), N, F);
+  same(await read(fullT), full, 1);
+  await gatherFromRegion.backward(be, tp, localT, t(full), N, F);
+  same(await read(localT), local, 2);
+  await scatterToRegion.forward(be, tp, localT, t(full), N, F);
+  same(await read(localT), local, 3);
+  await scatterToRegion.backward(be, tp, fullT, t(local), N, F);
+  same(await read(fullT), full, 4);
+  await scatterToSequence.forward(be, tp, localT, t(full));
+  same(await read(localT), rows, 5);
+  await scatterToSequence.backward(be, tp, fullT, t(rows));
+  same(await read(fullT), full, 6);
+  return Float32Array.from(bad);
 }

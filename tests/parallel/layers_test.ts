@@ -131,6 +131,9 @@ for (const size of [2, 4]) {
           data: { sp },
           timeoutMs: 20_000,
         });
+        for (const r of ranks) {
+          assert.deepEqual([...r.mappings!.y], [], "last-dim and row mappings that differ");
+        }
         for (const name of Object.keys(ref)) {
           const r = ranks.map((x) => x[name]!);
           const [wy, wdx] = WIDTH[name]!;

@@ -113,3 +113,13 @@ Deno.test("createGroups() on 8 workers (tp=2, pp=2, dp=2) makes the grid's group
   });
   assertMatchesSerial(ranks, 2, 4, 1);
 });
+
+Deno.test("p2p verbs move activations forward and gradients backward between 2 workers", async () => {
+  const [first, second] = await runWorkers<number[]>({
+    size: 2,
+    module: new URL("./_p2p_rank.ts", import.meta.url),
+    timeoutMs: 10_000,
+  });
+  assert.deepEqual(second, [10, 11]);
+  assert.deepEqual(first, [-10, -11]);
+});
