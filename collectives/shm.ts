@@ -939,9 +939,9 @@ export class ShmCommunicator implements Communicator {
 
   /**
    * Zero-copy all-reduce (or reduce) when every rank's buffer lives on a SharedArrayBuffer its
-   * peers know: rank r folds slice r of every rank's buffer, chunk by chunk, into a small
-   * cache-resident scratch (in rank order), and writes the result straight into slice r of
-   * every rank's buffer (for reduce: of the root's only). Each element is read and then written
+   * peers know: rank r folds slice r of every rank's buffer, chunk by chunk and in rank order,
+   * and writes the result straight into slice r of every rank's buffer (for reduce: of the
+   * root's only). Each element is read and then written
    * by its slice's owner alone, so no rank can see a half-reduced value; the last round keeps
    * every buffer untouched until nobody reads or writes it any more.
    */
@@ -956,14 +956,19 @@ export class ShmCommunicator implements Communicator {
     const n = this.size, m = buf.length, r = this.rank;
     const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
     const chunk = Math.min(Math.floor(this.#slotBytes / bytesOf(dtype)), FOLD_CHUNK);
+    // Fold in place into the owner's buffer when it is rank 0 or 1 (an operand of the first
+    // step, element by element); a later owner would lose its values before they are folded in.
+    const owner = root < 0 ? r : root;
+    const inPlace = owner < 2;
     for (let s = lo; s < hi; s += chunk) {
       const e = Math.min(hi, s + chunk);
-      const t = this.#slot(dtype, r, 0, 0, e - s);
+      const t = inPlace ? sub(peers[owner]!, s, e) : this.#slot(dtype, r, 0, 0, e - s);
       reduceTo(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
       for (let p = 2; p < n; p++) reduceTo(t, t, sub(peers[p]!, s, e), op, dtype);
       if (op === "avg") finishAvg(t, n, dtype);
-      if (root >= 0) peers[root]!.set(t, s);
-      else for (let p = 0; p < n; p++) peers[p]!.set(t, s);
+      for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
+        if (!(inPlace && p === owner)) peers[p]!.set(t, s);
+      }
     }
     await this.#round(ctx, null);
   }
