@@ -70,6 +70,12 @@ function median(xs: number[]): number {
 }
 
 const cores = navigator.hardwareConcurrency;
+const load = Deno.loadavg()[0]!;
+if (!args.json) {
+  console.log(
+    `${cores} cores, load average ${load.toFixed(2)} (figures are noisy when it exceeds the cores)`,
+  );
+}
 for (const pp of ppList) {
   const runs: [ScheduleName, number][] = [["gpipe", 1], ["1f1b", 1]];
   if (m % pp === 0 && cfg.layers % (2 * pp) === 0) runs.push(["interleaved", 2]);
@@ -111,6 +117,7 @@ for (const pp of ppList) {
       bubble_replayed_last_step: Number(replay.bubbleFraction.toFixed(3)),
       comparable: pp <= cores,
       cores,
+      load: Number(load.toFixed(2)),
     };
     if (args.json) console.log(JSON.stringify(row));
     else {
