@@ -192,7 +192,10 @@ export interface GptChunkOptions {
   B: number;
   /** Tokens per sequence (the full length). */
   T: number;
-  /** The micro-batch `mb` of this step (same on every rank of a tensor group). */
+  /**
+   * The micro-batch `mb` of this step (the same on every rank of a tensor group). It may be
+   * called more than once for one micro-batch and must return the same data each time.
+   */
   batch: (mb: number) => MicroBatch;
   /** Multiplies every micro-batch's loss gradient, e.g. 1 / (m * dp); default 1. */
   gradScale?: number;

@@ -227,7 +227,8 @@ export class ParallelGptTrainer {
    * One optimizer step over a global batch of `microBatches * dp` micro-batches; this rank's
    * pipeline takes global micro-batches `[dp * m, (dp + 1) * m)` of `batch`.
    *
-   * @param batch global micro-batch `j` of this step
+   * @param batch global micro-batch `j` of this step (may be called more than once per `j`;
+   *   must then return the same data)
    * @param lr the learning rate
    * @returns the mean loss and the gradient norm (the same on every rank), and this rank's peak
    *   number of micro-batches holding activations

@@ -173,3 +173,17 @@ Deno.test("simulateSchedule() rejects a send of data the stage has not computed 
     /before computing/,
   );
 });
+
+Deno.test("interleaved 1F1B holds at most its warm-up plus one chunk's activations per stage", () => {
+  for (const pp of [2, 4, 8]) {
+    for (const m of M.filter((x) => x % pp === 0)) {
+      for (const v of [2, 4]) {
+        const sim = simulateSchedule(buildSchedule("interleaved", { pp, m, v }));
+        sim.stages.forEach((st, s) => {
+          const warm = m === pp ? m * v : Math.min((pp - s - 1) * 2 + (v - 1) * pp, m * v);
+          assert.ok(st.peakInFlight <= Math.min(warm + 1, m * v), `pp=${pp} m=${m} v=${v}`);
+        });
+      }
+    }
+  }
+});
