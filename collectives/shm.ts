@@ -19,7 +19,7 @@
  * once (a MessagePort message; the peers keep a reference until the group closes) and reads its
  * peers' buffers in place. A last round keeps every buffer untouched until nobody reads it.
  *
- * Waiting spins on `Atomics.load` for a short budget, then sleeps in `Atomics.waitAsync` (the
+ * Waiting spins on `Atomics.load` for an adaptive budget, then sleeps in `Atomics.waitAsync` (the
  * event loop keeps running), waking at least every 10 ms to check the deadline and the members'
  * liveness words. The timeout of an op counts from the moment it first has to wait. The first
  * round of every op compares an op descriptor (op, count, dtype, reduction, root, sequence
@@ -80,7 +80,11 @@ export interface ShmGroupSpec {
 export interface ShmOptions {
   /** Default timeout of every op, in milliseconds. */
   timeoutMs?: number;
-  /** Microseconds to spin on `Atomics.load` before sleeping; default 50, or 5 when oversubscribed. */
+  /**
+   * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
+   * (5 when the process runs more ranks than cores) and doubling or halving between 10 and
+   * 1000 (2 and 50) after each wait that outlasted it.
+   */
   spinUs?: number;
   /**
    * Messages up to this many bytes take the one-round path through the staging slots; larger
@@ -193,6 +197,8 @@ export class ShmCommunicator implements Communicator {
   #slotBytes: number;
   #timeoutMs: number;
   #spinMs: number;
+  #spinMinMs: number;
+  #spinMaxMs: number;
   #smallBytes: number;
   #step = 0;
   #unit = 0;
@@ -244,8 +250,12 @@ export class ShmCommunicator implements Communicator {
     this.#u16 = halves((s, o) => new Uint16Array(s, o, spec.slotBytes / 2)) as Uint16Array[][];
     this.#timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const cores = (globalThis.navigator?.hardwareConcurrency ?? 2) || 2;
-    const spinUs = opts.spinUs ?? (link.worldSize > cores ? 5 : 50);
+    const over = link.worldSize > cores;
+    const spinUs = opts.spinUs ?? (over ? 5 : 50);
     this.#spinMs = spinUs / 1000;
+    // Adaptive unless the caller fixed the budget: see #adapt.
+    this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 2 : 10) / 1000;
+    this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
     const n = this.size;
     this.#sentChunks = new Array(n).fill(0);
@@ -764,14 +774,28 @@ export class ShmCommunicator implements Communicator {
       if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
       const until = now + this.#spinMs;
       for (let i = 1; Atomics.load(ctrl, g + ARRIVED) < target; i++) {
-        if ((i & 255) === 0 && performance.now() > until) return this.#roundSlow(ctx, desc, step);
+        if ((i & 255) === 0 && performance.now() > until) {
+          return this.#roundSlow(ctx, desc, step, now);
+        }
       }
     }
     if (desc !== null) this.#compare(ctx, desc);
     return undefined;
   }
 
-  async #roundSlow(ctx: Ctx, desc: number[] | null, step: number): Promise<void> {
+  /**
+   * Tune the spin budget from a wait that outlasted it: when the peer came soon after the spin
+   * gave up (a preempted peer, or one still waking from its own sleep, which costs ~60 us here),
+   * spin longer next time, or the ranks take turns sleeping on every op; when the wait was long
+   * (real imbalance), spin less and leave the core to others.
+   */
+  #adapt(waitedMs: number): void {
+    this.#spinMs = waitedMs < 4 * this.#spinMs
+      ? Math.min(this.#spinMaxMs, this.#spinMs * 2)
+      : Math.max(this.#spinMinMs, this.#spinMs / 2);
+  }
+
+  async #roundSlow(ctx: Ctx, desc: number[] | null, step: number, t0: number): Promise<void> {
     const g = this.#group;
     await this.#wait(
       ctx,
@@ -782,6 +806,7 @@ export class ShmCommunicator implements Communicator {
       false,
       () => this.#roundProblem(ctx, step),
     );
+    this.#adapt(performance.now() - t0);
     if (desc !== null) this.#compare(ctx, desc);
   }
 
@@ -857,9 +882,12 @@ export class ShmCommunicator implements Communicator {
         if ((i & 255) === 0 && performance.now() > until) break;
       }
     }
-    for (;;) {
+    for (let slept = false;; slept = true) {
       const v = Atomics.load(arr, idx);
-      if (v >= target) return;
+      if (v >= target) {
+        if (spin && slept) this.#adapt(performance.now() - now);
+        return;
+      }
       const err = check();
       if (err !== undefined) {
         if (Atomics.load(arr, idx) >= target) return;
