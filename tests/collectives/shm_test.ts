@@ -202,7 +202,7 @@ Deno.test({
     });
     assert.equal(res[1]!.first!.reason, "peer-lost");
     assert.equal(res[1]!.first!.peer, 0);
-    assert.ok(res[1]!.first!.ms! < 1_000);
+    assert.ok(res[1]!.first!.ms! < 3_000, "well before the 5 s timeout");
   },
 });
 
