@@ -110,9 +110,7 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
     for (const len of data.sizes) {
       salt++;
       const inputs = Array.from({ length: n }, (_, p) => make(dtype, len, p, salt));
-      const reds: ReduceOp[] = dtype === "float32" || dtype === "int32"
-        ? ["sum", "max", "min", "avg"]
-        : ["sum", "max"];
+      const reds: ReduceOp[] = ["sum", "max", "min", "avg"];
       if (want("allReduce")) {
         for (const op of reds) {
           const buf = copy(inputs[r]!);
