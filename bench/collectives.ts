@@ -17,27 +17,13 @@
  *
  * @module
  */
-import * as collectives from "../collectives/mod.ts";
-import { type Communicator, runWorkers } from "../collectives/mod.ts";
-
-type ConnectTcp = (opts: {
-  rank: number;
-  size: number;
-  masterAddr: string;
-  masterPort: number;
-  opTimeoutMs?: number;
-}) => Promise<Communicator>;
-type ParseLaunch = (args: string[], env: Record<string, string | undefined>) => unknown;
-type Launch = (
-  config: unknown,
-  opts: { module: string | URL; data?: unknown; timeoutMs?: number },
-) => Promise<unknown[]>;
-const exported = collectives as Record<string, unknown>;
-/** The TCP transport's entry point, when this tree exports one. */
-const connectTcp = exported.connectTcp as ConnectTcp | undefined;
-/** The launcher (node mode runs shared memory inside a node and TCP between nodes). */
-const parseLaunch = exported.parseLaunch as ParseLaunch | undefined;
-const launch = exported.launch as Launch | undefined;
+import {
+  type Communicator,
+  connectTcp,
+  launch,
+  parseLaunch,
+  runWorkers,
+} from "../collectives/mod.ts";
 
 const OPS = ["allReduce", "reduceScatter", "allGather", "broadcast", "reduce"] as const;
 type Op = typeof OPS[number];
@@ -378,14 +364,14 @@ async function hierNode(arg: string): Promise<void> {
     port: number;
     spec: RankSpec;
   };
-  const config = parseLaunch!([
+  const config = parseLaunch([
     "--nnodes=2",
     `--node-rank=${node}`,
     `--nproc-per-node=${perNode}`,
     "--master-addr=127.0.0.1",
     `--master-port=${port}`,
   ], {});
-  const results = await launch!(config, {
+  const results = await launch<Row[]>(config, {
     module: new URL(import.meta.url),
     data: spec,
     timeoutMs: 120_000,
@@ -400,7 +386,7 @@ async function tcpRank(arg: string): Promise<void> {
     port: number;
     spec: RankSpec;
   };
-  const comm = await connectTcp!({
+  const comm = await connectTcp({
     rank,
     size,
     masterAddr: "127.0.0.1",
@@ -448,18 +434,6 @@ async function cli(args: Args): Promise<void> {
   };
   const allSizes = new Set<number>();
   for (const transport of args.transports) {
-    if (transport === "tcp" && connectTcp === undefined) {
-      const msg = "tcp: skipped (collectives/mod.ts exports no connectTcp in this tree)";
-      if (args.json) console.error(`# ${msg}`);
-      else console.log(`# ${msg}`);
-      continue;
-    }
-    if (transport === "hierarchical" && (parseLaunch === undefined || launch === undefined)) {
-      const msg = "hierarchical: skipped (collectives/mod.ts exports no launch in this tree)";
-      if (args.json) console.error(`# ${msg}`);
-      else console.log(`# ${msg}`);
-      continue;
-    }
     const custom = args.ops !== null || args.ranks !== null || args.sizes !== null;
     const K = 1024, M = 1024 * 1024;
     const plans = custom
