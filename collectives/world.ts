@@ -151,7 +151,28 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
     w.terminate();
   };
 
-  for (let r = 0; r < size; r++) {
+  const closeAll = () => {
+    for (let r = 0; r < size; r++) {
+      kill(r);
+      finish(r, false, new RankFailedError(r, "the world was closed before it finished"));
+    }
+  };
+
+  try {
+    for (let r = 0; r < size; r++) startRank(r);
+  } catch (e) {
+    closeAll();
+    for (const p of ports.flat()) p?.close();
+    if (e instanceof DOMException && e.name === "DataCloneError") {
+      throw new TypeError(
+        `data cannot be posted to the rank Workers (${e.message}): pass plain, structured-clonable ` +
+          `values (no functions or class instances with private state)`,
+      );
+    }
+    throw e;
+  }
+
+  function startRank(r: number): void {
     const w = new Worker(new URL("./_world_worker.ts", import.meta.url), {
       type: "module",
       name: `${opts.name ?? "world"} rank ${r}`,
@@ -195,12 +216,7 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
       kill(rank);
       finish(rank, false, new RankFailedError(rank, "its Worker was terminated"));
     },
-    close(): void {
-      for (let r = 0; r < size; r++) {
-        kill(r);
-        finish(r, false, new RankFailedError(r, "the world was closed before it finished"));
-      }
-    },
+    close: closeAll,
   };
 }
 

@@ -56,7 +56,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a module without main, a relative module path and a bad size are refused clearly",
+  name: "a module without main, a relative path, a bad size or unclonable data are refused",
   ...opt,
   fn: async () => {
     await assert.rejects(
@@ -66,5 +66,9 @@ Deno.test({
     assert.throws(() => startWorkers({ size: 2, module: "./rank.ts" }), TypeError);
     assert.throws(() => startWorkers({ size: 0, module: mod }), RangeError);
     assert.throws(() => startWorkers({ size: 2.5, module: mod }), RangeError);
+    assert.throws(
+      () => startWorkers({ size: 2, module: mod, data: { f: () => 1 } }),
+      (e: Error) => e instanceof TypeError && /structured-clonable/.test(e.message),
+    );
   },
 });
