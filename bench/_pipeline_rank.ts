@@ -28,6 +28,7 @@ export interface BenchRankInput {
   T: number;
   warmup: number;
   steps: number;
+  overlap: boolean;
 }
 
 export interface BenchRankResult {
@@ -71,6 +72,7 @@ export async function main(comm: Communicator, d: BenchRankInput): Promise<Bench
       chunks,
       activationSize: gptActivationSize(d.B, d.T, d.cfg.dim, tp),
       trace: true,
+      overlap: d.overlap,
     });
     trace = [...stats.trace!];
     if (step >= d.warmup) {

@@ -7,9 +7,11 @@
  * communication and waking up cost; the replay's excess over theory is uneven compute).
  *
  * ```sh
- * deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128]
+ * deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] [--batch 2]
+ *   [--timeline] [--overlap]
  * ```
  *
+ * `--overlap` runs the executor with `overlap: true` (receives awaited where used, sends at the end).
  * Each stage is a Worker on the CPU backend (one BLAS thread). With pp = 4 on a 2-core machine
  * the Workers share cores, so those figures are reported but not comparable with the theory.
  *
@@ -35,6 +37,8 @@ const args = parseArgs({
     steps: { type: "string", default: "5" },
     dim: { type: "string", default: "128" },
     timeline: { type: "boolean" },
+    overlap: { type: "boolean" },
+    batch: { type: "string", default: "2" },
     help: { type: "boolean" },
   },
   strict: true,
@@ -42,7 +46,8 @@ const args = parseArgs({
 
 if (args.help) {
   console.log(
-    "deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] [--timeline]",
+    "deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] " +
+      "[--batch 2] [--timeline] [--overlap]",
   );
   Deno.exit(0);
 }
@@ -61,7 +66,7 @@ const m = int("m", String(args.m));
 const steps = int("steps", String(args.steps));
 const dim = int("dim", String(args.dim));
 const cfg: ParallelGptConfig = { vocab: 64, ctx: 64, dim, layers: 8, heads: 4 };
-const B = 2;
+const B = int("batch", String(args.batch));
 const T = 64;
 
 function median(xs: number[]): number {
@@ -80,7 +85,17 @@ for (const pp of ppList) {
   const runs: [ScheduleName, number][] = [["gpipe", 1], ["1f1b", 1]];
   if (m % pp === 0 && cfg.layers % (2 * pp) === 0) runs.push(["interleaved", 2]);
   for (const [schedule, v] of runs) {
-    const input: BenchRankInput = { cfg, schedule, v, m, B, T, warmup: 2, steps };
+    const input: BenchRankInput = {
+      cfg,
+      schedule,
+      v,
+      m,
+      B,
+      T,
+      warmup: 2,
+      steps,
+      overlap: Boolean(args.overlap),
+    };
     const ranks = await runWorkers<BenchRankResult>({
       size: pp,
       module: new URL("./_pipeline_rank.ts", import.meta.url),

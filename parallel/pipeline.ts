@@ -54,9 +54,11 @@ export interface RunPipelineOptions {
   trace?: boolean;
   /**
    * Post each exchange's transfers and go on: a receive is awaited just before the compute that
-   * consumes it, sends at the end of the step list (default true). With false, every exchange
-   * completes before the next step, the blocking model the schedules are proven against; the
-   * default only ever waits for less, so it cannot deadlock where that model does not.
+   * consumes it, sends at the end of the step list. It waits for less than the default (every
+   * exchange completes before the next step, the blocking model the schedules are proven
+   * against), so it cannot deadlock where that does not; but a message longer than what the
+   * transport sends without its receiver (shared memory: 128 KiB) then streams only while both
+   * sides are between computes, which stalls the pipeline. Default false.
    */
   overlap?: boolean;
 }
@@ -125,7 +127,7 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
   const track = () => {
     peak = Math.max(peak, inputs.size + grads.size + outputs.size + dInputs.size);
   };
-  const overlap = opts.overlap ?? true;
+  const overlap = opts.overlap ?? false;
   const sends: Promise<void>[] = [];
   const recvF = new Map<string, Promise<void>>(); // receives in flight, awaited before use
   const recvB = new Map<string, Promise<void>>();
