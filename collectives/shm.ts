@@ -516,7 +516,7 @@ export class ShmCommunicator implements Communicator {
       members.sort((x, y) => x.key - y.key || x.rank - y.rank);
       const newRank = members.findIndex((m) => m.rank === this.rank);
       const leader = members[0]!.rank;
-      const tag = `${this.name}#${seq}#${color}`;
+      const tag = `${this.spec.id}:split:${seq}:${color}`;
       let spec: ShmGroupSpec;
       if (leader === this.rank) {
         spec = createShmGroupSpec(
