@@ -134,3 +134,18 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "a rank that never joins the op makes the others time out naming it",
+  ...opts,
+  async fn() {
+    const reports = await runWorld("stall", 3);
+    for (const r of reports.slice(0, 2)) {
+      assert.equal(r.caught?.reason, "timeout", JSON.stringify(r));
+      assert.equal(r.caught?.peer, 2);
+      assert.match(r.caught!.message, /within 1000 ms/);
+      // Timeout of 1 s: rejected after it, and not much later.
+      assert.ok(r.ms! >= 990 && r.ms! < 2_500, `rejected after ${r.ms} ms`);
+    }
+  },
+});

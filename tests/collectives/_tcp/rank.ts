@@ -213,11 +213,31 @@ async function mismatch(comm: Communicator): Promise<Record<string, unknown>> {
   }
 }
 
+async function stall(comm: Communicator): Promise<Record<string, unknown>> {
+  // The last rank never calls the op (it sleeps, then leaves); the others must time out.
+  if (rank === size - 1) {
+    await new Promise((r) => setTimeout(r, 3_000));
+    return { caught: null };
+  }
+  const t0 = performance.now();
+  try {
+    await comm.allReduce(new Float32Array(10), "sum", { timeoutMs: 1_000 });
+    return { caught: null };
+  } catch (e) {
+    if (!(e instanceof CollectiveError)) throw e;
+    return {
+      caught: { reason: e.reason, op: e.op, peer: e.peer, message: e.message },
+      ms: performance.now() - t0,
+    };
+  }
+}
+
 const comm = await connectTcp({ rank, size, masterAddr: "127.0.0.1", masterPort: port });
 const scenarios: Record<string, (c: Communicator) => Promise<Record<string, unknown>>> = {
   ops,
   kill,
   mismatch,
+  stall,
 };
 const result = await scenarios[scenario!]!(comm);
 await comm.close();
