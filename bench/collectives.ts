@@ -446,17 +446,25 @@ async function cli(args: Args): Promise<void> {
     for (const { ops, ranks: ranksList, sizes } of plans) {
       for (const ranks of ranksList) {
         const spec: RankSpec = { ops, sizes, rowSeconds: args.rowSeconds };
-        const rows = transport === "shm"
-          ? (await runWorkers<Row[]>({
-            size: ranks,
-            module: new URL(import.meta.url),
-            data: spec,
-            timeoutMs: 120_000,
-            slotBytes: 4 << 20,
-          }))[0]!
-          : transport === "tcp"
-          ? await runTcp(ranks, spec)
-          : await runHierarchical(ranks, spec);
+        let rows: Row[];
+        try {
+          rows = transport === "shm"
+            ? (await runWorkers<Row[]>({
+              size: ranks,
+              module: new URL(import.meta.url),
+              data: spec,
+              timeoutMs: 120_000,
+              slotBytes: 4 << 20,
+            }))[0]!
+            : transport === "tcp"
+            ? await runTcp(ranks, spec)
+            : await runHierarchical(ranks, spec);
+        } catch (e) {
+          // One transport failing must not cost the figures of the others.
+          const msg = `# ${transport} with ${ranks} ranks failed: ${(e as Error).message}`;
+          (args.json ? console.error : console.log)(msg);
+          continue;
+        }
         if (!args.json) {
           console.log(`# transport ${transport}, ${ranks} ranks, float32`);
           header();
