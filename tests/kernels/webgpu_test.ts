@@ -149,6 +149,21 @@ Deno.test({
 });
 
 Deno.test({
+  name: "ops over more than 65,535 workgroups fold their dispatch into two dimensions",
+  ignore,
+  async fn() {
+    for (const [label, be] of both()) {
+      const n = 65_535 * 256 + 1000; // one past the largest one-dimensional element dispatch
+      const x = be.alloc(n);
+      be.fill(x, 1.5);
+      be.scale(be.view(x, 1, n - 1), 2, n - 1);
+      assert.deepEqual([...await be.read(be.view(x, n - 2, 2))], [3, 3], label);
+      assert.deepEqual([...await be.read(be.view(x, 0, 2))], [1.5, 3], label);
+    }
+  },
+});
+
+Deno.test({
   name: "crossEntropyForward() gives a NaN loss for a target past the vocabulary",
   ignore,
   async fn() {
