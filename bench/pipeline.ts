@@ -7,7 +7,7 @@
  * communication and waking up cost; the replay's excess over theory is uneven compute).
  *
  * ```sh
- * deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] [--batch 2]
+ * deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] [--batch 8]
  *   [--timeline] [--overlap]
  * ```
  *
@@ -38,7 +38,7 @@ const args = parseArgs({
     dim: { type: "string", default: "128" },
     timeline: { type: "boolean" },
     overlap: { type: "boolean" },
-    batch: { type: "string", default: "2" },
+    batch: { type: "string", default: "8" },
     help: { type: "boolean" },
   },
   strict: true,
@@ -47,7 +47,7 @@ const args = parseArgs({
 if (args.help) {
   console.log(
     "deno run -A bench/pipeline.ts [--json] [--pp 2,4] [--m 8] [--steps 5] [--dim 128] " +
-      "[--batch 2] [--timeline] [--overlap]",
+      "[--batch 8] [--timeline] [--overlap]",
   );
   Deno.exit(0);
 }
