@@ -33,6 +33,7 @@ export interface RankErrorInfo {
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent) => void) | null;
   postMessage(msg: unknown): void;
+  close(): void;
 };
 
 scope.onmessage = async (e: MessageEvent) => {
@@ -41,6 +42,30 @@ scope.onmessage = async (e: MessageEvent) => {
   scope.onmessage = null;
   const link = new ShmLink(init.link);
   const comm = new ShmCommunicator(init.spec, init.rank, link, init.options);
+  // A Worker that ends itself (Deno.exit or close) sends its parent no event: say so first, and
+  // mark the rank as gone so that its peers do not wait for it until their timeouts.
+  let done = false;
+  const leaving = (how: string) => {
+    if (done) return;
+    done = true;
+    Atomics.store(link.alive, init.link.worldRank, EXITED);
+    const info: RankErrorInfo = {
+      name: "Error",
+      message: `${how} ended the rank's Worker before its main function returned`,
+    };
+    scope.postMessage({ loomWorld: "error", error: info });
+  };
+  const deno = Deno as unknown as { exit: (code?: number) => never };
+  const exit = deno.exit;
+  deno.exit = (code?: number): never => {
+    leaving(`Deno.exit(${code ?? ""})`);
+    return exit(code);
+  };
+  const close = scope.close.bind(scope);
+  scope.close = () => {
+    leaving("close()");
+    close();
+  };
   try {
     const mod = await import(init.module);
     if (typeof mod.main !== "function") {
@@ -49,9 +74,13 @@ scope.onmessage = async (e: MessageEvent) => {
       );
     }
     const value = await mod.main(comm, init.data);
+    if (done) return;
+    done = true;
     Atomics.store(link.alive, init.link.worldRank, EXITED);
     scope.postMessage({ loomWorld: "result", value });
   } catch (err) {
+    if (done) return;
+    done = true;
     Atomics.store(link.alive, init.link.worldRank, EXITED);
     const info: RankErrorInfo = err instanceof Error
       ? { name: err.name, message: err.message, stack: err.stack }

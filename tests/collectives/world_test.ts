@@ -47,6 +47,20 @@ Deno.test({
 });
 
 Deno.test({
+  name: "a rank that calls Deno.exit() fails, and its peers do not wait for it",
+  ...opt,
+  fn: async () => {
+    const t0 = performance.now();
+    const err = await runWorkers({ size: 3, module: mod, data: { exitRank: 2 }, timeoutMs: 20_000 })
+      .catch((e) => e);
+    assert.ok(err instanceof RankFailedError);
+    assert.equal(err.rank, 2);
+    assert.match(err.message, /Deno.exit\(3\) ended the rank's Worker/);
+    assert.ok(performance.now() - t0 < 10_000, "well before the 20 s timeout");
+  },
+});
+
+Deno.test({
   name: "world size 8 runs on 2 cores",
   ...opt,
   fn: async () => {

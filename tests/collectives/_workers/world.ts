@@ -4,10 +4,12 @@ import type { Communicator } from "../../../collectives/mod.ts";
 export interface WorldData {
   failRank?: number;
   crashRank?: number;
+  exitRank?: number;
 }
 
 export async function main(comm: Communicator, data: WorldData): Promise<unknown> {
   if (comm.rank === data.failRank) throw new Error(`rank ${comm.rank} gives up`);
+  if (comm.rank === data.exitRank) Deno.exit(3);
   if (comm.rank === data.crashRank) {
     // An error nobody awaits: it escapes to the Worker's global scope.
     setTimeout(() => {
