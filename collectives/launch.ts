@@ -461,17 +461,12 @@ export async function runProcesses<T = unknown>(opts: ProcessWorldOptions): Prom
     throw new RangeError(`size must be an integer in [1, 256], got ${size}`);
   }
   const module = moduleHref(opts.module);
-  let port = opts.masterPort;
-  if (port === undefined) {
-    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    port = l.addr.port;
-    l.close();
-  }
-  const child = new URL("./_process_rank.ts", import.meta.url);
-  const procs = Array.from({ length: size }, (_, r) =>
-    new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", ...(opts.denoFlags ?? []), child.href],
-      env: {
+  const port = opts.masterPort ?? freeLoopbackPort();
+  const child = new URL("./_process_rank.ts", import.meta.url).href;
+  const runs = Array.from({ length: size }, (_, r) =>
+    spawnCollect<T>(
+      ["run", "-A", ...(opts.denoFlags ?? []), child],
+      {
         RANK: String(r),
         WORLD_SIZE: String(size),
         LOCAL_RANK: String(r),
@@ -482,34 +477,131 @@ export async function runProcesses<T = unknown>(opts: ProcessWorldOptions): Prom
         LOOM_RANK_DATA: JSON.stringify(opts.data ?? null),
         LOOM_TIMEOUT_MS: opts.timeoutMs === undefined ? "" : String(opts.timeoutMs),
       },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "inherit",
-    }).spawn());
-  const results = procs.map(async (p, r) => {
-    let result: { ok: boolean; value?: T; error?: string } | undefined;
-    let buffered = "";
-    const take = (line: string) => {
-      if (line.startsWith(RESULT_MARK)) result = JSON.parse(line.slice(RESULT_MARK.length));
-      else if (opts.onLine) opts.onLine(r, line);
-      else console.log(line);
-    };
-    for await (const chunk of p.stdout.pipeThrough(new TextDecoderStream())) {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        take(buffered.slice(0, nl));
-        buffered = buffered.slice(nl + 1);
-      }
+      `rank ${r} of ${size}`,
+      (line) => opts.onLine ? opts.onLine(r, line) : console.log(line),
+    ));
+  return await allOrFirstError(runs);
+}
+
+/** Options of {@linkcode runNodes}. */
+export interface NodeWorldOptions extends LaunchOptions {
+  /** Number of node processes. */
+  nnodes: number;
+  /** Worker ranks per node process. */
+  nprocPerNode: number;
+  /** Port for rank 0; default: a free one. */
+  masterPort?: number;
+  /** Called with each line a node prints to stdout; default: forwarded to this stdout. */
+  onLine?: (node: number, line: string) => void;
+}
+
+/**
+ * Run a multi-node job on this machine: `nnodes` processes on loopback, each a node of
+ * `nprocPerNode` Worker ranks started by {@linkcode launch} (hierarchical communicator when
+ * `nnodes > 1`). Returns every rank's result in global rank order (JSON round-tripped).
+ *
+ * @example 2 nodes x 2 ranks
+ * ```ts ignore
+ * import { runNodes } from "./launch.ts";
+ * const results = await runNodes({
+ *   nnodes: 2,
+ *   nprocPerNode: 2,
+ *   module: new URL("./rank.ts", import.meta.url),
+ * });
+ * ```
+ *
+ * @param opts nodes, ranks per node, the rank module and its data
+ * @returns each rank's result, in global rank order
+ */
+export async function runNodes<T = unknown>(opts: NodeWorldOptions): Promise<T[]> {
+  const { nnodes, nprocPerNode } = opts;
+  for (const [k, v] of [["nnodes", nnodes], ["nprocPerNode", nprocPerNode]] as const) {
+    if (!Number.isInteger(v) || v < 1 || v > 256) {
+      throw new RangeError(`${k} must be an integer in [1, 256], got ${v}`);
     }
-    if (buffered !== "") take(buffered);
-    const status = await p.status;
-    if (result?.ok) return result.value as T;
-    throw new Error(
-      `rank ${r} of ${size} failed: ${result?.error ?? `exited with code ${status.code}`}`,
-    );
+  }
+  const module = moduleHref(opts.module);
+  const port = opts.masterPort ?? freeLoopbackPort();
+  const child = new URL("./_node_process.ts", import.meta.url).href;
+  const runs = Array.from({ length: nnodes }, (_, n) =>
+    spawnCollect<T[]>(
+      ["run", "-A", child, `--nnodes=${nnodes}`, `--node-rank=${n}`]
+        .concat([`--nproc-per-node=${nprocPerNode}`, "--master-addr=127.0.0.1"])
+        .concat([`--master-port=${port}`]),
+      {
+        LOOM_RANK_MODULE: module,
+        LOOM_RANK_DATA: JSON.stringify(opts.data ?? null),
+        LOOM_TIMEOUT_MS: opts.timeoutMs === undefined ? "" : String(opts.timeoutMs),
+      },
+      `node ${n} of ${nnodes}`,
+      (line) => opts.onLine ? opts.onLine(n, line) : console.log(line),
+    ));
+  return (await allOrFirstError(runs)).flat();
+}
+
+/**
+ * The TCP baseline benchmarks compare with: a raw one-way stream of `bytes` from one process to
+ * another over loopback (plain socket writes and reads, no framing), best of `iters` runs.
+ *
+ * @param bytes bytes per run
+ * @param iters runs (the best counts); default 3
+ * @returns gigabytes per second (1e9 bytes/s)
+ */
+export async function tcpStreamBaseline(bytes: number, iters = 3): Promise<number> {
+  if (!Number.isInteger(bytes) || bytes < 1) {
+    throw new RangeError(`bytes must be a positive integer, got ${bytes}`);
+  }
+  const results = await runProcesses<number>({
+    size: 2,
+    module: new URL("./_stream_rank.ts", import.meta.url),
+    data: { bytes, iters },
   });
-  const settled = await Promise.allSettled(results);
+  return results[0]!;
+}
+
+function freeLoopbackPort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = l.addr.port;
+  l.close();
+  return port;
+}
+
+/** Spawn `deno <args>`, forward its stdout lines, and return the value on its result line. */
+async function spawnCollect<T>(
+  args: string[],
+  env: Record<string, string>,
+  who: string,
+  onLine: (line: string) => void,
+): Promise<T> {
+  const p = new Deno.Command(Deno.execPath(), {
+    args,
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  let result: { ok: boolean; value?: T; error?: string } | undefined;
+  let buffered = "";
+  const take = (line: string) => {
+    if (line.startsWith(RESULT_MARK)) result = JSON.parse(line.slice(RESULT_MARK.length));
+    else onLine(line);
+  };
+  for await (const chunk of p.stdout.pipeThrough(new TextDecoderStream())) {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      take(buffered.slice(0, nl));
+      buffered = buffered.slice(nl + 1);
+    }
+  }
+  if (buffered !== "") take(buffered);
+  const status = await p.status;
+  if (result?.ok) return result.value as T;
+  throw new Error(`${who} failed: ${result?.error ?? `exited with code ${status.code}`}`);
+}
+
+async function allOrFirstError<T>(runs: Promise<T>[]): Promise<T[]> {
+  const settled = await Promise.allSettled(runs);
   const failed = settled.find((s) => s.status === "rejected") as PromiseRejectedResult | undefined;
   if (failed) throw failed.reason;
   return settled.map((s) => (s as PromiseFulfilledResult<T>).value);

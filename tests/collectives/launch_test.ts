@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { firstSlurmHost, parseLaunch, runProcesses } from "../../collectives/launch.ts";
+import {
+  firstSlurmHost,
+  parseLaunch,
+  runProcesses,
+  tcpStreamBaseline,
+} from "../../collectives/launch.ts";
 import type { BatteryReport } from "./_tcp/battery.ts";
 
 Deno.test("parseLaunch() reads node-mode flags in both --flag=value and --flag value forms", () => {
@@ -158,5 +163,15 @@ Deno.test({
         }),
       /rank \d of 2 failed/,
     );
+  },
+});
+
+Deno.test({
+  name: "tcpStreamBaseline() measures a positive rate between two processes",
+  sanitizeOps: true,
+  sanitizeResources: true,
+  async fn() {
+    const gbps = await tcpStreamBaseline(1 << 20, 2);
+    assert.ok(gbps > 0 && Number.isFinite(gbps), `got ${gbps}`);
   },
 });
