@@ -105,14 +105,16 @@ class SimdGemm implements Gemm {
         const mb = Math.min(MB, M - i0);
         const w = this.#view((cBase + Math.ceil(mb / mr) * mr * ldw) * 4);
         const c0 = offC + i0 * ldc + jc;
+        // Row blocks of equal size (at most MC), so that no block is left with a few rows.
+        const mcb = Math.ceil(Math.ceil(mb / Math.ceil(mb / MC)) / mr) * mr;
         // With beta = 0, the first block of the inner dimension overwrites C's block.
         const overwrite = beta === 0 && alpha !== 0 && K > 0;
         if (!overwrite) loadC(w, cBase, ldw, C, c0, ldc, mb, nc, beta);
         for (let pc = 0; alpha !== 0 && pc < K; pc += KC) {
           const kc = Math.min(KC, K - pc);
           packB(w, bBase, B, transB, offB, ldb, pc, kc, jc, nc);
-          for (let ic = 0; ic < mb; ic += MC) {
-            const mc = Math.min(MC, mb - ic);
+          for (let ic = 0; ic < mb; ic += mcb) {
+            const mc = Math.min(mcb, mb - ic);
             packA(w, aBase, mr, A, transA, offA, lda, i0 + ic, mc, pc, kc, alpha);
             const cp = (cBase + ic * ldw) * 4;
             const add = overwrite && pc === 0 ? 0 : 1;
