@@ -9,7 +9,7 @@
 
 import type { Communicator } from "../collectives/mod.ts";
 import { exchange, type P2PTransfer, type PipeContext } from "./p2p.ts";
-import type { Schedule } from "./schedules.ts";
+import type { PipelineSchedule } from "./schedules.ts";
 
 /** A Promise or a plain value. */
 export type MaybePromise<T> = T | Promise<T>;
@@ -41,7 +41,7 @@ export interface PipelineChunk {
 /** Options of {@linkcode runPipeline}. */
 export interface RunPipelineOptions {
   /** The schedule every stage runs. */
-  schedule: Schedule;
+  schedule: PipelineSchedule;
   /** The pipeline group (rank = stage); may be `null` when `schedule.pp` is 1. */
   comm: Communicator | null;
   /** This stage's `schedule.v` chunks, in chunk order. */

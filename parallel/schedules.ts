@@ -52,13 +52,13 @@ export type P2PVerb =
   | "exchange";
 
 /** One step of a stage's list. */
-export type Step =
+export type PipelineStep =
   | { readonly kind: "forward"; readonly mb: number; readonly chunk: number }
   | { readonly kind: "backward"; readonly mb: number; readonly chunk: number }
   | { readonly kind: "p2p"; readonly verb: P2PVerb; readonly ops: readonly P2POp[] };
 
 /** Every stage's list of steps. */
-export interface Schedule {
+export interface PipelineSchedule {
   /** Which schedule. */
   readonly name: ScheduleName;
   /** Pipeline stages. */
@@ -68,7 +68,7 @@ export interface Schedule {
   /** Model chunks per stage. */
   readonly v: number;
   /** `stages[s]` is stage s's ordered list. */
-  readonly stages: readonly (readonly Step[])[];
+  readonly stages: readonly (readonly PipelineStep[])[];
 }
 
 /** Sizes a schedule is built for. */
@@ -167,7 +167,7 @@ function verbOf(ops: readonly P2POp[]): P2PVerb {
  * @param opts stages, micro-batches and chunks per stage
  * @returns the schedule
  */
-export function buildSchedule(name: ScheduleName, opts: ScheduleOptions): Schedule {
+export function buildSchedule(name: ScheduleName, opts: ScheduleOptions): PipelineSchedule {
   const pp = positiveInt("pp", opts.pp);
   const m = positiveInt("m (micro-batches)", opts.m);
   const v = positiveInt("v (virtual stages)", opts.v ?? 1);
@@ -198,9 +198,9 @@ export function buildSchedule(name: ScheduleName, opts: ScheduleOptions): Schedu
     throw new RangeError(`Unknown schedule "${name}": use none, gpipe, 1f1b or interleaved`);
   }
   const V = pp * v;
-  const stages: Step[][] = [];
+  const stages: PipelineStep[][] = [];
   for (let s = 0; s < pp; s++) {
-    const steps: Step[] = [];
+    const steps: PipelineStep[] = [];
     let pending: P2POp[] = [];
     const flush = () => {
       if (pending.length > 0) steps.push({ kind: "p2p", verb: verbOf(pending), ops: pending });
@@ -249,7 +249,7 @@ export interface ChooseOptions extends ScheduleOptions {
  * @param opts sizes and an optional request
  * @returns the built schedule
  */
-export function chooseSchedule(opts: ChooseOptions): Schedule {
+export function chooseSchedule(opts: ChooseOptions): PipelineSchedule {
   const v = opts.v ?? 1;
   const name: ScheduleName = opts.requested ??
     (opts.pp === 1 ? "none" : v > 1 ? "interleaved" : "1f1b");

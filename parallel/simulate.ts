@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Schedule, Step } from "./schedules.ts";
+import type { PipelineSchedule, PipelineStep } from "./schedules.ts";
 
 /** Durations of the simulated compute steps (any unit). */
 export interface SimulateOptions {
@@ -54,7 +54,7 @@ export interface StageRun {
 /** The result of {@linkcode simulateSchedule}. */
 export interface Simulation {
   /** The schedule that ran. */
-  readonly schedule: Schedule;
+  readonly schedule: PipelineSchedule;
   /** Time at which the last stage finished. */
   readonly makespan: number;
   /** Per stage. */
@@ -93,7 +93,10 @@ function key(dir: string, mb: number, virtualStage: number): string {
  * @param opts compute durations
  * @returns the timeline
  */
-export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {}): Simulation {
+export function simulateSchedule(
+  schedule: PipelineSchedule,
+  opts: SimulateOptions = {},
+): Simulation {
   const { pp, v, m } = schedule;
   const tf = opts.forwardTime ?? 1 / v;
   const tb = opts.backwardTime ?? 2 / v;
@@ -126,7 +129,7 @@ export function simulateSchedule(schedule: Schedule, opts: SimulateOptions = {})
     progress = false;
     for (let s = 0; s < pp; s++) {
       while (pos[s]! < schedule.stages[s]!.length) {
-        const step: Step = schedule.stages[s]![pos[s]!]!;
+        const step: PipelineStep = schedule.stages[s]![pos[s]!]!;
         if (step.kind === "p2p") {
           if (postedStep[s] !== pos[s]) {
             for (const o of step.ops) {

@@ -36,7 +36,7 @@ import { buildGrid, checkModelLayout, createGroups, type Grid, type GridGroups }
 import { gpt2ShardKind, type ParamSource, shardTensor, unshardTensor } from "./layer.ts";
 import type { TensorParallel } from "./mappings.ts";
 import { runPipeline } from "./pipeline.ts";
-import { chooseSchedule, type Schedule, type ScheduleName } from "./schedules.ts";
+import { chooseSchedule, type PipelineSchedule, type ScheduleName } from "./schedules.ts";
 
 /** Options of {@linkcode ParallelGptTrainer.create}. */
 export interface ParallelTrainerOptions {
@@ -122,7 +122,7 @@ export class ParallelGptTrainer {
   /** This rank's groups. */
   readonly groups: GridGroups;
   /** The schedule every pipeline runs. */
-  readonly schedule: Schedule;
+  readonly schedule: PipelineSchedule;
   /** This rank's flat layout (its shards, GPT-2 names). */
   readonly layout: FlatLayout;
   /** This rank's parameter buffer. */
@@ -141,7 +141,7 @@ export class ParallelGptTrainer {
     o: ParallelTrainerOptions,
     grid: Grid,
     groups: GridGroups,
-    schedule: Schedule,
+    schedule: PipelineSchedule,
   ) {
     this.#o = o;
     this.grid = grid;

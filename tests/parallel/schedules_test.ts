@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import {
   buildSchedule,
   chooseSchedule,
+  type PipelineSchedule,
+  type PipelineStep,
   renderTimeline,
-  type Schedule,
   type ScheduleName,
   simulateSchedule,
-  type Step,
 } from "../../parallel/mod.ts";
 
 const PP = [1, 2, 4, 8];
@@ -14,7 +14,7 @@ const M = [1, 2, 3, 4, 8, 16];
 const V = [1, 2, 4];
 
 /** Every (schedule, pp, m, v) the property tests cover, skipping combinations that are invalid. */
-function* layouts(): Generator<Schedule> {
+function* layouts(): Generator<PipelineSchedule> {
   for (const name of ["none", "gpipe", "1f1b", "interleaved"] as ScheduleName[]) {
     for (const pp of PP) {
       for (const m of M) {
@@ -152,7 +152,7 @@ Deno.test("simulateSchedule() rejects receives in another order than the peer se
     peer,
   });
   const x = (...ops: ReturnType<typeof op>[]) => ({ kind: "p2p", verb: "exchange", ops }) as const;
-  const stages: Step[][] = [
+  const stages: PipelineStep[][] = [
     [F(0), F(1), x(op("send", "forward", 0, 1), op("send", "forward", 1, 1))],
     [x(op("recv", "forward", 1, 0)), F(1), x(op("recv", "forward", 0, 0)), F(0)],
   ];
