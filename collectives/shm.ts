@@ -44,10 +44,15 @@ import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 export { ShmLink };
 export type { ShmLinkInit } from "./_shm_link.ts";
 
-/** Default bytes per staging half of each rank (each rank has two). */
+/** Default bytes per staging half of each rank (each rank has two), up to 8 ranks. */
 export const DEFAULT_SLOT_BYTES = 1 << 21;
-/** Default bytes per point-to-point chunk (each directed pair has two). */
+/** Default bytes per point-to-point chunk (each directed pair has two), up to 8 ranks. */
 export const DEFAULT_CHANNEL_BYTES = 1 << 16;
+
+/** Largest power of two <= x, at least `floor`. */
+function pow2Below(x: number, floor: number): number {
+  return Math.max(floor, 2 ** Math.floor(Math.log2(Math.max(1, x))));
+}
 
 /**
  * Structured-clonable description of one shared-memory group: post it to every member and build
@@ -129,17 +134,26 @@ const REDS: ReduceOp[] = ["sum", "max", "min", "avg"];
  *
  * @param name the group's label
  * @param worldRanks the liveness index of each group rank
- * @param slotBytes bytes per staging half
- * @param chanBytes bytes per point-to-point chunk
+ * @param slotBytes bytes per staging half (default {@linkcode DEFAULT_SLOT_BYTES}, less beyond 8
+ *   ranks)
+ * @param chanBytes bytes per point-to-point chunk (default {@linkcode DEFAULT_CHANNEL_BYTES},
+ *   less beyond 8 ranks)
  * @returns the spec to post to every member
  */
 export function createShmGroupSpec(
   name: string,
   worldRanks: number[],
-  slotBytes: number = DEFAULT_SLOT_BYTES,
-  chanBytes: number = DEFAULT_CHANNEL_BYTES,
+  slotBytes?: number,
+  chanBytes?: number,
 ): ShmGroupSpec {
   const size = worldRanks.length;
+  // Beyond 8 ranks the defaults shrink so that a group stays under ~64 MiB of slots and
+  // ~16 MiB of channels (channels grow with the square of the size).
+  slotBytes ??= Math.min(DEFAULT_SLOT_BYTES, pow2Below((32 << 20) / Math.max(1, size), 1 << 16));
+  chanBytes ??= Math.min(
+    DEFAULT_CHANNEL_BYTES,
+    pow2Below((8 << 20) / Math.max(1, size * size), 1 << 12),
+  );
   if (!Number.isInteger(size) || size < 1) {
     throw new RangeError(`A group needs at least one rank, got ${size}`);
   }

@@ -19,7 +19,7 @@
  */
 import type { CollectiveFailure } from "./communicator.ts";
 import { ALIVE, DEAD } from "./_shm_link.ts";
-import { createShmGroupSpec, DEFAULT_CHANNEL_BYTES, DEFAULT_SLOT_BYTES } from "./shm.ts";
+import { createShmGroupSpec } from "./shm.ts";
 import type { RankErrorInfo, WorldInit } from "./_world_worker.ts";
 
 /** Options of {@linkcode startWorkers} and {@linkcode runWorkers}. */
@@ -111,8 +111,8 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
   const spec = createShmGroupSpec(
     opts.name ?? "world",
     Array.from({ length: size }, (_, r) => r),
-    opts.slotBytes ?? DEFAULT_SLOT_BYTES,
-    opts.chanBytes ?? DEFAULT_CHANNEL_BYTES,
+    opts.slotBytes,
+    opts.chanBytes,
   );
   const aliveSab = new SharedArrayBuffer(4 * size);
   const alive = new Int32Array(aliveSab);
