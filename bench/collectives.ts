@@ -109,6 +109,22 @@ function prepare(comm: Communicator, op: Op, count: number) {
   return { run, check, bytes, count: bytes / 4 };
 }
 
+/**
+ * Run `run` for about `ms` (at least 4 times), in batches: rank 0 decides when to stop, so that
+ * every rank runs the same ops.
+ */
+async function warmUp(comm: Communicator, run: () => Promise<void>, ms: number): Promise<void> {
+  const more = new Int32Array(1);
+  const t0 = performance.now();
+  let n = 0;
+  do {
+    for (let i = 0; i < 4; i++) await run();
+    n += 4;
+    more[0] = n < 4000 && performance.now() - t0 < ms ? 1 : 0;
+    await comm.broadcast(more, 0);
+  } while (more[0] === 1);
+}
+
 async function timeLoop(comm: Communicator, run: () => Promise<void>, iters: number) {
   await comm.barrier();
   const t0 = performance.now();
@@ -126,10 +142,13 @@ async function timeLoop(comm: Communicator, run: () => Promise<void>, iters: num
  */
 export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
   const rows: Row[] = [];
+  // Every rank has just started (module compiled, JIT cold, threads scheduled late): settle
+  // for ~200 ms of small all-reduces before the first row.
+  await warmUp(comm, () => comm.allReduce(new Float32Array(1024)), 200);
   for (const op of spec.ops) {
     for (const size of spec.sizes) {
       const p = prepare(comm, op, Math.floor(size / 4));
-      for (let i = 0; i < 2; i++) await p.run(); // warm up
+      await warmUp(comm, p.run, 5);
       // Pick iterations so a row takes about rowSeconds; agree on rank 0's choice.
       const probe = await timeLoop(comm, p.run, 3);
       const it = new Int32Array([

@@ -87,8 +87,8 @@ export interface ShmOptions {
   timeoutMs?: number;
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
-   * (5 when the process runs more ranks than cores) and doubling or halving between 10 and
-   * 1000 (2 and 50) after each wait that outlasted it.
+   * (5 when the process runs more ranks than cores); after each wait that outlasted it, doubled
+   * if the wait was under 1000 (50) and halved otherwise, within 10..1000 (2..50).
    */
   spinUs?: number;
   /**
@@ -798,13 +798,13 @@ export class ShmCommunicator implements Communicator {
   }
 
   /**
-   * Tune the spin budget from a wait that outlasted it: when the peer came soon after the spin
-   * gave up (a preempted peer, or one still waking from its own sleep, which costs ~60 us here),
-   * spin longer next time, or the ranks take turns sleeping on every op; when the wait was long
-   * (real imbalance), spin less and leave the core to others.
+   * Tune the spin budget from a wait that outlasted it: when the peer came within the largest
+   * budget (a preempted peer, or one still waking from its own sleep, which costs ~60 us here),
+   * spin longer next time, or the ranks take turns sleeping on every op; when the wait was
+   * longer (real imbalance), spin less and leave the core to others.
    */
   #adapt(waitedMs: number): void {
-    this.#spinMs = waitedMs < 4 * this.#spinMs
+    this.#spinMs = waitedMs <= this.#spinMaxMs
       ? Math.min(this.#spinMaxMs, this.#spinMs * 2)
       : Math.max(this.#spinMinMs, this.#spinMs / 2);
   }
