@@ -350,6 +350,12 @@ export interface LaunchOptions {
   data?: unknown;
   /** Default timeout of every collective, in milliseconds. */
   timeoutMs?: number;
+  /**
+   * Node mode: microseconds a Worker rank spins before sleeping while it waits for a local peer.
+   * Default: the shared-memory communicator's adaptive budget on one node; 20 with several nodes,
+   * where a local wait often spans a TCP exchange and spinning would steal the leader's core.
+   */
+  spinUs?: number;
 }
 
 /** Shape of a rank module's entry point. */
@@ -405,12 +411,14 @@ export async function launch<T = unknown>(config: LaunchConfig, opts: LaunchOpti
       module,
       data: opts.data,
       timeoutMs: opts.timeoutMs,
+      spinUs: opts.spinUs,
     });
   }
   return await runWorkers<T>({
     size: config.nprocPerNode,
     module: new URL("./_node_rank.ts", import.meta.url),
     timeoutMs: opts.timeoutMs,
+    spinUs: opts.spinUs ?? 20,
     data: {
       module,
       data: opts.data,
