@@ -87,8 +87,8 @@ export interface ShmOptions {
   timeoutMs?: number;
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
-   * (5 when the process runs more ranks than cores); after each wait that outlasted it, doubled
-   * if the wait was under 1000 (50) and halved otherwise, within 10..1000 (2..50).
+   * (5 when the process runs more ranks than cores), within 10..1000 (2..50): it grows to cover
+   * the waits that spinning catches and drops when spinning keeps failing.
    */
   spinUs?: number;
   /**
@@ -211,6 +211,8 @@ export class ShmCommunicator implements Communicator {
   #slotBytes: number;
   #timeoutMs: number;
   #spinMs: number;
+  #spinBaseMs: number;
+  #spinFails = 0;
   #spinMinMs: number;
   #spinMaxMs: number;
   #smallBytes: number;
@@ -266,8 +268,8 @@ export class ShmCommunicator implements Communicator {
     const cores = (globalThis.navigator?.hardwareConcurrency ?? 2) || 2;
     const over = link.worldSize > cores;
     const spinUs = opts.spinUs ?? (over ? 5 : 50);
-    this.#spinMs = spinUs / 1000;
-    // Adaptive unless the caller fixed the budget: see #adapt.
+    this.#spinMs = this.#spinBaseMs = spinUs / 1000;
+    // Adaptive unless the caller fixed the budget: see #spun and #slept.
     this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 2 : 10) / 1000;
     this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
@@ -792,21 +794,34 @@ export class ShmCommunicator implements Communicator {
           return this.#roundSlow(ctx, desc, step, now);
         }
       }
+      this.#spun(performance.now() - now);
     }
     if (desc !== null) this.#compare(ctx, desc);
     return undefined;
   }
 
+  /** A spin that saw the peer arrive after `ms`: keep a budget that covers such waits. */
+  #spun(ms: number): void {
+    this.#spinFails = 0;
+    if (2 * ms > this.#spinMs) this.#spinMs = Math.min(this.#spinMaxMs, 2 * ms);
+  }
+
   /**
-   * Tune the spin budget from a wait that outlasted it: when the peer came within the largest
-   * budget (a preempted peer, or one still waking from its own sleep, which costs ~60 us here),
-   * spin longer next time, or the ranks take turns sleeping on every op; when the wait was
-   * longer (real imbalance), spin less and leave the core to others.
+   * A spin that gave up, then slept `waitedMs` in all. A short wait may mean the budget was just
+   * too short (a preempted peer, or one still waking from its own sleep, ~60 us here): grow it a
+   * few times. But if spinning keeps failing, the peer cannot run while this rank spins (they
+   * share a core): spin as little as possible, and try growing again every 32 failures.
    */
-  #adapt(waitedMs: number): void {
-    this.#spinMs = waitedMs <= this.#spinMaxMs
-      ? Math.min(this.#spinMaxMs, this.#spinMs * 2)
-      : Math.max(this.#spinMinMs, this.#spinMs / 2);
+  #slept(waitedMs: number): void {
+    this.#spinFails++;
+    if (this.#spinFails >= 32) {
+      this.#spinFails = 0;
+      this.#spinMs = this.#spinBaseMs;
+    } else if (this.#spinFails >= 3 || waitedMs > this.#spinMaxMs) {
+      this.#spinMs = this.#spinMinMs;
+    } else {
+      this.#spinMs = Math.min(this.#spinMaxMs, this.#spinMs * 2);
+    }
   }
 
   async #roundSlow(ctx: Ctx, desc: number[] | null, step: number, t0: number): Promise<void> {
@@ -820,7 +835,7 @@ export class ShmCommunicator implements Communicator {
       false,
       () => this.#roundProblem(ctx, step),
     );
-    this.#adapt(performance.now() - t0);
+    this.#slept(performance.now() - t0);
     if (desc !== null) this.#compare(ctx, desc);
   }
 
@@ -892,14 +907,22 @@ export class ShmCommunicator implements Communicator {
     if (ctx.deadline === 0) ctx.deadline = now + ctx.ms;
     if (spin) {
       const until = now + this.#spinMs;
+      let gaveUp = false;
       for (let i = 1; Atomics.load(arr, idx) < target; i++) {
-        if ((i & 255) === 0 && performance.now() > until) break;
+        if ((i & 255) === 0 && performance.now() > until) {
+          gaveUp = true;
+          break;
+        }
+      }
+      if (!gaveUp) {
+        this.#spun(performance.now() - now);
+        return;
       }
     }
-    for (let slept = false;; slept = true) {
+    for (;;) {
       const v = Atomics.load(arr, idx);
       if (v >= target) {
-        if (spin && slept) this.#adapt(performance.now() - now);
+        if (spin) this.#slept(performance.now() - now);
         return;
       }
       const err = check();
