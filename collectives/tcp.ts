@@ -233,6 +233,7 @@ class TcpTransport {
   readonly groups = new Map<number, TcpComm>();
   readonly pool: Uint8Array[] = [];
   readonly #framePool = new Map<number, Uint8Array[]>();
+  readonly #rxPool = new Map<number, ArrayBuffer[]>();
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #watchAt = Infinity;
   readonly readers: Promise<void>[] = [];
@@ -266,10 +267,24 @@ class TcpTransport {
     return c;
   }
 
+  /** Give a received payload's memory back for reuse (the caller is done with it). */
   release(buf: Uint8Array): void {
-    if (buf.length === this.chunkBytes && buf.byteOffset === 0 && this.pool.length < 8) {
-      this.pool.push(buf);
+    const ab = buf.buffer;
+    if (buf.byteOffset !== 0 || !(ab instanceof ArrayBuffer)) return;
+    if (ab.byteLength === this.chunkBytes && buf.length === ab.byteLength) {
+      if (this.pool.length < 8) this.pool.push(buf);
+      return;
     }
+    const list = this.#rxPool.get(ab.byteLength);
+    if (list !== undefined && list.length < 8) list.push(ab);
+  }
+
+  /** A buffer for a small payload, from the pool (new allocations raise GC pressure). */
+  #smallPayload(n: number): Uint8Array {
+    const size = Math.max(4096, 2 ** Math.ceil(Math.log2(n)));
+    let list = this.#rxPool.get(size);
+    if (list === undefined) this.#rxPool.set(size, list = []);
+    return new Uint8Array(list.pop() ?? new ArrayBuffer(size), 0, n);
   }
 
   async #readLoop(peer: number, link: Link): Promise<void> {
@@ -313,6 +328,7 @@ class TcpTransport {
       return undefined;
     }
     if (h.length === this.chunkBytes) return this.pool.pop();
+    if (h.length > 0 && h.length <= EAGER_COPY_BYTES) return this.#smallPayload(h.length);
     return undefined;
   }
 
@@ -760,14 +776,19 @@ class TcpComm implements Communicator {
     const posted = new Map<number, Promise<Frame>>();
     for (let j = 0; j < n; j++) if (j !== this.rank) posted.set(j, this.#post(ctx, j, 0));
     const parts: CollectiveBuffer[] = [];
+    const payloads: Uint8Array[] = [];
     for (let j = 0; j < n; j++) {
-      parts.push(
-        j === this.rank ? buf : viewLike(buf, (await this.#take(ctx, j, posted.get(j)!)).payload),
-      );
+      if (j === this.rank) parts.push(buf);
+      else {
+        const f = await this.#take(ctx, j, posted.get(j)!);
+        payloads.push(f.payload);
+        parts.push(viewLike(buf, f.payload));
+      }
     }
     const acc = parts[0]!.slice();
     for (let j = 1; j < n; j++) reduceInto(acc, parts[j]!, op, dtype);
     buf.set(acc as Float32Array);
+    for (const p of payloads) this.t.release(p);
   }
 
   /** Small all-reduce on a power-of-two group: log2(n) pairwise exchanges. */
@@ -775,10 +796,12 @@ class TcpComm implements Communicator {
     for (let k = 1, step = 0; k < this.size; k <<= 1, step++) {
       const partner = this.rank ^ k;
       this.#send(ctx, partner, step, bytesOf(buf)); // copied: small
-      const other = viewLike(buf, (await this.#recv(ctx, partner, step)).payload);
+      const f = await this.#recv(ctx, partner, step);
+      const other = viewLike(buf, f.payload);
       // Both partners compute lower-rank op higher-rank, so they stay bit-identical.
       if (this.rank < partner) reduceInto(buf, other, op, dtype);
       else reduceTo(buf, other, buf, op, dtype);
+      this.t.release(f.payload);
     }
   }
 
