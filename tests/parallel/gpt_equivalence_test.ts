@@ -125,6 +125,7 @@ const CASES: [
   [4, { tp: 1, pp: 4, schedule: "gpipe" }],
   [4, { tp: 1, pp: 4, schedule: "1f1b" }],
   [2, { tp: 1, pp: 2, v: 2, schedule: "interleaved" }],
+  [1, { tp: 1, pp: 1, schedule: "none" }],
   [2, { tp: 1, pp: 1, schedule: "none" }],
   [8, { tp: 2, pp: 2, schedule: "1f1b" }],
   [8, { tp: 2, pp: 2, v: 2, sp: true, schedule: "interleaved" }],
@@ -137,7 +138,7 @@ for (const [world, layout] of CASES) {
     layout.pp > 1 ? `pp=${layout.pp} ${layout.schedule}` : "",
     layout.v ? `v=${layout.v}` : "",
     world / (layout.tp * layout.pp) > 1 ? `dp=${world / (layout.tp * layout.pp)}` : "",
-  ].filter((x) => x).join(", ");
+  ].filter((x) => x).join(", ") || "tp=pp=dp=1";
   Deno.test(`GPT with ${what} on ${world} workers trains like one rank for ${STEPS} steps`, async () => {
     await check(world, layout);
   });
