@@ -40,6 +40,32 @@ import {
 } from "./communicator.ts";
 import { finishAvg, reduceTo } from "./reduce.ts";
 import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
+import { ShmChannels } from "./_shm_p2p.ts";
+import {
+  ARRIVED,
+  bytesOf,
+  CH_STRIDE,
+  checkOp,
+  checkTimeout,
+  CLOSED,
+  CTRL_STRIDE,
+  type Ctx,
+  D_A,
+  D_B,
+  DESC,
+  describe,
+  DTYPES,
+  FOLD_CHUNK,
+  G_WAITERS,
+  type OpName,
+  OPS,
+  overlaps,
+  POLL_MS,
+  pow2Below,
+  REDS,
+  STEP,
+  sub,
+} from "./_shm_layout.ts";
 
 export { ShmLink };
 export type { ShmLinkInit } from "./_shm_link.ts";
@@ -48,11 +74,6 @@ export type { ShmLinkInit } from "./_shm_link.ts";
 export const DEFAULT_SLOT_BYTES = 1 << 21;
 /** Default bytes per point-to-point chunk (each directed pair has two), up to 8 ranks. */
 export const DEFAULT_CHANNEL_BYTES = 1 << 16;
-
-/** Largest power of two <= x, at least `floor`. */
-function pow2Below(x: number, floor: number): number {
-  return Math.max(floor, 2 ** Math.floor(Math.log2(Math.max(1, x))));
-}
 
 /**
  * Structured-clonable description of one shared-memory group: post it to every member and build
@@ -98,36 +119,6 @@ export interface ShmOptions {
    */
   smallBytes?: number;
 }
-
-const CTRL_STRIDE = 32; // int32 words per rank: 128 bytes, no false sharing between ranks
-const STEP = 0;
-const CLOSED = 2;
-const DESC = 8; // two descriptors of 8 words, by op parity
-// After the rank blocks, one group block: the arrival counter every round adds to.
-const ARRIVED = 0;
-const G_WAITERS = 1;
-const D_OP = 0, D_COUNT = 1, D_DTYPE = 2, D_RED = 3, D_ROOT = 4, D_SEQ = 5, D_A = 6, D_B = 7;
-
-const CH_STRIDE = 16; // int32 words per directed channel
-const C_SENT = 0, C_ACK = 1, C_SWAIT = 2, C_RWAIT = 3, C_HDR = 8; // 2 x [msg, tag, len, dtype]
-
-const POLL_MS = 10;
-/** Elements folded per step of an in-place reduction: the scratch stays in cache. */
-const FOLD_CHUNK = 1 << 15;
-
-const OPS = [
-  "barrier",
-  "allReduce",
-  "reduceScatter",
-  "allGather",
-  "broadcast",
-  "reduce",
-  "allToAll",
-  "split",
-] as const;
-type OpName = typeof OPS[number];
-const DTYPES: DType[] = ["float32", "int32", "float16", "bfloat16"];
-const REDS: ReduceOp[] = ["sum", "max", "min", "avg"];
 
 /**
  * Allocate the shared buffers of a group of `worldRanks.length` ranks.
@@ -176,14 +167,6 @@ export function createShmGroupSpec(
   };
 }
 
-interface Ctx {
-  op: string;
-  /** Timeout in ms; the clock starts when the op first has to wait (reading it costs ~0.4 us). */
-  ms: number;
-  /** performance.now() deadline, 0 until the op first waits. */
-  deadline: number;
-}
-
 /**
  * A {@linkcode Communicator} over SharedArrayBuffer and Atomics for ranks that are threads of one
  * process. Ops on one communicator run one after another in call order (point-to-point ops queue
@@ -203,8 +186,6 @@ export class ShmCommunicator implements Communicator {
 
   #link: ShmLink;
   #ctrl: Int32Array;
-  #chan: Int32Array;
-  #chanU8: Uint8Array;
   #f32: Float32Array[][];
   #i32: Int32Array[][];
   #u16: Uint16Array[][];
@@ -227,11 +208,7 @@ export class ShmCommunicator implements Communicator {
   #nextBufId = 0;
   #peerBufs: Map<number, SharedArrayBuffer>[] = [];
   #p2pTail = new Map<string, Promise<void>>();
-  #kept: Map<number, { dtype: number; length: number; data: Uint8Array }[]>[] = [];
-  #sentChunks: number[];
-  #recvChunks: number[];
-  #sentMsgs: number[];
-  #recvMsgs: number[];
+  #channels: ShmChannels;
   #closed = false;
   #broken: CollectiveError | undefined;
   #opts: ShmOptions;
@@ -256,8 +233,6 @@ export class ShmCommunicator implements Communicator {
     this.#opts = opts;
     this.#ctrl = new Int32Array(spec.ctrl);
     this.#group = spec.size * CTRL_STRIDE;
-    this.#chan = new Int32Array(spec.chanCtrl);
-    this.#chanU8 = new Uint8Array(spec.chanData);
     this.#slotBytes = spec.slotBytes;
     const halves = (mk: (sab: SharedArrayBuffer, off: number) => unknown) =>
       spec.data.map((sab) => [mk(sab, 0), mk(sab, spec.slotBytes)]);
@@ -273,11 +248,10 @@ export class ShmCommunicator implements Communicator {
     this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 2 : 10) / 1000;
     this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
-    const n = this.size;
-    this.#sentChunks = new Array(n).fill(0);
-    this.#recvChunks = new Array(n).fill(0);
-    this.#sentMsgs = new Array(n).fill(0);
-    this.#recvMsgs = new Array(n).fill(0);
+    this.#channels = new ShmChannels(spec, rank, {
+      wait: (...a) => this.#wait(...a),
+      problem: (ctx, peer) => this.#problem(ctx, peer),
+    });
   }
 
   // ---- public ops -------------------------------------------------------------------------
@@ -571,7 +545,12 @@ export class ShmCommunicator implements Communicator {
     const dtype = dtypeOf(buf, opts.dtype);
     this.#checkPeer(peer, tag, "send");
     const ms = this.#timeout(opts);
-    await this.#p2p(`s${peer}`, "send", ms, (ctx) => this.#send(ctx, buf, dtype, peer, tag));
+    await this.#p2p(
+      `s${peer}`,
+      "send",
+      ms,
+      (ctx) => this.#channels.send(ctx, buf, dtype, peer, tag),
+    );
   }
 
   /**
@@ -588,7 +567,12 @@ export class ShmCommunicator implements Communicator {
     const dtype = dtypeOf(buf, opts.dtype);
     this.#checkPeer(peer, tag, "recv");
     const ms = this.#timeout(opts);
-    await this.#p2p(`r${peer}`, "recv", ms, (ctx) => this.#recv(ctx, buf, dtype, peer, tag));
+    await this.#p2p(
+      `r${peer}`,
+      "recv",
+      ms,
+      (ctx) => this.#channels.recv(ctx, buf, dtype, peer, tag),
+    );
   }
 
   /** Leave the group: pending and later ops of this rank reject; peers see the rank as lost. */
@@ -1107,188 +1091,4 @@ export class ShmCommunicator implements Communicator {
     this.#peerBufs[p]!.set(id, sab);
     return sab;
   }
-
-  async #send(
-    ctx: Ctx,
-    buf: CollectiveBuffer,
-    dtype: DType,
-    peer: number,
-    tag: number,
-  ): Promise<void> {
-    const c = (this.rank * this.size + peer) * CH_STRIDE;
-    const cb = this.spec.chanBytes;
-    const bytes = buf.byteLength;
-    const src = new Uint8Array(buf.buffer, buf.byteOffset, bytes);
-    const msg = ++this.#sentMsgs[peer]!;
-    const chunks = Math.max(1, Math.ceil(bytes / cb));
-    const ch = this.#chan;
-    for (let i = 0; i < chunks; i++) {
-      const k = this.#sentChunks[peer]!;
-      // Two chunks per channel: chunk k may reuse its slot once chunk k - 2 has been taken.
-      if (Atomics.load(ch, c + C_ACK) < k - 1) {
-        await this.#wait(
-          ctx,
-          ch,
-          c + C_ACK,
-          k - 1,
-          c + C_SWAIT,
-          true,
-          () => this.#problem(ctx, peer),
-        );
-      }
-      const slot = k & 1;
-      const hdr = c + C_HDR + slot * 4;
-      Atomics.store(ch, hdr, msg);
-      Atomics.store(ch, hdr + 1, tag);
-      Atomics.store(ch, hdr + 2, buf.length);
-      Atomics.store(ch, hdr + 3, DTYPES.indexOf(dtype));
-      const off = ((this.rank * this.size + peer) * 2 + slot) * cb;
-      this.#chanU8.set(src.subarray(i * cb, Math.min(bytes, (i + 1) * cb)), off);
-      this.#sentChunks[peer] = k + 1;
-      Atomics.store(ch, c + C_SENT, k + 1);
-      if (Atomics.load(ch, c + C_RWAIT) > 0) Atomics.notify(ch, c + C_SENT);
-    }
-  }
-
-  /**
-   * Receive the next message from `peer` with `tag`. Messages with other tags that arrive first
-   * are taken off the channel and kept (copied) until a recv asks for their tag.
-   */
-  async #recv(
-    ctx: Ctx,
-    buf: CollectiveBuffer,
-    dtype: DType,
-    peer: number,
-    tag: number,
-  ): Promise<void> {
-    const dt = DTYPES.indexOf(dtype);
-    const dst = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-    const kept = this.#kept[peer]?.get(tag);
-    const early = kept?.shift();
-    if (early !== undefined) {
-      if (kept!.length === 0) this.#kept[peer]!.delete(tag);
-      if (early.dtype !== dt || early.length !== buf.length) {
-        throw this.#p2pMismatch(ctx, peer, tag, buf.length, dtype, early.length, early.dtype);
-      }
-      dst.set(early.data);
-      return;
-    }
-    const c = (peer * this.size + this.rank) * CH_STRIDE;
-    const ch = this.#chan;
-    for (;;) {
-      const k = this.#recvChunks[peer]!;
-      await this.#wait(
-        ctx,
-        ch,
-        c + C_SENT,
-        k + 1,
-        c + C_RWAIT,
-        true,
-        () => this.#problem(ctx, peer),
-      );
-      const hdr = c + C_HDR + (k & 1) * 4;
-      const ht = Atomics.load(ch, hdr + 1);
-      const hl = Atomics.load(ch, hdr + 2);
-      const hd = Atomics.load(ch, hdr + 3);
-      const fits = ht === tag && hl === buf.length && hd === dt;
-      const bytes = hl * (hd === 0 || hd === 1 ? 4 : 2);
-      const into = fits ? dst : new Uint8Array(bytes);
-      await this.#drain(ctx, peer, bytes, into);
-      if (fits) return;
-      if (ht === tag) throw this.#p2pMismatch(ctx, peer, tag, buf.length, dtype, hl, hd);
-      const byTag = this.#kept[peer] ??= new Map();
-      const list = byTag.get(ht) ?? [];
-      list.push({ dtype: hd, length: hl, data: into });
-      byTag.set(ht, list);
-    }
-  }
-
-  /** Copy the message at the head of `peer`'s channel (`bytes` long) into `into`. */
-  async #drain(ctx: Ctx, peer: number, bytes: number, into: Uint8Array): Promise<void> {
-    const c = (peer * this.size + this.rank) * CH_STRIDE;
-    const cb = this.spec.chanBytes;
-    const ch = this.#chan;
-    const msg = ++this.#recvMsgs[peer]!;
-    const chunks = Math.max(1, Math.ceil(bytes / cb));
-    for (let i = 0; i < chunks; i++) {
-      const k = this.#recvChunks[peer]!;
-      await this.#wait(
-        ctx,
-        ch,
-        c + C_SENT,
-        k + 1,
-        c + C_RWAIT,
-        true,
-        () => this.#problem(ctx, peer),
-      );
-      const slot = k & 1;
-      if (Atomics.load(ch, c + C_HDR + slot * 4) !== msg) {
-        throw new CollectiveError(
-          "protocol",
-          ctx.op,
-          this.name,
-          peer,
-          `chunk ${i} of message ${msg} from rank ${peer} is missing`,
-        );
-      }
-      const off = ((peer * this.size + this.rank) * 2 + slot) * cb;
-      const len = Math.min(bytes, (i + 1) * cb) - i * cb;
-      into.set(this.#chanU8.subarray(off, off + len), i * cb);
-      this.#recvChunks[peer] = k + 1;
-      Atomics.store(ch, c + C_ACK, k + 1);
-      if (Atomics.load(ch, c + C_SWAIT) > 0) Atomics.notify(ch, c + C_ACK);
-    }
-  }
-
-  #p2pMismatch(
-    ctx: Ctx,
-    peer: number,
-    tag: number,
-    length: number,
-    dtype: DType,
-    sentLength: number,
-    sentDtype: number,
-  ): CollectiveError {
-    return new CollectiveError(
-      "mismatch",
-      ctx.op,
-      this.name,
-      peer,
-      `recv with tag ${tag} expected ${length} ${dtype} but rank ${peer} sent ${sentLength} ` +
-        `${DTYPES[sentDtype] ?? "?"} with that tag: matching send and recv must agree`,
-    );
-  }
-}
-
-function overlaps(x: CollectiveBuffer, y: CollectiveBuffer): boolean {
-  return x.buffer === y.buffer && x.byteOffset < y.byteOffset + y.byteLength &&
-    y.byteOffset < x.byteOffset + x.byteLength;
-}
-
-function sub(buf: CollectiveBuffer, a: number, b: number): CollectiveBuffer {
-  return a === 0 && b === buf.length ? buf : buf.subarray(a, b);
-}
-
-function describe(d: number[]): string {
-  const op = OPS[d[D_OP]!] ?? `op#${d[D_OP]}`;
-  const red = d[D_RED]! >= 0 ? ` ${REDS[d[D_RED]!]}` : "";
-  const root = d[D_ROOT]! >= 0 ? ` root ${d[D_ROOT]}` : "";
-  return `${op}${red} of ${d[D_COUNT]} ${DTYPES[d[D_DTYPE]!] ?? "?"}${root} (op #${d[D_SEQ]})`;
-}
-
-function bytesOf(dtype: DType): number {
-  return dtype === "float32" || dtype === "int32" ? 4 : 2;
-}
-
-function checkOp(op: ReduceOp): void {
-  if (!REDS.includes(op)) {
-    throw new TypeError(`Unknown reduce op "${op}": use "sum", "max", "min" or "avg"`);
-  }
-}
-
-function checkTimeout(ms: number): number {
-  if (typeof ms !== "number" || !(ms > 0)) {
-    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
-  }
-  return ms;
 }
