@@ -58,7 +58,7 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "context length (default: the task's 11 for addition, 64 with --data)",
     saved: true,
   },
-  batch: { kind: "int", dflt: 64, help: "sequences per optimizer step", saved: true },
+  batch: { kind: "int", dflt: 128, help: "sequences per optimizer step", saved: true },
   accum: {
     kind: "int",
     dflt: 1,
