@@ -345,12 +345,19 @@ class TcpTransport {
     if (!isData(h.op)) return;
     const comm = this.groups.get(h.group);
     if (comm !== undefined && h.op !== FrameOp.send) comm.checkIncoming(peer, h);
-    const ch = this.channel(peer, keyOf(h.group, h.op, h.seq, h.tag));
+    const key = keyOf(h.group, h.op, h.seq, h.tag);
+    const ch = this.channel(peer, key);
     const w = ch.waiters.shift();
     if (w !== undefined) {
       w.ctx.waiters.delete(w);
+      this.tidy(peer, key, ch);
       w.resolve(f);
     } else ch.frames.push(f);
+  }
+
+  /** Forget a channel once nothing is queued or awaited on it (keys are per call). */
+  tidy(peer: number, key: string, ch: Channel): void {
+    if (ch.frames.length === 0 && ch.waiters.length === 0) this.channels[peer]!.delete(key);
   }
 
   #onAbort(peer: number, f: Frame): void {
@@ -697,7 +704,8 @@ class TcpComm implements Communicator {
   #post(ctx: OpCtx, peer: number, tag: number, dest?: Uint8Array): Promise<Frame> {
     const w = this.members[peer]!;
     const e = ctx.expect;
-    const ch = this.t.channel(w, keyOf(this.id, e.op, ctx.seq, tag));
+    const key = keyOf(this.id, e.op, ctx.seq, tag);
+    const ch = this.t.channel(w, key);
     const check = (f: Frame): Frame => {
       const h = f.header;
       if (
@@ -733,13 +741,17 @@ class TcpComm implements Communicator {
       return f;
     };
     let p: Promise<Frame>;
-    if (ctx.failed) p = Promise.reject(ctx.failed);
-    else if (ch.frames.length === 0 && this.t.lost.has(w)) {
+    if (ctx.failed) {
+      this.t.tidy(w, key, ch);
+      p = Promise.reject(ctx.failed);
+    } else if (ch.frames.length === 0 && this.t.lost.has(w)) {
+      this.t.tidy(w, key, ch);
       const err = this.lostError(ctx.name, peer);
       ctx.fail(err);
       p = Promise.reject(err);
     } else if (ch.frames.length > 0) {
       const f = ch.frames.shift()!;
+      this.t.tidy(w, key, ch);
       try {
         p = Promise.resolve(check(f));
       } catch (err) {
