@@ -71,6 +71,20 @@ Deno.test("a run stopped half way and resumed has the same loss curve as a strai
   const straight = await curve(a), resumed = await curve(b);
   assert.equal(straight.length, 12);
   assert.deepEqual(resumed, straight);
+  await assert.rejects(
+    () => main(["--resume", b, "--dim", "64", ...cpu], { print: false }),
+    /--dim 64 differs from the checkpoint/,
+  );
+  await assert.rejects(
+    () => main(["--resume", b, ...cpu], { print: false }),
+    /already took 12 steps: raise --steps/,
+  );
+  const ckpt = `${b}/checkpoint.safetensors`;
+  await Deno.writeFile(ckpt, (await Deno.readFile(ckpt)).subarray(0, 1000));
+  await assert.rejects(
+    () => main(["--resume", b, "--steps", "20", ...cpu], { print: false }),
+    /Corrupt safetensors file/,
+  );
   for (const d of [a, b]) await Deno.remove(d, { recursive: true });
   await Deno.remove(text);
 });
