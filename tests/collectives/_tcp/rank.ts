@@ -144,6 +144,18 @@ async function ops(comm: Communicator): Promise<Record<string, unknown>> {
       expectEqual(`send/recv n=${n}`, got, (i) => value(prev, i));
     }
   }
+  // Ops issued without waiting for each other (overlapped buckets) complete independently.
+  const x = fill(1000, rank), y = fill(100_003, rank), z = new Float32Array(7);
+  const zr = size > 1 ? comm.recv(z, (rank + size - 1) % size, 9) : null;
+  await Promise.all([
+    comm.allReduce(x),
+    comm.allReduce(y, "max"),
+    size > 1 ? comm.send(fill(7, rank), (rank + 1) % size, 9) : Promise.resolve(),
+  ]);
+  await zr;
+  expectEqual("overlapped allReduce sum", x, (i) => serial("sum", i));
+  expectEqual("overlapped allReduce max", y, (i) => serial("max", i));
+  if (size > 1) expectEqual("overlapped send/recv", z, (i) => value((rank + size - 1) % size, i));
   await comm.barrier();
   // Sub-groups: even and odd ranks, ordered by descending rank (key = -rank).
   const sub = await comm.split(rank % 2, -rank);
