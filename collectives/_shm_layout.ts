@@ -9,6 +9,8 @@ import type { CollectiveBuffer, DType, ReduceOp } from "./communicator.ts";
 export const CTRL_STRIDE = 32; // int32 words per rank: 128 bytes, no false sharing between ranks
 export const STEP = 0;
 export const CLOSED = 2;
+/** 1 + the rank this rank's group failed on (it will take part in no further round), or 0. */
+export const ABORT = 3;
 export const DESC = 8; // two descriptors of 8 words, by op parity
 // After the rank blocks, one group block: the arrival counter every round adds to.
 export const ARRIVED = 0;

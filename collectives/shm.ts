@@ -42,6 +42,7 @@ import { finishAvg, reduceTo } from "./reduce.ts";
 import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
 import {
+  ABORT,
   ARRIVED,
   bytesOf,
   CH_STRIDE,
@@ -662,7 +663,15 @@ export class ShmCommunicator implements Communicator {
           // Every rank rejected after the same round, but the ranks may have taken paths that
           // use different numbers of staging units: realign the halves on the shared step count.
           this.#unit = this.#step;
-        } else if (e instanceof CollectiveError) this.#broken ??= e;
+        } else if (e instanceof CollectiveError && this.#broken === undefined) {
+          this.#broken = e;
+          if ((e.reason === "peer-lost" || e.reason === "timeout") && e.peer !== undefined) {
+            // Tell the members still waiting on this rank whom the group lost, so that they
+            // fail at once and name the same rank rather than this one.
+            Atomics.store(this.#ctrl, this.rank * CTRL_STRIDE + ABORT, e.peer + 1);
+            Atomics.notify(this.#ctrl, this.#group + ARRIVED);
+          }
+        }
         throw e;
       } finally {
         this.#busy--;
@@ -828,14 +837,29 @@ export class ShmCommunicator implements Communicator {
     if (this.#closed) {
       return new CollectiveError("closed", ctx.op, this.name, undefined, "closed while pending");
     }
-    let late = -1;
+    let late = -1, first: CollectiveError | undefined;
     for (let p = 0; p < this.size; p++) {
-      if (p === this.rank || Atomics.load(this.#ctrl, p * CTRL_STRIDE + STEP) >= step) continue;
-      const e = this.#gone(ctx, p);
-      if (e !== undefined && Atomics.load(this.#ctrl, p * CTRL_STRIDE + STEP) < step) return e;
+      const at = p * CTRL_STRIDE;
+      if (p === this.rank || Atomics.load(this.#ctrl, at + STEP) >= step) continue;
       if (late < 0) late = p;
+      // A member that gave up on the group names the rank it lost: report that one.
+      const abort = Atomics.load(this.#ctrl, at + ABORT);
+      const e = abort !== 0
+        ? new CollectiveError(
+          "peer-lost",
+          ctx.op,
+          this.name,
+          abort - 1,
+          `rank ${p} gave up on the group after losing rank ${abort - 1}`,
+        )
+        : this.#gone(ctx, p);
+      if (e === undefined || Atomics.load(this.#ctrl, at + STEP) >= step) continue;
+      // A terminated Worker or an abort is the cause; a member that merely returned or closed
+      // may have done so because of it, so keep looking.
+      if (abort !== 0 || this.#link.state(this.spec.worldRanks[p]!) === DEAD) return e;
+      first ??= e;
     }
-    return late < 0 ? undefined : this.#late(ctx, late);
+    return first ?? (late < 0 ? undefined : this.#late(ctx, late));
   }
 
   #late(ctx: Ctx, peer: number): CollectiveError | undefined {
