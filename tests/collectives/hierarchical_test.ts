@@ -44,3 +44,50 @@ Deno.test({
     ]);
   },
 });
+
+Deno.test({
+  name: "killing one node mid-all-reduce makes the other node fail naming a lost rank",
+  sanitizeOps: true,
+  sanitizeResources: true,
+  async fn() {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = l.addr.port;
+    l.close();
+    const node = (n: number) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", new URL("../../collectives/_node_process.ts", import.meta.url).href]
+          .concat(["--nnodes=2", `--node-rank=${n}`, "--nproc-per-node=2"])
+          .concat(["--master-addr=127.0.0.1", `--master-port=${port}`]),
+        env: {
+          LOOM_RANK_MODULE: new URL("./_tcp/loop.ts", import.meta.url).href,
+          LOOM_RANK_DATA: "null",
+        },
+        stdout: "piped",
+        stderr: "null",
+      }).spawn();
+    const survivor = node(0), victim = node(1);
+    const reader = survivor.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let out = "";
+    while (!out.includes("GO")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    assert.ok(out.includes("GO"), out);
+    const killedAt = performance.now();
+    victim.kill("SIGKILL");
+    await victim.stdout.cancel();
+    await victim.status;
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += value;
+    }
+    const status = await survivor.status;
+    const elapsed = performance.now() - killedAt;
+    assert.equal(status.code, 1, out);
+    assert.ok(elapsed < 10_000, `the surviving node took ${elapsed} ms`);
+    // Global ranks 2 and 3 lived on the killed node.
+    assert.match(out, /peer-lost.*world rank [23]|peer-lost \(rank [23]\)/);
+  },
+});
