@@ -197,14 +197,23 @@ export function helpText(): string {
     "",
     "Options (--name value or --name=value):",
   ];
+  const metavar: Record<string, string> = { data: "FILE", out: "DIR", resume: "DIR" };
   for (const [name, o] of Object.entries(OPTIONS)) {
     const arg = o.kind === "bool"
       ? ""
-      : o.choices
-      ? ` ${o.choices.join("|")}`
-      : ` ${o.kind.toUpperCase()}`;
+      : ` ${metavar[name] ?? (o.choices ? o.choices.join("|") : o.kind.toUpperCase())}`;
     const d = o.dflt === null || o.kind === "bool" ? "" : ` (default: ${o.dflt})`;
-    lines.push(`  --${(name + arg).padEnd(26)} ${o.help}${d}`);
+    const flag = `  --${name}${arg}`;
+    const text = `${o.help}${d}`;
+    let line = flag.length <= 29 ? flag.padEnd(30) : (lines.push(flag), " ".repeat(30));
+    for (const word of text.split(" ")) {
+      if (line.length + word.length > 99 && line.trim() !== "") {
+        lines.push(line.trimEnd());
+        line = " ".repeat(30);
+      }
+      line += word + " ";
+    }
+    lines.push(line.trimEnd());
   }
   return lines.join("\n");
 }
