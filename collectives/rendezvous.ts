@@ -190,6 +190,8 @@ async function readControl(link: Link, dl: Deadline): Promise<Frame> {
  */
 export async function rendezvous(opts: RendezvousOptions): Promise<Mesh> {
   checkOptions(opts);
+  // "localhost" may resolve to ::1 while rank 0 listens on 127.0.0.1: pin it to IPv4.
+  if (opts.masterAddr === "localhost") opts = { ...opts, masterAddr: "127.0.0.1" };
   const { rank, size } = opts;
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const listenAddr = opts.listenAddr ?? (isLoopback(opts.masterAddr) ? "127.0.0.1" : "0.0.0.0");
