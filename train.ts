@@ -32,7 +32,7 @@ import {
   MetricsWriter,
   Progress,
 } from "./engine/mod.ts";
-import { readCheckpointConfig } from "./engine/mod.ts";
+import { readCheckpointConfig, readMetrics } from "./engine/mod.ts";
 import { type Backend, createCpuBackend } from "./kernels/mod.ts";
 import { createWebGPUBackend } from "./kernels/webgpu/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
@@ -468,7 +468,17 @@ export async function main(
       ? Math.min(o["stop-after"] as number, steps)
       : steps;
     await Deno.mkdir(out, { recursive: true });
-    const metrics = await MetricsWriter.open(`${out}/metrics.jsonl`, o.resume !== null);
+    const metricsPath = `${out}/metrics.jsonl`;
+    if (o.resume !== null) {
+      // Steps logged after the checkpoint was taken are run again: drop their old lines.
+      try {
+        const kept = (await readMetrics(metricsPath)).filter((r) => r.step <= engine.step);
+        await Deno.writeTextFile(metricsPath, kept.map((r) => JSON.stringify(r) + "\n").join(""));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    const metrics = await MetricsWriter.open(metricsPath, o.resume !== null);
     say(
       `Loom: ${ds.name}, ${engine.model.numParams.toLocaleString("en-US")} parameters ` +
         `(dim ${o.dim}, layers ${o.layers}, heads ${o.heads}, ctx ${ctx}, vocab ${vocab})`,
