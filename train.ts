@@ -32,7 +32,7 @@ import {
   MetricsWriter,
   Progress,
 } from "./engine/mod.ts";
-import { readCheckpointConfig, readMetrics } from "./engine/mod.ts";
+import { readCheckpointConfig, readMetrics, resolveEngineConfig } from "./engine/mod.ts";
 import { type Backend, createCpuBackend } from "./kernels/mod.ts";
 import { createWebGPUBackend } from "./kernels/webgpu/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
@@ -133,6 +133,13 @@ const OPTIONS: Record<string, OptionSpec> = {
     choices: ["auto", "blas", "wasm", "ts"],
   },
   threads: { kind: "int", dflt: 1, help: "BLAS threads of the CPU backend" },
+  config: {
+    kind: "string",
+    dflt: null,
+    help: "a JSON file of engine settings with DeepSpeed's keys (fp16, gradient_clipping, " +
+      "optimizer, scheduler, ...) that override the flags",
+    saved: true,
+  },
   out: { kind: "string", dflt: null, help: "run directory (default: runs/<task>-<time>)" },
   resume: { kind: "string", dflt: null, help: "continue the run saved in this directory" },
   "eval-every": {
@@ -197,7 +204,12 @@ export function helpText(): string {
     "",
     "Options (--name value or --name=value):",
   ];
-  const metavar: Record<string, string> = { data: "FILE", out: "DIR", resume: "DIR" };
+  const metavar: Record<string, string> = {
+    data: "FILE",
+    config: "FILE",
+    out: "DIR",
+    resume: "DIR",
+  };
   for (const [name, o] of Object.entries(OPTIONS)) {
     const arg = o.kind === "bool"
       ? ""
@@ -288,6 +300,37 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
     throw new RangeError("--tokenizer applies to --data: give a text file with --data");
   }
   return { given, all };
+}
+
+/** Read a JSON file of engine settings and lay it over the flags' settings. */
+async function readEngineConfigFile(
+  path: string,
+  base: EngineConfig,
+): Promise<Partial<EngineConfig>> {
+  let json: Record<string, unknown>;
+  try {
+    json = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new TypeError(`--config ${path}: ${(e as Error).message}`);
+  }
+  if (json === null || typeof json !== "object" || Array.isArray(json)) {
+    throw new TypeError(`--config ${path} must hold a JSON object of engine settings`);
+  }
+  if (json.model !== undefined) {
+    throw new TypeError(
+      `--config ${path}: give the model's shape with --dim, --layers, --heads and --ctx, ` +
+        `not as "model"`,
+    );
+  }
+  const merged = { ...base, ...json } as EngineConfig;
+  try {
+    resolveEngineConfig(merged);
+  } catch (e) {
+    if (e instanceof TypeError) throw new TypeError(`--config ${path}: ${e.message}`);
+    if (e instanceof RangeError) throw new RangeError(`--config ${path}: ${e.message}`);
+    throw e;
+  }
+  return merged;
 }
 
 /** Bytes the run needs, roughly: parameters, gradients, two moments and the activations. */
@@ -446,6 +489,11 @@ export async function main(
     },
     seed: o.seed as number,
   };
+
+  if (o.config !== null) {
+    Object.assign(config, await readEngineConfigFile(String(o.config), config));
+  }
+  resolveEngineConfig(config); // every config error before the backend starts
 
   const backend = await pickBackend(o);
   try {

@@ -40,6 +40,23 @@ Deno.test("train.ts trains a tiny model and writes metrics, summary and checkpoi
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("--config sets DeepSpeed keys such as fp16 loss scaling over the flags", async () => {
+  const out = await Deno.makeTempDir();
+  const cfg = `${out}/ds.json`;
+  await Deno.writeTextFile(
+    cfg,
+    JSON.stringify({ fp16: { enabled: true, initial_scale_power: 8 }, gradient_clipping: 0.5 }),
+  );
+  const s = await main([...tiny, ...cpu, "--steps", "5", "--config", cfg, "--out", out], {
+    print: false,
+  });
+  assert.equal(s?.steps, 5);
+  const saved = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
+  assert.deepEqual(saved.engine.fp16, { enabled: true, initial_scale_power: 8 });
+  assert.equal(saved.engine.gradient_clipping, 0.5);
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("a run stopped half way and resumed has the same loss curve as a straight run", async () => {
   const text = await Deno.makeTempFile({ suffix: ".txt" });
   await Deno.writeTextFile(
@@ -110,7 +127,12 @@ Deno.test("train.ts rejects bad input with a clear message before any work", asy
   await bad(["--dim", "8192", "--layers", "48", "--heads", "64"], /GiB of memory is available/);
   await bad(["--resume", empty], /No checkpoint/);
   await bad(["stray"], /Unexpected argument 'stray'/);
-  for (const p of [empty, short]) await Deno.remove(p);
+  const cfg = await Deno.makeTempFile({ suffix: ".json" });
+  await Deno.writeTextFile(cfg, JSON.stringify({ gradient_clipping: "1" }));
+  await bad(["--config", cfg], /--config .*"gradient_clipping" must be a number/);
+  await Deno.writeTextFile(cfg, JSON.stringify({ zero_optimization: { stage: 2 } }));
+  await bad(["--config", cfg], /Unknown config key "zero_optimization"/);
+  for (const p of [empty, short, cfg]) await Deno.remove(p);
   assert.throws(() => parseTrainArgs(["--batch", "10", "--accum", "3"]), /multiple of --accum/);
 });
 
