@@ -55,7 +55,7 @@ export interface TcpOptions extends RendezvousOptions {
   opTimeoutMs?: number;
   /** Bytes per frame of pipelined algorithms; default 1 MiB. */
   chunkBytes?: number;
-  /** Messages up to this size take the latency-optimal path; default 64 KiB, at most 256 KiB. */
+  /** Messages up to this size take the latency-optimal path; default and at most 64 KiB. */
   smallBytes?: number;
 }
 
@@ -97,7 +97,7 @@ export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
 }
 
 /** Payloads up to this size are copied into the frame when sent, so the caller may reuse them. */
-const EAGER_COPY_BYTES = 256 * 1024;
+const EAGER_COPY_BYTES = 64 * 1024;
 
 function checkTimeout(ms: number): void {
   if (!(ms > 0) || !Number.isFinite(ms)) {
