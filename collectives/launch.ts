@@ -11,6 +11,14 @@
  * - **process mode** (torchrun, SLURM `srun`, Open MPI `mpirun`): one process per rank, all over
  *   TCP.
  *
+ * ```sh
+ * deno run -A train.ts --nproc-per-node 4                        # one node, 4 Worker ranks
+ * deno run -A train.ts --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr 10.0.0.1
+ * torchrun --nproc-per-node 4 --no-python deno run -A train.ts   # process mode
+ * srun -N 2 --ntasks-per-node 4 deno run -A train.ts              # process mode
+ * mpirun -np 8 -x MASTER_ADDR=node0 deno run -A train.ts          # process mode
+ * ```
+ *
  * @module
  */
 import type { Communicator } from "./communicator.ts";
@@ -47,7 +55,7 @@ export interface LaunchConfig {
 }
 
 /** Environment as a plain record (`Deno.env.toObject()`). */
-export type Env = Record<string, string | undefined>;
+export type LaunchEnv = Record<string, string | undefined>;
 
 const FLAGS = ["nnodes", "node-rank", "nproc-per-node", "master-addr", "master-port"] as const;
 type Flag = typeof FLAGS[number];
@@ -170,7 +178,7 @@ function validate(c: Omit<LaunchConfig, "ranks" | "localRanks" | "rest">, hint: 
  * @throws {TypeError} on a malformed or missing value, {RangeError} on an inconsistent one;
  *   messages say how to fix it
  */
-export function parseLaunch(args: string[], env: Env): LaunchConfig {
+export function parseLaunch(args: string[], env: LaunchEnv): LaunchConfig {
   const { flags, rest } = splitFlags(args);
   if (Object.keys(flags).length > 0) {
     const hint = "check --nnodes, --node-rank, --nproc-per-node, --master-addr, --master-port";
