@@ -1,0 +1,390 @@
+/**
+ * The machinery under the TCP communicator ({@link ./tcp.ts}): the mesh's reader loops, per-peer
+ * message queues keyed by group and call, ordered socket writes, deadlines, and what happens when
+ * a peer goes away. Groups (the world and its splits) share one transport.
+ *
+ * @module
+ */
+import { CollectiveError, type CollectiveFailure } from "./communicator.ts";
+import {
+  encodeHeader,
+  type Frame,
+  FrameError,
+  type FrameHeader,
+  FrameOp,
+  HEADER_BYTES,
+  writeAll,
+} from "./frame.ts";
+import type { Link, Mesh } from "./rendezvous.ts";
+
+/** What the transport needs of a group. */
+export interface TcpGroup {
+  /** The group's name, for errors. */
+  readonly name: string;
+  /** Group rank of a world rank, or undefined when it is not a member. */
+  groupRank(world: number): number | undefined;
+  /** Check a collective frame from world rank `peer` against what this rank is doing. */
+  checkIncoming(peer: number, h: FrameHeader): void;
+  /** Fail the group for good. */
+  breakWith(e: CollectiveError): void;
+  /** The error for an op that lost group rank `g`. */
+  lostError(op: string, g: number): CollectiveError;
+}
+
+/** Payloads up to this size are copied into the frame when sent, so the caller may reuse them. */
+export const EAGER_COPY_BYTES = 64 * 1024;
+
+export function checkTimeout(ms: number): void {
+  if (!(ms > 0) || !Number.isFinite(ms)) {
+    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
+  }
+}
+
+export function isData(op: number): boolean {
+  return op >= FrameOp.allReduce && op <= FrameOp.split;
+}
+
+export function keyOf(group: number, op: number, seq: number, tag: number): string {
+  return op === FrameOp.send ? `${group}:t${tag}` : `${group}:${seq}`;
+}
+
+/** What a receiver expects of every frame of an op. */
+export interface Expect {
+  op: number;
+  kind: number;
+  total: number;
+  arg: number;
+}
+
+export interface Waiter {
+  ctx: OpCtx;
+  peer: number;
+  tag: number;
+  dest: Uint8Array | undefined;
+  channel: Channel;
+  resolve: (f: Frame) => void;
+  reject: (e: Error) => void;
+}
+
+export interface Channel {
+  frames: Frame[];
+  waiters: Waiter[];
+}
+
+/** One op in flight: its deadline, its pending receives and sends. */
+export class OpCtx {
+  failed: CollectiveError | undefined;
+  waiters = new Set<Waiter>();
+  sends: Promise<void>[] = [];
+  deadline = Infinity;
+  onTimeout: () => void = () => {};
+  waitingOn: number | undefined;
+  readonly failure: Promise<never>;
+  #reject!: (e: Error) => void;
+
+  constructor(
+    readonly comm: TcpGroup,
+    readonly name: string,
+    readonly seq: number,
+    readonly expect: Expect,
+  ) {
+    this.failure = new Promise<never>((_, reject) => (this.#reject = reject));
+    this.failure.catch(() => {});
+  }
+
+  fail(e: CollectiveError): void {
+    if (this.failed) return;
+    this.failed = e;
+    for (const w of this.waiters) {
+      const i = w.channel.waiters.indexOf(w);
+      if (i >= 0) w.channel.waiters.splice(i, 1);
+      w.reject(e);
+    }
+    this.waiters.clear();
+    this.#reject(e);
+  }
+}
+
+/** The mesh, the reader loops and the per-peer message queues shared by every group. */
+export class TcpTransport {
+  readonly rank: number;
+  readonly size: number;
+  readonly links: (Link | null)[];
+  readonly channels: Map<string, Channel>[];
+  readonly chains: Promise<void>[];
+  readonly lost = new Map<number, string>();
+  readonly byes = new Set<number>();
+  readonly closedCleanly = new Set<number>();
+  readonly active = new Set<OpCtx>();
+  readonly groups = new Map<number, TcpGroup>();
+  readonly pool: Uint8Array[] = [];
+  readonly #framePool = new Map<number, Uint8Array[]>();
+  readonly #rxPool = new Map<number, ArrayBuffer[]>();
+  readonly #queued: number[];
+  #watchdog: ReturnType<typeof setTimeout> | undefined;
+  #watchAt = Infinity;
+  readonly readers: Promise<void>[] = [];
+  closing = false;
+
+  constructor(
+    mesh: Mesh,
+    readonly chunkBytes: number,
+    readonly smallBytes: number,
+    readonly timeoutMs: number,
+  ) {
+    this.rank = mesh.rank;
+    this.size = mesh.size;
+    this.links = mesh.links;
+    this.channels = mesh.links.map(() => new Map());
+    this.chains = mesh.links.map(() => Promise.resolve());
+    this.#queued = mesh.links.map(() => 0);
+    mesh.links.forEach((l, peer) => {
+      if (l) this.readers.push(this.#readLoop(peer, l));
+    });
+  }
+
+  channel(peer: number, key: string): Channel {
+    const m = this.channels[peer]!;
+    let c = m.get(key);
+    if (c === undefined) {
+      c = { frames: [], waiters: [] };
+      m.set(key, c);
+    }
+    return c;
+  }
+
+  /** Give a received payload's memory back for reuse (the caller is done with it). */
+  release(buf: Uint8Array): void {
+    const ab = buf.buffer;
+    if (buf.byteOffset !== 0 || !(ab instanceof ArrayBuffer)) return;
+    if (ab.byteLength === this.chunkBytes && buf.length === ab.byteLength) {
+      if (this.pool.length < 8) this.pool.push(buf);
+      return;
+    }
+    const list = this.#rxPool.get(ab.byteLength);
+    if (list !== undefined && list.length < 8) list.push(ab);
+  }
+
+  /** A buffer for a small payload, from the pool (new allocations raise GC pressure). */
+  #smallPayload(n: number): Uint8Array {
+    const size = Math.max(4096, 2 ** Math.ceil(Math.log2(n)));
+    let list = this.#rxPool.get(size);
+    if (list === undefined) this.#rxPool.set(size, list = []);
+    return new Uint8Array(list.pop() ?? new ArrayBuffer(size), 0, n);
+  }
+
+  async #readLoop(peer: number, link: Link): Promise<void> {
+    const pick = (h: FrameHeader) => this.#pick(peer, h);
+    try {
+      while (true) {
+        const f = await link.reader.next(pick);
+        if (f === null) {
+          const clean = this.byes.has(peer);
+          this.gone(peer, clean ? "it closed its communicator" : "its connection closed", clean);
+          return;
+        }
+        this.#dispatch(peer, f);
+      }
+    } catch (e) {
+      if (this.closing) return;
+      const msg = (e as Error).message ?? String(e);
+      const bad = e instanceof FrameError && !e.truncated;
+      if (bad) {
+        console.error(`loom tcp: rank ${this.rank} dropped its connection to rank ${peer}: ${msg}`);
+      }
+      try {
+        link.conn.close();
+      } catch { /* already closed */ }
+      this.gone(peer, bad ? `it sent a bad frame (${msg})` : `its connection failed (${msg})`);
+    }
+  }
+
+  #pick(peer: number, h: FrameHeader): Uint8Array | undefined {
+    if (h.src !== peer) {
+      throw new FrameError(`frame claims to come from rank ${h.src} on rank ${peer}'s connection`);
+    }
+    if (!isData(h.op)) return undefined;
+    const ch = this.channels[peer]!.get(keyOf(h.group, h.op, h.seq, h.tag));
+    const w = ch !== undefined && ch.frames.length === 0 ? ch.waiters[0] : undefined;
+    if (w?.dest !== undefined) {
+      const e = w.ctx.expect;
+      if (
+        w.dest.length === h.length && w.tag === h.tag && e.op === h.op && e.kind === h.kind &&
+        e.total === h.total && e.arg === h.arg
+      ) return w.dest;
+      return undefined;
+    }
+    if (h.length === this.chunkBytes) return this.pool.pop();
+    if (h.length > 0 && h.length <= EAGER_COPY_BYTES) return this.#smallPayload(h.length);
+    return undefined;
+  }
+
+  #dispatch(peer: number, f: Frame): void {
+    const h = f.header;
+    if (h.op === FrameOp.bye) {
+      this.byes.add(peer);
+      return;
+    }
+    if (h.op === FrameOp.abort) {
+      this.#onAbort(peer, f);
+      return;
+    }
+    if (!isData(h.op)) return;
+    const comm = this.groups.get(h.group);
+    if (comm !== undefined && h.op !== FrameOp.send) comm.checkIncoming(peer, h);
+    const key = keyOf(h.group, h.op, h.seq, h.tag);
+    const ch = this.channel(peer, key);
+    const w = ch.waiters.shift();
+    if (w !== undefined) {
+      w.ctx.waiters.delete(w);
+      this.tidy(peer, key, ch);
+      w.resolve(f);
+    } else ch.frames.push(f);
+  }
+
+  /** Forget a channel once nothing is queued or awaited on it (keys are per call). */
+  tidy(peer: number, key: string, ch: Channel): void {
+    if (ch.frames.length === 0 && ch.waiters.length === 0) this.channels[peer]!.delete(key);
+  }
+
+  #onAbort(peer: number, f: Frame): void {
+    const comm = this.groups.get(f.header.group);
+    if (comm === undefined) return;
+    let body: { reason?: CollectiveFailure; op?: string; peer?: number; detail?: string } = {};
+    try {
+      body = JSON.parse(new TextDecoder().decode(f.payload));
+    } catch { /* keep the defaults */ }
+    const lost = body.peer === undefined ? comm.groupRank(peer) : comm.groupRank(body.peer);
+    comm.breakWith(
+      new CollectiveError(
+        body.reason ?? "protocol",
+        body.op ?? "unknown",
+        comm.name,
+        lost,
+        `rank ${comm.groupRank(peer)} reported: ${body.detail ?? "an error"}`,
+      ),
+    );
+  }
+
+  /**
+   * A peer is gone. After a crash, every op of every group that contains it fails. After a
+   * clean close (it said bye), only ops that still wait for its data fail.
+   */
+  gone(peer: number, why: string, clean = false): void {
+    if (this.lost.has(peer) || this.closing) return;
+    this.lost.set(peer, why);
+    if (clean) this.closedCleanly.add(peer);
+    for (const ctx of [...this.active]) {
+      const g = ctx.comm.groupRank(peer);
+      if (g === undefined) continue;
+      if (clean && ![...ctx.waiters].some((w) => w.peer === peer)) continue;
+      ctx.fail(ctx.comm.lostError(ctx.name, g));
+    }
+  }
+
+  /** Queue a frame on a peer's connection; small payloads are copied now. */
+  send(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
+    const link = this.links[peer];
+    if (!link || this.lost.has(peer)) {
+      const p = Promise.reject(new Error(`rank ${peer} is lost: ${this.lost.get(peer)}`));
+      p.catch(() => {});
+      return p;
+    }
+    // Frame buffers are reused: handing a fresh buffer to every socket write costs measurably.
+    const small = payload.length <= EAGER_COPY_BYTES;
+    const buf = this.#frameBuffer(HEADER_BYTES + (small ? payload.length : 0));
+    const out = buf.subarray(0, HEADER_BYTES + (small ? payload.length : 0));
+    encodeHeader(out, head);
+    if (small) out.set(payload, HEADER_BYTES);
+    const write = async () => {
+      await writeAll(link.conn, out);
+      if (!small) await writeAll(link.conn, payload);
+      this.#returnFrameBuffer(buf);
+    };
+    // An idle connection writes at once (no extra turn through the promise chain).
+    const idle = this.#queued[peer] === 0;
+    const p = idle ? write() : this.chains[peer]!.then(write);
+    this.#queued[peer]!++;
+    const settled = p.then(
+      () => {
+        this.#queued[peer]!--;
+      },
+      (e) => {
+        this.#queued[peer]!--;
+        if (!this.closing) this.gone(peer, `writing to it failed: ${(e as Error).message}`);
+      },
+    );
+    this.chains[peer] = settled;
+    return p;
+  }
+
+  /**
+   * Deadlines: one timer for the whole transport, set for the earliest deadline of the ops in
+   * flight (a timer per op would cost more than a small op itself).
+   */
+  watch(ctx: OpCtx): void {
+    if (this.#watchAt <= ctx.deadline) return;
+    clearTimeout(this.#watchdog);
+    this.#watchAt = ctx.deadline;
+    this.#watchdog = setTimeout(
+      () => this.#expire(),
+      Math.max(0, ctx.deadline - performance.now()),
+    );
+  }
+
+  #expire(): void {
+    this.#watchdog = undefined;
+    this.#watchAt = Infinity;
+    const now = performance.now();
+    for (const ctx of [...this.active]) if (ctx.deadline <= now + 1) ctx.onTimeout();
+    for (const ctx of this.active) if (!ctx.failed) this.watch(ctx);
+  }
+
+  #frameBuffer(n: number): Uint8Array {
+    const size = Math.max(4096, 2 ** Math.ceil(Math.log2(n)));
+    return this.#framePool.get(size)?.pop() ?? new Uint8Array(size);
+  }
+
+  #returnFrameBuffer(b: Uint8Array): void {
+    let list = this.#framePool.get(b.length);
+    if (list === undefined) this.#framePool.set(b.length, list = []);
+    if (list.length < 8) list.push(b);
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return;
+    for (const ctx of [...this.active]) {
+      ctx.fail(
+        new CollectiveError("closed", ctx.name, ctx.comm.name, undefined, "the world was closed"),
+      );
+    }
+    const bye: FrameHeader = {
+      op: FrameOp.bye,
+      kind: 0,
+      src: this.rank,
+      group: 0,
+      tag: 0,
+      seq: 0,
+      total: 0,
+      arg: 0,
+      length: 0,
+    };
+    const byes = this.links.map((l, peer) => l ? this.send(peer, bye, new Uint8Array(0)) : null);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled(byes),
+      new Promise((r) => (timer = setTimeout(r, 1000))),
+    ]);
+    clearTimeout(timer);
+    clearTimeout(this.#watchdog);
+    this.#watchAt = -Infinity; // no more timers
+    this.closing = true;
+    for (const l of this.links) {
+      try {
+        l?.conn.close();
+      } catch { /* already closed */ }
+    }
+    await Promise.allSettled(this.readers);
+    await Promise.allSettled(this.chains);
+  }
+}
