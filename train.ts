@@ -1,9 +1,11 @@
 /**
  * The main job: train a GPT on the embedded default task (multi-digit addition, scored by
- * exact match on held-out problems) or on any UTF-8 text file, on one rank.
+ * exact match on held-out problems) or on any UTF-8 text file, on one rank or on many (tensor,
+ * sequence, pipeline and data parallel, every rank a Worker of this process).
  *
  * ```sh
  * deno run -A train.ts                              # the default: learns 3-digit addition
+ * deno run -A train.ts --tp 2 --pp 2                # the same on 4 ranks (tensor x pipeline)
  * deno run -A train.ts --data book.txt --ctx 128    # a character-level model of a text
  * deno run -A train.ts --resume runs/add-...        # continue a saved run
  * deno run -A train.ts --help                       # every option, with defaults
@@ -25,17 +27,26 @@ import {
   tokenizerFromJSON,
   type TokenizerJSON,
 } from "./data/mod.ts";
+import type { Communicator } from "./collectives/communicator.ts";
+import { runWorkers } from "./collectives/world.ts";
 import {
+  checkParallelLayout,
   Engine,
   type EngineConfig,
   formatDuration,
   MetricsWriter,
+  ParallelEngine,
+  type ParallelLayout,
   Progress,
 } from "./engine/mod.ts";
 import { readCheckpointConfig, readMetrics, resolveEngineConfig } from "./engine/mod.ts";
 import { type Backend, createCpuBackend } from "./kernels/mod.ts";
 import { createWebGPUBackend } from "./kernels/webgpu/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
+import { checkModelLayout } from "./parallel/grid.ts";
+import type { ScheduleName } from "./parallel/schedules.ts";
+
+const PIPELINE_SCHEDULES: readonly ScheduleName[] = ["none", "gpipe", "1f1b", "interleaved"];
 
 type Kind = "int" | "float" | "string" | "bool";
 interface OptionSpec {
@@ -70,8 +81,9 @@ const OPTIONS: Record<string, OptionSpec> = {
   schedule: {
     kind: "string",
     dflt: "cosine",
-    help: "learning-rate schedule after warmup",
-    choices: SCHEDULE_KINDS,
+    help: "learning-rate schedule after warmup (gpipe, 1f1b or interleaved here mean " +
+      "--pipeline-schedule)",
+    choices: [...SCHEDULE_KINDS, ...PIPELINE_SCHEDULES.filter((n) => n !== "none")],
     saved: true,
   },
   warmup: {
@@ -120,6 +132,35 @@ const OPTIONS: Record<string, OptionSpec> = {
     saved: true,
   },
   digits: { kind: "int", dflt: 3, help: "digits per operand of the addition task", saved: true },
+  tp: { kind: "int", dflt: 1, help: "tensor-parallel ranks (must divide --heads)" },
+  pp: { kind: "int", dflt: 1, help: "pipeline stages (must divide --layers)" },
+  dp: {
+    kind: "int",
+    dflt: 1,
+    help: "data-parallel replicas; the run starts tp * pp * dp ranks as Workers",
+  },
+  "virtual-stages": {
+    kind: "int",
+    dflt: 1,
+    help: "model chunks per pipeline stage (interleaved 1F1B when > 1)",
+  },
+  "pipeline-schedule": {
+    kind: "string",
+    dflt: null,
+    help: "pipeline schedule (default: 1f1b, interleaved with --virtual-stages > 1)",
+    choices: PIPELINE_SCHEDULES,
+  },
+  "sequence-parallel": {
+    kind: "bool",
+    dflt: false,
+    help: "sequence parallelism with --tp (the sequence length must be a multiple of --tp)",
+  },
+  "micro-batches": {
+    kind: "int",
+    dflt: null,
+    help: "micro-batches per step on each pipeline (default: 2 * --pp with --pp > 1, else " +
+      "--accum); --batch must be a multiple of micro-batches * --dp",
+  },
   backend: {
     kind: "string",
     dflt: "auto",
@@ -186,6 +227,16 @@ export interface TrainSummary {
   data: string;
   /** The run directory. */
   out: string;
+  /** How the run was laid out over ranks. */
+  layout: {
+    tp: number;
+    pp: number;
+    dp: number;
+    virtual_stages: number;
+    sequence_parallel: boolean;
+    schedule: string;
+    micro_batches: number;
+  };
 }
 
 /**
@@ -195,7 +246,7 @@ export interface TrainSummary {
  */
 export function helpText(): string {
   const lines = [
-    "Train a GPT with Loom on one rank.",
+    "Train a GPT with Loom on one rank, or on tp * pp * dp ranks (Workers of this process).",
     "",
     "Usage: deno run -A train.ts [options]",
     "",
@@ -275,7 +326,34 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
   }
   const all: TrainOptions = {};
   for (const [name, o] of Object.entries(OPTIONS)) all[name] = given[name] ?? o.dflt;
-  for (const k of ["dim", "layers", "heads", "batch", "accum", "steps", "digits", "threads"]) {
+  if (given.schedule !== undefined && PIPELINE_SCHEDULES.includes(given.schedule as "1f1b")) {
+    const p = given["pipeline-schedule"];
+    if (p !== undefined && p !== given.schedule) {
+      throw new RangeError(
+        `--schedule ${given.schedule} and --pipeline-schedule ${p} disagree: give one of them`,
+      );
+    }
+    given["pipeline-schedule"] = given.schedule;
+    delete given.schedule;
+    all["pipeline-schedule"] = given["pipeline-schedule"];
+    all.schedule = OPTIONS.schedule.dflt;
+  }
+  for (
+    const k of [
+      "dim",
+      "layers",
+      "heads",
+      "batch",
+      "accum",
+      "steps",
+      "digits",
+      "threads",
+      "tp",
+      "pp",
+      "dp",
+      "virtual-stages",
+    ]
+  ) {
     if ((all[k] as number) < 1) throw new RangeError(`--${k} must be at least 1, got ${all[k]}`);
   }
   if (given.ctx !== undefined && (given.ctx as number) < 1) {
@@ -295,6 +373,16 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
   }
   if ((all["min-lr-ratio"] as number) > 1) {
     throw new RangeError(`--min-lr-ratio must be in [0, 1], got ${all["min-lr-ratio"]}`);
+  }
+  if (given["micro-batches"] !== undefined && (given["micro-batches"] as number) < 1) {
+    throw new RangeError(`--micro-batches must be at least 1, got ${given["micro-batches"]}`);
+  }
+  const ranks = (all.tp as number) * (all.pp as number) * (all.dp as number);
+  if (ranks > 1 && all.backend === "webgpu") {
+    throw new RangeError(
+      "A run over several ranks computes on the CPU backend: drop --backend webgpu (or use " +
+        "--tp 1 --pp 1 --dp 1)",
+    );
   }
   if (given.tokenizer !== undefined && given.data === undefined && given.resume === undefined) {
     throw new RangeError("--tokenizer applies to --data: give a text file with --data");
@@ -366,7 +454,7 @@ function defaultOut(o: TrainOptions): string {
 }
 
 async function evaluate(
-  engine: Engine,
+  engine: Engine | ParallelEngine,
   ds: Dataset,
   B: number,
   limit: number,
@@ -381,18 +469,33 @@ async function evaluate(
   return { val, score };
 }
 
+/** Options of {@linkcode main}. */
+export interface MainOptions {
+  /** `false` keeps the run silent (tests); default true. */
+  print?: boolean;
+  /**
+   * The world of a parallel run, when this call is one of its ranks (the rank module passes
+   * it); without it a layout over several ranks starts them as Workers.
+   */
+  world?: Communicator;
+}
+
 /**
- * Run the main job with the given command-line arguments.
+ * Run the main job with the given command-line arguments. With `--tp`, `--pp` or `--dp` above
+ * 1 it checks the layout, then starts tp * pp * dp ranks as Workers of this process, each
+ * running this same job on its share of the model; rank 0 logs and writes the run directory.
  *
  * @param argv the arguments
- * @param opts `print: false` keeps the run silent (tests)
+ * @param opts printing, and the world when called on a rank
  * @returns the summary, or null for --help
  */
 export async function main(
   argv: string[],
-  opts: { print?: boolean } = {},
+  opts: MainOptions = {},
 ): Promise<TrainSummary | null> {
   const print = opts.print ?? true;
+  const world = opts.world;
+  const lead = world === undefined || world.rank === 0;
   let { given, all: o } = parseTrainArgs(argv);
   if (o.help) {
     if (print) console.log(helpText());
@@ -448,7 +551,18 @@ export async function main(
     ds = task;
   }
   const ctx = (o.ctx as number | null) ?? ds.seqLen;
-  const vocab = ds.tokenizer.vocabSize;
+  const tp = o.tp as number, pp = o.pp as number, dp = o.dp as number;
+  const v = o["virtual-stages"] as number;
+  // Megatron pads the vocabulary to a multiple of tp; the extra rows are never targets.
+  const shape = checkModelLayout({
+    heads: o.heads as number,
+    layers: o.layers as number,
+    vocab: ds.tokenizer.vocabSize,
+    tp,
+    pp,
+    virtualStages: v,
+  });
+  const vocab = shape.paddedVocab;
   const need = memoryEstimate(o, vocab, ctx);
   const avail = Deno.systemMemoryInfo().available;
   if (need > 0.8 * avail) {
@@ -489,16 +603,66 @@ export async function main(
     },
     seed: o.seed as number,
   };
+  const parallel = tp * pp * dp > 1;
+  if (parallel) {
+    const m = (o["micro-batches"] as number | null) ?? (pp > 1 ? 2 * pp : o.accum as number);
+    Object.assign(config, {
+      gradient_accumulation_steps: m,
+      data_parallel_size: dp,
+      tensor_model_parallel_size: tp,
+      pipeline_model_parallel_size: pp,
+      virtual_pipeline_model_parallel_size: v,
+      sequence_parallel: Boolean(o["sequence-parallel"]),
+    });
+    if ((o.batch as number) % (m * dp) !== 0) {
+      throw new RangeError(
+        `--batch ${o.batch} does not split into ${m} micro-batches on each of ${dp} ` +
+          `data-parallel replicas: give a --batch that is a multiple of ${m * dp}, or another ` +
+          `--micro-batches`,
+      );
+    }
+  }
 
   if (o.config !== null) {
     Object.assign(config, await readEngineConfigFile(String(o.config), config));
   }
   resolveEngineConfig(config); // every config error before the backend starts
+  const pipelineSchedule = (o["pipeline-schedule"] as ScheduleName | null) ?? undefined;
+  const layout: ParallelLayout | null = parallel
+    ? checkParallelLayout(config, { schedule: pipelineSchedule, seqLen: ds.seqLen })
+    : null;
+  if (layout && world === undefined) {
+    // Every check passed: start the ranks, each running this job on its share of the model.
+    const args = o.out === null ? [...argv, "--out", defaultOut(o)] : argv;
+    const results = await runWorkers<TrainSummary | null>({
+      size: layout.worldSize,
+      module: new URL("./engine/parallel_rank.ts", import.meta.url),
+      data: { argv: args, print },
+      timeoutMs: 60_000,
+    });
+    return results[0]!;
+  }
 
-  const backend = await pickBackend(o);
+  const backend = layout
+    ? createCpuBackend({ gemm: o.gemm as "auto", threads: o.threads as number })
+    : await pickBackend(o);
   try {
-    const engine = new Engine(config, backend);
-    const micro = engine.config.microBatch;
+    const engine = layout
+      ? await ParallelEngine.create(config, {
+        world: world!,
+        backend,
+        schedule: pipelineSchedule,
+        seqLen: ds.seqLen,
+      })
+      : new Engine(config, backend);
+    // The data: a parallel run draws the same batches as a one-rank run with the same flags.
+    const drawAccum = layout ? o.accum as number : engine.config.accumulation;
+    const micro = engine.config.batchSize / drawAccum;
+    if (!Number.isInteger(micro)) {
+      throw new RangeError(
+        `The batch of ${engine.config.batchSize} is not a multiple of --accum ${drawAccum}`,
+      );
+    }
     const src = ds.trainBatches(micro, (o.seed as number) + 1);
     const out = String(o.out ?? defaultOut(o));
     let tokensBefore = 0;
@@ -515,9 +679,9 @@ export async function main(
     const stopAt = (o["stop-after"] as number) > 0
       ? Math.min(o["stop-after"] as number, steps)
       : steps;
-    await Deno.mkdir(out, { recursive: true });
+    if (lead) await Deno.mkdir(out, { recursive: true });
     const metricsPath = `${out}/metrics.jsonl`;
-    if (o.resume !== null) {
+    if (o.resume !== null && lead) {
       // Steps logged after the checkpoint was taken are run again: drop their old lines.
       try {
         const kept = (await readMetrics(metricsPath)).filter((r) => r.step <= engine.step);
@@ -526,12 +690,29 @@ export async function main(
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       }
     }
-    const metrics = await MetricsWriter.open(metricsPath, o.resume !== null);
+    const writer = lead ? await MetricsWriter.open(metricsPath, o.resume !== null) : null;
+    const metrics = {
+      write: async (r: Parameters<MetricsWriter["write"]>[0]) => {
+        if (writer) await writer.write(r);
+      },
+      close: () => writer?.close(),
+    };
+    if (!lead) o = { ...o, quiet: true };
     say(
       `Loom: ${ds.name}, ${engine.model.numParams.toLocaleString("en-US")} parameters ` +
         `(dim ${o.dim}, layers ${o.layers}, heads ${o.heads}, ctx ${ctx}, vocab ${vocab})`,
     );
     say(`backend: ${backend.description}`);
+    if (layout) {
+      say(
+        `layout: tp ${layout.tp} x pp ${layout.pp} x dp ${layout.dp} = ${layout.worldSize} ` +
+          `ranks (Workers), ${layout.schedule} schedule` +
+          (layout.virtualStages > 1 ? ` with ${layout.virtualStages} virtual stages` : "") +
+          (layout.sequenceParallel ? ", sequence parallel" : "") +
+          `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,
+      );
+    }
+    for (const note of shape.notes) say(note);
     say(`${engine.step > 0 ? `resuming at step ${engine.step}, ` : ""}writing to ${out}/`);
     const progress = new Progress(50, !print || Boolean(o.quiet));
 
@@ -550,7 +731,7 @@ export async function main(
     let last: { val: number | null; score: Score | null } = { val: null, score: null };
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
-      for (let i = 0; i < engine.config.accumulation; i++) batches.push(src.next());
+      for (let i = 0; i < drawAccum; i++) batches.push(src.next());
       const r = await engine.trainBatch(batches);
       tokensRun += r.tokens;
       const now = performance.now();
@@ -578,7 +759,14 @@ export async function main(
       });
       const end = engine.step === stopAt;
       if ((evalEvery > 0 && r.step % evalEvery === 0) || end) {
-        last = await evaluate(engine, ds, micro, end ? Infinity : 500);
+        if (engine instanceof ParallelEngine) {
+          await engine.syncModel();
+          last = (await engine.leaderOnly(() =>
+            evaluate(engine, ds, micro, end ? Infinity : 500)
+          )) ?? last;
+        } else {
+          last = await evaluate(engine, ds, micro, end ? Infinity : 500);
+        }
         await metrics.write({
           step: r.step,
           kind: "eval",
@@ -612,8 +800,19 @@ export async function main(
       backend: backend.description,
       data: ds.name,
       out,
+      layout: {
+        tp,
+        pp,
+        dp,
+        virtual_stages: layout?.virtualStages ?? 1,
+        sequence_parallel: layout?.sequenceParallel ?? false,
+        schedule: layout?.schedule ?? "none",
+        micro_batches: layout?.microBatches ?? engine.config.accumulation,
+      },
     };
-    await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+    if (lead) {
+      await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+    }
     if (print) {
       console.log(
         `done: ${summary.steps} steps in ${formatDuration(wall)}, ` +

@@ -9,6 +9,7 @@
  */
 import { type GptConfig, type ResolvedGptConfig, resolveGptConfig } from "../models/config.ts";
 import type { LossScalerOptions, Schedule } from "../optim/mod.ts";
+import { checkModelLayout } from "../parallel/grid.ts";
 
 /** DeepSpeed's `optimizer` block. */
 export interface OptimizerConfig {
@@ -85,10 +86,14 @@ export interface EngineConfig {
   bf16?: { enabled?: boolean };
   /** Seed of the initialisation; default 0. */
   seed?: number;
-  /** Megatron's tensor-parallel size; 1 for now. */
+  /** Megatron's tensor-parallel size: ranks splitting every layer; default 1. */
   tensor_model_parallel_size?: number;
-  /** Megatron's pipeline-parallel size; 1 for now. */
+  /** Megatron's pipeline-parallel size: stages the layers are split into; default 1. */
   pipeline_model_parallel_size?: number;
+  /** Megatron's model chunks per pipeline stage (interleaved 1F1B when > 1); default 1. */
+  virtual_pipeline_model_parallel_size?: number;
+  /** Megatron's sequence parallelism (with tensor parallelism); default false. */
+  sequence_parallel?: boolean;
   /** Data-parallel ranks; default 1. */
   data_parallel_size?: number;
 }
@@ -126,6 +131,10 @@ export interface ResolvedEngineConfig {
   pp: number;
   /** Data-parallel size. */
   dp: number;
+  /** Model chunks per pipeline stage. */
+  virtualStages: number;
+  /** Sequence parallelism (only when tp > 1). */
+  sequenceParallel: boolean;
 }
 
 const TOP_KEYS = [
@@ -141,6 +150,8 @@ const TOP_KEYS = [
   "seed",
   "tensor_model_parallel_size",
   "pipeline_model_parallel_size",
+  "virtual_pipeline_model_parallel_size",
+  "sequence_parallel",
   "data_parallel_size",
 ];
 
@@ -212,10 +223,35 @@ export function resolveEngineConfig(config: EngineConfig): ResolvedEngineConfig 
   const tp = int("tensor_model_parallel_size", config.tensor_model_parallel_size, 1, 1);
   const pp = int("pipeline_model_parallel_size", config.pipeline_model_parallel_size, 1, 1);
   const dp = int("data_parallel_size", config.data_parallel_size, 1, 1);
-  if (tp !== 1 || pp !== 1 || dp !== 1) {
+  const virtualStages = int(
+    "virtual_pipeline_model_parallel_size",
+    config.virtual_pipeline_model_parallel_size,
+    1,
+    1,
+  );
+  const spFlag = config.sequence_parallel ?? false;
+  if (typeof spFlag !== "boolean") {
+    throw new TypeError(
+      `Config "sequence_parallel" must be true or false, got ${JSON.stringify(spFlag)}`,
+    );
+  }
+  const layout = checkModelLayout({
+    heads: model.heads,
+    layers: model.layers,
+    vocab: model.vocab,
+    tp,
+    pp,
+    virtualStages,
+  });
+  if (layout.vocabPadding > 0) {
     throw new RangeError(
-      `This engine trains on one rank: tensor_model_parallel_size, ` +
-        `pipeline_model_parallel_size and data_parallel_size must be 1 (got ${tp}, ${pp}, ${dp})`,
+      `The vocabulary of ${model.vocab} does not split across tensor_model_parallel_size=${tp}: ` +
+        `build the model with the padded vocabulary ${layout.paddedVocab} (train.ts pads it)`,
+    );
+  }
+  if (model.hidden % tp !== 0) {
+    throw new RangeError(
+      `The MLP width ${model.hidden} must be a multiple of tensor_model_parallel_size=${tp}`,
     );
   }
 
@@ -334,6 +370,11 @@ export function resolveEngineConfig(config: EngineConfig): ResolvedEngineConfig 
     }
     : null;
   const seed = int("seed", config.seed, 0, 0);
+  if (lossScaling && tp * pp * dp > 1) {
+    throw new RangeError(
+      "fp16 loss scaling runs on one rank only: set fp16.enabled to false for a parallel layout",
+    );
+  }
   return {
     model,
     batchSize: batch,
@@ -347,5 +388,7 @@ export function resolveEngineConfig(config: EngineConfig): ResolvedEngineConfig 
     tp,
     pp,
     dp,
+    virtualStages,
+    sequenceParallel: spFlag && tp > 1,
   };
 }

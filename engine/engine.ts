@@ -43,9 +43,10 @@ export interface InitializeOptions {
 }
 
 /**
- * A GPT under training on one rank. Tensor and pipeline parallelism plug into
- * {@linkcode Engine.trainBatch}, the one place where a step's forward, backward, gradient
- * reduction and update happen.
+ * A GPT under training on one rank: {@linkcode Engine.trainBatch} is the one place where a
+ * step's forward, backward, gradient reduction and update happen. Layouts over several ranks
+ * (tensor, sequence, pipeline, data parallel) use `ParallelEngine`, which keeps the same
+ * surface.
  */
 export class Engine {
   /** The resolved configuration. */
@@ -74,6 +75,14 @@ export class Engine {
    */
   constructor(config: EngineConfig, backend: Backend) {
     this.config = resolveEngineConfig(config);
+    const { tp, pp, dp } = this.config;
+    if (tp * pp * dp !== 1) {
+      throw new RangeError(
+        `Engine trains on one rank; for tensor_model_parallel_size=${tp}, ` +
+          `pipeline_model_parallel_size=${pp}, data_parallel_size=${dp} use ParallelEngine ` +
+          `on every rank (engine/parallel.ts)`,
+      );
+    }
     this.rawConfig = structuredClone(config);
     this.backend = backend;
     const c = this.config;

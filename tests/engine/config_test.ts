@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type EngineConfig, resolveEngineConfig } from "../../engine/mod.ts";
+import { Engine, type EngineConfig, resolveEngineConfig } from "../../engine/mod.ts";
+import { createReferenceBackend } from "../../kernels/mod.ts";
 
 const model = { vocab: 12, ctx: 11, dim: 16, layers: 1, heads: 2 };
 
@@ -53,6 +54,31 @@ Deno.test("resolveEngineConfig() names the bad key and the fix", () => {
   bad({ scheduler: { type: "WarmupCosineLR" } }, /total_num_steps/);
   bad({ gradient_accumulation_steps: "2" as unknown as number }, /must be an integer/);
   bad({ bf16: { enabled: true } }, /bf16 is not implemented/);
-  bad({ tensor_model_parallel_size: 2 }, /one rank/);
+  bad({ tensor_model_parallel_size: 3 }, /Cannot split 2 attention heads across tp=3/);
+  bad({ pipeline_model_parallel_size: 2 }, /Cannot split 1 layers into pp=2 stages/);
+  bad({ tensor_model_parallel_size: 2, fp16: { enabled: true } }, /fp16 loss scaling/);
+  bad({ sequence_parallel: "yes" as unknown as boolean }, /"sequence_parallel" must be true/);
   assert.throws(() => resolveEngineConfig({ model: { ...model, heads: 3 } }), /not divisible/);
+});
+
+Deno.test("resolveEngineConfig() reads Megatron's parallel keys; the one-rank Engine refuses them", () => {
+  const c = resolveEngineConfig({
+    model: { ...model, layers: 4 },
+    train_batch_size: 32,
+    gradient_accumulation_steps: 4,
+    tensor_model_parallel_size: 2,
+    pipeline_model_parallel_size: 2,
+    virtual_pipeline_model_parallel_size: 2,
+    sequence_parallel: true,
+    data_parallel_size: 2,
+  });
+  assert.deepEqual(
+    [c.tp, c.pp, c.dp, c.virtualStages, c.sequenceParallel, c.microBatch],
+    [2, 2, 2, 2, true, 4],
+  );
+  assert.equal(resolveEngineConfig({ model, sequence_parallel: true }).sequenceParallel, false);
+  assert.throws(
+    () => new Engine({ model, tensor_model_parallel_size: 2 }, createReferenceBackend()),
+    /Engine trains on one rank.*ParallelEngine/,
+  );
 });
