@@ -8,7 +8,8 @@
 import type { Communicator } from "../collectives/communicator.ts";
 import { main as train, type TrainSummary } from "../train.ts";
 
-export type { Communicator, TrainSummary };
+export type * from "../collectives/communicator.ts";
+export type { TrainSummary };
 
 /** What the launcher hands every rank. */
 export interface TrainRankData {
