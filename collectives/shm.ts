@@ -110,7 +110,8 @@ export interface ShmOptions {
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
    * (5 when the process runs more ranks than cores), within 10..1000 (2..50): it grows to cover
-   * the waits that spinning catches and drops when spinning keeps failing.
+   * the waits that spinning catches or just missed; with more ranks than cores it drops when
+   * spinning keeps failing.
    */
   spinUs?: number;
   /**
@@ -195,6 +196,8 @@ export class ShmCommunicator implements Communicator {
   #spinMs: number;
   #spinBaseMs: number;
   #spinFails = 0;
+  /** More ranks in this process than cores: a spinning rank may hold up the one it waits for. */
+  #over: boolean;
   #spinMinMs: number;
   #spinMaxMs: number;
   #smallBytes: number;
@@ -242,7 +245,7 @@ export class ShmCommunicator implements Communicator {
     this.#u16 = halves((s, o) => new Uint16Array(s, o, spec.slotBytes / 2)) as Uint16Array[][];
     this.#timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const cores = (globalThis.navigator?.hardwareConcurrency ?? 2) || 2;
-    const over = link.worldSize > cores;
+    const over = this.#over = link.worldSize > cores;
     const spinUs = opts.spinUs ?? (over ? 5 : 50);
     this.#spinMs = this.#spinBaseMs = spinUs / 1000;
     // Adaptive unless the caller fixed the budget: see #spun and #slept.
@@ -806,6 +809,16 @@ export class ShmCommunicator implements Communicator {
    * share a core): spin as little as possible, and try growing again every 32 failures.
    */
   #slept(waitedMs: number): void {
+    if (!this.#over) {
+      // Every rank has a core: spinning costs no peer its time. A wait that a longer spin
+      // would have caught grows the budget (a sleeping rank wakes ~60-100 us after its notify,
+      // which slows the peer's next reply too: shrinking here would lock both ranks into
+      // sleeping); a longer one (a peer busy computing) leaves it as it is.
+      if (waitedMs <= this.#spinMaxMs) {
+        this.#spinMs = Math.min(this.#spinMaxMs, Math.max(2 * this.#spinMs, 2 * waitedMs));
+      }
+      return;
+    }
     this.#spinFails++;
     if (this.#spinFails >= 32) {
       this.#spinFails = 0;
