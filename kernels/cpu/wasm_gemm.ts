@@ -188,27 +188,30 @@ function packB(
   jc: number,
   nc: number,
 ): void {
-  for (let j0 = 0; j0 < nc; j0 += NR) {
+  // op(B)[k, j] = B[off + k*ld + j]: full panels row by row, each row of B read in one pass.
+  const full = trans ? 0 : Math.floor(nc / NR);
+  for (let k = 0, s = off + pc * ld + jc; k < kc && full > 0; k++, s += ld) {
+    for (let p = 0, t = s, d = base + k * NR; p < full; p++, t += NR, d += NR * kc) {
+      w[d] = B[t];
+      w[d + 1] = B[t + 1];
+      w[d + 2] = B[t + 2];
+      w[d + 3] = B[t + 3];
+      w[d + 4] = B[t + 4];
+      w[d + 5] = B[t + 5];
+      w[d + 6] = B[t + 6];
+      w[d + 7] = B[t + 7];
+    }
+  }
+  for (let j0 = full * NR; j0 < nc; j0 += NR) {
     const cols = Math.min(NR, nc - j0);
     const panel = base + j0 * kc;
     if (!trans) {
-      // op(B)[k, j] = B[off + k*ld + j]
+      // The last, partial panel: op(B)[k, j] = B[off + k*ld + j].
       let s = off + pc * ld + jc + j0;
       for (let k = 0; k < kc; k++, s += ld) {
         const d = panel + k * NR;
-        if (cols === NR) {
-          w[d] = B[s];
-          w[d + 1] = B[s + 1];
-          w[d + 2] = B[s + 2];
-          w[d + 3] = B[s + 3];
-          w[d + 4] = B[s + 4];
-          w[d + 5] = B[s + 5];
-          w[d + 6] = B[s + 6];
-          w[d + 7] = B[s + 7];
-        } else {
-          for (let c = 0; c < cols; c++) w[d + c] = B[s + c];
-          for (let c = cols; c < NR; c++) w[d + c] = 0;
-        }
+        for (let c = 0; c < cols; c++) w[d + c] = B[s + c];
+        for (let c = cols; c < NR; c++) w[d + c] = 0;
       }
     } else if (cols === NR) {
       // op(B)[k, j] = B[off + j*ld + k]: eight rows of B, read along k.
@@ -252,7 +255,20 @@ function packA(
   kc: number,
   alpha: number,
 ): void {
-  for (let i0 = 0; i0 < mc; i0 += MR) {
+  // op(A)[i, k] = A[off + k*ld + i] with MR = 6: full panels row by row, each row of A read
+  // in one pass.
+  const full = trans && MR === 6 ? Math.floor(mc / 6) : 0;
+  for (let k = 0, s = off + pc * ld + ic; k < kc && full > 0; k++, s += ld) {
+    for (let p = 0, t = s, d = base + k * 6; p < full; p++, t += 6, d += 6 * kc) {
+      w[d] = alpha * A[t];
+      w[d + 1] = alpha * A[t + 1];
+      w[d + 2] = alpha * A[t + 2];
+      w[d + 3] = alpha * A[t + 3];
+      w[d + 4] = alpha * A[t + 4];
+      w[d + 5] = alpha * A[t + 5];
+    }
+  }
+  for (let i0 = full * MR; i0 < mc; i0 += MR) {
     const rows = Math.min(MR, mc - i0);
     const panel = base + i0 * kc;
     if (rows === 6 && MR === 6 && !trans) {
@@ -266,17 +282,6 @@ function packA(
         w[d + 3] = alpha * A[s3 + k];
         w[d + 4] = alpha * A[s4 + k];
         w[d + 5] = alpha * A[s5 + k];
-      }
-    } else if (rows === 6 && MR === 6) {
-      // op(A)[i, k] = A[off + k*ld + i]: six consecutive values per k.
-      let s = off + pc * ld + ic + i0;
-      for (let k = 0, d = panel; k < kc; k++, s += ld, d += MR) {
-        w[d] = alpha * A[s];
-        w[d + 1] = alpha * A[s + 1];
-        w[d + 2] = alpha * A[s + 2];
-        w[d + 3] = alpha * A[s + 3];
-        w[d + 4] = alpha * A[s + 4];
-        w[d + 5] = alpha * A[s + 5];
       }
     } else {
       // Other panels: op(A)[i, k] = A[off + i*si + k*sk], rows past the edge are zero.
