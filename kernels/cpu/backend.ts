@@ -20,6 +20,7 @@ import { checkAdamW, checkHeads, checkTarget, size } from "../_check.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
 import { createWasmGemm } from "./wasm_gemm.ts";
+import { EwKernels } from "./_ew.ts";
 
 /** Options of {@linkcode createCpuBackend}. */
 export interface CpuBackendOptions {
@@ -119,8 +120,6 @@ function pickGemm(choice: string): { gemm: Gemm; note: string } {
   }
 }
 
-const GELU_K = Math.sqrt(2 / Math.PI);
-
 const POW2 = new Float64Array(128).map((_, i) => 2 ** (i - 127)); // 2^-127 .. 2^0
 const ROUND = 6755399441055744; // 1.5 * 2^52: adding and subtracting it rounds to an integer
 
@@ -137,23 +136,6 @@ function expNeg(x: number): number {
   const p = 1 + r * (1 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 +
                         r * (1 / 720 + r * (1 / 5040)))))));
   return p * POW2[k + 127];
-}
-
-/**
- * tanh(u) as the 13th convergent of Lambert's continued fraction
- * tanh x = x / (1 + x^2 / (3 + x^2 / (5 + ...))), a rational function of degree 13/12, and
- * +-1 beyond |u| = 9; |error| < 4e-8 everywhere (below float32 resolution), at about half the
- * cost of Math.tanh or of one Math.exp.
- */
-function tanh(u: number): number {
-  if (u >= 9) return 1;
-  if (u <= -9) return -1;
-  const x = u, t = x * x;
-  const p = 7905853580625 + t * (1159525191825 + t * (41247931725 + t * (523783260 +
-                t * (2552550 + t * (4095 + t)))));
-  const q = 7905853580625 + t * (3794809718700 + t * (252070693875 + t * (5237832600 +
-                t * (41351310 + t * (120120 + t * 91)))));
-  return x * p / q;
 }
 
 /**
@@ -189,6 +171,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   let scratch = new Float32Array(0);
   const scratchOf = (n: number) => scratch.length >= n ? scratch : (scratch = new Float32Array(n));
   let rowSums = new Float64Array(0);
+  const ew = new EwKernels();
 
   return {
     name: "cpu",
@@ -442,21 +425,13 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     geluForward(out: Tensor, inp: Tensor, n: number): void {
       size("geluForward", { n });
       const O = f(out, "geluForward", "out", n), X = f(inp, "geluForward", "inp", n);
-      for (let i = 0; i < n; i++) {
-        const x = X[i];
-        O[i] = 0.5 * x * (1 + tanh(GELU_K * x * (1 + 0.044715 * x * x)));
-      }
+      ew.geluForward(O, X, n);
     },
     geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
       const op = "geluBackward";
       size(op, { n });
       const D = f(dinp, op, "dinp", n), X = f(inp, op, "inp", n), G = f(dout, op, "dout", n);
-      for (let i = 0; i < n; i++) {
-        const x = X[i], x2 = x * x;
-        const th = tanh(GELU_K * x * (1 + 0.044715 * x2));
-        const d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * GELU_K * (1 + 0.134145 * x2);
-        D[i] += d * G[i];
-      }
+      ew.geluBackward(D, X, G, n);
     },
 
     attentionForward(
@@ -606,16 +581,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       checkAdamW(p);
       const W = f(param, op, "param", n), G = f(grad, op, "grad", n);
       const Mm = f(m, op, "m", n), Vv = f(v, op, "v", n);
-      const { lr, beta1, beta2, eps, weightDecay } = p;
-      const c1 = 1 / (1 - beta1 ** p.step), c2 = 1 / (1 - beta2 ** p.step);
-      const b1 = 1 - beta1, b2 = 1 - beta2;
-      for (let i = 0; i < n; i++) {
-        const g = G[i];
-        const mi = beta1 * Mm[i] + b1 * g, vi = beta2 * Vv[i] + b2 * g * g;
-        Mm[i] = mi;
-        Vv[i] = vi;
-        W[i] -= lr * (mi * c1 / (Math.sqrt(vi * c2) + eps) + weightDecay * W[i]);
-      }
+      ew.adamw(W, G, Mm, Vv, n, p);
     },
   };
 }

@@ -1,0 +1,136 @@
+/**
+ * The CPU backend's element-wise and row kernels in WebAssembly SIMD (see `_ew_module.ts`):
+ * operands are copied into the module's memory in chunks of {@linkcode CHUNK} elements, which
+ * stay in the first levels of cache, and results copied back. Row blocks (attention scores)
+ * may instead live in the module's memory, where a GEMM writes and reads them through
+ * {@linkcode EwKernels.view}.
+ *
+ * @module
+ */
+
+import type { AdamWParams } from "../backend.ts";
+import { buildEwModule, type EwExports } from "./_ew_module.ts";
+import { hasRelaxedSimd } from "./_wasm_gemm_module.ts";
+
+/** Elements per operand per call of an element-wise kernel. */
+const CHUNK = 8192;
+/** Bytes between operand regions: a chunk plus room for the lanes a vector loop runs past. */
+const REGION = 4 * (CHUNK + 16);
+const PAGE = 65536;
+
+/** The kernels, bound to one instance of the module. */
+export class EwKernels {
+  readonly fma: boolean;
+  #x: EwExports;
+  #mem: WebAssembly.Memory;
+  #f32: Float32Array;
+
+  constructor() {
+    this.fma = hasRelaxedSimd();
+    const bytes = buildEwModule(this.fma);
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
+    this.#x = inst.exports as unknown as EwExports;
+    this.#mem = this.#x.memory;
+    this.#f32 = new Float32Array(this.#mem.buffer);
+    this.reserve(4 * REGION);
+  }
+
+  /**
+   * Grows the memory to at least `bytes`. Views from {@linkcode EwKernels.view} taken before a
+   * call that grows are stale; take the view after the last `reserve`.
+   */
+  reserve(bytes: number): void {
+    const have = this.#mem.buffer.byteLength;
+    if (bytes > have) this.#mem.grow(Math.ceil((bytes - have) / PAGE));
+    if (this.#f32.buffer !== this.#mem.buffer) this.#f32 = new Float32Array(this.#mem.buffer);
+  }
+
+  /** A float view of the whole memory (valid until the next growing `reserve`). */
+  get view(): Float32Array {
+    return this.#f32;
+  }
+
+  /** O[i] = gelu(X[i]) for i < n. */
+  geluForward(O: Float32Array, X: Float32Array, n: number): void {
+    const m = this.#f32, x = this.#x;
+    const r1 = REGION >> 2;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(X.subarray(i, i + c), 0);
+      x.geluForward(0, REGION, c);
+      O.set(m.subarray(r1, r1 + c), i);
+    }
+  }
+
+  /** D[i] += gelu'(X[i]) G[i] for i < n. */
+  geluBackward(D: Float32Array, X: Float32Array, G: Float32Array, n: number): void {
+    const m = this.#f32, x = this.#x;
+    const r1 = REGION >> 2, r2 = 2 * r1;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(X.subarray(i, i + c), 0);
+      m.set(G.subarray(i, i + c), r1);
+      m.set(D.subarray(i, i + c), r2);
+      x.geluBackward(0, REGION, 2 * REGION, c);
+      D.set(m.subarray(r2, r2 + c), i);
+    }
+  }
+
+  /** One AdamW step on n elements (moments and arithmetic in float32). */
+  adamw(
+    W: Float32Array,
+    G: Float32Array,
+    M: Float32Array,
+    V: Float32Array,
+    n: number,
+    p: AdamWParams,
+  ): void {
+    const m = this.#f32, x = this.#x;
+    const r = REGION >> 2;
+    const c1 = 1 / (1 - p.beta1 ** p.step), c2 = 1 / (1 - p.beta2 ** p.step);
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(W.subarray(i, i + c), 0);
+      m.set(G.subarray(i, i + c), r);
+      m.set(M.subarray(i, i + c), 2 * r);
+      m.set(V.subarray(i, i + c), 3 * r);
+      x.adamw(
+        0,
+        REGION,
+        2 * REGION,
+        3 * REGION,
+        c,
+        p.beta1,
+        p.beta2,
+        1 - p.beta1,
+        1 - p.beta2,
+        c1,
+        c2,
+        p.lr,
+        p.eps,
+        p.weightDecay,
+      );
+      W.set(m.subarray(0, c), i);
+      M.set(m.subarray(2 * r, 2 * r + c), i);
+      V.set(m.subarray(3 * r, 3 * r + c), i);
+    }
+  }
+
+  /**
+   * Softmax in place of `rows` rows of length T at element `at` of the memory; causal rows use
+   * their first t0 + r + 1 entries and zero the rest. Each row's maximum and sum of
+   * exponentials go to elements `stats + 2r` and `stats + 2r + 1`.
+   */
+  softmaxAt(at: number, rows: number, T: number, t0: number, causal: boolean, stats: number): void {
+    this.#x.softmaxRows(4 * at, rows, T, t0, causal ? 1 : 0, 4 * stats);
+  }
+
+  /**
+   * The causal softmax backward in place: for rows r < rows of length T, with a at element
+   * `a` and s at element `s` of the memory: s = scale a (s - sum(a s)) on the first t0 + r + 1
+   * entries, 0 on the rest.
+   */
+  softmaxBackwardAt(a: number, s: number, rows: number, T: number, t0: number, sc: number): void {
+    this.#x.softmaxBackwardRows(4 * a, 4 * s, rows, T, t0, sc);
+  }
+}

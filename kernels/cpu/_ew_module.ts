@@ -1,0 +1,505 @@
+/**
+ * The WebAssembly SIMD module of the CPU backend's element-wise and row ops (GELU, AdamW, the
+ * softmax of attention and cross-entropy rows and its backward, layernorm), generated at
+ * start-up. Every function works on float32 arrays at byte addresses in the module's memory;
+ * the caller copies operands in and results out in chunks that stay in cache.
+ *
+ * Vector loops run over whole groups of four lanes: element-wise ops may compute up to three
+ * lanes past `n` (the caller leaves room and ignores them); row ops mask lanes past a row's end
+ * and never store outside it.
+ *
+ * @module
+ */
+
+import { F32, I32, ModuleBuilder, sleb, uleb, V128 } from "./_wasm_encode.ts";
+
+const EMPTY = 0x40;
+
+/** Instruction writer: scalar, control and the v128 opcodes used here. */
+class Asm {
+  readonly b: number[] = [];
+  /** Splatted constants, held in locals numbered from `firstConst` and set on entry. */
+  #consts = new Map<number, number>();
+  constructor(readonly fma: boolean, readonly firstConst: number) {}
+
+  /** The function: the constants' set-up, then the body; their locals after `locals`. */
+  finish(params: number[], locals: number[]) {
+    if (params.length + locals.length !== this.firstConst) {
+      throw new Error("Asm: constants must follow the declared locals");
+    }
+    const pre = new Asm(this.fma, 0);
+    for (const [v, i] of this.#consts) pre.vconst(v).set(i);
+    return {
+      params,
+      locals: [...locals, ...new Array(this.#consts.size).fill(V128)],
+      body: [...pre.b, ...this.b],
+    };
+  }
+
+  op(...x: number[]): this {
+    for (const v of x) this.b.push(v);
+    return this;
+  }
+  simd(code: number): this {
+    this.b.push(0xfd);
+    uleb(this.b, code);
+    return this;
+  }
+  get(i: number): this {
+    this.b.push(0x20);
+    uleb(this.b, i);
+    return this;
+  }
+  set(i: number): this {
+    this.b.push(0x21);
+    uleb(this.b, i);
+    return this;
+  }
+  tee(i: number): this {
+    this.b.push(0x22);
+    uleb(this.b, i);
+    return this;
+  }
+  i32(n: number): this {
+    this.b.push(0x41);
+    sleb(this.b, n);
+    return this;
+  }
+  f32(v: number): this {
+    this.b.push(0x43);
+    for (const x of new Uint8Array(new Float32Array([v]).buffer)) this.b.push(x);
+    return this;
+  }
+  /** Four equal f32 lanes, from a local set on entry. */
+  splat(v: number): this {
+    const key = Math.fround(v);
+    let i = this.#consts.get(key);
+    if (i === undefined) this.#consts.set(key, i = this.firstConst + this.#consts.size);
+    return this.get(i);
+  }
+  /** A v128 constant of four equal f32 lanes. */
+  vconst(v: number): this {
+    this.simd(0x0c);
+    const bytes = new Uint8Array(new Float32Array([v, v, v, v]).buffer);
+    for (const x of bytes) this.b.push(x);
+    return this;
+  }
+  /** The v128 constant of lanes 0, 1, 2, 3 (i32). */
+  iota(): this {
+    this.simd(0x0c);
+    for (const x of new Uint8Array(new Int32Array([0, 1, 2, 3]).buffer)) this.b.push(x);
+    return this;
+  }
+  load(offset = 0): this {
+    this.simd(0x00);
+    uleb(this.b, 0);
+    uleb(this.b, offset);
+    return this;
+  }
+  store(offset = 0): this {
+    this.simd(0x0b);
+    uleb(this.b, 0);
+    uleb(this.b, offset);
+    return this;
+  }
+  f32Load(offset = 0): this {
+    this.op(0x2a);
+    uleb(this.b, 2);
+    uleb(this.b, offset);
+    return this;
+  }
+  f32Store(offset = 0): this {
+    this.op(0x38);
+    uleb(this.b, 2);
+    uleb(this.b, offset);
+    return this;
+  }
+  // Control.
+  block(): this {
+    return this.op(0x02, EMPTY);
+  }
+  loop(): this {
+    return this.op(0x03, EMPTY);
+  }
+  end(): this {
+    return this.op(0x0b);
+  }
+  br(d: number): this {
+    this.op(0x0c);
+    uleb(this.b, d);
+    return this;
+  }
+  brIf(d: number): this {
+    this.op(0x0d);
+    uleb(this.b, d);
+    return this;
+  }
+  // i32.
+  add(): this {
+    return this.op(0x6a);
+  }
+  sub(): this {
+    return this.op(0x6b);
+  }
+  mul(): this {
+    return this.op(0x6c);
+  }
+  ltS(): this {
+    return this.op(0x48);
+  }
+  geS(): this {
+    return this.op(0x4e);
+  }
+  select(): this {
+    return this.op(0x1b);
+  }
+  // f32 scalar.
+  fadd(): this {
+    return this.op(0x92);
+  }
+  fdiv(): this {
+    return this.op(0x95);
+  }
+  fmax(): this {
+    return this.op(0x97);
+  }
+  lane(i: number): this {
+    return this.simd(0x1f).op(i);
+  }
+  // v128.
+  vsplat(): this {
+    return this.simd(0x13);
+  }
+  isplat(): this {
+    return this.simd(0x11);
+  }
+  vadd(): this {
+    return this.simd(0xe4);
+  }
+  vsub(): this {
+    return this.simd(0xe5);
+  }
+  vmul(): this {
+    return this.simd(0xe6);
+  }
+  vdiv(): this {
+    return this.simd(0xe7);
+  }
+  vsqrt(): this {
+    return this.simd(0xe3);
+  }
+  vpmin(): this {
+    return this.simd(0xea);
+  }
+  vpmax(): this {
+    return this.simd(0xeb);
+  }
+  vnearest(): this {
+    return this.simd(0x6a);
+  }
+  and(): this {
+    return this.simd(0x4e);
+  }
+  bitselect(): this {
+    return this.simd(0x52);
+  }
+  iadd(): this {
+    return this.simd(0xae);
+  }
+  ilt(): this {
+    return this.simd(0x39);
+  }
+  ishl(): this {
+    return this.simd(0xab);
+  }
+  truncSat(): this {
+    return this.simd(0xf8);
+  }
+  /** a * b + c for the three pushes given (fused when the engine has relaxed SIMD). */
+  madd(a: () => void, b: () => void, c: () => void): this {
+    if (this.fma) {
+      a();
+      b();
+      c();
+      this.simd(0x105);
+    } else {
+      a();
+      b();
+      this.vmul();
+      c();
+      this.vadd();
+    }
+    return this;
+  }
+  /** Horner's rule: coefficients from the highest power down, in `t` (a v128 local). */
+  poly(t: number, cs: number[]): this {
+    this.splat(cs[0]);
+    for (let i = 1; i < cs.length; i++) {
+      this.madd(() => {}, () => this.get(t), () => this.splat(cs[i]));
+    }
+    return this;
+  }
+  /** Horizontal sum of the v128 on the stack into an f32, through local `tmp`. */
+  hsum(tmp: number): this {
+    this.set(tmp);
+    this.get(tmp).lane(0).get(tmp).lane(1).fadd().get(tmp).lane(2).fadd().get(tmp).lane(3)
+      .fadd();
+    return this;
+  }
+  /** Horizontal maximum (NaN lanes ignored where the others are larger). */
+  hmax(tmp: number): this {
+    this.set(tmp);
+    this.get(tmp).lane(0).get(tmp).lane(1).fmax().get(tmp).lane(2).fmax().get(tmp).lane(3)
+      .fmax();
+    return this;
+  }
+  /** `for (i = 0; i < n; i += step) body` over i32 locals; n <= 0 runs nothing. */
+  forUp(i: number, n: () => void, step: number, body: () => void): this {
+    this.i32(0).set(i);
+    this.block();
+    this.get(i);
+    n();
+    this.geS().brIf(0);
+    this.loop();
+    body();
+    this.get(i).i32(step).add().tee(i);
+    n();
+    this.ltS().brIf(0);
+    this.end().end();
+    return this;
+  }
+}
+
+const GELU_K = Math.sqrt(2 / Math.PI);
+/** tanh(u) = u P(u^2) / Q(u^2), Lambert's continued fraction to depth 13, on |u| <= 9. */
+const TANH_P = [1, 4095, 2552550, 523783260, 41247931725, 1159525191825, 7905853580625];
+const TANH_Q = [91, 120120, 41351310, 5237832600, 252070693875, 3794809718700, 7905853580625];
+
+/**
+ * Pushes tanh(u) for the v128 local `u` (clamped to [-9, 9] in place), exactly +-1 at the
+ * clamp so that 1 - tanh^2 is 0 there; `t` is scratch.
+ */
+function tanh(a: Asm, u: number, t: number): void {
+  a.get(u).splat(-9).vpmax().splat(9).vpmin().tee(u).get(u).vmul().set(t);
+  a.get(u).splat(-1).vpmax().splat(1).vpmin();
+  a.get(u).poly(t, TANH_P).vmul();
+  a.poly(t, TANH_Q).vdiv();
+  a.get(u).simd(0xe0).splat(9).simd(0x46).bitselect();
+}
+
+/** Pushes exp(x) for the v128 local `x`, x <= 88 (clamped below at -87.3); `k` is scratch. */
+function exp(a: Asm, x: number, k: number): void {
+  a.get(x).splat(-87.3).vpmax().tee(x).splat(Math.LOG2E).vmul().vnearest().set(k);
+  // r = x - k ln2 in two parts (the high part is exact in float32).
+  a.madd(() => a.get(k), () => a.splat(-0.693359375), () => a.get(x));
+  a.set(x);
+  a.madd(() => a.get(k), () => a.splat(2.12194440e-4), () => a.get(x));
+  a.set(x);
+  a.poly(x, [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1]);
+  a.get(k).truncSat().i32(127).isplat().iadd().i32(23).ishl().vmul();
+}
+
+/** Byte offset of element i (i32 local) from base (i32 local). */
+function at(a: Asm, base: number, i: number): Asm {
+  return a.get(base).get(i).i32(2).op(0x74).add();
+}
+
+/** Lanes j..j+3 below `lim` (i32 locals) as an i32x4 mask. */
+function below(a: Asm, j: number, lim: number): Asm {
+  return a.get(j).isplat().iota().iadd().get(lim).isplat().ilt();
+}
+
+function geluForward(fma: boolean) {
+  // (x, o, n): o[i] = gelu(x[i]) for i < n rounded up to 4.
+  const X = 0, O = 1, N = 2, I = 3, V = 4, U = 5, T = 6;
+  const a = new Asm(fma, 7);
+  a.forUp(I, () => a.get(N), 4, () => {
+    at(a, X, I).load().set(V);
+    a.get(V).get(V).get(V).vmul().splat(GELU_K * 0.044715).vmul().splat(GELU_K).vadd().vmul()
+      .set(U);
+    at(a, O, I);
+    a.get(V).splat(0.5).vmul().set(V);
+    tanh(a, U, T);
+    a.madd(() => a.get(V), () => {}, () => a.get(V));
+    a.store();
+  });
+  return a.finish([I32, I32, I32], [I32, V128, V128, V128]);
+}
+
+function geluBackward(fma: boolean) {
+  // (x, g, d, n): d[i] += gelu'(x[i]) g[i].
+  const X = 0, G = 1, D = 2, N = 3, I = 4, V = 5, U = 6, T = 7, TH = 8, X2 = 9;
+  const a = new Asm(fma, 10);
+  a.forUp(I, () => a.get(N), 4, () => {
+    at(a, X, I).load().tee(V).get(V).vmul().set(X2);
+    a.get(X2).splat(GELU_K * 0.044715).vmul().splat(GELU_K).vadd().get(V).vmul().set(U);
+    tanh(a, U, T);
+    a.set(TH);
+    at(a, D, I);
+    // 0.5 (1 + th) + 0.5 x (1 - th^2) K (1 + 0.134145 x^2)
+    a.get(TH).splat(0.5).vmul().splat(0.5).vadd();
+    a.splat(1).get(TH).get(TH).vmul().vsub();
+    a.get(V).vmul();
+    a.get(X2).splat(0.5 * GELU_K * 0.134145).vmul().splat(0.5 * GELU_K).vadd().vmul();
+    a.vadd();
+    at(a, G, I).load().vmul();
+    at(a, D, I).load().vadd();
+    a.store();
+  });
+  return a.finish([I32, I32, I32, I32], [I32, V128, V128, V128, V128, V128]);
+}
+
+function adamw(fma: boolean) {
+  // (w, g, m, v, n, beta1, beta2, 1-beta1, 1-beta2, c1, c2, lr, eps, wd)
+  const W = 0, G = 1, M = 2, VV = 3, N = 4;
+  const P0 = 5; // 9 f32 params
+  const I = 14, GV = 15, MI = 16, VI = 17, S = 18; // S..S+8: the params splatted
+  const a = new Asm(fma, 27);
+  for (let k = 0; k < 9; k++) a.get(P0 + k).vsplat().set(S + k);
+  const [B1, B2, OB1, OB2, C1, C2, LR, EPS, WD] = [0, 1, 2, 3, 4, 5, 6, 7, 8].map((k) => S + k);
+  a.forUp(I, () => a.get(N), 4, () => {
+    at(a, G, I).load().set(GV);
+    at(a, M, I);
+    a.get(GV).get(OB1).vmul();
+    at(a, M, I).load().get(B1).vmul().vadd().tee(MI);
+    a.store();
+    at(a, VV, I);
+    a.get(GV).get(GV).vmul().get(OB2).vmul();
+    at(a, VV, I).load().get(B2).vmul().vadd().tee(VI);
+    a.store();
+    at(a, W, I);
+    at(a, W, I).load();
+    a.get(MI).get(C1).vmul();
+    a.get(VI).get(C2).vmul().vsqrt().get(EPS).vadd().vdiv();
+    at(a, W, I).load().get(WD).vmul().vadd();
+    a.get(LR).vmul().vsub();
+    a.store();
+  });
+  return a.finish(
+    [I32, I32, I32, I32, I32, F32, F32, F32, F32, F32, F32, F32, F32, F32],
+    [I32, V128, V128, V128, ...new Array(9).fill(V128)],
+  );
+}
+
+function softmaxRows(fma: boolean) {
+  // (p, rows, T, t0, causal, stats): in place over rows of length T at p; row r uses its first
+  // L = causal ? min(t0 + r + 1, T) : T entries and zeroes the rest; stats[2r] = max,
+  // stats[2r + 1] = sum of exponentials.
+  const P = 0, ROWS = 1, TT = 2, T0 = 3, CAUSAL = 4, ST = 5;
+  const R = 6, L = 7, J = 8, ROW = 9, MAXV = 10, SUMV = 11, XV = 12, KV = 13, MSK = 14, TMP = 15;
+  const MX = 16;
+  const a = new Asm(fma, 17);
+  a.forUp(R, () => a.get(ROWS), 1, () => {
+    a.get(P).get(R).get(TT).mul().i32(2).op(0x74).add().set(ROW);
+    // L = causal ? min(t0 + r + 1, T) : T
+    a.get(T0).get(R).add().i32(1).add().tee(L).get(TT).get(L).get(TT).ltS().select();
+    a.get(TT).get(CAUSAL).select().set(L);
+    a.splat(-Infinity).set(MAXV);
+    a.forUp(J, () => a.get(L), 4, () => {
+      at(a, ROW, J).load().splat(-Infinity);
+      below(a, J, L).bitselect();
+      a.get(MAXV).vpmax().set(MAXV);
+    });
+    a.get(MAXV).hmax(TMP).tee(MX).vsplat().set(MAXV);
+    a.splat(0).set(SUMV);
+    a.forUp(J, () => a.get(L), 4, () => {
+      below(a, J, L).set(MSK);
+      at(a, ROW, J).load().tee(TMP).get(MAXV).vsub().set(XV);
+      exp(a, XV, KV);
+      a.get(MSK).and().set(XV);
+      a.get(XV).get(SUMV).vadd().set(SUMV);
+      at(a, ROW, J).get(XV).get(TMP).get(MSK).bitselect().store();
+    });
+    a.get(ST).get(R).i32(3).op(0x74).add().get(MX).f32Store();
+    a.get(ST).get(R).i32(3).op(0x74).add();
+    a.get(SUMV).hsum(TMP).f32Store(4);
+    a.f32(1).get(ST).get(R).i32(3).op(0x74).add().f32Load(4).fdiv().vsplat().set(SUMV);
+    a.forUp(J, () => a.get(TT), 4, () => {
+      at(a, ROW, J);
+      at(a, ROW, J).load().tee(TMP).get(SUMV).vmul();
+      below(a, J, L).and();
+      a.get(TMP);
+      below(a, J, TT).bitselect().store();
+    });
+  });
+  return a.finish(
+    [I32, I32, I32, I32, I32, I32],
+    [I32, I32, I32, I32, V128, V128, V128, V128, V128, V128, F32],
+  );
+}
+
+function softmaxBackwardRows(fma: boolean) {
+  // (a, s, rows, T, t0, scale): causal rows; s = scale * a * (s - sum(a * s)) on each row's
+  // first t0 + r + 1 entries, zero on the rest (a's upper triangle is zero).
+  const A = 0, S = 1, ROWS = 2, TT = 3, T0 = 4, SC = 5;
+  const R = 6, L = 7, J = 8, AR = 9, SR = 10, DOT = 11, TMP = 12, SCV = 13;
+  const a = new Asm(fma, 14);
+  a.get(SC).vsplat().set(SCV);
+  a.forUp(R, () => a.get(ROWS), 1, () => {
+    a.get(R).get(TT).mul().i32(2).op(0x74).tee(SR).get(A).add().set(AR);
+    a.get(SR).get(S).add().set(SR);
+    a.get(T0).get(R).add().i32(1).add().tee(L).get(TT).get(L).get(TT).ltS().select().set(L);
+    a.splat(0).set(DOT);
+    a.forUp(J, () => a.get(L), 4, () => {
+      at(a, AR, J).load();
+      at(a, SR, J).load().vmul();
+      below(a, J, L).and();
+      a.get(DOT).vadd().set(DOT);
+    });
+    a.get(DOT).hsum(TMP).vsplat().set(DOT);
+    a.forUp(J, () => a.get(TT), 4, () => {
+      at(a, SR, J);
+      at(a, SR, J).load().tee(TMP).get(DOT).vsub();
+      at(a, AR, J).load().vmul().get(SCV).vmul();
+      below(a, J, L).and();
+      a.get(TMP);
+      below(a, J, TT).bitselect().store();
+    });
+  });
+  return a.finish([I32, I32, I32, I32, I32, F32], [I32, I32, I32, I32, I32, V128, V128, V128]);
+}
+
+/** Names and signatures of the exported functions. */
+export interface EwExports {
+  /** Linear memory holding the operands. */
+  memory: WebAssembly.Memory;
+  /** (x, o, n): o = gelu(x), tanh form. */
+  geluForward(x: number, o: number, n: number): void;
+  /** (x, g, d, n): d += gelu'(x) g. */
+  geluBackward(x: number, g: number, d: number, n: number): void;
+  /** One AdamW step on n elements. */
+  adamw(
+    w: number,
+    g: number,
+    m: number,
+    v: number,
+    n: number,
+    beta1: number,
+    beta2: number,
+    ob1: number,
+    ob2: number,
+    c1: number,
+    c2: number,
+    lr: number,
+    eps: number,
+    wd: number,
+  ): void;
+  /** Softmax of rows in place (causal or full), with each row's max and sum at `stats`. */
+  softmaxRows(p: number, rows: number, T: number, t0: number, causal: number, st: number): void;
+  /** The causal softmax backward on rows in place in `s`. */
+  softmaxBackwardRows(a: number, s: number, rows: number, T: number, t0: number, sc: number): void;
+}
+
+/** Encodes the module (one page of memory to start; the caller grows it). */
+export function buildEwModule(fma: boolean): Uint8Array {
+  const m = new ModuleBuilder(1);
+  const fns: [string, { params: number[]; locals: number[]; body: number[] }][] = [
+    ["geluForward", geluForward(fma)],
+    ["geluBackward", geluBackward(fma)],
+    ["adamw", adamw(fma)],
+    ["softmaxRows", softmaxRows(fma)],
+    ["softmaxBackwardRows", softmaxBackwardRows(fma)],
+  ];
+  for (const [name, f] of fns) m.add({ exportName: name, results: [], ...f });
+  return m.bytes();
+}
