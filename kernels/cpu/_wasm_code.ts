@@ -1,5 +1,5 @@
 /**
- * An instruction writer for WebAssembly function bodies: the scalar, control and v128 SIMD
+ * An instruction writer for WebAssembly function bodies: the control, integer and v128 SIMD
  * opcodes the generated CPU kernels use. Each method appends one instruction and returns `this`.
  *
  * @module
@@ -53,12 +53,6 @@ export class Code {
   end(): this {
     return this.#op(0x0b);
   }
-  /** `br depth`. */
-  br(depth: number): this {
-    this.#op(0x0c);
-    uleb(this.bytes, depth);
-    return this;
-  }
   /** `br_if depth`. */
   brIf(depth: number): this {
     this.#op(0x0d);
@@ -92,24 +86,12 @@ export class Code {
     return this;
   }
 
-  // Scalar memory and arithmetic.
-  /** `f32.load` at the address on the stack plus `offset` bytes. */
-  f32Load(offset = 0): this {
-    return this.#op(0x2a).#mem(2, offset);
-  }
-  /** `f32.store` (address, value) at the address plus `offset` bytes. */
-  f32Store(offset = 0): this {
-    return this.#op(0x38).#mem(2, offset);
-  }
+  // Integer arithmetic.
   /** `i32.const n`. */
   i32(n: number): this {
     this.#op(0x41);
     sleb(this.bytes, n);
     return this;
-  }
-  /** `i32.eqz`. */
-  eqz(): this {
-    return this.#op(0x45);
   }
   /** `i32.eq`. */
   eq(): this {
@@ -119,17 +101,9 @@ export class Code {
   ne(): this {
     return this.#op(0x47);
   }
-  /** `i32.lt_u`. */
-  ltU(): this {
-    return this.#op(0x49);
-  }
   /** `i32.add`. */
   add(): this {
     return this.#op(0x6a);
-  }
-  /** `i32.sub`. */
-  sub(): this {
-    return this.#op(0x6b);
   }
   /** `i32.mul`. */
   mul(): this {
@@ -138,14 +112,6 @@ export class Code {
   /** `i32.and`. */
   i32And(): this {
     return this.#op(0x71);
-  }
-  /** `i32.shl`. */
-  shl(): this {
-    return this.#op(0x74);
-  }
-  /** `f32.mul`. */
-  f32Mul(): this {
-    return this.#op(0x94);
   }
 
   // SIMD.
@@ -160,10 +126,6 @@ export class Code {
   /** `v128.store` (address, value) at the address plus `offset` bytes. */
   v128Store(offset = 0): this {
     return this.#simd(0x0b).#mem(4, offset);
-  }
-  /** `f32x4.splat`. */
-  f32x4Splat(): this {
-    return this.#simd(0x13);
   }
   /** `f32x4.add`. */
   f32x4Add(): this {

@@ -5,10 +5,8 @@
  * @module
  */
 
-/** Value types of the binary format. */
+/** 32-bit integer value type. */
 export const I32 = 0x7f;
-/** 32-bit float value type. */
-export const F32 = 0x7d;
 /** 128-bit vector value type. */
 export const V128 = 0x7b;
 
@@ -71,17 +69,6 @@ export class ModuleBuilder {
   #funcs: FunctionDef[] = [];
 
   constructor(readonly memoryPages: number) {}
-
-  /** Reserves a function index; define its body later with {@linkcode ModuleBuilder.define}. */
-  declare(): number {
-    this.#funcs.push({ params: [], results: [], locals: [], body: [] });
-    return this.#funcs.length - 1;
-  }
-
-  /** Sets the definition of a declared function. */
-  define(index: number, def: FunctionDef): void {
-    this.#funcs[index] = def;
-  }
 
   /** Adds a function and returns its index. */
   add(def: FunctionDef): number {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createWasmGemm } from "../../kernels/cpu/wasm_gemm.ts";
 import { hasRelaxedSimd } from "../../kernels/cpu/_wasm_gemm_module.ts";
 import type { Gemm } from "../../kernels/cpu/gemm.ts";
+import { sleb, uleb } from "../../kernels/cpu/_wasm_encode.ts";
 
 /** Deterministic values in [-1, 1). */
 function filled(n: number, seed: number): Float32Array {
@@ -203,4 +204,22 @@ Deno.test("createWasmGemm() returns one cached instance named wasm, with FMA whe
   assert.equal(createWasmGemm().name, "wasm");
   assert.equal(createWasmGemm().fma, hasRelaxedSimd());
   assert.equal(createWasmGemm({ fma: false }).fma, false);
+});
+
+Deno.test("the Wasm encoder writes LEB128 integers as the binary format specifies", () => {
+  const enc = (f: (out: number[], n: number) => void, n: number) => {
+    const out: number[] = [];
+    f(out, n);
+    return out;
+  };
+  assert.deepEqual(enc(uleb, 0), [0x00]);
+  assert.deepEqual(enc(uleb, 127), [0x7f]);
+  assert.deepEqual(enc(uleb, 128), [0x80, 0x01]);
+  assert.deepEqual(enc(uleb, 624485), [0xe5, 0x8e, 0x26]);
+  assert.deepEqual(enc(uleb, 0x105), [0x85, 0x02]);
+  assert.deepEqual(enc(sleb, -1), [0x7f]);
+  assert.deepEqual(enc(sleb, 63), [0x3f]);
+  assert.deepEqual(enc(sleb, 64), [0xc0, 0x00]);
+  assert.deepEqual(enc(sleb, -123456), [0xc0, 0xbb, 0x78]);
+  assert.throws(() => enc(uleb, -1), RangeError);
 });
