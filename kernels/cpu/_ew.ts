@@ -9,8 +9,7 @@
  */
 
 import type { AdamWParams } from "../backend.ts";
-import { buildEwModule, type EwExports } from "./_ew_module.ts";
-import { hasRelaxedSimd } from "./_wasm_gemm_module.ts";
+import { buildEwModule, type EwExports, hasRelaxedMadd } from "./_ew_module.ts";
 
 /** Elements per operand per call of an element-wise kernel. */
 const CHUNK = 8192;
@@ -26,7 +25,7 @@ export class EwKernels {
   #f32: Float32Array;
 
   constructor() {
-    this.fma = hasRelaxedSimd();
+    this.fma = hasRelaxedMadd();
     const bytes = buildEwModule(this.fma);
     const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
     this.#x = inst.exports as unknown as EwExports;

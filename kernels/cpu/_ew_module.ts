@@ -11,9 +11,97 @@
  * @module
  */
 
-import { F32, I32, ModuleBuilder, sleb, uleb, V128 } from "./_wasm_encode.ts";
-
+const I32 = 0x7f;
+const F32 = 0x7d;
+const V128 = 0x7b;
 const EMPTY = 0x40;
+
+function uleb(out: number[], n: number): void {
+  do {
+    let byte = n & 0x7f;
+    n = Math.floor(n / 128);
+    if (n !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0);
+}
+
+function sleb(out: number[], n: number): void {
+  n |= 0;
+  for (;;) {
+    const byte = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
+      out.push(byte);
+      return;
+    }
+    out.push(byte | 0x80);
+  }
+}
+
+interface Fn {
+  name: string;
+  params: number[];
+  locals: number[];
+  body: number[];
+}
+
+/** A module of exported functions without results and one exported memory of one page. */
+function encodeModule(fns: Fn[]): Uint8Array {
+  const out = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+  const section = (id: number, body: number[]) => {
+    out.push(id);
+    uleb(out, body.length);
+    for (const b of body) out.push(b);
+  };
+  const name = (o: number[], s: string) => {
+    const bytes = new TextEncoder().encode(s);
+    uleb(o, bytes.length);
+    for (const b of bytes) o.push(b);
+  };
+  const types: number[] = [];
+  uleb(types, fns.length);
+  for (const f of fns) {
+    types.push(0x60);
+    uleb(types, f.params.length);
+    types.push(...f.params, 0);
+  }
+  section(1, types);
+  const funcs: number[] = [];
+  uleb(funcs, fns.length);
+  fns.forEach((_, i) => uleb(funcs, i));
+  section(3, funcs);
+  section(5, [1, 0x00, 1]);
+  const exports: number[] = [];
+  uleb(exports, fns.length + 1);
+  name(exports, "memory");
+  exports.push(0x02, 0x00);
+  fns.forEach((f, i) => {
+    name(exports, f.name);
+    exports.push(0x00);
+    uleb(exports, i);
+  });
+  section(7, exports);
+  const code: number[] = [];
+  uleb(code, fns.length);
+  for (const f of fns) {
+    const body: number[] = [];
+    uleb(body, f.locals.length);
+    for (const t of f.locals) body.push(1, t);
+    body.push(...f.body, 0x0b);
+    uleb(code, body.length);
+    code.push(...body);
+  }
+  section(10, code);
+  return new Uint8Array(out);
+}
+
+/** Whether this engine validates `f32x4.relaxed_madd` (the relaxed SIMD proposal). */
+export function hasRelaxedMadd(): boolean {
+  const a = new Asm(true, 1);
+  a.get(0).get(0).get(0).madd(() => {}, () => {}, () => {}).op(0x1a);
+  const bytes = encodeModule([{ name: "f", ...a.finish([V128], []) }]);
+  return WebAssembly.validate(bytes as BufferSource);
+}
 
 /** Instruction writer: scalar, control and the v128 opcodes used here. */
 class Asm {
@@ -492,14 +580,11 @@ export interface EwExports {
 
 /** Encodes the module (one page of memory to start; the caller grows it). */
 export function buildEwModule(fma: boolean): Uint8Array {
-  const m = new ModuleBuilder(1);
-  const fns: [string, { params: number[]; locals: number[]; body: number[] }][] = [
-    ["geluForward", geluForward(fma)],
-    ["geluBackward", geluBackward(fma)],
-    ["adamw", adamw(fma)],
-    ["softmaxRows", softmaxRows(fma)],
-    ["softmaxBackwardRows", softmaxBackwardRows(fma)],
-  ];
-  for (const [name, f] of fns) m.add({ exportName: name, results: [], ...f });
-  return m.bytes();
+  return encodeModule([
+    { name: "geluForward", ...geluForward(fma) },
+    { name: "geluBackward", ...geluBackward(fma) },
+    { name: "adamw", ...adamw(fma) },
+    { name: "softmaxRows", ...softmaxRows(fma) },
+    { name: "softmaxBackwardRows", ...softmaxBackwardRows(fma) },
+  ]);
 }

@@ -168,8 +168,6 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   const threads = gemm.name === "blas" ? getBlasThreads() : 1;
   const description = `cpu: matmul by ${note}` +
     (threads === null ? "" : `, ${threads} thread${threads === 1 ? "" : "s"}`);
-  let scratch = new Float32Array(0);
-  const scratchOf = (n: number) => scratch.length >= n ? scratch : (scratch = new Float32Array(n));
   let rowSums = new Float64Array(0);
   const ew = new EwKernels();
 
@@ -447,26 +445,19 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       checkHeads(op, B, T, C, H);
       const O = f(out, op, "out", B * T * C), A = f(att, op, "att", B * H * T * T);
       const Q = f(qkv, op, "qkv", B * T * 3 * C);
-      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
+      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
+      // The scores of one head live in the kernels' memory at element 0, the row statistics
+      // after them; the softmax runs there in place before the probabilities are copied out.
+      const st = (TT + 7) & ~3;
+      ew.reserve(4 * (st + 2 * T + 4));
+      const S = ew.view;
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < H; h++) {
-          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * T * T;
+          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT;
           // Scores S = scale * Q K^T for the whole T x T block; the mask is applied below.
-          gemm.sgemm(false, true, T, T, hs, sc, Q, q0, C3, Q, q0 + C, C3, 0, A, a0, T);
-          for (let t = 0; t < T; t++) {
-            const r = a0 + t * T;
-            let max = -Infinity;
-            for (let u = 0; u <= t; u++) if (A[r + u] > max) max = A[r + u];
-            let z = 0;
-            for (let u = 0; u <= t; u++) {
-              const e = expNeg(A[r + u] - max);
-              A[r + u] = e;
-              z += e;
-            }
-            const iz = 1 / z;
-            for (let u = 0; u <= t; u++) A[r + u] *= iz;
-            A.fill(0, r + t + 1, r + T);
-          }
+          gemm.sgemm(false, true, T, T, hs, sc, Q, q0, C3, Q, q0 + C, C3, 0, S, 0, T);
+          ew.softmaxAt(0, T, T, 0, true, st);
+          A.set(S.subarray(0, TT), a0);
           // out_h = att @ V.
           gemm.sgemm(
             false,
@@ -475,8 +466,8 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
             hs,
             T,
             1,
-            A,
-            a0,
+            S,
+            0,
             T,
             Q,
             q0 + 2 * C,
@@ -503,25 +494,24 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       checkHeads(op, B, T, C, H);
       const D = f(dqkv, op, "dqkv", B * T * 3 * C), G = f(dout, op, "dout", B * T * C);
       const Q = f(qkv, op, "qkv", B * T * 3 * C), A = f(att, op, "att", B * H * T * T);
-      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
-      const S = scratchOf(T * T);
+      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
+      // In the kernels' memory: the head's probabilities at element 0, its score gradients at
+      // element sOff.
+      const sOff = (TT + 7) & ~3;
+      ew.reserve(4 * (2 * sOff + 4));
+      const W = ew.view;
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < H; h++) {
-          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * T * T, g0 = b * T * C + h * hs;
+          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, g0 = b * T * C + h * hs;
           // datt = dout_h V^T; dV += att^T dout_h.
-          gemm.sgemm(false, true, T, T, hs, 1, G, g0, C, Q, q0 + 2 * C, C3, 0, S, 0, T);
+          gemm.sgemm(false, true, T, T, hs, 1, G, g0, C, Q, q0 + 2 * C, C3, 0, W, sOff, T);
           gemm.sgemm(true, false, T, hs, T, 1, A, a0, T, G, g0, C, 1, D, q0 + 2 * C, C3);
           // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
-          for (let t = 0; t < T; t++) {
-            const r = t * T, ar = a0 + r;
-            let dot = 0;
-            for (let u = 0; u <= t; u++) dot += A[ar + u] * S[r + u];
-            for (let u = 0; u <= t; u++) S[r + u] = sc * A[ar + u] * (S[r + u] - dot);
-            S.fill(0, r + t + 1, r + T);
-          }
+          W.set(A.subarray(a0, a0 + TT), 0);
+          ew.softmaxBackwardAt(0, sOff, T, T, 0, sc);
           // dQ += dpre K; dK += dpre^T Q.
-          gemm.sgemm(false, false, T, hs, T, 1, S, 0, T, Q, q0 + C, C3, 1, D, q0, C3);
-          gemm.sgemm(true, false, T, hs, T, 1, S, 0, T, Q, q0, C3, 1, D, q0 + C, C3);
+          gemm.sgemm(false, false, T, hs, T, 1, W, sOff, T, Q, q0 + C, C3, 1, D, q0, C3);
+          gemm.sgemm(true, false, T, hs, T, 1, W, sOff, T, Q, q0, C3, 1, D, q0 + C, C3);
         }
       }
     },
