@@ -115,6 +115,124 @@ export class EwKernels {
     }
   }
 
+  /** Rows per chunk for rows of n elements, and the region size (elements) that holds them. */
+  #rows(n: number): [number, number] {
+    const rows = Math.max(1, Math.floor(CHUNK / n));
+    return [rows, rows * n + 16];
+  }
+
+  /**
+   * Layernorm forward of N rows of C elements (C a multiple of 4): O = (X - mean) rstd W + B,
+   * Mu[n] = mean, Rs[n] = rstd.
+   */
+  layernormForward(
+    O: Float32Array,
+    Mu: Float32Array,
+    Rs: Float32Array,
+    X: Float32Array,
+    W: Float32Array,
+    B: Float32Array,
+    N: number,
+    C: number,
+    eps: number,
+  ): void {
+    const [rows, reg] = this.#rows(C);
+    const o = reg, w = 2 * reg, b = w + C + 16, st = b + C + 16;
+    this.reserve(4 * (st + 2 * rows + 16));
+    const m = this.#f32, x = this.#x;
+    m.set(W.subarray(0, C), w);
+    m.set(B.subarray(0, C), b);
+    for (let n = 0; n < N; n += rows) {
+      const r = Math.min(rows, N - n), c = r * C;
+      m.set(X.subarray(n * C, n * C + c), 0);
+      x.layernormForward(0, 4 * o, 4 * st, 4 * w, 4 * b, r, C, eps);
+      O.set(m.subarray(o, o + c), n * C);
+      for (let i = 0; i < r; i++) {
+        Mu[n + i] = m[st + 2 * i];
+        Rs[n + i] = m[st + 2 * i + 1];
+      }
+    }
+  }
+
+  /** Layernorm backward (C a multiple of 4): adds into DX, DW and DB. */
+  layernormBackward(
+    DX: Float32Array,
+    DW: Float32Array,
+    DB: Float32Array,
+    G: Float32Array,
+    X: Float32Array,
+    W: Float32Array,
+    Mu: Float32Array,
+    Rs: Float32Array,
+    N: number,
+    C: number,
+  ): void {
+    const [rows, reg] = this.#rows(C);
+    const g = reg, x = 2 * reg, w = 3 * reg, dw = w + C + 16, db = dw + C + 16;
+    const st = db + C + 16;
+    this.reserve(4 * (st + 2 * rows + 16));
+    const m = this.#f32, k = this.#x;
+    m.set(W.subarray(0, C), w);
+    m.set(DW.subarray(0, C), dw);
+    m.set(DB.subarray(0, C), db);
+    for (let n = 0; n < N; n += rows) {
+      const r = Math.min(rows, N - n), c = r * C, e = n * C;
+      m.set(DX.subarray(e, e + c), 0);
+      m.set(G.subarray(e, e + c), g);
+      m.set(X.subarray(e, e + c), x);
+      for (let i = 0; i < r; i++) {
+        m[st + 2 * i] = Mu[n + i];
+        m[st + 2 * i + 1] = Rs[n + i];
+      }
+      k.layernormBackward(0, 4 * dw, 4 * db, 4 * g, 4 * x, 4 * w, 4 * st, r, C);
+      DX.set(m.subarray(0, c), e);
+    }
+    DW.set(m.subarray(dw, dw + C));
+    DB.set(m.subarray(db, db + C));
+  }
+
+  /** O[j] (+)= sum over the M rows of X[M, N] (N a multiple of 4), summed in float32. */
+  sumRows(O: Float32Array, X: Float32Array, M: number, N: number, accumulate: boolean): void {
+    const [rows, reg] = this.#rows(N);
+    this.reserve(4 * (reg + N + 16));
+    const m = this.#f32, k = this.#x;
+    m.fill(0, reg, reg + N);
+    for (let i = 0; i < M; i += rows) {
+      const r = Math.min(rows, M - i);
+      m.set(X.subarray(i * N, (i + r) * N), 0);
+      k.sumRows(0, 4 * reg, r, N);
+    }
+    if (accumulate) { for (let j = 0; j < N; j++) O[j] += m[reg + j]; }
+    else O.set(m.subarray(reg, reg + N));
+  }
+
+  /**
+   * Softmax of the N rows of X[N, V] into P; L[n] = log(sum of exponentials) - (X[n, T[n]] -
+   * max) for targets T[n] >= 0, else 0.
+   */
+  softmaxCrossEntropy(
+    L: Float32Array,
+    P: Float32Array,
+    X: Float32Array,
+    T: Int32Array,
+    N: number,
+    V: number,
+  ): void {
+    const [rows, reg] = this.#rows(V);
+    this.reserve(4 * (reg + 2 * rows + 16));
+    const m = this.#f32;
+    for (let n = 0; n < N; n += rows) {
+      const r = Math.min(rows, N - n), e = n * V;
+      m.set(X.subarray(e, e + r * V), 0);
+      this.softmaxAt(0, r, V, 0, false, reg);
+      P.set(m.subarray(0, r * V), e);
+      for (let i = 0; i < r; i++) {
+        const tg = T[n + i];
+        L[n + i] = tg < 0 ? 0 : Math.log(m[reg + 2 * i + 1]) - (X[e + i * V + tg] - m[reg + 2 * i]);
+      }
+    }
+  }
+
   /**
    * Softmax in place of `rows` rows of length T at element `at` of the memory; causal rows use
    * their first t0 + r + 1 entries and zero the rest. Each row's maximum and sum of

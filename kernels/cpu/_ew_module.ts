@@ -547,6 +547,100 @@ function softmaxBackwardRows(fma: boolean) {
   return a.finish([I32, I32, I32, I32, I32, F32], [I32, I32, I32, I32, I32, V128, V128, V128]);
 }
 
+function layernormForward(fma: boolean) {
+  // (x, o, st, w, b, rows, C, eps): C a multiple of 4; st[2r] = mean, st[2r + 1] = rstd.
+  const X = 0, O = 1, ST = 2, WT = 3, BS = 4, ROWS = 5, CC = 6, EPS = 7;
+  const R = 8, J = 9, XR = 10, OR = 11, ACC = 12, MV = 13, RV = 14, TMP = 15, MS = 16, RS = 17;
+  const a = new Asm(fma, 18);
+  a.forUp(R, () => a.get(ROWS), 1, () => {
+    a.get(R).get(CC).mul().i32(2).op(0x74).tee(XR).get(O).add().set(OR);
+    a.get(XR).get(X).add().set(XR);
+    a.splat(0).set(ACC);
+    a.forUp(J, () => a.get(CC), 4, () => {
+      at(a, XR, J).load().get(ACC).vadd().set(ACC);
+    });
+    a.get(ACC).hsum(TMP).get(CC).op(0xb2).fdiv().tee(MS).vsplat().set(MV);
+    a.splat(0).set(ACC);
+    a.forUp(J, () => a.get(CC), 4, () => {
+      at(a, XR, J).load().get(MV).vsub().tee(TMP);
+      a.madd(() => a.get(TMP), () => {}, () => a.get(ACC));
+      a.set(ACC);
+    });
+    a.f32(1).get(ACC).hsum(TMP).get(CC).op(0xb2).fdiv().get(EPS).fadd().op(0x91).fdiv();
+    a.tee(RS).vsplat().set(RV);
+    a.forUp(J, () => a.get(CC), 4, () => {
+      at(a, OR, J);
+      at(a, XR, J).load().get(MV).vsub().get(RV).vmul();
+      a.madd(() => {}, () => at(a, WT, J).load(), () => at(a, BS, J).load());
+      a.store();
+    });
+    a.get(ST).get(R).i32(3).op(0x74).add().get(MS).f32Store();
+    a.get(ST).get(R).i32(3).op(0x74).add().get(RS).f32Store(4);
+  });
+  return a.finish(
+    [I32, I32, I32, I32, I32, I32, I32, F32],
+    [I32, I32, I32, I32, V128, V128, V128, V128, F32, F32],
+  );
+}
+
+function layernormBackward(fma: boolean) {
+  // (dx, dw, db, g, x, w, st, rows, C): C a multiple of 4; st as layernormForward writes it.
+  const DX = 0, DW = 1, DB = 2, G = 3, X = 4, WT = 5, ST = 6, ROWS = 7, CC = 8;
+  const R = 9, J = 10, OFF = 11, GM = 12, GX = 13, MV = 14, RV = 15, TMP = 16, GV = 17, XH = 18;
+  const a = new Asm(fma, 19);
+  a.forUp(R, () => a.get(ROWS), 1, () => {
+    a.get(R).get(CC).mul().i32(2).op(0x74).set(OFF);
+    a.get(ST).get(R).i32(3).op(0x74).add().f32Load().vsplat().set(MV);
+    a.get(ST).get(R).i32(3).op(0x74).add().f32Load(4).vsplat().set(RV);
+    a.splat(0).set(GM).splat(0).set(GX);
+    a.forUp(J, () => a.get(CC), 4, () => {
+      a.get(G).get(OFF).add().get(J).i32(2).op(0x74).add().load();
+      at(a, WT, J).load().vmul().tee(GV).get(GM).vadd().set(GM);
+      a.get(X).get(OFF).add().get(J).i32(2).op(0x74).add().load().get(MV).vsub().get(RV).vmul();
+      a.madd(() => a.get(GV), () => {}, () => a.get(GX));
+      a.set(GX);
+    });
+    a.get(GM).hsum(TMP).get(CC).op(0xb2).fdiv().vsplat().set(GM);
+    a.get(GX).hsum(TMP).get(CC).op(0xb2).fdiv().vsplat().set(GX);
+    a.forUp(J, () => a.get(CC), 4, () => {
+      a.get(X).get(OFF).add().get(J).i32(2).op(0x74).add().load().get(MV).vsub().get(RV).vmul()
+        .set(XH);
+      a.get(G).get(OFF).add().get(J).i32(2).op(0x74).add().load().set(GV);
+      // dx += r (g w - gMean - xhat gxMean)
+      a.get(DX).get(OFF).add().get(J).i32(2).op(0x74).add();
+      a.get(GV);
+      at(a, WT, J).load().vmul().get(GM).vsub().get(XH).get(GX).vmul().vsub().get(RV).vmul();
+      a.get(DX).get(OFF).add().get(J).i32(2).op(0x74).add().load().vadd().store();
+      at(a, DW, J);
+      a.madd(() => a.get(GV), () => a.get(XH), () => at(a, DW, J).load());
+      a.store();
+      at(a, DB, J);
+      a.get(GV);
+      at(a, DB, J).load().vadd().store();
+    });
+  });
+  return a.finish(
+    [I32, I32, I32, I32, I32, I32, I32, I32, I32],
+    [I32, I32, I32, V128, V128, V128, V128, V128, V128, V128],
+  );
+}
+
+function sumRows(fma: boolean) {
+  // (x, acc, rows, N): acc[j] += sum over rows of x[r, j]; N a multiple of 4.
+  const X = 0, ACC = 1, ROWS = 2, N = 3, R = 4, J = 5, XR = 6;
+  const a = new Asm(fma, 7);
+  a.get(X).set(XR);
+  a.forUp(R, () => a.get(ROWS), 1, () => {
+    a.forUp(J, () => a.get(N), 4, () => {
+      at(a, ACC, J);
+      at(a, XR, J).load();
+      at(a, ACC, J).load().vadd().store();
+    });
+    a.get(XR).get(N).i32(2).op(0x74).add().set(XR);
+  });
+  return a.finish([I32, I32, I32, I32], [I32, I32, I32]);
+}
+
 /** Names and signatures of the exported functions. */
 export interface EwExports {
   /** Linear memory holding the operands. */
@@ -574,6 +668,31 @@ export interface EwExports {
   ): void;
   /** Softmax of rows in place (causal or full), with each row's max and sum at `stats`. */
   softmaxRows(p: number, rows: number, T: number, t0: number, causal: number, st: number): void;
+  /** Layernorm of rows (C a multiple of 4), mean and rstd interleaved at `st`. */
+  layernormForward(
+    x: number,
+    o: number,
+    st: number,
+    w: number,
+    b: number,
+    rows: number,
+    C: number,
+    eps: number,
+  ): void;
+  /** The layernorm backward, adding into dx, dw and db. */
+  layernormBackward(
+    dx: number,
+    dw: number,
+    db: number,
+    g: number,
+    x: number,
+    w: number,
+    st: number,
+    rows: number,
+    C: number,
+  ): void;
+  /** acc[j] += sum over rows of x[r, j] (N a multiple of 4). */
+  sumRows(x: number, acc: number, rows: number, N: number): void;
   /** The causal softmax backward on rows in place in `s`. */
   softmaxBackwardRows(a: number, s: number, rows: number, T: number, t0: number, sc: number): void;
 }
@@ -586,5 +705,8 @@ export function buildEwModule(fma: boolean): Uint8Array {
     { name: "adamw", ...adamw(fma) },
     { name: "softmaxRows", ...softmaxRows(fma) },
     { name: "softmaxBackwardRows", ...softmaxBackwardRows(fma) },
+    { name: "layernormForward", ...layernormForward(fma) },
+    { name: "layernormBackward", ...layernormBackward(fma) },
+    { name: "sumRows", ...sumRows(fma) },
   ]);
 }

@@ -243,6 +243,74 @@ cases.push({
   },
 });
 
+// Shapes that span several of the CPU backend's WebAssembly chunks (8192 elements), rows whose
+// length is a multiple of 4 (its vector paths) or not (its scalar ones), and wide rows.
+cases.push({
+  name: "geluForward(), geluBackward() and adamw() over 20000 elements",
+  async run(be, rng) {
+    const n = 20000, inp = rand(be, rng, n, 6), out = be.alloc(n);
+    be.geluForward(out, inp, n);
+    const dout = rand(be, rng, n), dinp = rand(be, rng, n);
+    be.geluBackward(dinp, inp, dout, n);
+    const m = rand(be, rng, n, 0.1), v = be.alloc(n), param = rand(be, rng, n);
+    const p = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step: 3 };
+    be.adamw(param, dout, m, v, n, p);
+    return await read(be, { out, dinp, param, m, v });
+  },
+});
+
+for (const [N, C] of [[70, 256], [5, 6], [2, 8200]]) {
+  cases.push({
+    name: `layernormForward(), layernormBackward() and sumRows() N=${N} C=${C}`,
+    async run(be, rng) {
+      const inp = rand(be, rng, N * C, 3), w = rand(be, rng, C), b = rand(be, rng, C);
+      const out = be.alloc(N * C), mean = be.alloc(N), rstd = be.alloc(N);
+      be.layernormForward(out, mean, rstd, inp, w, b, N, C);
+      const dout = rand(be, rng, N * C), dinp = rand(be, rng, N * C);
+      const dw = rand(be, rng, C), db = rand(be, rng, C), sum = rand(be, rng, C);
+      be.layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd, N, C);
+      be.sumRows(sum, dout, N, C, true);
+      return await read(be, { out, mean, rstd, dinp, dw, db, sum });
+    },
+  });
+}
+
+cases.push({
+  name: "sumRows() over 1000 rows of 12",
+  async run(be, rng) {
+    const inp = rand(be, rng, 1000 * 12), o = rand(be, rng, 12);
+    be.sumRows(o, inp, 1000, 12);
+    return await read(be, { o });
+  },
+});
+
+cases.push({
+  name: "crossEntropyForward() over 40 rows of 300 (several chunks)",
+  async run(be, rng) {
+    const N = 40, V = 300;
+    const targets = ints(be, Array.from({ length: N }, (_, i) => i % 7 === 3 ? -1 : (i * 37) % V));
+    const logits = rand(be, rng, N * V, 8), losses = rand(be, rng, N);
+    const probs = be.alloc(N * V), dlogits = rand(be, rng, N * V);
+    be.crossEntropyForward(losses, probs, logits, targets, N, V);
+    be.crossEntropyBackward(dlogits, probs, targets, 1 / 40, N, V);
+    return await read(be, { losses, probs, dlogits });
+  },
+});
+
+for (const [B, T, C, H] of [[1, 64, 16, 2], [1, 6, 8, 2]]) {
+  cases.push({
+    name: `attentionForward() and attentionBackward() B=${B} T=${T} C=${C} H=${H}`,
+    async run(be, rng) {
+      const qkv = rand(be, rng, B * T * 3 * C, 2);
+      const out = be.alloc(B * T * C), att = rand(be, rng, B * H * T * T);
+      be.attentionForward(out, att, qkv, B, T, C, H);
+      const dout = rand(be, rng, B * T * C), dqkv = rand(be, rng, B * T * 3 * C);
+      be.attentionBackward(dqkv, dout, qkv, att, B, T, C, H);
+      return await read(be, { out, att, dqkv });
+    },
+  });
+}
+
 /** Every op case. */
 export const opCases: readonly OpCase[] = cases;
 
