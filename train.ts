@@ -158,7 +158,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   "micro-batches": {
     kind: "int",
     dflt: null,
-    help: "micro-batches per step on each pipeline (default: 2 * --pp with --pp > 1, else " +
+    help: "micro-batches per step on each pipeline (default: 4 * --pp with --pp > 1, else " +
       "--accum); --batch must be a multiple of micro-batches * --dp",
   },
   backend: {
@@ -605,7 +605,7 @@ export async function main(
   };
   const parallel = tp * pp * dp > 1;
   if (parallel) {
-    const m = (o["micro-batches"] as number | null) ?? (pp > 1 ? 2 * pp : o.accum as number);
+    const m = (o["micro-batches"] as number | null) ?? (pp > 1 ? 4 * pp : o.accum as number);
     Object.assign(config, {
       gradient_accumulation_steps: m,
       data_parallel_size: dp,
