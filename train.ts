@@ -46,6 +46,8 @@ import { SCHEDULE_KINDS } from "./optim/mod.ts";
 import { checkModelLayout } from "./parallel/grid.ts";
 import type { ScheduleName } from "./parallel/schedules.ts";
 
+export type * from "./collectives/communicator.ts";
+
 const PIPELINE_SCHEDULES: readonly ScheduleName[] = ["none", "gpipe", "1f1b", "interleaved"];
 
 type Kind = "int" | "float" | "string" | "bool";
