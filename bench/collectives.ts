@@ -4,7 +4,9 @@
  * (algbw times nccl-tests' bus factor: all-reduce 2(n-1)/n, reduce-scatter and all-gather
  * (n-1)/n, broadcast and reduce 1), and the number of wrong values in a checked run. Baselines
  * are measured in the same run: a TypedArray copy of the same size (`copy`), and a raw one-way
- * TCP stream between two processes over loopback (`tcp`).
+ * TCP stream between two processes over loopback (`tcp`). The `sendrecv` op is a point-to-point
+ * ping-pong between ranks 0 and 1: its time is one way (half a round trip), its bus factor 1, and
+ * it also reports the median one-way time of single round trips (`p50_us`).
  *
  * ```sh
  * deno run -A bench/collectives.ts                       # default sweep, a table
@@ -25,7 +27,7 @@ import {
   runWorkers,
 } from "../collectives/mod.ts";
 
-const OPS = ["allReduce", "reduceScatter", "allGather", "broadcast", "reduce"] as const;
+const OPS = ["allReduce", "reduceScatter", "allGather", "broadcast", "reduce", "sendrecv"] as const;
 type Op = typeof OPS[number];
 const TRANSPORTS = ["shm", "tcp", "hierarchical"] as const;
 type Transport = typeof TRANSPORTS[number];
@@ -44,12 +46,20 @@ interface Row {
   count: number;
   time_us: number;
   wrong: number;
+  /** sendrecv only: the median one-way time of single round trips. */
+  p50_us?: number;
 }
 
 function busFactor(op: Op, n: number): number {
   if (op === "allReduce") return n === 1 ? 0 : 2 * (n - 1) / n;
   if (op === "reduceScatter" || op === "allGather") return (n - 1) / n;
   return 1;
+}
+
+/** Order a list of numbers and return its median. */
+function median(xs: number[]): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s[Math.floor((s.length - 1) / 2)]!;
 }
 
 // ---- the part every rank runs ---------------------------------------------------------------
@@ -66,7 +76,9 @@ function prepare(comm: Communicator, op: Op, count: number) {
   // the trainer's flat buffers.
   const mk = (len: number) => new Float32Array(new SharedArrayBuffer(4 * Math.max(len, 1)), 0, len);
   const a = mk(op === "allGather" ? per : op === "reduceScatter" ? per * n : count);
-  const b = mk(op === "allGather" ? per * n : op === "reduceScatter" ? per : 0);
+  const b = mk(
+    op === "allGather" ? per * n : op === "reduceScatter" ? per : op === "sendrecv" ? count : 0,
+  );
   const run = (): Promise<void> => {
     switch (op) {
       case "allReduce":
@@ -79,6 +91,11 @@ function prepare(comm: Communicator, op: Op, count: number) {
         return comm.broadcast(a, 0);
       case "reduce":
         return comm.reduce(a, 0);
+      case "sendrecv":
+        // A ping-pong between ranks 0 and 1 (the others idle): one run is one round trip.
+        if (r === 0) return comm.send(a, 1).then(() => comm.recv(b, 1));
+        if (r === 1) return comm.recv(b, 0).then(() => comm.send(b, 0));
+        return Promise.resolve();
     }
   };
   // Checked run: fill, run once, count the elements that differ from the exact answer.
@@ -96,6 +113,8 @@ function prepare(comm: Communicator, op: Op, count: number) {
       }
     } else if (op === "broadcast") {
       for (let i = 0; i < a.length; i++) if (a[i] !== k(i)) wrong++;
+    } else if (op === "sendrecv") {
+      if (r < 2) { for (let i = 0; i < b.length; i++) if (b[i] !== k(i)) wrong++; }
     } else if (op === "allGather") {
       for (let p = 0; p < n; p++) {
         for (let i = 0; i < per; i++) if (b[p * per + i] !== (p + 1) * k(i)) wrong++;
@@ -156,9 +175,22 @@ export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
       ]);
       await comm.broadcast(it, 0);
       const ms = await timeLoop(comm, p.run, it[0]!);
+      let p50: number | undefined;
+      if (op === "sendrecv") {
+        // Round trips one by one too: on a shared machine the mean carries the preemptions.
+        const one: number[] = [];
+        for (let i = 0; i < it[0]!; i++) {
+          const t0 = performance.now();
+          await p.run();
+          one.push(performance.now() - t0);
+        }
+        p50 = median(one) * 1000 / 2;
+      }
       const wrong = new Int32Array([await p.check()]);
       await comm.allReduce(wrong);
-      rows.push({ op, bytes: p.bytes, count: p.count, time_us: ms * 1000, wrong: wrong[0]! });
+      // sendrecv: one op is one way, half a round trip.
+      const us = op === "sendrecv" ? ms * 500 : ms * 1000;
+      rows.push({ op, bytes: p.bytes, count: p.count, time_us: us, wrong: wrong[0]!, p50_us: p50 });
     }
   }
   return comm.rank === 0 ? rows : [];
@@ -425,11 +457,13 @@ function defaultPlan(t: Transport): { ops: Op[]; ranks: number[]; sizes: number[
       { ops: ["allReduce"], ranks: [2], sizes: [4 * K, 64 * K, M, 16 * M, 64 * M] },
       { ops: ["reduceScatter", "allGather", "broadcast"], ranks: [2], sizes: [4 * K, 16 * M] },
       { ops: ["allReduce"], ranks: [4, 8], sizes: [4 * K, 16 * M] },
+      { ops: ["sendrecv"], ranks: [2], sizes: [64, M] },
     ];
   }
   return [
     { ops: ["allReduce"], ranks: [2], sizes: [4 * K, 64 * K, M, 64 * M] },
     { ops: ["reduceScatter", "allGather", "broadcast"], ranks: [2], sizes: [4 * K, 16 * M] },
+    { ops: ["sendrecv"] as Op[], ranks: [2], sizes: [64, M] },
     ...(t === "hierarchical"
       ? [{ ops: ["allReduce"] as Op[], ranks: [4], sizes: [4 * K, 16 * M] }]
       : []),
@@ -502,13 +536,15 @@ async function cli(args: Args): Promise<void> {
               algbw_gbps: +algbw.toFixed(3),
               busbw_gbps: +busbw.toFixed(3),
               wrong: r.wrong,
+              ...(r.p50_us === undefined ? {} : { p50_us: +r.p50_us.toFixed(2) }),
             }));
           } else {
             console.log(
               " " + String(r.bytes).padStart(11) + String(r.count).padStart(12) +
                 "float".padStart(12) + r.op.padStart(14) + r.time_us.toFixed(1).padStart(10) +
                 algbw.toFixed(2).padStart(9) + busbw.toFixed(2).padStart(9) +
-                String(r.wrong).padStart(9),
+                String(r.wrong).padStart(9) +
+                (r.p50_us === undefined ? "" : `   (median ${r.p50_us.toFixed(1)} us)`),
             );
           }
         }

@@ -19,9 +19,10 @@
  * once (a MessagePort message; the peers keep a reference until the group closes) and reads its
  * peers' buffers in place. A last round keeps every buffer untouched until nobody reads it.
  *
- * Waiting spins on `Atomics.load` for an adaptive budget, then sleeps in `Atomics.waitAsync` (the
- * event loop keeps running), waking at least every 10 ms to check the deadline and the members'
- * liveness words. The timeout of an op counts from the moment it first has to wait. The first
+ * Waiting spins on `Atomics.load` for an adaptive budget, then blocks in `Atomics.wait` for up to
+ * 2 ms (a wake-up costs ~10 us; only while no other op of the rank is in flight, as it blocks the
+ * thread's event loop), then sleeps in `Atomics.waitAsync` (the event loop keeps running),
+ * waking at least every 10 ms to check the deadline and the members' liveness words. The timeout of an op counts from the moment it first has to wait. The first
  * round of every op compares an op descriptor (op, count, dtype, reduction, root, sequence
  * number) published by every rank: a mismatch rejects on every rank and leaves the group usable;
  * a timeout or a lost member leaves it failed (later ops reject at once).
@@ -75,6 +76,8 @@ export type { ShmLinkInit } from "./_shm_link.ts";
 export const DEFAULT_SLOT_BYTES = 1 << 21;
 /** Default bytes per point-to-point chunk (each directed pair has two), up to 8 ranks. */
 export const DEFAULT_CHANNEL_BYTES = 1 << 16;
+/** Longest time a wait may block the thread in Atomics.wait before it sleeps in waitAsync. */
+const SYNC_MS = 2;
 
 /**
  * Structured-clonable description of one shared-memory group: post it to every member and build
@@ -109,9 +112,10 @@ export interface ShmOptions {
   timeoutMs?: number;
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
-   * (5 when the process runs more ranks than cores), within 10..1000 (2..50): it grows to cover
-   * the waits that spinning catches or just missed; with more ranks than cores it drops when
-   * spinning keeps failing.
+   * (5 when the process runs more ranks than cores), within 1..1000 (1..50): it grows to cover
+   * the waits that spinning catches and drops when spinning keeps failing. A wait that outlasts
+   * the spin then blocks in `Atomics.wait` for up to 2 ms (when no other op of this rank is in
+   * flight), then sleeps in `Atomics.waitAsync`.
    */
   spinUs?: number;
   /**
@@ -196,8 +200,8 @@ export class ShmCommunicator implements Communicator {
   #spinMs: number;
   #spinBaseMs: number;
   #spinFails = 0;
-  /** More ranks in this process than cores: a spinning rank may hold up the one it waits for. */
-  #over: boolean;
+  /** Ops of this rank in flight (collectives, sends, recvs). */
+  #inflight = 0;
   #spinMinMs: number;
   #spinMaxMs: number;
   #smallBytes: number;
@@ -245,11 +249,11 @@ export class ShmCommunicator implements Communicator {
     this.#u16 = halves((s, o) => new Uint16Array(s, o, spec.slotBytes / 2)) as Uint16Array[][];
     this.#timeoutMs = checkTimeout(opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const cores = (globalThis.navigator?.hardwareConcurrency ?? 2) || 2;
-    const over = this.#over = link.worldSize > cores;
+    const over = link.worldSize > cores;
     const spinUs = opts.spinUs ?? (over ? 5 : 50);
     this.#spinMs = this.#spinBaseMs = spinUs / 1000;
     // Adaptive unless the caller fixed the budget: see #spun and #slept.
-    this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 2 : 10) / 1000;
+    this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : 0.001;
     this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
     this.#channels = new ShmChannels(spec, rank, {
@@ -660,7 +664,12 @@ export class ShmCommunicator implements Communicator {
           );
         }
         this.#seq++;
-        await body({ op, ms, deadline: 0 });
+        this.#inflight++;
+        try {
+          await body({ op, ms, deadline: 0 });
+        } finally {
+          this.#inflight--;
+        }
       } catch (e) {
         if (e instanceof CollectiveError && e.reason === "mismatch") {
           // Every rank rejected after the same round, but the ranks may have taken paths that
@@ -691,7 +700,12 @@ export class ShmCommunicator implements Communicator {
       if (this.#closed) {
         throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
       }
-      await body({ op, ms, deadline: 0 });
+      this.#inflight++;
+      try {
+        await body({ op, ms, deadline: 0 });
+      } finally {
+        this.#inflight--;
+      }
     };
     const p = (this.#p2pTail.get(key) ?? Promise.resolve()).then(run);
     this.#p2pTail.set(key, p.catch(() => {}));
@@ -804,21 +818,12 @@ export class ShmCommunicator implements Communicator {
 
   /**
    * A spin that gave up, then slept `waitedMs` in all. A short wait may mean the budget was just
-   * too short (a preempted peer, or one still waking from its own sleep, ~60 us here): grow it a
-   * few times. But if spinning keeps failing, the peer cannot run while this rank spins (they
-   * share a core): spin as little as possible, and try growing again every 32 failures.
+   * too short (a preempted peer, or one still waking from its own sleep): grow it a few times.
+   * But if spinning keeps failing, the peer cannot run while this rank spins (they share a core,
+   * as on a loaded machine): spin as little as possible (a 1 us spin then Atomics.wait costs
+   * ~10 us one way there, a 10 us spin ~20 us), and try growing again every 32 failures.
    */
   #slept(waitedMs: number): void {
-    if (!this.#over) {
-      // Every rank has a core: spinning costs no peer its time. A wait that a longer spin
-      // would have caught grows the budget (a sleeping rank wakes ~60-100 us after its notify,
-      // which slows the peer's next reply too: shrinking here would lock both ranks into
-      // sleeping); a longer one (a peer busy computing) leaves it as it is.
-      if (waitedMs <= this.#spinMaxMs) {
-        this.#spinMs = Math.min(this.#spinMaxMs, Math.max(2 * this.#spinMs, 2 * waitedMs));
-      }
-      return;
-    }
     this.#spinFails++;
     if (this.#spinFails >= 32) {
       this.#spinFails = 0;
@@ -940,6 +945,9 @@ export class ShmCommunicator implements Communicator {
         return;
       }
     }
+    // Then sleep in Atomics.wait (a wake-up costs ~10 us, against ~60-100 us for waitAsync), but
+    // only briefly and only when this rank has no other op in flight: it blocks the event loop.
+    const syncUntil = this.#inflight <= 1 ? performance.now() + SYNC_MS : 0;
     for (;;) {
       const v = Atomics.load(arr, idx);
       if (v >= target) {
@@ -950,6 +958,16 @@ export class ShmCommunicator implements Communicator {
       if (err !== undefined) {
         if (Atomics.load(arr, idx) >= target) return;
         throw err;
+      }
+      const t = performance.now();
+      if (t < syncUntil) {
+        Atomics.add(arr, waitersIdx, 1);
+        try {
+          Atomics.wait(arr, idx, v, Math.max(0.01, Math.min(syncUntil, ctx.deadline + 1) - t));
+        } finally {
+          Atomics.sub(arr, waitersIdx, 1);
+        }
+        continue;
       }
       const left = Math.max(1, Math.min(POLL_MS, ctx.deadline - performance.now() + 1));
       Atomics.add(arr, waitersIdx, 1);
