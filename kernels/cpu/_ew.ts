@@ -218,14 +218,17 @@ export class EwKernels {
     N: number,
     V: number,
   ): void {
-    const [rows, reg] = this.#rows(V);
+    const sd = (V + 3) & ~3;
+    const [rows, reg] = this.#rows(sd);
     this.reserve(4 * (reg + 2 * rows + 16));
     const m = this.#f32;
     for (let n = 0; n < N; n += rows) {
       const r = Math.min(rows, N - n), e = n * V;
-      m.set(X.subarray(e, e + r * V), 0);
-      this.softmaxAt(0, r, V, 0, false, reg);
-      P.set(m.subarray(0, r * V), e);
+      if (sd === V) m.set(X.subarray(e, e + r * V), 0);
+      else for (let i = 0; i < r; i++) m.set(X.subarray(e + i * V, e + i * V + V), i * sd);
+      this.softmaxAt(0, r, V, sd, 0, false, reg);
+      if (sd === V) P.set(m.subarray(0, r * V), e);
+      else for (let i = 0; i < r; i++) P.set(m.subarray(i * sd, i * sd + V), e + i * V);
       for (let i = 0; i < r; i++) {
         const tg = T[n + i];
         L[n + i] = tg < 0 ? 0 : Math.log(m[reg + 2 * i + 1]) - (X[e + i * V + tg] - m[reg + 2 * i]);
@@ -234,20 +237,37 @@ export class EwKernels {
   }
 
   /**
-   * Softmax in place of `rows` rows of length T at element `at` of the memory; causal rows use
-   * their first t0 + r + 1 entries and zero the rest. Each row's maximum and sum of
-   * exponentials go to elements `stats + 2r` and `stats + 2r + 1`.
+   * Softmax in place of `rows` rows of T entries, `stride` (a multiple of 4) apart, at element
+   * `at` of the memory; causal rows use their first t0 + r + 1 entries; the rest, up to T
+   * rounded up to 4, become 0. Each row's maximum and sum of exponentials go to elements
+   * `stats + 2r` and `stats + 2r + 1`.
    */
-  softmaxAt(at: number, rows: number, T: number, t0: number, causal: boolean, stats: number): void {
-    this.#x.softmaxRows(4 * at, rows, T, t0, causal ? 1 : 0, 4 * stats);
+  softmaxAt(
+    at: number,
+    rows: number,
+    T: number,
+    stride: number,
+    t0: number,
+    causal: boolean,
+    stats: number,
+  ): void {
+    this.#x.softmaxRows(4 * at, rows, T, stride, t0, causal ? 1 : 0, 4 * stats);
   }
 
   /**
-   * The causal softmax backward in place: for rows r < rows of length T, with a at element
-   * `a` and s at element `s` of the memory: s = scale a (s - sum(a s)) on the first t0 + r + 1
-   * entries, 0 on the rest.
+   * The causal softmax backward in place: for rows r < rows of T entries, `stride` (a multiple
+   * of 4) apart, with a at element `a` and s at element `s` of the memory:
+   * s = scale a (s - sum(a s)) on the first t0 + r + 1 entries, 0 on the rest.
    */
-  softmaxBackwardAt(a: number, s: number, rows: number, T: number, t0: number, sc: number): void {
-    this.#x.softmaxBackwardRows(4 * a, 4 * s, rows, T, t0, sc);
+  softmaxBackwardAt(
+    a: number,
+    s: number,
+    rows: number,
+    T: number,
+    stride: number,
+    t0: number,
+    sc: number,
+  ): void {
+    this.#x.softmaxBackwardRows(4 * a, 4 * s, rows, T, stride, t0, sc);
   }
 }

@@ -469,18 +469,35 @@ function adamw(fma: boolean) {
   );
 }
 
+/** Pushes the i32 L = min(t0 + r + 1, T) of a causal row (locals). */
+function causalLength(a: Asm, t0: number, r: number, T: number): void {
+  a.get(t0).get(r).add().i32(1).add();
+  a.get(T);
+  a.get(t0).get(r).add().i32(1).add().get(T).ltS().select();
+}
+
+/** `for (j = from; j < to; j += 4) store zeros` at row `row` (i32 locals). */
+function zeroTail(a: Asm, row: number, j: number, to: number): void {
+  a.block();
+  a.get(j).get(to).geS().brIf(0);
+  a.loop();
+  at(a, row, j).splat(0).store();
+  a.get(j).i32(4).add().tee(j).get(to).ltS().brIf(0);
+  a.end().end();
+}
+
 function softmaxRows(fma: boolean) {
-  // (p, rows, T, t0, causal, stats): in place over rows of length T at p; row r uses its first
-  // L = causal ? min(t0 + r + 1, T) : T entries and zeroes the rest; stats[2r] = max,
-  // stats[2r + 1] = sum of exponentials.
-  const P = 0, ROWS = 1, TT = 2, T0 = 3, CAUSAL = 4, ST = 5;
-  const R = 6, L = 7, J = 8, ROW = 9, MAXV = 10, SUMV = 11, XV = 12, KV = 13, MSK = 14, TMP = 15;
-  const MX = 16;
-  const a = new Asm(fma, 17);
+  // (p, rows, T, stride, t0, causal, stats): in place over rows of T entries, `stride` (a
+  // multiple of 4) apart, at p; row r uses its first L = causal ? min(t0 + r + 1, T) : T
+  // entries and zeroes the rest up to T rounded up to 4; stats[2r] = max, stats[2r + 1] = sum
+  // of exponentials.
+  const P = 0, ROWS = 1, TT = 2, SD = 3, T0 = 4, CAUSAL = 5, ST = 6;
+  const R = 7, L = 8, J = 9, ROW = 10, MAXV = 11, SUMV = 12, XV = 13, KV = 14, MSK = 15;
+  const TMP = 16, MX = 17;
+  const a = new Asm(fma, 18);
   a.forUp(R, () => a.get(ROWS), 1, () => {
-    a.get(P).get(R).get(TT).mul().i32(2).op(0x74).add().set(ROW);
-    // L = causal ? min(t0 + r + 1, T) : T
-    a.get(T0).get(R).add().i32(1).add().tee(L).get(TT).get(L).get(TT).ltS().select();
+    a.get(P).get(R).get(SD).mul().i32(2).op(0x74).add().set(ROW);
+    causalLength(a, T0, R, TT);
     a.get(TT).get(CAUSAL).select().set(L);
     a.splat(-Infinity).set(MAXV);
     a.forUp(J, () => a.get(L), 4, () => {
@@ -492,41 +509,41 @@ function softmaxRows(fma: boolean) {
     a.splat(0).set(SUMV);
     a.forUp(J, () => a.get(L), 4, () => {
       below(a, J, L).set(MSK);
-      at(a, ROW, J).load().tee(TMP).get(MAXV).vsub().set(XV);
+      at(a, ROW, J).load().get(MAXV).vsub().set(XV);
       exp(a, XV, KV);
       a.get(MSK).and().set(XV);
       a.get(XV).get(SUMV).vadd().set(SUMV);
-      at(a, ROW, J).get(XV).get(TMP).get(MSK).bitselect().store();
+      at(a, ROW, J).get(XV).store();
     });
     a.get(ST).get(R).i32(3).op(0x74).add().get(MX).f32Store();
     a.get(ST).get(R).i32(3).op(0x74).add();
     a.get(SUMV).hsum(TMP).f32Store(4);
     a.f32(1).get(ST).get(R).i32(3).op(0x74).add().f32Load(4).fdiv().vsplat().set(SUMV);
-    a.forUp(J, () => a.get(TT), 4, () => {
+    a.forUp(J, () => a.get(L), 4, () => {
       at(a, ROW, J);
-      at(a, ROW, J).load().tee(TMP).get(SUMV).vmul();
-      below(a, J, L).and();
-      a.get(TMP);
-      below(a, J, TT).bitselect().store();
+      at(a, ROW, J).load().get(SUMV).vmul().store();
     });
+    zeroTail(a, ROW, J, TT);
   });
   return a.finish(
-    [I32, I32, I32, I32, I32, I32],
+    [I32, I32, I32, I32, I32, I32, I32],
     [I32, I32, I32, I32, V128, V128, V128, V128, V128, V128, F32],
   );
 }
 
 function softmaxBackwardRows(fma: boolean) {
-  // (a, s, rows, T, t0, scale): causal rows; s = scale * a * (s - sum(a * s)) on each row's
-  // first t0 + r + 1 entries, zero on the rest (a's upper triangle is zero).
-  const A = 0, S = 1, ROWS = 2, TT = 3, T0 = 4, SC = 5;
-  const R = 6, L = 7, J = 8, AR = 9, SR = 10, DOT = 11, TMP = 12, SCV = 13;
-  const a = new Asm(fma, 14);
+  // (a, s, rows, T, stride, t0, scale): causal rows `stride` (a multiple of 4) apart;
+  // s = scale * a * (s - sum(a * s)) on each row's first L = t0 + r + 1 entries, zero on the
+  // rest up to T rounded up to 4.
+  const A = 0, S = 1, ROWS = 2, TT = 3, SD = 4, T0 = 5, SC = 6;
+  const R = 7, L = 8, J = 9, AR = 10, SR = 11, DOT = 12, TMP = 13, SCV = 14;
+  const a = new Asm(fma, 15);
   a.get(SC).vsplat().set(SCV);
   a.forUp(R, () => a.get(ROWS), 1, () => {
-    a.get(R).get(TT).mul().i32(2).op(0x74).tee(SR).get(A).add().set(AR);
+    a.get(R).get(SD).mul().i32(2).op(0x74).tee(SR).get(A).add().set(AR);
     a.get(SR).get(S).add().set(SR);
-    a.get(T0).get(R).add().i32(1).add().tee(L).get(TT).get(L).get(TT).ltS().select().set(L);
+    causalLength(a, T0, R, TT);
+    a.set(L);
     a.splat(0).set(DOT);
     a.forUp(J, () => a.get(L), 4, () => {
       at(a, AR, J).load();
@@ -535,16 +552,19 @@ function softmaxBackwardRows(fma: boolean) {
       a.get(DOT).vadd().set(DOT);
     });
     a.get(DOT).hsum(TMP).vsplat().set(DOT);
-    a.forUp(J, () => a.get(TT), 4, () => {
+    a.forUp(J, () => a.get(L), 4, () => {
       at(a, SR, J);
-      at(a, SR, J).load().tee(TMP).get(DOT).vsub();
+      at(a, SR, J).load().get(DOT).vsub();
       at(a, AR, J).load().vmul().get(SCV).vmul();
       below(a, J, L).and();
-      a.get(TMP);
-      below(a, J, TT).bitselect().store();
+      a.store();
     });
+    zeroTail(a, SR, J, TT);
   });
-  return a.finish([I32, I32, I32, I32, I32, F32], [I32, I32, I32, I32, I32, V128, V128, V128]);
+  return a.finish(
+    [I32, I32, I32, I32, I32, I32, F32],
+    [I32, I32, I32, I32, I32, V128, V128, V128],
+  );
 }
 
 function layernormForward(fma: boolean) {
@@ -667,7 +687,15 @@ export interface EwExports {
     wd: number,
   ): void;
   /** Softmax of rows in place (causal or full), with each row's max and sum at `stats`. */
-  softmaxRows(p: number, rows: number, T: number, t0: number, causal: number, st: number): void;
+  softmaxRows(
+    p: number,
+    rows: number,
+    T: number,
+    stride: number,
+    t0: number,
+    causal: number,
+    st: number,
+  ): void;
   /** Layernorm of rows (C a multiple of 4), mean and rstd interleaved at `st`. */
   layernormForward(
     x: number,
@@ -694,7 +722,15 @@ export interface EwExports {
   /** acc[j] += sum over rows of x[r, j] (N a multiple of 4). */
   sumRows(x: number, acc: number, rows: number, N: number): void;
   /** The causal softmax backward on rows in place in `s`. */
-  softmaxBackwardRows(a: number, s: number, rows: number, T: number, t0: number, sc: number): void;
+  softmaxBackwardRows(
+    a: number,
+    s: number,
+    rows: number,
+    T: number,
+    stride: number,
+    t0: number,
+    sc: number,
+  ): void;
 }
 
 /** Encodes the module (one page of memory to start; the caller grows it). */

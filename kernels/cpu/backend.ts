@@ -120,6 +120,9 @@ function pickGemm(choice: string): { gemm: Gemm; note: string } {
   }
 }
 
+/** Rows per block of the attention products (blocks above the diagonal are skipped). */
+const RB = 32;
+
 /**
  * Create the CPU backend.
  *
@@ -431,37 +434,62 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const O = f(out, op, "out", B * T * C), A = f(att, op, "att", B * H * T * T);
       const Q = f(qkv, op, "qkv", B * T * 3 * C);
       const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
-      // The scores of one head live in the kernels' memory at element 0, the row statistics
-      // after them; the softmax runs there in place before the probabilities are copied out.
-      const st = (TT + 7) & ~3;
-      ew.reserve(4 * (st + 2 * T + 4));
+      // The scores of one head live in the kernels' memory at element 0 in rows padded to a
+      // multiple of 4, the row statistics after them; the softmax runs there in place before
+      // the probabilities are copied out. Products skip the blocks above the diagonal.
+      const sd = (T + 3) & ~3, st = T * sd + 16;
+      ew.reserve(4 * (st + 2 * T + 16));
       const S = ew.view;
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < H; h++) {
-          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT;
-          // Scores S = scale * Q K^T for the whole T x T block; the mask is applied below.
-          gemm.sgemm(false, true, T, T, hs, sc, Q, q0, C3, Q, q0 + C, C3, 0, S, 0, T);
-          ew.softmaxAt(0, T, T, 0, true, st);
-          A.set(S.subarray(0, TT), a0);
-          // out_h = att @ V.
-          gemm.sgemm(
-            false,
-            false,
-            T,
-            hs,
-            T,
-            1,
-            S,
-            0,
-            T,
-            Q,
-            q0 + 2 * C,
-            C3,
-            0,
-            O,
-            b * T * C + h * hs,
-            C,
-          );
+          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, o0 = b * T * C + h * hs;
+          // Scores S = scale * Q K^T, for each block of rows only up to its last column.
+          for (let r0 = 0; r0 < T; r0 += RB) {
+            const r1 = Math.min(T, r0 + RB), q = q0 + r0 * C3;
+            gemm.sgemm(
+              false,
+              true,
+              r1 - r0,
+              r1,
+              hs,
+              sc,
+              Q,
+              q,
+              C3,
+              Q,
+              q0 + C,
+              C3,
+              0,
+              S,
+              r0 * sd,
+              sd,
+            );
+          }
+          ew.softmaxAt(0, T, T, sd, 0, true, st);
+          if (sd === T) A.set(S.subarray(0, TT), a0);
+          else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
+          // out_h = att @ V, each block of rows over the columns up to its last.
+          for (let r0 = 0; r0 < T; r0 += RB) {
+            const r1 = Math.min(T, r0 + RB), v = q0 + 2 * C;
+            gemm.sgemm(
+              false,
+              false,
+              r1 - r0,
+              hs,
+              r1,
+              1,
+              S,
+              r0 * sd,
+              sd,
+              Q,
+              v,
+              C3,
+              0,
+              O,
+              o0 + r0 * C,
+              C,
+            );
+          }
         }
       }
     },
@@ -480,23 +508,52 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const D = f(dqkv, op, "dqkv", B * T * 3 * C), G = f(dout, op, "dout", B * T * C);
       const Q = f(qkv, op, "qkv", B * T * 3 * C), A = f(att, op, "att", B * H * T * T);
       const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
-      // In the kernels' memory: the head's probabilities at element 0, its score gradients at
-      // element sOff.
-      const sOff = (TT + 7) & ~3;
-      ew.reserve(4 * (2 * sOff + 4));
+      // In the kernels' memory, rows padded to a multiple of 4: the head's probabilities at
+      // element 0, its score gradients at element sOff. Products skip the zero blocks above
+      // the diagonal.
+      const sd = (T + 3) & ~3, sOff = T * sd + 16;
+      ew.reserve(4 * (2 * sOff + 16));
       const W = ew.view;
       for (let b = 0; b < B; b++) {
         for (let h = 0; h < H; h++) {
           const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, g0 = b * T * C + h * hs;
-          // datt = dout_h V^T; dV += att^T dout_h.
-          gemm.sgemm(false, true, T, T, hs, 1, G, g0, C, Q, q0 + 2 * C, C3, 0, W, sOff, T);
-          gemm.sgemm(true, false, T, hs, T, 1, A, a0, T, G, g0, C, 1, D, q0 + 2 * C, C3);
+          const k0 = q0 + C, v0 = q0 + 2 * C;
+          for (let r0 = 0; r0 < T; r0 += RB) {
+            const r1 = Math.min(T, r0 + RB), n = r1 - r0, g = g0 + r0 * C;
+            // datt = dout_h V^T (rows r0..r1, columns up to r1).
+            gemm.sgemm(false, true, n, r1, hs, 1, G, g, C, Q, v0, C3, 0, W, sOff + r0 * sd, sd);
+            // dV[r0..r1] += att[r0.., r0..r1]^T dout_h[r0..].
+            const a = a0 + r0 * T + r0;
+            gemm.sgemm(true, false, n, hs, T - r0, 1, A, a, T, G, g, C, 1, D, v0 + r0 * C3, C3);
+          }
           // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
-          W.set(A.subarray(a0, a0 + TT), 0);
-          ew.softmaxBackwardAt(0, sOff, T, T, 0, sc);
-          // dQ += dpre K; dK += dpre^T Q.
-          gemm.sgemm(false, false, T, hs, T, 1, W, sOff, T, Q, q0 + C, C3, 1, D, q0, C3);
-          gemm.sgemm(true, false, T, hs, T, 1, W, sOff, T, Q, q0, C3, 1, D, q0 + C, C3);
+          if (sd === T) W.set(A.subarray(a0, a0 + TT), 0);
+          else for (let t = 0; t < T; t++) W.set(A.subarray(a0 + t * T, a0 + t * T + T), t * sd);
+          ew.softmaxBackwardAt(0, sOff, T, T, sd, 0, sc);
+          for (let r0 = 0; r0 < T; r0 += RB) {
+            const r1 = Math.min(T, r0 + RB), n = r1 - r0, s = sOff + r0 * sd;
+            // dQ[r0..r1] += dpre[r0..r1, ..r1] K; dK[r0..r1] += dpre[r0.., r0..r1]^T Q[r0..].
+            gemm.sgemm(false, false, n, hs, r1, 1, W, s, sd, Q, k0, C3, 1, D, q0 + r0 * C3, C3);
+            const q = q0 + r0 * C3;
+            gemm.sgemm(
+              true,
+              false,
+              n,
+              hs,
+              T - r0,
+              1,
+              W,
+              s + r0,
+              sd,
+              Q,
+              q,
+              C3,
+              1,
+              D,
+              k0 + r0 * C3,
+              C3,
+            );
+          }
         }
       }
     },
