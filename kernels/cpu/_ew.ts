@@ -191,6 +191,20 @@ export class EwKernels {
     DB.set(m.subarray(db, db + C));
   }
 
+  /** The sum of X[i]^2 for i < n (float32 within a chunk, float64 across chunks). */
+  sumSquares(X: Float32Array, n: number): number {
+    const m = this.#f32, x = this.#x, out = REGION >> 2;
+    let s = 0;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(X.subarray(i, i + c), 0);
+      m.fill(0, c, c + 8);
+      x.sumSquares(0, c, REGION);
+      s += m[out];
+    }
+    return s;
+  }
+
   /** O[j] (+)= sum over the M rows of X[M, N] (N a multiple of 4), summed in float32. */
   sumRows(O: Float32Array, X: Float32Array, M: number, N: number, accumulate: boolean): void {
     const [rows, reg] = this.#rows(N);

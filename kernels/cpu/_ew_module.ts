@@ -661,6 +661,23 @@ function sumRows(fma: boolean) {
   return a.finish([I32, I32, I32, I32], [I32, I32, I32]);
 }
 
+function sumSquares(fma: boolean) {
+  // (x, n, out): out = sum of x[i]^2 over i < n rounded up to 4, in two vector accumulators.
+  const X = 0, N = 1, OUT = 2, I = 3, A0 = 4, A1 = 5, V = 6, TMP = 7;
+  const a = new Asm(fma, 8);
+  a.splat(0).set(A0).splat(0).set(A1);
+  a.forUp(I, () => a.get(N), 8, () => {
+    at(a, X, I).load().tee(V);
+    a.madd(() => a.get(V), () => {}, () => a.get(A0));
+    a.set(A0);
+    at(a, X, I).load(16).tee(V);
+    a.madd(() => a.get(V), () => {}, () => a.get(A1));
+    a.set(A1);
+  });
+  a.get(OUT).get(A0).get(A1).vadd().hsum(TMP).f32Store();
+  return a.finish([I32, I32, I32], [I32, V128, V128, V128, V128]);
+}
+
 /** Names and signatures of the exported functions. */
 export interface EwExports {
   /** Linear memory holding the operands. */
@@ -719,6 +736,8 @@ export interface EwExports {
     rows: number,
     C: number,
   ): void;
+  /** out = sum of x[i]^2 for i < n rounded up to 8. */
+  sumSquares(x: number, n: number, out: number): void;
   /** acc[j] += sum over rows of x[r, j] (N a multiple of 4). */
   sumRows(x: number, acc: number, rows: number, N: number): void;
   /** The causal softmax backward on rows in place in `s`. */
@@ -744,5 +763,6 @@ export function buildEwModule(fma: boolean): Uint8Array {
     { name: "layernormForward", ...layernormForward(fma) },
     { name: "layernormBackward", ...layernormBackward(fma) },
     { name: "sumRows", ...sumRows(fma) },
+    { name: "sumSquares", ...sumSquares(fma) },
   ]);
 }

@@ -155,6 +155,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     (threads === null ? "" : `, ${threads} thread${threads === 1 ? "" : "s"}`);
   let rowSums = new Float64Array(0);
   const ew = new EwKernels();
+  let ones = new Float32Array(0);
 
   return {
     name: "cpu",
@@ -258,6 +259,12 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate = false): void {
       size("sumRows", { M, N });
       const O = f(out, "sumRows", "out", N), X = f(inp, "sumRows", "inp", M * N);
+      if (gemm.name === "blas" && M > 0 && N > 0) {
+        // ones[1,M] @ inp[M,N]: BLAS reads the rows in place.
+        if (ones.length < M) ones = new Float32Array(M).fill(1);
+        gemm.sgemm(false, false, 1, N, M, 1, ones, 0, M, X, 0, N, accumulate ? 1 : 0, O, 0, N);
+        return;
+      }
       if (N % 4 === 0) return ew.sumRows(O, X, M, N, accumulate);
       if (rowSums.length < N) rowSums = new Float64Array(N);
       const s = rowSums;
@@ -294,8 +301,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
       size("sumSquares", { n });
       const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
-      let s = 0;
-      for (let i = 0; i < n; i++) s += X[i] * X[i];
+      const s = ew.sumSquares(X, n);
       O[0] = accumulate ? O[0] + s : s;
     },
 
