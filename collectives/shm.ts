@@ -112,7 +112,7 @@ export interface ShmOptions {
   timeoutMs?: number;
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
-   * (5 when the process runs more ranks than cores), within 1..1000 (1..50): it grows to cover
+   * (5 when the process runs more ranks than cores), within 1..200 (1..50): it grows to cover
    * the waits that spinning catches and drops when spinning keeps failing. A wait that outlasts
    * the spin then blocks in `Atomics.wait` for up to 2 ms (when no other op of this rank is in
    * flight), then sleeps in `Atomics.waitAsync`.
@@ -254,7 +254,7 @@ export class ShmCommunicator implements Communicator {
     this.#spinMs = this.#spinBaseMs = spinUs / 1000;
     // Adaptive unless the caller fixed the budget: see #spun and #slept.
     this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : 0.001;
-    this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
+    this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 200) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
     this.#channels = new ShmChannels(spec, rank, {
       wait: (...a) => this.#wait(...a),
