@@ -28,7 +28,7 @@ import {
   type TokenizerJSON,
 } from "./data/mod.ts";
 import type { Communicator } from "./collectives/communicator.ts";
-import { runWorkers } from "./collectives/world.ts";
+import { RankFailedError, runWorkers } from "./collectives/world.ts";
 import {
   checkParallelLayout,
   Engine,
@@ -858,6 +858,11 @@ if (import.meta.main) {
     if (e instanceof TypeError || e instanceof RangeError) {
       console.error(`error: ${e.message}`);
       Deno.exit(2);
+    }
+    if (e instanceof RankFailedError) {
+      // A rank's error (the same on every rank for a bad checkpoint, a diverging loss, ...).
+      console.error(`error: ${e.message.split("\n")[0]}`);
+      Deno.exit(1);
     }
     throw e;
   }
