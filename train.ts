@@ -412,6 +412,18 @@ async function readEngineConfigFile(
         `not as "model"`,
     );
   }
+  const flags: Record<string, string> = {
+    tensor_model_parallel_size: "--tp",
+    pipeline_model_parallel_size: "--pp",
+    virtual_pipeline_model_parallel_size: "--virtual-stages",
+    sequence_parallel: "--sequence-parallel",
+    data_parallel_size: "--dp",
+  };
+  for (const [key, flag] of Object.entries(flags)) {
+    if (json[key] !== undefined) {
+      throw new TypeError(`--config ${path}: give the layout with ${flag}, not as "${key}"`);
+    }
+  }
   const merged = { ...base, ...json } as EngineConfig;
   try {
     resolveEngineConfig(merged);

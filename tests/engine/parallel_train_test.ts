@@ -122,4 +122,8 @@ Deno.test("train.ts refuses layouts that cannot work before it starts any rank",
   await bad(["--pp", "2", "--schedule", "interleaved"], /interleaved schedule needs/);
   await bad(["--tp", "2", "--backend", "webgpu"], /CPU backend/);
   await bad(["--schedule", "gpipe", "--pipeline-schedule", "1f1b"], /disagree/);
+  const cfg = await Deno.makeTempFile({ suffix: ".json" });
+  await Deno.writeTextFile(cfg, JSON.stringify({ tensor_model_parallel_size: 2 }));
+  await bad(["--config", cfg], /give the layout with --tp, not as "tensor_model_parallel_size"/);
+  await Deno.remove(cfg);
 });
