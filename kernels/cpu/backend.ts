@@ -1,9 +1,12 @@
 /**
- * The fast CPU backend: matrix products (matmul and the batched products inside attention)
- * through a {@linkcode Gemm} chosen at start-up (OpenBLAS through FFI, WebAssembly SIMD, or
- * plain TypeScript), element-wise and reduction ops as tight loops over `Float32Array`s (they
- * are bound by memory traffic). Tensors live on SharedArrayBuffers, so that Workers of one node
- * can read each other's buffers in place ({@linkcode CpuBackend.fromHost} wraps one).
+ * The fast CPU backend: matrix products (matmul, the per-head products inside attention, and
+ * on the BLAS path the row sums of bias gradients) through a {@linkcode Gemm} chosen at
+ * start-up (OpenBLAS through FFI, WebAssembly SIMD, or plain TypeScript); GELU, AdamW,
+ * layernorm, the softmax of attention and cross-entropy, row sums and sums of squares through
+ * a WebAssembly SIMD module generated at start-up (`_ew_module.ts`, whichever GEMM path runs),
+ * the rest as tight loops over `Float32Array`s. Tensors live on SharedArrayBuffers, so that
+ * Workers of one node can read each other's buffers in place ({@linkcode CpuBackend.fromHost}
+ * wraps one).
  *
  * @module
  */
