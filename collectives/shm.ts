@@ -259,6 +259,13 @@ export class ShmCommunicator implements Communicator {
     this.#channels = new ShmChannels(spec, rank, {
       wait: (...a) => this.#wait(...a),
       problem: (ctx, peer) => this.#problem(ctx, peer),
+      post: (peer, key, sab) => this.#link.post(spec.worldRanks[peer]!, key, sab),
+      receive: async (ctx, peer, key) =>
+        await this.#link.receive(
+          key,
+          spec.worldRanks[peer]!,
+          () => this.#problem(ctx, peer),
+        ) as SharedArrayBuffer,
     });
   }
 
@@ -540,9 +547,10 @@ export class ShmCommunicator implements Communicator {
 
   /**
    * Send `buf` to `peer`, matched by the peer's `recv` with the same tag (messages with the same
-   * tag match in order) and length. Resolves once the data is in the channel: messages up to two
-   * chunks (128 KiB by default) do not wait for the receiver; longer ones stream as it takes
-   * them, so pair a long send with its recv in `Promise.all` when both sides send first.
+   * tag match in order) and length. Resolves once the data is in the channel, without waiting
+   * for the receiver unless two earlier messages to `peer` are still untaken (messages longer
+   * than a chunk, 64 KiB by default, are copied into a buffer of the sender's that the receiver
+   * reads; it is posted to the receiver once and reused).
    */
   async send(
     buf: CollectiveBuffer,

@@ -207,6 +207,19 @@ Deno.test({
 });
 
 Deno.test({
+  name: "send() of messages longer than a chunk resolves before the receiver asks for them",
+  ...opt,
+  fn: async () => {
+    const res = await runWorkers<boolean[]>({
+      size: 2,
+      module: new URL("./_workers/p2p_large.ts", import.meta.url),
+      timeoutMs: 10_000,
+    });
+    assert.deepEqual(res, [[true], [true, true, true, true, true, true]]);
+  },
+});
+
+Deno.test({
   name: "recv() matches messages by tag, keeps early ones, and rejects a length mismatch",
   ...opt,
   fn: async () => {
