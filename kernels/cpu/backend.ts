@@ -123,6 +123,9 @@ function pickGemm(choice: string): { gemm: Gemm; note: string } {
   }
 }
 
+/** Elements per block copied by fill(). */
+const FILL = 16384;
+
 /** Rows per block of the attention products (blocks above the diagonal are skipped). */
 const RB = 32;
 
@@ -159,6 +162,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   let rowSums = new Float64Array(0);
   const ew = new EwKernels();
   let ones = new Float32Array(0);
+  const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0];
 
   return {
     name: "cpu",
@@ -203,7 +207,17 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       return arr(t, "hostView", "t", 0);
     },
     fill(t: Tensor, value: number): void {
-      arr(t, "fill", "t", 0).fill(value);
+      const a = arr(t, "fill", "t", 0);
+      if (a.length < 4 * FILL) return void a.fill(value);
+      // fill() on a shared buffer stores element by element; copying a filled block is faster.
+      const i32 = t.dtype === "i32", block = i32 ? fillI32 : fillF32;
+      if (!Object.is(fillValue[+i32], value)) {
+        block.fill(value);
+        fillValue[+i32] = value;
+      }
+      for (let i = 0; i < a.length; i += FILL) {
+        a.set(i + FILL <= a.length ? block : block.subarray(0, a.length - i), i);
+      }
     },
     copy(dst: Tensor, src: Tensor): void {
       const s = arr(src, "copy", "src", 0);

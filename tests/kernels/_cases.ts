@@ -297,6 +297,19 @@ cases.push({
   },
 });
 
+cases.push({
+  name: "fill() over 70000 elements, f32 and i32, twice with different values",
+  async run(be, rng) {
+    const f = rand(be, rng, 70001), i = ints(be, new Array(70001).fill(3));
+    be.fill(f, 0.1);
+    be.fill(i, -7);
+    const f0 = await be.read(f), i0 = await be.read(i);
+    be.fill(f, 0);
+    be.fill(i, 2);
+    return { f0, i0, ...await read(be, { f, i }) };
+  },
+});
+
 for (const [B, T, C, H] of [[1, 64, 16, 2], [1, 6, 8, 2]]) {
   cases.push({
     name: `attentionForward() and attentionBackward() B=${B} T=${T} C=${C} H=${H}`,
