@@ -359,22 +359,6 @@ class Asm {
 }
 
 const GELU_K = Math.sqrt(2 / Math.PI);
-/** tanh(u) = u P(u^2) / Q(u^2), Lambert's continued fraction to depth 13, on |u| <= 9. */
-const TANH_P = [1, 4095, 2552550, 523783260, 41247931725, 1159525191825, 7905853580625];
-const TANH_Q = [91, 120120, 41351310, 5237832600, 252070693875, 3794809718700, 7905853580625];
-
-/**
- * Pushes tanh(u) for the v128 local `u` (clamped to [-9, 9] in place); `t` is scratch. The
- * quotient is scaled up by 2^-22 (4 float32 ulps) and clamped to [-1, 1], so that it is exactly
- * +-1 at the clamp and 1 - tanh^2 is 0 there; elsewhere that adds < 2.4e-7 * |tanh|.
- */
-function tanh(a: Asm, u: number, t: number): void {
-  a.get(u).splat(-9).vpmax().splat(9).vpmin().tee(u).get(u).vmul().set(t);
-  a.get(u).splat(1 + 2 ** -22).vmul().poly(t, TANH_P).vmul();
-  a.poly(t, TANH_Q).vdiv();
-  a.splat(-1).vpmax().splat(1).vpmin();
-}
-
 /** Pushes exp(x) for the v128 local `x`, x <= 88 (clamped below at -87.3); `k` is scratch. */
 function exp(a: Asm, x: number, k: number): void {
   a.get(x).splat(-87.3).vpmax().tee(x).splat(Math.LOG2E).vmul().vnearest().set(k);
@@ -397,41 +381,54 @@ function below(a: Asm, j: number, lim: number): Asm {
   return a.get(j).isplat().iota().iadd().get(lim).isplat().ilt();
 }
 
+/** Coefficients of 2^f = exp(f ln 2) on |f| <= 1/2, degree 6, highest first (error < 2e-7). */
+const EXP2_POLY = [6, 5, 4, 3, 2, 1, 0].map((n) => Math.LN2 ** n / [1, 1, 2, 6, 24, 120, 720][n]);
+
+/**
+ * Pushes e = exp(-2u) for u = K x (1 + 0.044715 x^2), from the v128 locals `x` and `x2` = x^2,
+ * with the exponent clamped to 2^+-126 (then tanh(u) = (1 - e) / (1 + e) and
+ * 0.5 (1 + tanh(u)) = 1 / (1 + e)); `z` and `k` are scratch.
+ */
+function expMinus2u(a: Asm, x: number, x2: number, z: number, k: number): void {
+  const c0 = -2 * GELU_K * Math.LOG2E, c1 = c0 * 0.044715;
+  a.madd(() => a.get(x2), () => a.splat(c1), () => a.splat(c0));
+  a.get(x).vmul().splat(-126).vpmax().splat(126).vpmin().tee(z).vnearest().set(k);
+  a.get(z).get(k).vsub().set(z);
+  a.poly(z, EXP2_POLY);
+  a.get(k).truncSat().i32(127).isplat().iadd().i32(23).ishl().vmul();
+}
+
 function geluForward(fma: boolean) {
-  // (x, o, n): o[i] = gelu(x[i]) for i < n rounded up to 4.
-  const X = 0, O = 1, N = 2, I = 3, V = 4, U = 5, T = 6;
-  const a = new Asm(fma, 7);
+  // (x, o, n): o[i] = gelu(x[i]) = x / (1 + exp(-2u)) for i < n rounded up to 4.
+  const X = 0, O = 1, N = 2, I = 3, V = 4, X2 = 5, Z = 6, K = 7;
+  const a = new Asm(fma, 8);
   a.forUp(I, () => a.get(N), 4, () => {
-    at(a, X, I).load().set(V);
-    a.get(V).get(V).get(V).vmul().splat(GELU_K * 0.044715).vmul().splat(GELU_K).vadd().vmul()
-      .set(U);
     at(a, O, I);
-    a.get(V).splat(0.5).vmul().set(V);
-    tanh(a, U, T);
-    a.madd(() => a.get(V), () => {}, () => a.get(V));
+    at(a, X, I).load().tee(V).get(V).vmul().set(X2);
+    a.get(V);
+    expMinus2u(a, V, X2, Z, K);
+    a.splat(1).vadd().vdiv();
     a.store();
   });
-  return a.finish([I32, I32, I32], [I32, V128, V128, V128]);
+  return a.finish([I32, I32, I32], [I32, V128, V128, V128, V128]);
 }
 
 function geluBackward(fma: boolean) {
-  // (x, g, d, n): d[i] += gelu'(x[i]) g[i].
-  const X = 0, G = 1, D = 2, N = 3, I = 4, V = 5, U = 6, T = 7, TH = 8, X2 = 9;
+  // (x, g, d, n): d[i] += gelu'(x[i]) g[i]; with s = 1 / (1 + exp(-2u)),
+  // gelu' = s + x s (1 - s) 2K (1 + 0.134145 x^2).
+  const X = 0, G = 1, D = 2, N = 3, I = 4, V = 5, X2 = 6, Z = 7, K = 8, S = 9;
   const a = new Asm(fma, 10);
   a.forUp(I, () => a.get(N), 4, () => {
     at(a, X, I).load().tee(V).get(V).vmul().set(X2);
-    a.get(X2).splat(GELU_K * 0.044715).vmul().splat(GELU_K).vadd().get(V).vmul().set(U);
-    tanh(a, U, T);
-    a.set(TH);
+    a.splat(1);
+    expMinus2u(a, V, X2, Z, K);
+    a.splat(1).vadd().vdiv().set(S);
     at(a, D, I);
-    // 0.5 (1 + th) + 0.5 x (1 - th^2) K (1 + 0.134145 x^2)
-    a.get(TH).splat(0.5).vmul().splat(0.5).vadd();
-    a.splat(1).get(TH).get(TH).vmul().vsub();
-    a.get(V).vmul();
-    a.get(X2).splat(0.5 * GELU_K * 0.134145).vmul().splat(0.5 * GELU_K).vadd().vmul();
-    a.vadd();
-    at(a, G, I).load().vmul();
-    at(a, D, I).load().vadd();
+    a.get(V).get(S).vmul().splat(1).get(S).vsub().vmul();
+    a.madd(() => a.get(X2), () => a.splat(2 * GELU_K * 0.134145), () => a.splat(2 * GELU_K));
+    a.vmul().get(S).vadd();
+    at(a, G, I).load();
+    a.madd(() => {}, () => {}, () => at(a, D, I).load());
     a.store();
   });
   return a.finish([I32, I32, I32, I32], [I32, V128, V128, V128, V128, V128]);
