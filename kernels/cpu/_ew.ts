@@ -232,6 +232,7 @@ export class EwKernels {
     N: number,
     V: number,
   ): void {
+    if (V === 0) return void L.fill(0, 0, N); // every target is then ignored
     const sd = (V + 3) & ~3;
     const [rows, reg] = this.#rows(sd);
     this.reserve(4 * (reg + 2 * rows + 16));

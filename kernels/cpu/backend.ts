@@ -282,7 +282,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
         gemm.sgemm(false, false, 1, N, M, 1, ones, 0, M, X, 0, N, accumulate ? 1 : 0, O, 0, N);
         return;
       }
-      if (N % 4 === 0) return ew.sumRows(O, X, M, N, accumulate);
+      if (N % 4 === 0 && N > 0) return ew.sumRows(O, X, M, N, accumulate);
       if (rowSums.length < N) rowSums = new Float64Array(N);
       const s = rowSums;
       s.fill(0, 0, N);
@@ -378,7 +378,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const O = f(out, op, "out", N * C), X = f(inp, op, "inp", N * C);
       const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
       const Wt = f(w, op, "w", C), Bs = f(b, op, "b", C);
-      if (C % 4 === 0) return ew.layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps);
+      if (C % 4 === 0 && C > 0) return ew.layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps);
       for (let n = 0; n < N; n++) {
         const x0 = n * C;
         let m = 0;
@@ -412,7 +412,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const DX = f(dinp, op, "dinp", N * C), DW = f(dw, op, "dw", C), DB = f(db, op, "db", C);
       const G = f(dout, op, "dout", N * C), X = f(inp, op, "inp", N * C), Wt = f(w, op, "w", C);
       const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
-      if (C % 4 === 0) return ew.layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C);
+      if (C % 4 === 0 && C > 0) return ew.layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C);
       for (let n = 0; n < N; n++) {
         const x0 = n * C, m = Mu[n], r = R[n];
         let gMean = 0, gxMean = 0;
