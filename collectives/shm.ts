@@ -200,8 +200,8 @@ export class ShmCommunicator implements Communicator {
   #spinMs: number;
   #spinBaseMs: number;
   #spinFails = 0;
-  /** Ops of this rank in flight (collectives, sends, recvs). */
-  #inflight = 0;
+  /** Sends and recvs of this rank asked for and not finished. */
+  #p2pBusy = 0;
   #spinMinMs: number;
   #spinMaxMs: number;
   #smallBytes: number;
@@ -672,12 +672,7 @@ export class ShmCommunicator implements Communicator {
           );
         }
         this.#seq++;
-        this.#inflight++;
-        try {
-          await body({ op, ms, deadline: 0 });
-        } finally {
-          this.#inflight--;
-        }
+        await body({ op, ms, deadline: 0 });
       } catch (e) {
         if (e instanceof CollectiveError && e.reason === "mismatch") {
           // Every rank rejected after the same round, but the ranks may have taken paths that
@@ -705,16 +700,22 @@ export class ShmCommunicator implements Communicator {
 
   #p2p(key: string, op: string, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
     const run = async () => {
-      if (this.#closed) {
-        throw new CollectiveError("closed", op, this.name, undefined, "the communicator is closed");
-      }
-      this.#inflight++;
       try {
+        if (this.#closed) {
+          throw new CollectiveError(
+            "closed",
+            op,
+            this.name,
+            undefined,
+            "the communicator is closed",
+          );
+        }
         await body({ op, ms, deadline: 0 });
       } finally {
-        this.#inflight--;
+        this.#p2pBusy--;
       }
     };
+    this.#p2pBusy++;
     const p = (this.#p2pTail.get(key) ?? Promise.resolve()).then(run);
     this.#p2pTail.set(key, p.catch(() => {}));
     return p;
@@ -953,9 +954,11 @@ export class ShmCommunicator implements Communicator {
         return;
       }
     }
-    // Then sleep in Atomics.wait (a wake-up costs ~10 us, against ~60-100 us for waitAsync), but
-    // only briefly and only when this rank has no other op in flight: it blocks the event loop.
-    const syncUntil = this.#inflight <= 1 ? performance.now() + SYNC_MS : 0;
+    // Then sleep in Atomics.wait (a wake-up costs ~10 us, against ~15-100 us for waitAsync),
+    // but briefly, and only while no other op of this rank is pending: it blocks the event loop.
+    // Another op that has just finished may still be settling: give its promises a few turns.
+    const syncUntil = performance.now() + SYNC_MS;
+    let turns = 0;
     for (;;) {
       const v = Atomics.load(arr, idx);
       if (v >= target) {
@@ -968,7 +971,12 @@ export class ShmCommunicator implements Communicator {
         throw err;
       }
       const t = performance.now();
-      if (t < syncUntil) {
+      if (t < syncUntil && (this.#busy > 0 ? 1 : 0) + this.#p2pBusy > 1 && turns < 8) {
+        turns++;
+        await null;
+        continue;
+      }
+      if (t < syncUntil && (this.#busy > 0 ? 1 : 0) + this.#p2pBusy <= 1) {
         Atomics.add(arr, waitersIdx, 1);
         try {
           Atomics.wait(arr, idx, v, Math.max(0.01, Math.min(syncUntil, ctx.deadline + 1) - t));
