@@ -191,6 +191,25 @@ export class EwKernels {
     DB.set(m.subarray(db, db + C));
   }
 
+  /** O[i] = alpha X[i] + beta Y[i] for i < n (O may alias X or Y). */
+  addScaled(
+    O: Float32Array,
+    X: Float32Array,
+    Y: Float32Array,
+    n: number,
+    al: number,
+    be: number,
+  ): void {
+    const m = this.#f32, x = this.#x, r = REGION >> 2;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(X.subarray(i, i + c), 0);
+      m.set(Y.subarray(i, i + c), r);
+      x.addScaled(0, REGION, 0, c, al, be);
+      O.set(m.subarray(0, c), i);
+    }
+  }
+
   /** The sum of X[i]^2 for i < n (float32 within a chunk, float64 across chunks). */
   sumSquares(X: Float32Array, n: number): number {
     const m = this.#f32, x = this.#x, out = REGION >> 2;

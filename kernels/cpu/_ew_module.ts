@@ -675,6 +675,19 @@ function sumSquares(fma: boolean) {
   return a.finish([I32, I32, I32], [I32, V128, V128, V128, V128]);
 }
 
+function addScaled(fma: boolean) {
+  // (x, y, o, n, alpha, beta): o[i] = alpha x[i] + beta y[i] for i < n rounded up to 4.
+  const X = 0, Y = 1, O = 2, N = 3, AL = 4, BE = 5, I = 6, AV = 7, BV = 8;
+  const a = new Asm(fma, 9);
+  a.get(AL).vsplat().set(AV).get(BE).vsplat().set(BV);
+  a.forUp(I, () => a.get(N), 4, () => {
+    at(a, O, I);
+    a.madd(() => at(a, Y, I).load(), () => a.get(BV), () => at(a, X, I).load().get(AV).vmul());
+    a.store();
+  });
+  return a.finish([I32, I32, I32, I32, F32, F32], [I32, V128, V128]);
+}
+
 /** Names and signatures of the exported functions. */
 export interface EwExports {
   /** Linear memory holding the operands. */
@@ -735,6 +748,8 @@ export interface EwExports {
   ): void;
   /** out = sum of x[i]^2 for i < n rounded up to 8. */
   sumSquares(x: number, n: number, out: number): void;
+  /** o = alpha x + beta y. */
+  addScaled(x: number, y: number, o: number, n: number, alpha: number, beta: number): void;
   /** acc[j] += sum over rows of x[r, j] (N a multiple of 4). */
   sumRows(x: number, acc: number, rows: number, N: number): void;
   /** The causal softmax backward on rows in place in `s`. */
@@ -761,5 +776,6 @@ export function buildEwModule(fma: boolean): Uint8Array {
     { name: "layernormBackward", ...layernormBackward(fma) },
     { name: "sumRows", ...sumRows(fma) },
     { name: "sumSquares", ...sumSquares(fma) },
+    { name: "addScaled", ...addScaled(fma) },
   ]);
 }

@@ -303,12 +303,12 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
       size("add", { n });
       const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
-      for (let i = 0; i < n; i++) O[i] = A[i] + B[i];
+      ew.addScaled(O, A, B, n, 1, 1);
     },
     axpy(y: Tensor, x: Tensor, alpha: number, n: number): void {
       size("axpy", { n });
       const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
-      for (let i = 0; i < n; i++) Y[i] += alpha * X[i];
+      ew.addScaled(Y, Y, X, n, 1, alpha);
     },
     scale(x: Tensor, alpha: number, n: number): void {
       size("scale", { n });
