@@ -78,6 +78,12 @@ export const DEFAULT_SLOT_BYTES = 1 << 21;
 export const DEFAULT_CHANNEL_BYTES = 1 << 16;
 /** Longest time a wait may block the thread in Atomics.wait before it sleeps in waitAsync. */
 const SYNC_MS = 2;
+/**
+ * Ops pending in this thread over all its communicators (a communicator's queue of collectives
+ * counts once, as they run one after another; every send and recv counts): a wait blocks the
+ * thread only when it is the only one.
+ */
+let pending = 0;
 
 /**
  * Structured-clonable description of one shared-memory group: post it to every member and build
@@ -200,8 +206,6 @@ export class ShmCommunicator implements Communicator {
   #spinMs: number;
   #spinBaseMs: number;
   #spinFails = 0;
-  /** Sends and recvs of this rank asked for and not finished. */
-  #p2pBusy = 0;
   #spinMinMs: number;
   #spinMaxMs: number;
   #smallBytes: number;
@@ -689,9 +693,10 @@ export class ShmCommunicator implements Communicator {
         }
         throw e;
       } finally {
-        this.#busy--;
+        if (--this.#busy === 0) pending--;
       }
     };
+    if (this.#busy === 0) pending++;
     // An idle communicator starts the op at once (no promise hop on the latency path).
     const p = this.#busy++ === 0 ? run() : this.#tail.then(run, run);
     this.#tail = p;
@@ -712,10 +717,10 @@ export class ShmCommunicator implements Communicator {
         }
         await body({ op, ms, deadline: 0 });
       } finally {
-        this.#p2pBusy--;
+        pending--;
       }
     };
-    this.#p2pBusy++;
+    pending++;
     const p = (this.#p2pTail.get(key) ?? Promise.resolve()).then(run);
     this.#p2pTail.set(key, p.catch(() => {}));
     return p;
@@ -971,12 +976,12 @@ export class ShmCommunicator implements Communicator {
         throw err;
       }
       const t = performance.now();
-      if (t < syncUntil && (this.#busy > 0 ? 1 : 0) + this.#p2pBusy > 1 && turns < 8) {
+      if (t < syncUntil && pending > 1 && turns < 8) {
         turns++;
         await null;
         continue;
       }
-      if (t < syncUntil && (this.#busy > 0 ? 1 : 0) + this.#p2pBusy <= 1) {
+      if (t < syncUntil && pending <= 1) {
         Atomics.add(arr, waitersIdx, 1);
         try {
           Atomics.wait(arr, idx, v, Math.max(0.01, Math.min(syncUntil, ctx.deadline + 1) - t));
