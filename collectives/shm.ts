@@ -20,8 +20,8 @@
  * peers' buffers in place. A last round keeps every buffer untouched until nobody reads it.
  *
  * Waiting spins on `Atomics.load` for an adaptive budget, then blocks in `Atomics.wait` for up to
- * 2 ms (a wake-up costs ~10 us; only while no other op of the rank is in flight, as it blocks the
- * thread's event loop), then sleeps in `Atomics.waitAsync` (the event loop keeps running),
+ * 2 ms (a wake-up costs ~10 us; only while no other op of the thread is pending, as it blocks
+ * the thread's event loop), then sleeps in `Atomics.waitAsync` (the event loop keeps running),
  * waking at least every 10 ms to check the deadline and the members' liveness words. The timeout of an op counts from the moment it first has to wait. The first
  * round of every op compares an op descriptor (op, count, dtype, reduction, root, sequence
  * number) published by every rank: a mismatch rejects on every rank and leaves the group usable;
@@ -118,10 +118,10 @@ export interface ShmOptions {
   timeoutMs?: number;
   /**
    * Microseconds to spin on `Atomics.load` before sleeping. Default: adaptive, starting at 50
-   * (5 when the process runs more ranks than cores), within 1..200 (1..50): it grows to cover
+   * (5 when the process runs more ranks than cores), within 1..1000 (1..50): it grows to cover
    * the waits that spinning catches and drops when spinning keeps failing. A wait that outlasts
-   * the spin then blocks in `Atomics.wait` for up to 2 ms (when no other op of this rank is in
-   * flight), then sleeps in `Atomics.waitAsync`.
+   * the spin then blocks in `Atomics.wait` for up to 2 ms (when no other op of this thread is
+   * pending), then sleeps in `Atomics.waitAsync`.
    */
   spinUs?: number;
   /**
@@ -258,7 +258,7 @@ export class ShmCommunicator implements Communicator {
     this.#spinMs = this.#spinBaseMs = spinUs / 1000;
     // Adaptive unless the caller fixed the budget: see #spun and #slept.
     this.#spinMinMs = opts.spinUs !== undefined ? this.#spinMs : 0.001;
-    this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 200) / 1000;
+    this.#spinMaxMs = opts.spinUs !== undefined ? this.#spinMs : (over ? 50 : 1000) / 1000;
     this.#smallBytes = opts.smallBytes ?? 64 * 1024;
     this.#channels = new ShmChannels(spec, rank, {
       wait: (...a) => this.#wait(...a),
