@@ -22,9 +22,10 @@
  * Waiting spins on `Atomics.load` for an adaptive budget, then blocks in `Atomics.wait` for up to
  * 2 ms (a wake-up costs ~10 us; only while no other op of the thread is pending, as it blocks
  * the thread's event loop), then sleeps in `Atomics.waitAsync` (the event loop keeps running),
- * waking at least every 10 ms to check the deadline and the members' liveness words. The timeout of an op counts from the moment it first has to wait. The first
- * round of every op compares an op descriptor (op, count, dtype, reduction, root, sequence
- * number) published by every rank: a mismatch rejects on every rank and leaves the group usable;
+ * waking at least every 10 ms to check the deadline and the members' liveness words. The timeout
+ * of an op counts from the moment it first has to wait. The first round of every op compares an
+ * op descriptor (op, count, dtype, reduction, root, sequence number) published by every rank: a
+ * mismatch rejects on every rank and leaves the group usable;
  * a timeout or a lost member leaves it failed (later ops reject at once).
  *
  * @module
