@@ -79,17 +79,25 @@ export class OpCtx {
   deadline = Infinity;
   onTimeout: () => void = () => {};
   waitingOn: number | undefined;
-  readonly failure: Promise<never>;
-  #reject!: (e: Error) => void;
+  #failure: Promise<never> | undefined;
+  #reject: ((e: Error) => void) | undefined;
 
   constructor(
     readonly comm: TcpGroup,
     readonly name: string,
     readonly seq: number,
     readonly expect: Expect,
-  ) {
-    this.failure = new Promise<never>((_, reject) => (this.#reject = reject));
-    this.failure.catch(() => {});
+  ) {}
+
+  /** Rejects when the op fails (made on first use: small ops never need it). */
+  get failure(): Promise<never> {
+    if (this.#failure === undefined) {
+      this.#failure = this.failed
+        ? Promise.reject(this.failed)
+        : new Promise<never>((_, reject) => (this.#reject = reject));
+      this.#failure.catch(() => {});
+    }
+    return this.#failure;
   }
 
   fail(e: CollectiveError): void {
@@ -101,7 +109,7 @@ export class OpCtx {
       w.reject(e);
     }
     this.waiters.clear();
-    this.#reject(e);
+    this.#reject?.(e);
   }
 }
 

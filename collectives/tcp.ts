@@ -201,7 +201,8 @@ class TcpComm implements Communicator {
   checkIncoming(peer: number, h: FrameHeader): void {
     const g = this.groupRank(peer);
     if (g === undefined) return;
-    const what = `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
+    const what = () =>
+      `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
       (h.op === FrameOp.broadcast || h.op === FrameOp.reduce ? ` root ${h.arg}` : "");
     if (h.seq <= this.#done && h.seq > this.#done - 0x40000000) {
       this.breakWith(
@@ -210,7 +211,7 @@ class TcpComm implements Communicator {
           frameOpName(h.op),
           this.name,
           g,
-          `rank ${g} sent data for call #${h.seq} (${what}) after this rank had finished that ` +
+          `rank ${g} sent data for call #${h.seq} (${what()}) after this rank had finished that ` +
             `call: the ranks called different ops, sizes or roots`,
         ),
       );
@@ -229,7 +230,7 @@ class TcpComm implements Communicator {
             ctx.name,
             this.name,
             g,
-            `rank ${g} called ${what} while rank ${this.rank} called ${mine} (call #${h.seq}): ` +
+            `rank ${g} called ${what()} while rank ${this.rank} called ${mine} (call #${h.seq}): ` +
               `every rank must call the same ops in the same order with the same sizes`,
           ),
         );
@@ -272,6 +273,7 @@ class TcpComm implements Communicator {
     opts: CollectiveOptions | undefined,
     collective: boolean,
     body: (ctx: OpCtx) => Promise<void>,
+    small = false,
   ): Promise<void> {
     const timeout = opts?.timeoutMs ?? this.t.timeoutMs;
     checkTimeout(timeout);
@@ -314,10 +316,20 @@ class TcpComm implements Communicator {
     this.t.watch(ctx);
     try {
       if (collective) this.#scanQueued(seq);
-      await Promise.race([body(ctx), ctx.failure]);
-      await Promise.race([Promise.all(ctx.sends), ctx.failure]);
+      if (small) {
+        // Every await of a small op's body is on a posted receive, which a failing op rejects,
+        // and small writes are copied and never wait on the peer: no race against the failure.
+        await body(ctx);
+        const sends = ctx.sends;
+        if (sends.length === 1) await sends[0];
+        else if (sends.length > 1) await Promise.all(sends);
+      } else {
+        await Promise.race([body(ctx), ctx.failure]);
+        await Promise.race([Promise.all(ctx.sends), ctx.failure]);
+      }
       if (ctx.failed) throw ctx.failed;
     } catch (e) {
+      if (!(e instanceof CollectiveError) && ctx.failed) throw ctx.failed;
       if (!(e instanceof CollectiveError)) {
         const err = new CollectiveError("protocol", name, this.name, ctx.waitingOn, String(e));
         this.#fail(ctx, err);
@@ -422,10 +434,24 @@ class TcpComm implements Communicator {
       }
     } else {
       p = new Promise<Frame>((resolve, reject) => {
-        const waiter: Waiter = { ctx, peer: w, tag, dest, channel: ch, resolve, reject };
+        const waiter: Waiter = {
+          ctx,
+          peer: w,
+          tag,
+          dest,
+          channel: ch,
+          resolve: (f) => {
+            try {
+              resolve(check(f));
+            } catch (err) {
+              reject(err);
+            }
+          },
+          reject,
+        };
         ch.waiters.push(waiter);
         ctx.waiters.add(waiter);
-      }).then(check);
+      });
     }
     p.catch(() => {});
     return p;
@@ -471,7 +497,10 @@ class TcpComm implements Communicator {
     for (let k = 1, step = 0; k < this.size; k <<= 1, step++) {
       const partner = this.rank ^ k;
       this.#send(ctx, partner, step, bytesOf(buf)); // copied: small
-      const f = await this.#recv(ctx, partner, step);
+      const p = this.#post(ctx, partner, step);
+      ctx.waitingOn = partner;
+      const f = await p;
+      ctx.waitingOn = undefined;
       const other = viewLike(buf, f.payload);
       // Both partners compute lower-rank op higher-rank, so they stay bit-identical.
       if (this.rank < partner) reduceInto(buf, other, op, dtype);
@@ -592,14 +621,15 @@ class TcpComm implements Communicator {
     const dtype = dtypeOf(buf, opts?.dtype);
     checkOp(op);
     const expect = { op: FrameOp.allReduce, kind: packKind(dtype, op), total: buf.length, arg: 0 };
-    await this.#run("allReduce", expect, opts, true, async (ctx) => {
-      const algo = chooseAllReduce(buf.byteLength, this.size, this.t.smallBytes);
-      if (algo === "recursive-doubling") await this.#recursiveDoubling(ctx, buf, op, dtype);
-      else if (algo === "direct") await this.#directAllReduce(ctx, buf, op, dtype);
-      else if (algo === "ring") {
-        await this.#ring(ctx, buf, splitEven(buf.length, this.size), op, dtype, true);
+    const algo = chooseAllReduce(buf.byteLength, this.size, this.t.smallBytes);
+    await this.#run("allReduce", expect, opts, true, (ctx) => {
+      if (algo === "recursive-doubling") return this.#recursiveDoubling(ctx, buf, op, dtype);
+      if (algo === "direct") return this.#directAllReduce(ctx, buf, op, dtype);
+      if (algo === "ring") {
+        return this.#ring(ctx, buf, splitEven(buf.length, this.size), op, dtype, true);
       }
-    });
+      return Promise.resolve();
+    }, algo === "recursive-doubling" || algo === "direct");
     if (op === "avg") finishAvg(buf, this.size, dtype);
   }
 
