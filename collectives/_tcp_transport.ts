@@ -309,9 +309,18 @@ export class TcpTransport {
       if (!small) await writeAll(link.conn, payload);
       this.#returnFrameBuffer(buf);
     };
-    // An idle connection writes at once (no extra turn through the promise chain).
+    // An idle connection writes at once (no extra turn through the promise chain); a small
+    // frame usually leaves in one write, so it skips the write loop.
     const idle = this.#queued[peer] === 0;
-    const p = idle ? write() : this.chains[peer]!.then(write);
+    const p = !idle
+      ? this.chains[peer]!.then(write)
+      : small
+      ? link.conn.write(out).then((n) =>
+        n === out.length
+          ? this.#returnFrameBuffer(buf)
+          : writeAll(link.conn, out.subarray(n)).then(() => this.#returnFrameBuffer(buf))
+      )
+      : write();
     this.#queued[peer]!++;
     const settled = p.then(
       () => {
