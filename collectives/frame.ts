@@ -314,7 +314,14 @@ export class FrameReader {
    * @throws {FrameError} on a bad header or a stream cut inside a frame
    */
   async next(pick?: (h: FrameHeader) => Uint8Array | undefined): Promise<Frame | null> {
-    if (!await this.#fill(HEADER_BYTES)) return null;
+    // The common case, an empty buffer and a frame arriving whole, takes a single read here.
+    if (this.#end === this.#start && this.#buf.length >= HEADER_BYTES) {
+      this.#start = this.#end = 0;
+      const n = await this.#r.read(this.#buf);
+      if (n === null) return null;
+      this.#end = n;
+    }
+    if (this.#end - this.#start < HEADER_BYTES && !await this.#fill(HEADER_BYTES)) return null;
     const header = decodeHeader(this.#buf, this.#start, this.#max);
     this.#start += HEADER_BYTES;
     const len = header.length;

@@ -613,16 +613,24 @@ class TcpComm implements Communicator {
   // ---- the Communicator ------------------------------------------------------------------
 
   /** See {@linkcode Communicator.allReduce}. */
-  async allReduce(
+  allReduce(
     buf: CollectiveBuffer,
     op: ReduceOp = "sum",
     opts?: CollectiveOptions,
   ): Promise<void> {
+    try {
+      return this.#allReduce(buf, op, opts);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #allReduce(buf: CollectiveBuffer, op: ReduceOp, opts?: CollectiveOptions): Promise<void> {
     const dtype = dtypeOf(buf, opts?.dtype);
     checkOp(op);
     const expect = { op: FrameOp.allReduce, kind: packKind(dtype, op), total: buf.length, arg: 0 };
     const algo = chooseAllReduce(buf.byteLength, this.size, this.t.smallBytes);
-    await this.#run("allReduce", expect, opts, true, (ctx) => {
+    const done = this.#run("allReduce", expect, opts, true, (ctx) => {
       if (algo === "recursive-doubling") return this.#recursiveDoubling(ctx, buf, op, dtype);
       if (algo === "direct") return this.#directAllReduce(ctx, buf, op, dtype);
       if (algo === "ring") {
@@ -630,7 +638,7 @@ class TcpComm implements Communicator {
       }
       return Promise.resolve();
     }, algo === "recursive-doubling" || algo === "direct");
-    if (op === "avg") finishAvg(buf, this.size, dtype);
+    return op === "avg" ? done.then(() => finishAvg(buf, this.size, dtype)) : done;
   }
 
   /** See {@linkcode Communicator.reduceScatter}. */
