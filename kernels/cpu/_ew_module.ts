@@ -1,12 +1,15 @@
 /**
- * The WebAssembly SIMD module of the CPU backend's element-wise and row ops (GELU, AdamW, the
- * softmax of attention and cross-entropy rows and its backward, layernorm), generated at
- * start-up. Every function works on float32 arrays at byte addresses in the module's memory;
- * the caller copies operands in and results out in chunks that stay in cache.
+ * The WebAssembly SIMD module of the CPU backend's element-wise and row ops (GELU, AdamW,
+ * a x + b y, sums of squares, row sums, layernorm, the softmax of attention and cross-entropy
+ * rows and its backward), generated at start-up with relaxed fused multiply-add where the
+ * engine validates it. Every function works on float32 arrays at byte addresses in the
+ * module's memory; the caller copies operands in and results out in chunks that stay in cache
+ * (or, for attention, lets the GEMM read and write there).
  *
  * Vector loops run over whole groups of four lanes: element-wise ops may compute up to three
- * lanes past `n` (the caller leaves room and ignores them); row ops mask lanes past a row's end
- * and never store outside it.
+ * lanes past `n` (the caller leaves room and ignores them); row ops take rows whose stride is
+ * a multiple of 4, mask the lanes past a row's used length in their sums, and store whole
+ * vectors up to the row length rounded up to 4.
  *
  * @module
  */
