@@ -17,6 +17,9 @@ const CHUNK = 8192;
 const REGION = 4 * (CHUNK + 16);
 const PAGE = 65536;
 
+/** The module, compiled once per thread. */
+let compiled: { fma: boolean; module: WebAssembly.Module } | undefined;
+
 /** The kernels, bound to one instance of the module. */
 export class EwKernels {
   readonly fma: boolean;
@@ -25,9 +28,12 @@ export class EwKernels {
   #f32: Float32Array;
 
   constructor() {
-    this.fma = hasRelaxedMadd();
-    const bytes = buildEwModule(this.fma);
-    const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {});
+    if (compiled === undefined) {
+      const fma = hasRelaxedMadd();
+      compiled = { fma, module: new WebAssembly.Module(buildEwModule(fma) as BufferSource) };
+    }
+    this.fma = compiled.fma;
+    const inst = new WebAssembly.Instance(compiled.module, {});
     this.#x = inst.exports as unknown as EwExports;
     this.#mem = this.#x.memory;
     this.#f32 = new Float32Array(this.#mem.buffer);
