@@ -29,6 +29,8 @@ export interface TcpGroup {
   breakWith(e: CollectiveError): void;
   /** The error for an op that lost group rank `g`. */
   lostError(op: string, g: number): CollectiveError;
+  /** Fail an op whose deadline passed. */
+  timedOut(ctx: OpCtx): void;
 }
 
 /** Payloads up to this size are copied into the frame when sent, so the caller may reuse them. */
@@ -46,6 +48,17 @@ export function isData(op: number): boolean {
 
 export function keyOf(group: number, op: number, seq: number, tag: number): string {
   return op === FrameOp.send ? `${group}:t${tag}` : `${group}:${seq}`;
+}
+
+/** Key of the entry every channel map keeps (never a real key). */
+export const IDLE_KEY = "";
+
+/** Remove `x` from `a` without keeping order (no allocation). */
+export function removeFrom<T>(a: T[], x: T): void {
+  const i = a.indexOf(x);
+  if (i < 0) return;
+  a[i] = a[a.length - 1]!;
+  a.pop();
 }
 
 /** What a receiver expects of every frame of an op. */
@@ -74,10 +87,12 @@ export interface Channel {
 /** One op in flight: its deadline, its pending receives and sends. */
 export class OpCtx {
   failed: CollectiveError | undefined;
-  waiters = new Set<Waiter>();
+  /** Pending receives (an array: a Set that empties reallocates its table every op). */
+  waiters: Waiter[] = [];
   sends: Promise<void>[] = [];
   deadline = Infinity;
-  onTimeout: () => void = () => {};
+  /** The op's timeout, for its message. */
+  timeoutMs = 0;
   waitingOn: number | undefined;
   #failure: Promise<never> | undefined;
   #reject: ((e: Error) => void) | undefined;
@@ -108,7 +123,7 @@ export class OpCtx {
       if (i >= 0) w.channel.waiters.splice(i, 1);
       w.reject(e);
     }
-    this.waiters.clear();
+    this.waiters.length = 0;
     this.#reject?.(e);
   }
 }
@@ -123,12 +138,15 @@ export class TcpTransport {
   readonly lost = new Map<number, string>();
   readonly byes = new Set<number>();
   readonly closedCleanly = new Set<number>();
-  readonly active = new Set<OpCtx>();
+  /** Ops in flight (an array: a Set that empties reallocates its table every op). */
+  readonly active: OpCtx[] = [];
   readonly groups = new Map<number, TcpGroup>();
   readonly pool: Uint8Array[] = [];
   readonly #framePool = new Map<number, Uint8Array[]>();
   readonly #rxPool = new Map<number, ArrayBuffer[]>();
   readonly #queued: number[];
+  readonly #sentOk: (() => void)[];
+  readonly #sentFailed: ((e: Error) => void)[];
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #watchAt = Infinity;
   readonly readers: Promise<void>[] = [];
@@ -143,9 +161,17 @@ export class TcpTransport {
     this.rank = mesh.rank;
     this.size = mesh.size;
     this.links = mesh.links;
-    this.channels = mesh.links.map(() => new Map());
+    // Each map keeps a never-used entry: a map that empties reallocates its table every op.
+    this.channels = mesh.links.map(() => new Map([[IDLE_KEY, { frames: [], waiters: [] }]]));
     this.chains = mesh.links.map(() => Promise.resolve());
     this.#queued = mesh.links.map(() => 0);
+    this.#sentOk = mesh.links.map((_, peer) => () => {
+      this.#queued[peer]!--;
+    });
+    this.#sentFailed = mesh.links.map((_, peer) => (e: Error) => {
+      this.#queued[peer]!--;
+      if (!this.closing) this.gone(peer, `writing to it failed: ${e.message}`);
+    });
     mesh.links.forEach((l, peer) => {
       if (l) this.readers.push(this.#readLoop(peer, l));
     });
@@ -244,7 +270,7 @@ export class TcpTransport {
     const ch = this.channel(peer, key);
     const w = ch.waiters.shift();
     if (w !== undefined) {
-      w.ctx.waiters.delete(w);
+      removeFrom(w.ctx.waiters, w);
       this.tidy(peer, key, ch);
       w.resolve(f);
     } else ch.frames.push(f);
@@ -285,7 +311,7 @@ export class TcpTransport {
     for (const ctx of [...this.active]) {
       const g = ctx.comm.groupRank(peer);
       if (g === undefined) continue;
-      if (clean && ![...ctx.waiters].some((w) => w.peer === peer)) continue;
+      if (clean && !ctx.waiters.some((w) => w.peer === peer)) continue;
       ctx.fail(ctx.comm.lostError(ctx.name, g));
     }
   }
@@ -304,34 +330,26 @@ export class TcpTransport {
     const out = buf.subarray(0, HEADER_BYTES + (small ? payload.length : 0));
     encodeHeader(out, head);
     if (small) out.set(payload, HEADER_BYTES);
-    const write = async () => {
-      await writeAll(link.conn, out);
-      if (!small) await writeAll(link.conn, payload);
-      this.#returnFrameBuffer(buf);
-    };
     // An idle connection writes at once (no extra turn through the promise chain); a small
     // frame usually leaves in one write, so it skips the write loop.
     const idle = this.#queued[peer] === 0;
-    const p = !idle
-      ? this.chains[peer]!.then(write)
-      : small
-      ? link.conn.write(out).then((n) =>
+    let p: Promise<void>;
+    if (idle && small) {
+      p = link.conn.write(out).then((n) =>
         n === out.length
           ? this.#returnFrameBuffer(buf)
           : writeAll(link.conn, out.subarray(n)).then(() => this.#returnFrameBuffer(buf))
-      )
-      : write();
+      );
+    } else {
+      const write = async () => {
+        await writeAll(link.conn, out);
+        if (!small) await writeAll(link.conn, payload);
+        this.#returnFrameBuffer(buf);
+      };
+      p = idle ? write() : this.chains[peer]!.then(write);
+    }
     this.#queued[peer]!++;
-    const settled = p.then(
-      () => {
-        this.#queued[peer]!--;
-      },
-      (e) => {
-        this.#queued[peer]!--;
-        if (!this.closing) this.gone(peer, `writing to it failed: ${(e as Error).message}`);
-      },
-    );
-    this.chains[peer] = settled;
+    this.chains[peer] = p.then(this.#sentOk[peer], this.#sentFailed[peer]);
     return p;
   }
 
@@ -353,7 +371,7 @@ export class TcpTransport {
     this.#watchdog = undefined;
     this.#watchAt = Infinity;
     const now = performance.now();
-    for (const ctx of [...this.active]) if (ctx.deadline <= now + 1) ctx.onTimeout();
+    for (const ctx of [...this.active]) if (ctx.deadline <= now + 1) ctx.comm.timedOut(ctx);
     for (const ctx of this.active) if (!ctx.failed) this.watch(ctx);
   }
 

@@ -38,6 +38,7 @@ import {
   type Expect,
   keyOf,
   OpCtx,
+  removeFrom,
   TcpTransport,
   type Waiter,
 } from "./_tcp_transport.ts";
@@ -191,6 +192,22 @@ class TcpComm implements Communicator {
     );
   }
 
+  /** Fail an op whose deadline passed. */
+  timedOut(ctx: OpCtx): void {
+    const who = ctx.waitingOn === undefined ? "" : `, waiting for rank ${ctx.waitingOn}`;
+    this.#fail(
+      ctx,
+      new CollectiveError(
+        "timeout",
+        ctx.name,
+        this.name,
+        ctx.waitingOn,
+        `no result within ${ctx.timeoutMs} ms (call #${ctx.seq}${who}): a rank died, stalled ` +
+          `or called a different op`,
+      ),
+    );
+  }
+
   /** Fail this group for good: the active op and every later one reject with `e`. */
   breakWith(e: CollectiveError): void {
     this.#broken ??= e;
@@ -201,9 +218,6 @@ class TcpComm implements Communicator {
   checkIncoming(peer: number, h: FrameHeader): void {
     const g = this.groupRank(peer);
     if (g === undefined) return;
-    const what = () =>
-      `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
-      (h.op === FrameOp.broadcast || h.op === FrameOp.reduce ? ` root ${h.arg}` : "");
     if (h.seq <= this.#done && h.seq > this.#done - 0x40000000) {
       this.breakWith(
         new CollectiveError(
@@ -211,13 +225,17 @@ class TcpComm implements Communicator {
           frameOpName(h.op),
           this.name,
           g,
-          `rank ${g} sent data for call #${h.seq} (${what()}) after this rank had finished that ` +
+          `rank ${g} sent data for call #${h.seq} (${
+            describeCall(h)
+          }) after this rank had finished that ` +
             `call: the ranks called different ops, sizes or roots`,
         ),
       );
       return;
     }
-    for (const ctx of this.t.active) {
+    const active = this.t.active;
+    for (let i = 0; i < active.length; i++) {
+      const ctx = active[i]!;
       if (ctx.comm !== this || ctx.seq !== h.seq) continue;
       const e = ctx.expect;
       if (e.op !== h.op || e.kind !== h.kind || e.total !== h.total || e.arg !== h.arg) {
@@ -230,7 +248,9 @@ class TcpComm implements Communicator {
             ctx.name,
             this.name,
             g,
-            `rank ${g} called ${what()} while rank ${this.rank} called ${mine} (call #${h.seq}): ` +
+            `rank ${g} called ${
+              describeCall(h)
+            } while rank ${this.rank} called ${mine} (call #${h.seq}): ` +
               `every rank must call the same ops in the same order with the same sizes`,
           ),
         );
@@ -297,22 +317,9 @@ class TcpComm implements Communicator {
     }
     const seq = collective ? ++this.#seq : 0;
     const ctx = new OpCtx(this, name, seq, expect);
-    this.t.active.add(ctx);
+    this.t.active.push(ctx);
     ctx.deadline = performance.now() + timeout;
-    ctx.onTimeout = () => {
-      const who = ctx.waitingOn === undefined ? "" : `, waiting for rank ${ctx.waitingOn}`;
-      this.#fail(
-        ctx,
-        new CollectiveError(
-          "timeout",
-          name,
-          this.name,
-          ctx.waitingOn,
-          `no result within ${timeout} ms (call #${seq}${who}): a rank died, stalled or called ` +
-            `a different op`,
-        ),
-      );
-    };
+    ctx.timeoutMs = timeout;
     this.t.watch(ctx);
     try {
       if (collective) this.#scanQueued(seq);
@@ -338,11 +345,12 @@ class TcpComm implements Communicator {
       this.#fail(ctx, e);
       throw e;
     } finally {
-      this.t.active.delete(ctx);
+      removeFrom(this.t.active, ctx);
       if (collective) {
         // #done: every call up to it has finished (calls may overlap when not awaited).
-        this.#finished.add(seq);
-        while (this.#finished.delete(this.#done + 1)) this.#done++;
+        if (seq === this.#done + 1) this.#done++;
+        else this.#finished.add(seq);
+        while (this.#finished.size > 0 && this.#finished.delete(this.#done + 1)) this.#done++;
       }
     }
   }
@@ -350,7 +358,7 @@ class TcpComm implements Communicator {
   #scanQueued(seq: number): void {
     for (let g = 0; g < this.size; g++) {
       const w = this.members[g]!;
-      if (g === this.rank || this.t.channels[w]!.size === 0) continue;
+      if (g === this.rank || this.t.channels[w]!.size <= 1) continue;
       const ch = this.t.channels[w]!.get(`${this.id}:${seq}`);
       const f = ch?.frames[0];
       if (f !== undefined) this.checkIncoming(w, f.header);
@@ -450,7 +458,7 @@ class TcpComm implements Communicator {
           reject,
         };
         ch.waiters.push(waiter);
-        ctx.waiters.add(waiter);
+        ctx.waiters.push(waiter);
       });
     }
     p.catch(() => {});
@@ -971,6 +979,11 @@ class TcpComm implements Communicator {
       throw new RangeError(`${op}: peer ${peer} is this rank; send to another rank`);
     }
   }
+}
+
+function describeCall(h: { op: number; total: number; kind: number; arg: number }): string {
+  return `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
+    (h.op === FrameOp.broadcast || h.op === FrameOp.reduce ? ` root ${h.arg}` : "");
 }
 
 function checkTag(tag: number): void {
