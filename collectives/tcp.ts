@@ -287,7 +287,7 @@ class TcpComm implements Communicator {
   }
 
   /** Run one op: checks, sequence number, deadline, failure propagation. */
-  async #run(
+  #run(
     name: string,
     expect: Omit<Expect, "total"> & { total: number },
     opts: CollectiveOptions | undefined,
@@ -295,6 +295,22 @@ class TcpComm implements Communicator {
     body: (ctx: OpCtx) => Promise<void>,
     small = false,
   ): Promise<void> {
+    let ctx: OpCtx;
+    try {
+      ctx = this.#begin(name, expect, opts, collective);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.#drive(ctx, body, small);
+  }
+
+  /** The checks before an op, its sequence number and its deadline. */
+  #begin(
+    name: string,
+    expect: Expect,
+    opts: CollectiveOptions | undefined,
+    collective: boolean,
+  ): OpCtx {
     const timeout = opts?.timeoutMs ?? this.t.timeoutMs;
     checkTimeout(timeout);
     if (this.#closed) {
@@ -321,6 +337,12 @@ class TcpComm implements Communicator {
     ctx.deadline = performance.now() + timeout;
     ctx.timeoutMs = timeout;
     this.t.watch(ctx);
+    return ctx;
+  }
+
+  /** Run an op's body and wait for its writes; failures propagate to the group. */
+  async #drive(ctx: OpCtx, body: (ctx: OpCtx) => Promise<void>, small: boolean): Promise<void> {
+    const seq = ctx.seq, collective = seq !== 0;
     try {
       if (collective) this.#scanQueued(seq);
       if (small) {
@@ -338,7 +360,7 @@ class TcpComm implements Communicator {
     } catch (e) {
       if (!(e instanceof CollectiveError) && ctx.failed) throw ctx.failed;
       if (!(e instanceof CollectiveError)) {
-        const err = new CollectiveError("protocol", name, this.name, ctx.waitingOn, String(e));
+        const err = new CollectiveError("protocol", ctx.name, this.name, ctx.waitingOn, String(e));
         this.#fail(ctx, err);
         throw err;
       }
