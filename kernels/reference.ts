@@ -7,53 +7,14 @@
  * @module
  */
 
-import type {
-  AdamWParams,
-  Backend,
-  HostArray,
-  MatmulOptions,
-  Tensor,
-  TensorDType,
-} from "./backend.ts";
+import type { AdamWParams, Backend, MatmulOptions, Tensor } from "./backend.ts";
 import { checkAdamW, checkHeads, checkTarget, size } from "./_check.ts";
+import { type Floats, hostChecks, hostMemory, hostOps } from "./_host.ts";
 
 /** Options of {@linkcode createReferenceBackend}. */
 export interface ReferenceBackendOptions {
   /** Storage of `f32` tensors: `"f32"` (default) as `Float32Array`, `"f64"` as `Float64Array`. */
   precision?: "f32" | "f64";
-}
-
-type Floats = Float32Array | Float64Array;
-
-class RefTensor implements Tensor {
-  constructor(readonly data: HostArray, readonly dtype: TensorDType) {}
-  get length(): number {
-    return this.data.length;
-  }
-}
-
-function arr(t: Tensor, op: string, name: string, need: number): HostArray {
-  if (!(t instanceof RefTensor)) {
-    throw new TypeError(`${op}: ${name} is not a tensor of this reference backend`);
-  }
-  if (t.data.length < need) {
-    throw new RangeError(
-      `${op}: ${name} has ${t.data.length} elements but the sizes given need ${need}`,
-    );
-  }
-  return t.data;
-}
-
-function f(t: Tensor, op: string, name: string, need: number): Floats {
-  const a = arr(t, op, name, need);
-  if (t.dtype !== "f32") throw new TypeError(`${op}: ${name} must be an f32 tensor`);
-  return a as Floats;
-}
-
-function ints(t: Tensor, op: string, name: string, need: number): Int32Array {
-  const a = arr(t, op, name, need);
-  if (t.dtype !== "i32") throw new TypeError(`${op}: ${name} must be an i32 tensor`);
-  return a as Int32Array;
 }
 
 const GELU_K = Math.sqrt(2 / Math.PI);
@@ -81,55 +42,17 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
     throw new RangeError(`precision must be "f32" or "f64", got ${JSON.stringify(precision)}`);
   }
   const Float = precision === "f64" ? Float64Array : Float32Array;
+  const checks = hostChecks<Floats>("reference"), { f, ints } = checks;
 
   return {
     name: "reference",
     description: `reference: plain TypeScript, ${precision} storage`,
 
-    alloc(length: number, dtype: TensorDType = "f32"): Tensor {
-      size("alloc", { length });
-      if (dtype !== "f32" && dtype !== "i32") {
-        throw new TypeError(`alloc: dtype must be "f32" or "i32", got ${JSON.stringify(dtype)}`);
-      }
-      return new RefTensor(dtype === "f32" ? new Float(length) : new Int32Array(length), dtype);
-    },
-    view(t: Tensor, offset: number, length: number): Tensor {
-      size("view", { offset, length });
-      const a = arr(t, "view", "t", offset + length);
-      return new RefTensor(a.subarray(offset, offset + length), t.dtype);
-    },
-    write(t: Tensor, src: HostArray, offset = 0): void {
-      size("write", { offset });
-      const a = arr(t, "write", "t", offset + src.length);
-      if ((t.dtype === "i32") !== (src instanceof Int32Array)) {
-        throw new TypeError(
-          `write: an ${t.dtype} tensor needs ${
-            t.dtype === "i32" ? "an Int32Array" : "a Float32Array or Float64Array"
-          }, got ${src.constructor.name}`,
-        );
-      }
-      a.set(src, offset);
-    },
-    read(t: Tensor): Promise<HostArray> {
-      return Promise.resolve(arr(t, "read", "t", 0).slice());
-    },
-    hostView(t: Tensor): HostArray {
-      return arr(t, "hostView", "t", 0);
-    },
-    fill(t: Tensor, value: number): void {
-      arr(t, "fill", "t", 0).fill(value);
-    },
-    copy(dst: Tensor, src: Tensor): void {
-      const s = arr(src, "copy", "src", 0);
-      const d = arr(dst, "copy", "dst", 0);
-      if (d.length !== s.length || dst.dtype !== src.dtype) {
-        throw new RangeError(
-          `copy: dst (${dst.dtype}[${d.length}]) and src (${src.dtype}[${s.length}]) must match`,
-        );
-      }
-      d.set(s);
-    },
-    dispose(): void {},
+    ...hostMemory(
+      checks,
+      (length, dtype) => dtype === "f32" ? new Float(length) : new Int32Array(length),
+    ),
+    ...hostOps(checks),
 
     matmul(
       out: Tensor,
@@ -169,12 +92,6 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
         O[j] = accumulate ? O[j] + s : s;
       }
     },
-    addRows(out: Tensor, row: Tensor, M: number, N: number): void {
-      size("addRows", { M, N });
-      const O = f(out, "addRows", "out", M * N);
-      const R = f(row, "addRows", "row", N);
-      for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) O[i * N + j] += R[j];
-    },
     add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
       size("add", { n });
       const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
@@ -185,55 +102,12 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
       const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
       for (let i = 0; i < n; i++) Y[i] += alpha * X[i];
     },
-    scale(x: Tensor, alpha: number, n: number): void {
-      size("scale", { n });
-      const X = f(x, "scale", "x", n);
-      for (let i = 0; i < n; i++) X[i] *= alpha;
-    },
     sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
       size("sumSquares", { n });
       const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
       let s = 0;
       for (let i = 0; i < n; i++) s += X[i] * X[i];
       O[0] = accumulate ? O[0] + s : s;
-    },
-
-    embeddingForward(
-      out: Tensor,
-      idx: Tensor,
-      table: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingForward";
-      size(op, { N, C });
-      const O = f(out, op, "out", N * C), I = ints(idx, op, "idx", N);
-      const W = f(table, op, "table", 0);
-      const rows = C === 0 ? 0 : Math.floor(W.length / C);
-      for (let n = 0; n < N; n++) {
-        const r = I[n] - vocabStart;
-        for (let c = 0; c < C; c++) O[n * C + c] = r >= 0 && r < rows ? W[r * C + c] : 0;
-      }
-    },
-    embeddingBackward(
-      dtable: Tensor,
-      dout: Tensor,
-      idx: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingBackward";
-      size(op, { N, C });
-      const D = f(dtable, op, "dtable", 0), G = f(dout, op, "dout", N * C);
-      const I = ints(idx, op, "idx", N);
-      const rows = C === 0 ? 0 : Math.floor(D.length / C);
-      for (let n = 0; n < N; n++) {
-        const r = I[n] - vocabStart;
-        if (r < 0 || r >= rows) continue;
-        for (let c = 0; c < C; c++) D[r * C + c] += G[n * C + c];
-      }
     },
 
     layernormForward(

@@ -11,15 +11,9 @@
  * @module
  */
 
-import type {
-  AdamWParams,
-  Backend,
-  HostArray,
-  MatmulOptions,
-  Tensor,
-  TensorDType,
-} from "../backend.ts";
+import type { AdamWParams, Backend, MatmulOptions, Tensor } from "../backend.ts";
 import { checkAdamW, checkHeads, checkTarget, size } from "../_check.ts";
+import { hostChecks, hostMemory, hostOps } from "../_host.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
 import { createWasmGemm } from "./wasm_gemm.ts";
@@ -51,37 +45,6 @@ export interface CpuBackend extends Backend {
   fromHost(data: Float32Array | Int32Array): Tensor;
   /** The live host array behind `t`. */
   hostView(t: Tensor): Float32Array | Int32Array;
-}
-
-class CpuTensor implements Tensor {
-  constructor(readonly data: Float32Array | Int32Array, readonly dtype: TensorDType) {}
-  get length(): number {
-    return this.data.length;
-  }
-}
-
-function arr(t: Tensor, op: string, name: string, need: number): Float32Array | Int32Array {
-  if (!(t instanceof CpuTensor)) {
-    throw new TypeError(`${op}: ${name} is not a tensor of this cpu backend`);
-  }
-  if (t.data.length < need) {
-    throw new RangeError(
-      `${op}: ${name} has ${t.data.length} elements but the sizes given need ${need}`,
-    );
-  }
-  return t.data;
-}
-
-function f(t: Tensor, op: string, name: string, need: number): Float32Array {
-  const a = arr(t, op, name, need);
-  if (!(a instanceof Float32Array)) throw new TypeError(`${op}: ${name} must be an f32 tensor`);
-  return a;
-}
-
-function ints(t: Tensor, op: string, name: string, need: number): Int32Array {
-  const a = arr(t, op, name, need);
-  if (!(a instanceof Int32Array)) throw new TypeError(`${op}: ${name} must be an i32 tensor`);
-  return a;
 }
 
 function pickGemm(choice: string): { gemm: Gemm; note: string } {
@@ -163,48 +126,22 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   const ew = new EwKernels();
   let ones = new Float32Array(0);
   const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0];
+  const checks = hostChecks<Float32Array>("cpu"), { arr, f, ints } = checks;
 
   return {
     name: "cpu",
     description,
     gemm,
 
-    alloc(length: number, dtype: TensorDType = "f32"): Tensor {
-      size("alloc", { length });
-      if (dtype !== "f32" && dtype !== "i32") {
-        throw new TypeError(`alloc: dtype must be "f32" or "i32", got ${JSON.stringify(dtype)}`);
-      }
+    ...hostMemory(checks, (length, dtype) => {
       const buf = new SharedArrayBuffer(4 * length);
-      return new CpuTensor(dtype === "f32" ? new Float32Array(buf) : new Int32Array(buf), dtype);
-    },
+      return dtype === "f32" ? new Float32Array(buf) : new Int32Array(buf);
+    }),
+    ...hostOps(checks),
     fromHost(data: Float32Array | Int32Array): Tensor {
-      if (data instanceof Float32Array) return new CpuTensor(data, "f32");
-      if (data instanceof Int32Array) return new CpuTensor(data, "i32");
+      if (data instanceof Float32Array) return checks.wrap(data, "f32");
+      if (data instanceof Int32Array) return checks.wrap(data, "i32");
       throw new TypeError("fromHost: data must be a Float32Array or an Int32Array");
-    },
-    view(t: Tensor, offset: number, length: number): Tensor {
-      size("view", { offset, length });
-      const a = arr(t, "view", "t", offset + length);
-      return new CpuTensor(a.subarray(offset, offset + length), t.dtype);
-    },
-    write(t: Tensor, src: HostArray, offset = 0): void {
-      size("write", { offset });
-      const a = arr(t, "write", "t", offset + src.length);
-      if ((t.dtype === "i32") !== (src instanceof Int32Array)) {
-        throw new TypeError(
-          `write: an ${t.dtype} tensor needs ${
-            t.dtype === "i32" ? "an Int32Array" : "a Float32Array or Float64Array"
-          }, got ${src.constructor.name}`,
-        );
-      }
-      a.set(src, offset);
-    },
-    read(t: Tensor): Promise<Float32Array | Int32Array> {
-      const a = arr(t, "read", "t", 0);
-      return Promise.resolve(a instanceof Float32Array ? new Float32Array(a) : new Int32Array(a));
-    },
-    hostView(t: Tensor): Float32Array | Int32Array {
-      return arr(t, "hostView", "t", 0);
     },
     fill(t: Tensor, value: number): void {
       const a = arr(t, "fill", "t", 0);
@@ -219,18 +156,6 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
         a.set(i + FILL <= a.length ? block : block.subarray(0, a.length - i), i);
       }
     },
-    copy(dst: Tensor, src: Tensor): void {
-      const s = arr(src, "copy", "src", 0);
-      const d = arr(dst, "copy", "dst", 0);
-      if (d.length !== s.length || dst.dtype !== src.dtype) {
-        throw new RangeError(
-          `copy: dst (${dst.dtype}[${d.length}]) and src (${src.dtype}[${s.length}]) must match`,
-        );
-      }
-      d.set(s);
-    },
-    dispose(): void {},
-
     matmul(
       out: Tensor,
       a: Tensor,
@@ -292,14 +217,6 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       }
       for (let j = 0; j < N; j++) O[j] = accumulate ? O[j] + s[j] : s[j];
     },
-    addRows(out: Tensor, row: Tensor, M: number, N: number): void {
-      size("addRows", { M, N });
-      const O = f(out, "addRows", "out", M * N), R = f(row, "addRows", "row", N);
-      for (let i = 0; i < M; i++) {
-        const r = i * N;
-        for (let j = 0; j < N; j++) O[r + j] += R[j];
-      }
-    },
     add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
       size("add", { n });
       const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
@@ -310,56 +227,11 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
       ew.addScaled(Y, Y, X, n, 1, alpha);
     },
-    scale(x: Tensor, alpha: number, n: number): void {
-      size("scale", { n });
-      const X = f(x, "scale", "x", n);
-      for (let i = 0; i < n; i++) X[i] *= alpha;
-    },
     sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
       size("sumSquares", { n });
       const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
       const s = ew.sumSquares(X, n);
       O[0] = accumulate ? O[0] + s : s;
-    },
-
-    embeddingForward(
-      out: Tensor,
-      idx: Tensor,
-      table: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingForward";
-      size(op, { N, C });
-      const O = f(out, op, "out", N * C), I = ints(idx, op, "idx", N);
-      const W = f(table, op, "table", 0);
-      const rows = C === 0 ? 0 : Math.floor(W.length / C);
-      for (let n = 0; n < N; n++) {
-        const r = I[n] - vocabStart;
-        if (r >= 0 && r < rows) O.set(W.subarray(r * C, r * C + C), n * C);
-        else O.fill(0, n * C, n * C + C);
-      }
-    },
-    embeddingBackward(
-      dtable: Tensor,
-      dout: Tensor,
-      idx: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingBackward";
-      size(op, { N, C });
-      const D = f(dtable, op, "dtable", 0), G = f(dout, op, "dout", N * C);
-      const I = ints(idx, op, "idx", N);
-      const rows = C === 0 ? 0 : Math.floor(D.length / C);
-      for (let n = 0; n < N; n++) {
-        const r = I[n] - vocabStart;
-        if (r < 0 || r >= rows) continue;
-        const d0 = r * C, g0 = n * C;
-        for (let c = 0; c < C; c++) D[d0 + c] += G[g0 + c];
-      }
     },
 
     layernormForward(
