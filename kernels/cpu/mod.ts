@@ -11,6 +11,14 @@
  *
  * @module
  */
+export type {
+  AdamWParams,
+  Backend,
+  HostArray,
+  MatmulOptions,
+  Tensor,
+  TensorDType,
+} from "../backend.ts";
 export { type CpuBackend, type CpuBackendOptions, createCpuBackend } from "./backend.ts";
 export { checkGemmArgs, type Gemm, tsGemm } from "./gemm.ts";
 export {
