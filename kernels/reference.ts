@@ -7,8 +7,8 @@
  * @module
  */
 
-import type { AdamWParams, Backend, MatmulOptions, Tensor } from "./backend.ts";
-import { checkAdamW, checkHeads, checkTarget, size } from "./_check.ts";
+import type { Backend } from "./backend.ts";
+import { checkTarget } from "./_check.ts";
 import { type Floats, hostChecks, hostMemory, hostOps } from "./_host.ts";
 
 /** Options of {@linkcode createReferenceBackend}. */
@@ -42,7 +42,7 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
     throw new RangeError(`precision must be "f32" or "f64", got ${JSON.stringify(precision)}`);
   }
   const Float = precision === "f64" ? Float64Array : Float32Array;
-  const checks = hostChecks<Floats>("reference"), { f, ints } = checks;
+  const checks = hostChecks<Floats>("reference");
 
   return {
     name: "reference",
@@ -52,302 +52,193 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
       checks,
       (length, dtype) => dtype === "f32" ? new Float(length) : new Int32Array(length),
     ),
-    ...hostOps(checks),
-
-    matmul(
-      out: Tensor,
-      a: Tensor,
-      b: Tensor,
-      bias: Tensor | null,
-      M: number,
-      N: number,
-      K: number,
-      o: MatmulOptions = {},
-    ): void {
-      const op = "matmul";
-      size(op, { M, N, K });
-      const C = f(out, op, "out", M * N);
-      const A = f(a, op, "a", M * K);
-      const Bm = f(b, op, "b", K * N);
-      const bi = bias === null ? null : f(bias, op, "bias", N);
-      for (let i = 0; i < M; i++) {
+    ...hostOps(checks, {
+      matmul(C, A, Bm, bi, M, N, K, o) {
+        for (let i = 0; i < M; i++) {
+          for (let j = 0; j < N; j++) {
+            let s = bi === null ? 0 : bi[j];
+            for (let k = 0; k < K; k++) {
+              const x = o.transA ? A[k * M + i] : A[i * K + k];
+              const y = o.transB ? Bm[j * K + k] : Bm[k * N + j];
+              s += x * y;
+            }
+            C[i * N + j] = o.accumulate ? C[i * N + j] + s : s;
+          }
+        }
+      },
+      sumRows(O, X, M, N, accumulate) {
         for (let j = 0; j < N; j++) {
-          let s = bi === null ? 0 : bi[j];
-          for (let k = 0; k < K; k++) {
-            const x = o.transA ? A[k * M + i] : A[i * K + k];
-            const y = o.transB ? Bm[j * K + k] : Bm[k * N + j];
-            s += x * y;
-          }
-          C[i * N + j] = o.accumulate ? C[i * N + j] + s : s;
+          let s = 0;
+          for (let i = 0; i < M; i++) s += X[i * N + j];
+          O[j] = accumulate ? O[j] + s : s;
         }
-      }
-    },
-    sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate = false): void {
-      size("sumRows", { M, N });
-      const O = f(out, "sumRows", "out", N);
-      const X = f(inp, "sumRows", "inp", M * N);
-      for (let j = 0; j < N; j++) {
+      },
+      add(O, A, B, n) {
+        for (let i = 0; i < n; i++) O[i] = A[i] + B[i];
+      },
+      axpy(Y, X, alpha, n) {
+        for (let i = 0; i < n; i++) Y[i] += alpha * X[i];
+      },
+      sumSquares(O, X, n, accumulate) {
         let s = 0;
-        for (let i = 0; i < M; i++) s += X[i * N + j];
-        O[j] = accumulate ? O[j] + s : s;
-      }
-    },
-    add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
-      size("add", { n });
-      const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
-      for (let i = 0; i < n; i++) O[i] = A[i] + B[i];
-    },
-    axpy(y: Tensor, x: Tensor, alpha: number, n: number): void {
-      size("axpy", { n });
-      const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
-      for (let i = 0; i < n; i++) Y[i] += alpha * X[i];
-    },
-    sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
-      size("sumSquares", { n });
-      const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
-      let s = 0;
-      for (let i = 0; i < n; i++) s += X[i] * X[i];
-      O[0] = accumulate ? O[0] + s : s;
-    },
+        for (let i = 0; i < n; i++) s += X[i] * X[i];
+        O[0] = accumulate ? O[0] + s : s;
+      },
 
-    layernormForward(
-      out: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      b: Tensor,
-      N: number,
-      C: number,
-      eps = 1e-5,
-    ): void {
-      const op = "layernormForward";
-      size(op, { N, C });
-      const O = f(out, op, "out", N * C), X = f(inp, op, "inp", N * C);
-      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
-      const Wt = f(w, op, "w", C), Bs = f(b, op, "b", C);
-      for (let n = 0; n < N; n++) {
-        let m = 0;
-        for (let c = 0; c < C; c++) m += X[n * C + c];
-        m /= C;
-        let v = 0;
-        for (let c = 0; c < C; c++) v += (X[n * C + c] - m) ** 2;
-        v /= C;
-        const r = 1 / Math.sqrt(v + eps);
-        for (let c = 0; c < C; c++) O[n * C + c] = (X[n * C + c] - m) * r * Wt[c] + Bs[c];
-        Mu[n] = m;
-        R[n] = r;
-      }
-    },
-    layernormBackward(
-      dinp: Tensor,
-      dw: Tensor,
-      db: Tensor,
-      dout: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      N: number,
-      C: number,
-    ): void {
-      const op = "layernormBackward";
-      size(op, { N, C });
-      const DX = f(dinp, op, "dinp", N * C), DW = f(dw, op, "dw", C), DB = f(db, op, "db", C);
-      const G = f(dout, op, "dout", N * C), X = f(inp, op, "inp", N * C), Wt = f(w, op, "w", C);
-      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
-      for (let n = 0; n < N; n++) {
-        // With xhat = (x - mean) * rstd and g = dout * w:
-        // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-        let gMean = 0, gxMean = 0;
-        for (let c = 0; c < C; c++) {
-          const xhat = (X[n * C + c] - Mu[n]) * R[n];
-          const g = G[n * C + c] * Wt[c];
-          gMean += g;
-          gxMean += g * xhat;
+      layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps) {
+        for (let n = 0; n < N; n++) {
+          let m = 0;
+          for (let c = 0; c < C; c++) m += X[n * C + c];
+          m /= C;
+          let v = 0;
+          for (let c = 0; c < C; c++) v += (X[n * C + c] - m) ** 2;
+          v /= C;
+          const r = 1 / Math.sqrt(v + eps);
+          for (let c = 0; c < C; c++) O[n * C + c] = (X[n * C + c] - m) * r * Wt[c] + Bs[c];
+          Mu[n] = m;
+          R[n] = r;
         }
-        gMean /= C;
-        gxMean /= C;
-        for (let c = 0; c < C; c++) {
-          const xhat = (X[n * C + c] - Mu[n]) * R[n];
-          const g = G[n * C + c] * Wt[c];
-          DX[n * C + c] += R[n] * (g - gMean - xhat * gxMean);
-          DW[c] += G[n * C + c] * xhat;
-          DB[c] += G[n * C + c];
-        }
-      }
-    },
-    geluForward(out: Tensor, inp: Tensor, n: number): void {
-      size("geluForward", { n });
-      const O = f(out, "geluForward", "out", n), X = f(inp, "geluForward", "inp", n);
-      for (let i = 0; i < n; i++) {
-        const x = X[i];
-        O[i] = 0.5 * x * (1 + Math.tanh(GELU_K * (x + 0.044715 * x * x * x)));
-      }
-    },
-    geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
-      const op = "geluBackward";
-      size(op, { n });
-      const D = f(dinp, op, "dinp", n), X = f(inp, op, "inp", n), G = f(dout, op, "dout", n);
-      for (let i = 0; i < n; i++) {
-        const x = X[i];
-        const u = GELU_K * (x + 0.044715 * x * x * x);
-        const th = Math.tanh(u);
-        const du = GELU_K * (1 + 3 * 0.044715 * x * x);
-        const d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du;
-        D[i] += d * G[i];
-      }
-    },
-
-    attentionForward(
-      out: Tensor,
-      att: Tensor,
-      qkv: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionForward";
-      checkHeads(op, B, T, C, H);
-      const O = f(out, op, "out", B * T * C), A = f(att, op, "att", B * H * T * T);
-      const Q = f(qkv, op, "qkv", B * T * 3 * C);
-      const hs = C / H, sc = 1 / Math.sqrt(hs);
-      const q = (b: number, t: number, h: number, i: number) => Q[(b * T + t) * 3 * C + h * hs + i];
-      const k = (b: number, t: number, h: number, i: number) =>
-        Q[(b * T + t) * 3 * C + C + h * hs + i];
-      const v = (b: number, t: number, h: number, i: number) =>
-        Q[(b * T + t) * 3 * C + 2 * C + h * hs + i];
-      const row = new Float64Array(T);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          for (let t = 0; t < T; t++) {
-            let max = -Infinity;
-            for (let u = 0; u <= t; u++) {
-              let s = 0;
-              for (let i = 0; i < hs; i++) s += q(b, t, h, i) * k(b, u, h, i);
-              row[u] = s * sc;
-              if (row[u] > max) max = row[u];
-            }
-            let z = 0;
-            for (let u = 0; u <= t; u++) {
-              row[u] = Math.exp(row[u] - max);
-              z += row[u];
-            }
-            const base = ((b * H + h) * T + t) * T;
-            for (let u = 0; u < T; u++) A[base + u] = u <= t ? row[u] / z : 0;
-            for (let i = 0; i < hs; i++) {
-              let s = 0;
-              for (let u = 0; u <= t; u++) s += A[base + u] * v(b, u, h, i);
-              O[(b * T + t) * C + h * hs + i] = s;
-            }
+      },
+      layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C) {
+        for (let n = 0; n < N; n++) {
+          // With xhat = (x - mean) * rstd and g = dout * w:
+          // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+          let gMean = 0, gxMean = 0;
+          for (let c = 0; c < C; c++) {
+            const xhat = (X[n * C + c] - Mu[n]) * R[n];
+            const g = G[n * C + c] * Wt[c];
+            gMean += g;
+            gxMean += g * xhat;
+          }
+          gMean /= C;
+          gxMean /= C;
+          for (let c = 0; c < C; c++) {
+            const xhat = (X[n * C + c] - Mu[n]) * R[n];
+            const g = G[n * C + c] * Wt[c];
+            DX[n * C + c] += R[n] * (g - gMean - xhat * gxMean);
+            DW[c] += G[n * C + c] * xhat;
+            DB[c] += G[n * C + c];
           }
         }
-      }
-    },
-    attentionBackward(
-      dqkv: Tensor,
-      dout: Tensor,
-      qkv: Tensor,
-      att: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionBackward";
-      checkHeads(op, B, T, C, H);
-      const D = f(dqkv, op, "dqkv", B * T * 3 * C), G = f(dout, op, "dout", B * T * C);
-      const Q = f(qkv, op, "qkv", B * T * 3 * C), A = f(att, op, "att", B * H * T * T);
-      const hs = C / H, sc = 1 / Math.sqrt(hs);
-      const at = (b: number, t: number, h: number, i: number) => (b * T + t) * 3 * C + h * hs + i;
-      const datt = new Float64Array(T);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          for (let t = 0; t < T; t++) {
-            const base = ((b * H + h) * T + t) * T;
-            // out[t] = sum_u att[t,u] v[u]: datt[u] = dout[t] . v[u]; dv[u] += att[t,u] dout[t].
-            for (let u = 0; u <= t; u++) {
-              let s = 0;
-              for (let i = 0; i < hs; i++) {
-                const g = G[(b * T + t) * C + h * hs + i];
-                s += g * Q[at(b, u, h, i) + 2 * C];
-                D[at(b, u, h, i) + 2 * C] += A[base + u] * g;
+      },
+      geluForward(O, X, n) {
+        for (let i = 0; i < n; i++) {
+          const x = X[i];
+          O[i] = 0.5 * x * (1 + Math.tanh(GELU_K * (x + 0.044715 * x * x * x)));
+        }
+      },
+      geluBackward(D, X, G, n) {
+        for (let i = 0; i < n; i++) {
+          const x = X[i];
+          const u = GELU_K * (x + 0.044715 * x * x * x);
+          const th = Math.tanh(u);
+          const du = GELU_K * (1 + 3 * 0.044715 * x * x);
+          const d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * du;
+          D[i] += d * G[i];
+        }
+      },
+
+      attentionForward(O, A, Q, B, T, C, H) {
+        const hs = C / H, sc = 1 / Math.sqrt(hs);
+        const q = (b: number, t: number, h: number, i: number) =>
+          Q[(b * T + t) * 3 * C + h * hs + i];
+        const k = (b: number, t: number, h: number, i: number) =>
+          Q[(b * T + t) * 3 * C + C + h * hs + i];
+        const v = (b: number, t: number, h: number, i: number) =>
+          Q[(b * T + t) * 3 * C + 2 * C + h * hs + i];
+        const row = new Float64Array(T);
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            for (let t = 0; t < T; t++) {
+              let max = -Infinity;
+              for (let u = 0; u <= t; u++) {
+                let s = 0;
+                for (let i = 0; i < hs; i++) s += q(b, t, h, i) * k(b, u, h, i);
+                row[u] = s * sc;
+                if (row[u] > max) max = row[u];
               }
-              datt[u] = s;
-            }
-            // Softmax: dpre[u] = att[u] * (datt[u] - sum_w att[w] datt[w]).
-            let dot = 0;
-            for (let u = 0; u <= t; u++) dot += A[base + u] * datt[u];
-            for (let u = 0; u <= t; u++) {
-              const dpre = A[base + u] * (datt[u] - dot) * sc;
+              let z = 0;
+              for (let u = 0; u <= t; u++) {
+                row[u] = Math.exp(row[u] - max);
+                z += row[u];
+              }
+              const base = ((b * H + h) * T + t) * T;
+              for (let u = 0; u < T; u++) A[base + u] = u <= t ? row[u] / z : 0;
               for (let i = 0; i < hs; i++) {
-                D[at(b, t, h, i)] += dpre * Q[at(b, u, h, i) + C];
-                D[at(b, u, h, i) + C] += dpre * Q[at(b, t, h, i)];
+                let s = 0;
+                for (let u = 0; u <= t; u++) s += A[base + u] * v(b, u, h, i);
+                O[(b * T + t) * C + h * hs + i] = s;
               }
             }
           }
         }
-      }
-    },
-
-    crossEntropyForward(
-      losses: Tensor,
-      probs: Tensor,
-      logits: Tensor,
-      targets: Tensor,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyForward";
-      size(op, { N, V });
-      const L = f(losses, op, "losses", N), P = f(probs, op, "probs", N * V);
-      const X = f(logits, op, "logits", N * V), Tg = ints(targets, op, "targets", N);
-      for (let n = 0; n < N; n++) {
-        checkTarget(op, Tg[n], n, V);
-        let max = -Infinity;
-        for (let j = 0; j < V; j++) max = Math.max(max, X[n * V + j]);
-        let z = 0;
-        for (let j = 0; j < V; j++) z += Math.exp(X[n * V + j] - max);
-        for (let j = 0; j < V; j++) P[n * V + j] = Math.exp(X[n * V + j] - max) / z;
-        const tg = Tg[n];
-        L[n] = tg < 0 ? 0 : -(X[n * V + tg] - max - Math.log(z));
-      }
-    },
-    crossEntropyBackward(
-      dlogits: Tensor,
-      probs: Tensor,
-      targets: Tensor,
-      dloss: number,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyBackward";
-      size(op, { N, V });
-      const D = f(dlogits, op, "dlogits", N * V), P = f(probs, op, "probs", N * V);
-      const Tg = ints(targets, op, "targets", N);
-      for (let n = 0; n < N; n++) {
-        checkTarget(op, Tg[n], n, V);
-        if (Tg[n] < 0) continue;
-        for (let j = 0; j < V; j++) {
-          D[n * V + j] += (P[n * V + j] - (j === Tg[n] ? 1 : 0)) * dloss;
+      },
+      attentionBackward(D, G, Q, A, B, T, C, H) {
+        const hs = C / H, sc = 1 / Math.sqrt(hs);
+        const at = (b: number, t: number, h: number, i: number) => (b * T + t) * 3 * C + h * hs + i;
+        const datt = new Float64Array(T);
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            for (let t = 0; t < T; t++) {
+              const base = ((b * H + h) * T + t) * T;
+              // out[t] = sum_u att[t,u] v[u]: datt[u] = dout[t] . v[u]; dv[u] += att[t,u] dout[t].
+              for (let u = 0; u <= t; u++) {
+                let s = 0;
+                for (let i = 0; i < hs; i++) {
+                  const g = G[(b * T + t) * C + h * hs + i];
+                  s += g * Q[at(b, u, h, i) + 2 * C];
+                  D[at(b, u, h, i) + 2 * C] += A[base + u] * g;
+                }
+                datt[u] = s;
+              }
+              // Softmax: dpre[u] = att[u] * (datt[u] - sum_w att[w] datt[w]).
+              let dot = 0;
+              for (let u = 0; u <= t; u++) dot += A[base + u] * datt[u];
+              for (let u = 0; u <= t; u++) {
+                const dpre = A[base + u] * (datt[u] - dot) * sc;
+                for (let i = 0; i < hs; i++) {
+                  D[at(b, t, h, i)] += dpre * Q[at(b, u, h, i) + C];
+                  D[at(b, u, h, i) + C] += dpre * Q[at(b, t, h, i)];
+                }
+              }
+            }
+          }
         }
-      }
-    },
+      },
 
-    adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, n: number, p: AdamWParams): void {
-      const op = "adamw";
-      size(op, { n });
-      checkAdamW(p);
-      const W = f(param, op, "param", n), G = f(grad, op, "grad", n);
-      const Mm = f(m, op, "m", n), Vv = f(v, op, "v", n);
-      const c1 = 1 - p.beta1 ** p.step, c2 = 1 - p.beta2 ** p.step;
-      for (let i = 0; i < n; i++) {
-        Mm[i] = p.beta1 * Mm[i] + (1 - p.beta1) * G[i];
-        Vv[i] = p.beta2 * Vv[i] + (1 - p.beta2) * G[i] * G[i];
-        const mhat = Mm[i] / c1, vhat = Vv[i] / c2;
-        W[i] -= p.lr * (mhat / (Math.sqrt(vhat) + p.eps) + p.weightDecay * W[i]);
-      }
-    },
+      crossEntropyForward(L, P, X, Tg, N, V) {
+        const op = "crossEntropyForward";
+        for (let n = 0; n < N; n++) {
+          checkTarget(op, Tg[n], n, V);
+          let max = -Infinity;
+          for (let j = 0; j < V; j++) max = Math.max(max, X[n * V + j]);
+          let z = 0;
+          for (let j = 0; j < V; j++) z += Math.exp(X[n * V + j] - max);
+          for (let j = 0; j < V; j++) P[n * V + j] = Math.exp(X[n * V + j] - max) / z;
+          const tg = Tg[n];
+          L[n] = tg < 0 ? 0 : -(X[n * V + tg] - max - Math.log(z));
+        }
+      },
+      crossEntropyBackward(D, P, Tg, dloss, N, V) {
+        const op = "crossEntropyBackward";
+        for (let n = 0; n < N; n++) {
+          checkTarget(op, Tg[n], n, V);
+          if (Tg[n] < 0) continue;
+          for (let j = 0; j < V; j++) {
+            D[n * V + j] += (P[n * V + j] - (j === Tg[n] ? 1 : 0)) * dloss;
+          }
+        }
+      },
+
+      adamw(W, G, Mm, Vv, n, p) {
+        const c1 = 1 - p.beta1 ** p.step, c2 = 1 - p.beta2 ** p.step;
+        for (let i = 0; i < n; i++) {
+          Mm[i] = p.beta1 * Mm[i] + (1 - p.beta1) * G[i];
+          Vv[i] = p.beta2 * Vv[i] + (1 - p.beta2) * G[i] * G[i];
+          const mhat = Mm[i] / c1, vhat = Vv[i] / c2;
+          W[i] -= p.lr * (mhat / (Math.sqrt(vhat) + p.eps) + p.weightDecay * W[i]);
+        }
+      },
+    }),
   };
 }

@@ -11,8 +11,8 @@
  * @module
  */
 
-import type { AdamWParams, Backend, MatmulOptions, Tensor } from "../backend.ts";
-import { checkAdamW, checkHeads, checkTarget, size } from "../_check.ts";
+import type { Backend, Tensor } from "../backend.ts";
+import { checkTarget } from "../_check.ts";
 import { hostChecks, hostMemory, hostOps } from "../_host.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
@@ -126,7 +126,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   const ew = new EwKernels();
   let ones = new Float32Array(0);
   const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0];
-  const checks = hostChecks<Float32Array>("cpu"), { arr, f, ints } = checks;
+  const checks = hostChecks<Float32Array>("cpu"), { arr } = checks;
 
   return {
     name: "cpu",
@@ -137,7 +137,6 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       const buf = new SharedArrayBuffer(4 * length);
       return dtype === "f32" ? new Float32Array(buf) : new Int32Array(buf);
     }),
-    ...hostOps(checks),
     fromHost(data: Float32Array | Int32Array): Tensor {
       if (data instanceof Float32Array) return checks.wrap(data, "f32");
       if (data instanceof Int32Array) return checks.wrap(data, "i32");
@@ -156,346 +155,241 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
         a.set(i + FILL <= a.length ? block : block.subarray(0, a.length - i), i);
       }
     },
-    matmul(
-      out: Tensor,
-      a: Tensor,
-      b: Tensor,
-      bias: Tensor | null,
-      M: number,
-      N: number,
-      K: number,
-      o: MatmulOptions = {},
-    ): void {
-      const op = "matmul";
-      size(op, { M, N, K });
-      const C = f(out, op, "out", M * N), A = f(a, op, "a", M * K), B = f(b, op, "b", K * N);
-      let beta = o.accumulate ? 1 : 0;
-      if (bias !== null) {
-        const bi = f(bias, op, "bias", N);
+    ...hostOps(checks, {
+      matmul(C, A, B, bi, M, N, K, o) {
+        let beta = o.accumulate ? 1 : 0;
+        if (bi !== null) {
+          for (let i = 0; i < M; i++) {
+            const r = i * N;
+            if (beta === 0) C.set(bi.subarray(0, N), r);
+            else for (let j = 0; j < N; j++) C[r + j] += bi[j];
+          }
+          beta = 1;
+        }
+        gemm.sgemm(
+          !!o.transA,
+          !!o.transB,
+          M,
+          N,
+          K,
+          1,
+          A,
+          0,
+          o.transA ? M : K,
+          B,
+          0,
+          o.transB ? K : N,
+          beta,
+          C,
+          0,
+          N,
+        );
+      },
+      sumRows(O, X, M, N, accumulate) {
+        if (gemm.name === "blas" && M > 0 && N > 0) {
+          // ones[1,M] @ inp[M,N]: BLAS reads the rows in place.
+          if (ones.length < M) ones = new Float32Array(M).fill(1);
+          gemm.sgemm(false, false, 1, N, M, 1, ones, 0, M, X, 0, N, accumulate ? 1 : 0, O, 0, N);
+          return;
+        }
+        if (N % 4 === 0 && N > 0) return ew.sumRows(O, X, M, N, accumulate);
+        if (rowSums.length < N) rowSums = new Float64Array(N);
+        const s = rowSums;
+        s.fill(0, 0, N);
         for (let i = 0; i < M; i++) {
           const r = i * N;
-          if (beta === 0) C.set(bi.subarray(0, N), r);
-          else for (let j = 0; j < N; j++) C[r + j] += bi[j];
+          for (let j = 0; j < N; j++) s[j] += X[r + j];
         }
-        beta = 1;
-      }
-      gemm.sgemm(
-        !!o.transA,
-        !!o.transB,
-        M,
-        N,
-        K,
-        1,
-        A,
-        0,
-        o.transA ? M : K,
-        B,
-        0,
-        o.transB ? K : N,
-        beta,
-        C,
-        0,
-        N,
-      );
-    },
-    sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate = false): void {
-      size("sumRows", { M, N });
-      const O = f(out, "sumRows", "out", N), X = f(inp, "sumRows", "inp", M * N);
-      if (gemm.name === "blas" && M > 0 && N > 0) {
-        // ones[1,M] @ inp[M,N]: BLAS reads the rows in place.
-        if (ones.length < M) ones = new Float32Array(M).fill(1);
-        gemm.sgemm(false, false, 1, N, M, 1, ones, 0, M, X, 0, N, accumulate ? 1 : 0, O, 0, N);
-        return;
-      }
-      if (N % 4 === 0 && N > 0) return ew.sumRows(O, X, M, N, accumulate);
-      if (rowSums.length < N) rowSums = new Float64Array(N);
-      const s = rowSums;
-      s.fill(0, 0, N);
-      for (let i = 0; i < M; i++) {
-        const r = i * N;
-        for (let j = 0; j < N; j++) s[j] += X[r + j];
-      }
-      for (let j = 0; j < N; j++) O[j] = accumulate ? O[j] + s[j] : s[j];
-    },
-    add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
-      size("add", { n });
-      const O = f(out, "add", "out", n), A = f(a, "add", "a", n), B = f(b, "add", "b", n);
-      ew.addScaled(O, A, B, n, 1, 1);
-    },
-    axpy(y: Tensor, x: Tensor, alpha: number, n: number): void {
-      size("axpy", { n });
-      const Y = f(y, "axpy", "y", n), X = f(x, "axpy", "x", n);
-      ew.addScaled(Y, Y, X, n, 1, alpha);
-    },
-    sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
-      size("sumSquares", { n });
-      const O = f(out, "sumSquares", "out", 1), X = f(x, "sumSquares", "x", n);
-      const s = ew.sumSquares(X, n);
-      O[0] = accumulate ? O[0] + s : s;
-    },
+        for (let j = 0; j < N; j++) O[j] = accumulate ? O[j] + s[j] : s[j];
+      },
+      add(O, A, B, n) {
+        ew.addScaled(O, A, B, n, 1, 1);
+      },
+      axpy(Y, X, alpha, n) {
+        ew.addScaled(Y, Y, X, n, 1, alpha);
+      },
+      sumSquares(O, X, n, accumulate) {
+        const s = ew.sumSquares(X, n);
+        O[0] = accumulate ? O[0] + s : s;
+      },
 
-    layernormForward(
-      out: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      b: Tensor,
-      N: number,
-      C: number,
-      eps = 1e-5,
-    ): void {
-      const op = "layernormForward";
-      size(op, { N, C });
-      const O = f(out, op, "out", N * C), X = f(inp, op, "inp", N * C);
-      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
-      const Wt = f(w, op, "w", C), Bs = f(b, op, "b", C);
-      if (C % 4 === 0 && C > 0) return ew.layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps);
-      for (let n = 0; n < N; n++) {
-        const x0 = n * C;
-        let m = 0;
-        for (let c = 0; c < C; c++) m += X[x0 + c];
-        m /= C;
-        let v = 0;
-        for (let c = 0; c < C; c++) {
-          const d = X[x0 + c] - m;
-          v += d * d;
-        }
-        const r = 1 / Math.sqrt(v / C + eps);
-        for (let c = 0; c < C; c++) O[x0 + c] = (X[x0 + c] - m) * r * Wt[c] + Bs[c];
-        Mu[n] = m;
-        R[n] = r;
-      }
-    },
-    layernormBackward(
-      dinp: Tensor,
-      dw: Tensor,
-      db: Tensor,
-      dout: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      N: number,
-      C: number,
-    ): void {
-      const op = "layernormBackward";
-      size(op, { N, C });
-      const DX = f(dinp, op, "dinp", N * C), DW = f(dw, op, "dw", C), DB = f(db, op, "db", C);
-      const G = f(dout, op, "dout", N * C), X = f(inp, op, "inp", N * C), Wt = f(w, op, "w", C);
-      const Mu = f(mean, op, "mean", N), R = f(rstd, op, "rstd", N);
-      if (C % 4 === 0 && C > 0) return ew.layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C);
-      for (let n = 0; n < N; n++) {
-        const x0 = n * C, m = Mu[n], r = R[n];
-        let gMean = 0, gxMean = 0;
-        for (let c = 0; c < C; c++) {
-          const g = G[x0 + c] * Wt[c];
-          gMean += g;
-          gxMean += g * (X[x0 + c] - m) * r;
-        }
-        gMean /= C;
-        gxMean /= C;
-        for (let c = 0; c < C; c++) {
-          const xhat = (X[x0 + c] - m) * r, go = G[x0 + c];
-          DX[x0 + c] += r * (go * Wt[c] - gMean - xhat * gxMean);
-          DW[c] += go * xhat;
-          DB[c] += go;
-        }
-      }
-    },
-    geluForward(out: Tensor, inp: Tensor, n: number): void {
-      size("geluForward", { n });
-      const O = f(out, "geluForward", "out", n), X = f(inp, "geluForward", "inp", n);
-      ew.geluForward(O, X, n);
-    },
-    geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
-      const op = "geluBackward";
-      size(op, { n });
-      const D = f(dinp, op, "dinp", n), X = f(inp, op, "inp", n), G = f(dout, op, "dout", n);
-      ew.geluBackward(D, X, G, n);
-    },
-
-    attentionForward(
-      out: Tensor,
-      att: Tensor,
-      qkv: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionForward";
-      checkHeads(op, B, T, C, H);
-      const O = f(out, op, "out", B * T * C), A = f(att, op, "att", B * H * T * T);
-      const Q = f(qkv, op, "qkv", B * T * 3 * C);
-      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
-      // The scores of one head live in the kernels' memory at element 0 in rows padded to a
-      // multiple of 4, the row statistics after them; the softmax runs there in place before
-      // the probabilities are copied out. Products skip the blocks above the diagonal.
-      const sd = (T + 3) & ~3, st = T * sd + 16;
-      ew.reserve(4 * (st + 2 * T + 16));
-      const S = ew.view;
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, o0 = b * T * C + h * hs;
-          // Scores S = scale * Q K^T, for each block of rows only up to its last column.
-          for (let r0 = 0; r0 < T; r0 += RB) {
-            const r1 = Math.min(T, r0 + RB), q = q0 + r0 * C3;
-            gemm.sgemm(
-              false,
-              true,
-              r1 - r0,
-              r1,
-              hs,
-              sc,
-              Q,
-              q,
-              C3,
-              Q,
-              q0 + C,
-              C3,
-              0,
-              S,
-              r0 * sd,
-              sd,
-            );
+      layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps) {
+        if (C % 4 === 0 && C > 0) return ew.layernormForward(O, Mu, R, X, Wt, Bs, N, C, eps);
+        for (let n = 0; n < N; n++) {
+          const x0 = n * C;
+          let m = 0;
+          for (let c = 0; c < C; c++) m += X[x0 + c];
+          m /= C;
+          let v = 0;
+          for (let c = 0; c < C; c++) {
+            const d = X[x0 + c] - m;
+            v += d * d;
           }
-          ew.softmaxAt(0, T, T, sd, 0, true, st);
-          if (sd === T) A.set(S.subarray(0, TT), a0);
-          else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
-          // out_h = att @ V, each block of rows over the columns up to its last.
-          for (let r0 = 0; r0 < T; r0 += RB) {
-            const r1 = Math.min(T, r0 + RB), v = q0 + 2 * C;
-            gemm.sgemm(
-              false,
-              false,
-              r1 - r0,
-              hs,
-              r1,
-              1,
-              S,
-              r0 * sd,
-              sd,
-              Q,
-              v,
-              C3,
-              0,
-              O,
-              o0 + r0 * C,
-              C,
-            );
+          const r = 1 / Math.sqrt(v / C + eps);
+          for (let c = 0; c < C; c++) O[x0 + c] = (X[x0 + c] - m) * r * Wt[c] + Bs[c];
+          Mu[n] = m;
+          R[n] = r;
+        }
+      },
+      layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C) {
+        if (C % 4 === 0 && C > 0) return ew.layernormBackward(DX, DW, DB, G, X, Wt, Mu, R, N, C);
+        for (let n = 0; n < N; n++) {
+          const x0 = n * C, m = Mu[n], r = R[n];
+          let gMean = 0, gxMean = 0;
+          for (let c = 0; c < C; c++) {
+            const g = G[x0 + c] * Wt[c];
+            gMean += g;
+            gxMean += g * (X[x0 + c] - m) * r;
+          }
+          gMean /= C;
+          gxMean /= C;
+          for (let c = 0; c < C; c++) {
+            const xhat = (X[x0 + c] - m) * r, go = G[x0 + c];
+            DX[x0 + c] += r * (go * Wt[c] - gMean - xhat * gxMean);
+            DW[c] += go * xhat;
+            DB[c] += go;
           }
         }
-      }
-    },
-    attentionBackward(
-      dqkv: Tensor,
-      dout: Tensor,
-      qkv: Tensor,
-      att: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionBackward";
-      checkHeads(op, B, T, C, H);
-      const D = f(dqkv, op, "dqkv", B * T * 3 * C), G = f(dout, op, "dout", B * T * C);
-      const Q = f(qkv, op, "qkv", B * T * 3 * C), A = f(att, op, "att", B * H * T * T);
-      const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
-      // In the kernels' memory, rows padded to a multiple of 4: the head's probabilities at
-      // element 0, its score gradients at element sOff. Products skip the zero blocks above
-      // the diagonal.
-      const sd = (T + 3) & ~3, sOff = T * sd + 16;
-      ew.reserve(4 * (2 * sOff + 16));
-      const W = ew.view;
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, g0 = b * T * C + h * hs;
-          const k0 = q0 + C, v0 = q0 + 2 * C;
-          for (let r0 = 0; r0 < T; r0 += RB) {
-            const r1 = Math.min(T, r0 + RB), n = r1 - r0, g = g0 + r0 * C;
-            // datt = dout_h V^T (rows r0..r1, columns up to r1).
-            gemm.sgemm(false, true, n, r1, hs, 1, G, g, C, Q, v0, C3, 0, W, sOff + r0 * sd, sd);
-            // dV[r0..r1] += att[r0.., r0..r1]^T dout_h[r0..].
-            const a = a0 + r0 * T + r0;
-            gemm.sgemm(true, false, n, hs, T - r0, 1, A, a, T, G, g, C, 1, D, v0 + r0 * C3, C3);
-          }
-          // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
-          if (sd === T) W.set(A.subarray(a0, a0 + TT), 0);
-          else for (let t = 0; t < T; t++) W.set(A.subarray(a0 + t * T, a0 + t * T + T), t * sd);
-          ew.softmaxBackwardAt(0, sOff, T, T, sd, 0, sc);
-          for (let r0 = 0; r0 < T; r0 += RB) {
-            const r1 = Math.min(T, r0 + RB), n = r1 - r0, s = sOff + r0 * sd;
-            // dQ[r0..r1] += dpre[r0..r1, ..r1] K; dK[r0..r1] += dpre[r0.., r0..r1]^T Q[r0..].
-            gemm.sgemm(false, false, n, hs, r1, 1, W, s, sd, Q, k0, C3, 1, D, q0 + r0 * C3, C3);
-            const q = q0 + r0 * C3;
-            gemm.sgemm(
-              true,
-              false,
-              n,
-              hs,
-              T - r0,
-              1,
-              W,
-              s + r0,
-              sd,
-              Q,
-              q,
-              C3,
-              1,
-              D,
-              k0 + r0 * C3,
-              C3,
-            );
+      },
+      geluForward(O, X, n) {
+        ew.geluForward(O, X, n);
+      },
+      geluBackward(D, X, G, n) {
+        ew.geluBackward(D, X, G, n);
+      },
+
+      attentionForward(O, A, Q, B, T, C, H) {
+        const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
+        // The scores of one head live in the kernels' memory at element 0 in rows padded to a
+        // multiple of 4, the row statistics after them; the softmax runs there in place before
+        // the probabilities are copied out. Products skip the blocks above the diagonal.
+        const sd = (T + 3) & ~3, st = T * sd + 16;
+        ew.reserve(4 * (st + 2 * T + 16));
+        const S = ew.view;
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, o0 = b * T * C + h * hs;
+            // Scores S = scale * Q K^T, for each block of rows only up to its last column.
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB), q = q0 + r0 * C3;
+              gemm.sgemm(
+                false,
+                true,
+                r1 - r0,
+                r1,
+                hs,
+                sc,
+                Q,
+                q,
+                C3,
+                Q,
+                q0 + C,
+                C3,
+                0,
+                S,
+                r0 * sd,
+                sd,
+              );
+            }
+            ew.softmaxAt(0, T, T, sd, 0, true, st);
+            if (sd === T) A.set(S.subarray(0, TT), a0);
+            else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
+            // out_h = att @ V, each block of rows over the columns up to its last.
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB), v = q0 + 2 * C;
+              gemm.sgemm(
+                false,
+                false,
+                r1 - r0,
+                hs,
+                r1,
+                1,
+                S,
+                r0 * sd,
+                sd,
+                Q,
+                v,
+                C3,
+                0,
+                O,
+                o0 + r0 * C,
+                C,
+              );
+            }
           }
         }
-      }
-    },
+      },
+      attentionBackward(D, G, Q, A, B, T, C, H) {
+        const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
+        // In the kernels' memory, rows padded to a multiple of 4: the head's probabilities at
+        // element 0, its score gradients at element sOff. Products skip the zero blocks above
+        // the diagonal.
+        const sd = (T + 3) & ~3, sOff = T * sd + 16;
+        ew.reserve(4 * (2 * sOff + 16));
+        const W = ew.view;
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, g0 = b * T * C + h * hs;
+            const k0 = q0 + C, v0 = q0 + 2 * C;
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB), n = r1 - r0, g = g0 + r0 * C;
+              // datt = dout_h V^T (rows r0..r1, columns up to r1).
+              gemm.sgemm(false, true, n, r1, hs, 1, G, g, C, Q, v0, C3, 0, W, sOff + r0 * sd, sd);
+              // dV[r0..r1] += att[r0.., r0..r1]^T dout_h[r0..].
+              const a = a0 + r0 * T + r0;
+              gemm.sgemm(true, false, n, hs, T - r0, 1, A, a, T, G, g, C, 1, D, v0 + r0 * C3, C3);
+            }
+            // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
+            if (sd === T) W.set(A.subarray(a0, a0 + TT), 0);
+            else for (let t = 0; t < T; t++) W.set(A.subarray(a0 + t * T, a0 + t * T + T), t * sd);
+            ew.softmaxBackwardAt(0, sOff, T, T, sd, 0, sc);
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB), n = r1 - r0, s = sOff + r0 * sd;
+              // dQ[r0..r1] += dpre[r0..r1, ..r1] K; dK[r0..r1] += dpre[r0.., r0..r1]^T Q[r0..].
+              gemm.sgemm(false, false, n, hs, r1, 1, W, s, sd, Q, k0, C3, 1, D, q0 + r0 * C3, C3);
+              const q = q0 + r0 * C3;
+              gemm.sgemm(
+                true,
+                false,
+                n,
+                hs,
+                T - r0,
+                1,
+                W,
+                s + r0,
+                sd,
+                Q,
+                q,
+                C3,
+                1,
+                D,
+                k0 + r0 * C3,
+                C3,
+              );
+            }
+          }
+        }
+      },
 
-    crossEntropyForward(
-      losses: Tensor,
-      probs: Tensor,
-      logits: Tensor,
-      targets: Tensor,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyForward";
-      size(op, { N, V });
-      const L = f(losses, op, "losses", N), P = f(probs, op, "probs", N * V);
-      const X = f(logits, op, "logits", N * V), Tg = ints(targets, op, "targets", N);
-      for (let n = 0; n < N; n++) checkTarget(op, Tg[n], n, V);
-      ew.softmaxCrossEntropy(L, P, X, Tg, N, V);
-    },
-    crossEntropyBackward(
-      dlogits: Tensor,
-      probs: Tensor,
-      targets: Tensor,
-      dloss: number,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyBackward";
-      size(op, { N, V });
-      const D = f(dlogits, op, "dlogits", N * V), P = f(probs, op, "probs", N * V);
-      const Tg = ints(targets, op, "targets", N);
-      for (let n = 0; n < N; n++) {
-        const tg = Tg[n], r = n * V;
-        checkTarget(op, tg, n, V);
-        if (tg < 0) continue;
-        for (let j = 0; j < V; j++) D[r + j] += P[r + j] * dloss;
-        D[r + tg] -= dloss;
-      }
-    },
+      crossEntropyForward(L, P, X, Tg, N, V) {
+        const op = "crossEntropyForward";
+        for (let n = 0; n < N; n++) checkTarget(op, Tg[n], n, V);
+        ew.softmaxCrossEntropy(L, P, X, Tg, N, V);
+      },
+      crossEntropyBackward(D, P, Tg, dloss, N, V) {
+        const op = "crossEntropyBackward";
+        for (let n = 0; n < N; n++) {
+          const tg = Tg[n], r = n * V;
+          checkTarget(op, tg, n, V);
+          if (tg < 0) continue;
+          for (let j = 0; j < V; j++) D[r + j] += P[r + j] * dloss;
+          D[r + tg] -= dloss;
+        }
+      },
 
-    adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, n: number, p: AdamWParams): void {
-      const op = "adamw";
-      size(op, { n });
-      checkAdamW(p);
-      const W = f(param, op, "param", n), G = f(grad, op, "grad", n);
-      const Mm = f(m, op, "m", n), Vv = f(v, op, "v", n);
-      ew.adamw(W, G, Mm, Vv, n, p);
-    },
+      adamw(W, G, Mm, Vv, n, p) {
+        ew.adamw(W, G, Mm, Vv, n, p);
+      },
+    }),
   };
 }
