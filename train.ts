@@ -64,7 +64,7 @@ interface OptionSpec {
 const OPTIONS: Record<string, OptionSpec> = {
   dim: { kind: "int", dflt: 64, help: "model width", saved: true },
   layers: { kind: "int", dflt: 2, help: "transformer blocks", saved: true },
-  heads: { kind: "int", dflt: 4, help: "attention heads (must divide --dim)", saved: true },
+  heads: { kind: "int", dflt: 8, help: "attention heads (must divide --dim)", saved: true },
   ctx: {
     kind: "int",
     dflt: null,
@@ -78,8 +78,13 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "gradient accumulation: micro-batches per step (must divide --batch)",
     saved: true,
   },
-  steps: { kind: "int", dflt: 1500, help: "total optimizer steps of the run", saved: true },
-  lr: { kind: "float", dflt: 3e-3, help: "peak learning rate", saved: true },
+  steps: { kind: "int", dflt: 2500, help: "total optimizer steps of the run", saved: true },
+  lr: {
+    kind: "float",
+    dflt: null,
+    help: "peak learning rate (default: 0.01 for addition, 0.003 with --data)",
+    saved: true,
+  },
   schedule: {
     kind: "string",
     dflt: "cosine",
@@ -90,7 +95,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   },
   warmup: {
     kind: "int",
-    dflt: 100,
+    dflt: 200,
     help: "warmup steps, linear (at most a tenth of --steps unless given)",
     saved: true,
   },
@@ -588,6 +593,7 @@ export async function main(
   }
 
   const steps = o.steps as number;
+  const lr = (o.lr as number | null) ?? (o.data === null ? 1e-2 : 3e-3);
   const config: EngineConfig = {
     model: {
       vocab,
@@ -602,8 +608,8 @@ export async function main(
     optimizer: {
       type: o.optimizer === "sgd" ? "SGD" : "AdamW",
       params: o.optimizer === "sgd"
-        ? { lr: o.lr as number, weight_decay: o["weight-decay"] as number }
-        : { lr: o.lr as number, weight_decay: o["weight-decay"] as number, betas: [0.9, 0.98] },
+        ? { lr, weight_decay: o["weight-decay"] as number }
+        : { lr, weight_decay: o["weight-decay"] as number, betas: [0.9, 0.98] },
     },
     scheduler: {
       type: { cosine: "WarmupCosineLR", linear: "WarmupDecayLR", constant: "WarmupLR" }[
@@ -759,7 +765,7 @@ export async function main(
       await metrics.write(Number.isNaN(r.gradNorm) ? rec : { ...rec, grad_norm: r.gradNorm });
       if (!Number.isFinite(r.loss)) {
         throw new RangeError(
-          `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${o.lr}) or set --clip`,
+          `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${lr}) or set --clip`,
         );
       }
       progress.update({

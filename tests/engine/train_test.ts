@@ -158,5 +158,5 @@ Deno.test("--help lists every option with its default", () => {
       "--eval-every",
     ]
   ) assert.ok(h.includes(flag), `--help mentions ${flag}`);
-  assert.match(h, /--steps INT\s+total optimizer steps of the run \(default: 1500\)/);
+  assert.match(h, /--steps INT\s+total optimizer steps of the run \(default: 2500\)/);
 });
