@@ -31,7 +31,7 @@ export interface ProgressInfo {
  */
 export function formatDuration(s: number): string {
   if (!Number.isFinite(s) || s < 0) return "?";
-  const m = Math.floor(s / 60), r = Math.round(s - 60 * m);
+  const total = Math.round(s), m = Math.floor(total / 60), r = total - 60 * m;
   return m > 0 ? `${m}m${String(r).padStart(2, "0")}s` : `${r}s`;
 }
 

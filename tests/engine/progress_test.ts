@@ -14,6 +14,8 @@ Deno.test("formatProgress() shows step, loss, learning rate, tokens/s and ETA", 
   assert.equal(line, "step  120/2000 | loss 1.2346 | lr 1.00e-3 | 25,000 tok/s | ETA 3m08s");
   assert.equal(formatDuration(42.2), "42s");
   assert.equal(formatDuration(NaN), "?");
+  assert.equal(formatDuration(119.6), "2m00s", "seconds round before minutes split off");
+  assert.equal(formatDuration(59.7), "1m00s");
 });
 
 Deno.test("MetricsWriter appends JSON lines that readMetrics() reads back", async () => {
