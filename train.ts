@@ -41,7 +41,7 @@ import {
 } from "./engine/mod.ts";
 import { readCheckpointConfig, readMetrics, resolveEngineConfig } from "./engine/mod.ts";
 import { type Backend, createCpuBackend } from "./kernels/mod.ts";
-import { createWebGPUBackend } from "./kernels/webgpu/mod.ts";
+import { createWebGPUBackend, probeWebGPU } from "./kernels/webgpu/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
 import { checkModelLayout } from "./parallel/grid.ts";
 import type { ScheduleName } from "./parallel/schedules.ts";
@@ -450,17 +450,15 @@ function memoryEstimate(o: TrainOptions, vocab: number, T: number): number {
 }
 
 async function pickBackend(o: TrainOptions): Promise<Backend> {
-  if (o.backend === "webgpu" || o.backend === "auto") {
+  // auto: WebGPU only on a hardware adapter, probed without opening a device.
+  const probe = o.backend === "auto" ? await probeWebGPU() : null;
+  if (o.backend === "webgpu" || (probe !== null && !probe.software)) {
     const gpu = await createWebGPUBackend();
-    if (gpu === null && o.backend === "webgpu") {
+    if (gpu !== null) return gpu;
+    if (o.backend === "webgpu") {
       throw new RangeError(
         "--backend webgpu: this runtime has no WebGPU adapter; use --backend cpu (or auto)",
       );
-    }
-    if (gpu !== null) {
-      const software = /fallback|llvmpipe|swiftshader|lavapipe/i.test(gpu.description);
-      if (o.backend === "webgpu" || !software) return gpu;
-      gpu.dispose();
     }
   }
   return createCpuBackend({ gemm: o.gemm as "auto", threads: o.threads as number });

@@ -52,6 +52,38 @@ export interface WebGPUBackendOptions {
 }
 
 /**
+ * Look for a WebGPU adapter without opening a device: cheap, and it leaves no GPU state behind.
+ * Use it to decide whether WebGPU is worth using (a software adapter is slower than the CPU
+ * backend).
+ *
+ * @returns what was found, or `null` when this runtime has no WebGPU adapter
+ */
+export async function probeWebGPU(): Promise<WebGPUProbe | null> {
+  const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
+  if (gpu === undefined) return null;
+  let adapter: GPUAdapter | null;
+  try {
+    adapter = await gpu.requestAdapter();
+  } catch {
+    return null;
+  }
+  if (adapter === null) return null;
+  const info = adapter.info;
+  const description = info.description || [info.vendor, info.architecture, info.device].join(" ");
+  const software = info.isFallbackAdapter ||
+    /llvmpipe|lavapipe|swiftshader|softpipe/i.test(description);
+  return { description: description.trim(), software };
+}
+
+/** What {@linkcode probeWebGPU} found. */
+export interface WebGPUProbe {
+  /** The adapter's description, e.g. `"llvmpipe (LLVM 15.0.6, 256 bits)"`. */
+  description: string;
+  /** Whether the adapter is a software rasteriser running on the CPU. */
+  software: boolean;
+}
+
+/**
  * Open a WebGPU device and build a backend on it. The device takes the adapter's largest
  * storage-buffer limits, so that big flat buffers fit.
  *

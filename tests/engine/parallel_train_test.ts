@@ -14,6 +14,8 @@ const ATOL = 5e-5;
 // 2-digit addition (8 tokens a sequence), 2 layers, 2 heads, vocabulary 12: splits over tp=2
 // and pp=2 (x 2 virtual stages with 4 layers).
 const tiny = [
+  "--backend",
+  "cpu",
   "--digits",
   "2",
   "--dim",

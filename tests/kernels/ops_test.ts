@@ -42,22 +42,28 @@ function suite(label: string, be: () => Backend): void {
   });
 }
 
-suite("reference f64", () => createReferenceBackend({ precision: "f64" }));
-suite("cpu (ts)", () => createCpuBackend({ gemm: "ts" }));
-suite("cpu (wasm)", () => createCpuBackend({ gemm: "wasm" }));
-if (loadBlas()) suite("cpu (blas)", () => createCpuBackend({ gemm: "blas", threads: 1 }));
-else console.log(`ops tests: skipping cpu (blas): ${blasLoadError()}`);
+// WebGPU runs in a child process (tests/gpu_test.ts starts it with LOOM_TEST_GPU_CHILD=1, see
+// tests/_gpu_child.ts for why); there only the WebGPU suites register.
+const GPU_CHILD = Deno.env.get("LOOM_TEST_GPU_CHILD") === "1";
 
-// WebGPU, with each matrix-product kernel, only where an adapter exists; each device is created
-// once and destroyed after its cases.
-for (const matmul of ["tiled", "direct"] as const) {
-  const gpu = await createWebGPUBackend({ matmul });
-  if (gpu === null) {
-    console.log(`ops tests: skipping webgpu (${matmul}): no WebGPU adapter on this machine`);
-    continue;
+if (!GPU_CHILD) {
+  suite("reference f64", () => createReferenceBackend({ precision: "f64" }));
+  suite("cpu (ts)", () => createCpuBackend({ gemm: "ts" }));
+  suite("cpu (wasm)", () => createCpuBackend({ gemm: "wasm" }));
+  if (loadBlas()) suite("cpu (blas)", () => createCpuBackend({ gemm: "blas", threads: 1 }));
+  else console.log(`ops tests: skipping cpu (blas): ${blasLoadError()}`);
+} else {
+  // WebGPU, with each matrix-product kernel, only where an adapter exists; each device is created
+  // once and destroyed after its cases.
+  for (const matmul of ["tiled", "direct"] as const) {
+    const gpu = await createWebGPUBackend({ kernels: matmul });
+    if (gpu === null) {
+      console.log(`ops tests: skipping webgpu (${matmul}): no WebGPU adapter on this machine`);
+      continue;
+    }
+    suite(`webgpu (${matmul})`, () => gpu);
+    Deno.test(`webgpu (${matmul}): dispose() releases the device`, () => gpu.dispose());
   }
-  suite(`webgpu (${matmul})`, () => gpu);
-  Deno.test(`webgpu (${matmul}): dispose() releases the device`, () => gpu.dispose());
 }
 
 Deno.test("cpu: tensors live on SharedArrayBuffers and fromHost() wraps one without copying", () => {
