@@ -1,6 +1,7 @@
 // The Backend contract on WebGPU: argument checks, then one kernel file per op.
 
-import type { AdamWParams, Backend, MatmulOptions, Tensor, TensorDType } from "../backend.ts";
+import type { Backend, Tensor, TensorDType } from "../backend.ts";
+import { checkedOps } from "../_checks.ts";
 import { adamw } from "./adamw.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
 import { crossEntropyBackward, crossEntropyForward } from "./cross_entropy.ts";
@@ -38,10 +39,9 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
   };
   const any = (t: Tensor, op: string, name: string) => own(t, op, name, 0, t.dtype);
   const f = own;
-  const heads = (op: string, B: number, T: number, C: number, H: number) => {
-    sizes(op, { B, T, C, H });
-    if (H === 0 || C % H !== 0) {
-      throw new RangeError(`${op}: C (${C}) must be a multiple of the number of heads H (${H})`);
+  const vocab = (op: string, vocabStart: number) => {
+    if (!Number.isInteger(vocabStart)) {
+      throw new RangeError(`${op}: vocabStart must be an integer, got ${vocabStart}`);
     }
   };
 
@@ -114,278 +114,51 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
       dev.dispose();
     },
 
-    matmul(
-      out: Tensor,
-      a: Tensor,
-      b: Tensor,
-      bias: Tensor | null,
-      M: number,
-      N: number,
-      K: number,
-      o: MatmulOptions = {},
-    ): void {
-      const op = "matmul";
-      sizes(op, { M, N, K });
-      mm(
-        dev,
-        f(out, op, "out", M * N),
-        f(a, op, "a", M * K),
-        f(b, op, "b", K * N),
-        bias === null ? null : f(bias, op, "bias", N),
-        M,
-        N,
-        K,
-        o.transA === true,
-        o.transB === true,
-        o.accumulate === true,
-      );
-    },
-    sumRows(out: Tensor, inp: Tensor, M: number, N: number, accumulate = false): void {
-      const op = "sumRows";
-      sizes(op, { M, N });
-      sumRows(dev, f(out, op, "out", N), f(inp, op, "inp", M * N), M, N, accumulate);
-    },
-    addRows(out: Tensor, row: Tensor, M: number, N: number): void {
-      const op = "addRows";
-      sizes(op, { M, N });
-      addRows(dev, f(out, op, "out", M * N), f(row, op, "row", N), M, N);
-    },
-    add(out: Tensor, a: Tensor, b: Tensor, n: number): void {
-      sizes("add", { n });
-      add(dev, f(out, "add", "out", n), f(a, "add", "a", n), f(b, "add", "b", n), n);
-    },
-    axpy(y: Tensor, x: Tensor, alpha: number, n: number): void {
-      sizes("axpy", { n });
-      axpy(dev, f(y, "axpy", "y", n), f(x, "axpy", "x", n), alpha, n);
-    },
-    scale(x: Tensor, alpha: number, n: number): void {
-      sizes("scale", { n });
-      scale(dev, f(x, "scale", "x", n), alpha, n);
-    },
-    sumSquares(out: Tensor, x: Tensor, n: number, accumulate = false): void {
-      const op = "sumSquares";
-      sizes(op, { n });
-      sumSquares(dev, f(out, op, "out", 1), f(x, op, "x", n), n, accumulate);
-    },
-
-    embeddingForward(
-      out: Tensor,
-      idx: Tensor,
-      table: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingForward";
-      sizes(op, { N, C });
-      if (!Number.isInteger(vocabStart)) {
-        throw new RangeError(`${op}: vocabStart must be an integer, got ${vocabStart}`);
-      }
-      embeddingForward(
-        dev,
-        f(out, op, "out", N * C),
-        own(idx, op, "idx", N, "i32"),
-        f(table, op, "table", 0),
-        N,
-        C,
-        vocabStart,
-      );
-    },
-    embeddingBackward(
-      dtable: Tensor,
-      dout: Tensor,
-      idx: Tensor,
-      N: number,
-      C: number,
-      vocabStart = 0,
-    ): void {
-      const op = "embeddingBackward";
-      sizes(op, { N, C });
-      if (!Number.isInteger(vocabStart)) {
-        throw new RangeError(`${op}: vocabStart must be an integer, got ${vocabStart}`);
-      }
-      embeddingBackward(
-        dev,
-        f(dtable, op, "dtable", 0),
-        f(dout, op, "dout", N * C),
-        own(idx, op, "idx", N, "i32"),
-        N,
-        C,
-        vocabStart,
-      );
-    },
-
-    layernormForward(
-      out: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      b: Tensor,
-      N: number,
-      C: number,
-      eps = 1e-5,
-    ): void {
-      const op = "layernormForward";
-      sizes(op, { N, C });
-      layernormForward(
-        dev,
-        f(out, op, "out", N * C),
-        f(mean, op, "mean", N),
-        f(rstd, op, "rstd", N),
-        f(inp, op, "inp", N * C),
-        f(w, op, "w", C),
-        f(b, op, "b", C),
-        N,
-        C,
-        eps,
-      );
-    },
-    layernormBackward(
-      dinp: Tensor,
-      dw: Tensor,
-      db: Tensor,
-      dout: Tensor,
-      inp: Tensor,
-      w: Tensor,
-      mean: Tensor,
-      rstd: Tensor,
-      N: number,
-      C: number,
-    ): void {
-      const op = "layernormBackward";
-      sizes(op, { N, C });
-      layernormBackward(
-        dev,
-        f(dinp, op, "dinp", N * C),
-        f(dw, op, "dw", C),
-        f(db, op, "db", C),
-        f(dout, op, "dout", N * C),
-        f(inp, op, "inp", N * C),
-        f(w, op, "w", C),
-        f(mean, op, "mean", N),
-        f(rstd, op, "rstd", N),
-        N,
-        C,
-      );
-    },
-    geluForward(out: Tensor, inp: Tensor, n: number): void {
-      const op = "geluForward";
-      sizes(op, { n });
-      geluForward(dev, f(out, op, "out", n), f(inp, op, "inp", n), n);
-    },
-    geluBackward(dinp: Tensor, inp: Tensor, dout: Tensor, n: number): void {
-      const op = "geluBackward";
-      sizes(op, { n });
-      geluBackward(dev, f(dinp, op, "dinp", n), f(inp, op, "inp", n), f(dout, op, "dout", n), n);
-    },
-
-    attentionForward(
-      out: Tensor,
-      att: Tensor,
-      qkv: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionForward";
-      heads(op, B, T, C, H);
-      attentionForward(
-        dev,
-        f(out, op, "out", B * T * C),
-        f(att, op, "att", B * H * T * T),
-        f(qkv, op, "qkv", B * T * 3 * C),
-        B,
-        T,
-        C,
-        H,
-      );
-    },
-    attentionBackward(
-      dqkv: Tensor,
-      dout: Tensor,
-      qkv: Tensor,
-      att: Tensor,
-      B: number,
-      T: number,
-      C: number,
-      H: number,
-    ): void {
-      const op = "attentionBackward";
-      heads(op, B, T, C, H);
-      attentionBackward(
-        dev,
-        f(dqkv, op, "dqkv", B * T * 3 * C),
-        f(dout, op, "dout", B * T * C),
-        f(qkv, op, "qkv", B * T * 3 * C),
-        f(att, op, "att", B * H * T * T),
-        B,
-        T,
-        C,
-        H,
-      );
-    },
-
-    crossEntropyForward(
-      losses: Tensor,
-      probs: Tensor,
-      logits: Tensor,
-      targets: Tensor,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyForward";
-      sizes(op, { N, V });
-      crossEntropyForward(
-        dev,
-        f(losses, op, "losses", N),
-        f(probs, op, "probs", N * V),
-        f(logits, op, "logits", N * V),
-        own(targets, op, "targets", N, "i32"),
-        N,
-        V,
-      );
-    },
-    crossEntropyBackward(
-      dlogits: Tensor,
-      probs: Tensor,
-      targets: Tensor,
-      dloss: number,
-      N: number,
-      V: number,
-    ): void {
-      const op = "crossEntropyBackward";
-      sizes(op, { N, V });
-      crossEntropyBackward(
-        dev,
-        f(dlogits, op, "dlogits", N * V),
-        f(probs, op, "probs", N * V),
-        own(targets, op, "targets", N, "i32"),
-        dloss,
-        N,
-        V,
-      );
-    },
-
-    adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, n: number, p: AdamWParams): void {
-      const op = "adamw";
-      sizes(op, { n });
-      if (!Number.isInteger(p.step) || p.step < 1) {
-        throw new RangeError(`adamw: step must be an integer >= 1 (1-based), got ${p.step}`);
-      }
-      for (const k of ["lr", "beta1", "beta2", "eps", "weightDecay"] as const) {
-        if (!Number.isFinite(p[k])) throw new RangeError(`adamw: ${k} must be finite, got ${p[k]}`);
-      }
-      adamw(
-        dev,
-        f(param, op, "param", n),
-        f(grad, op, "grad", n),
-        f(m, op, "m", n),
-        f(v, op, "v", n),
-        n,
-        p,
-      );
-    },
+    ...checkedOps<GpuTensor, GpuTensor>({
+      sizes,
+      f,
+      ints: (t, op, name, need) => own(t, op, name, need, "i32"),
+    }, {
+      matmul: (C, A, B, bias, M, N, K, o) =>
+        mm(
+          dev,
+          C,
+          A,
+          B,
+          bias,
+          M,
+          N,
+          K,
+          o.transA === true,
+          o.transB === true,
+          o.accumulate === true,
+        ),
+      sumRows: (O, X, M, N, accumulate) => sumRows(dev, O, X, M, N, accumulate),
+      addRows: (O, R, M, N) => addRows(dev, O, R, M, N),
+      add: (O, A, B, n) => add(dev, O, A, B, n),
+      axpy: (Y, X, alpha, n) => axpy(dev, Y, X, alpha, n),
+      scale: (X, alpha, n) => scale(dev, X, alpha, n),
+      sumSquares: (O, X, n, accumulate) => sumSquares(dev, O, X, n, accumulate),
+      embeddingForward(O, I, W, N, C, vocabStart) {
+        vocab("embeddingForward", vocabStart);
+        embeddingForward(dev, O, I, W, N, C, vocabStart);
+      },
+      embeddingBackward(D, G, I, N, C, vocabStart) {
+        vocab("embeddingBackward", vocabStart);
+        embeddingBackward(dev, D, G, I, N, C, vocabStart);
+      },
+      layernormForward: (O, Mu, R, X, Wt, Bs, N, C, eps) =>
+        layernormForward(dev, O, Mu, R, X, Wt, Bs, N, C, eps),
+      layernormBackward: (DX, DW, DB, G, X, Wt, Mu, R, N, C) =>
+        layernormBackward(dev, DX, DW, DB, G, X, Wt, Mu, R, N, C),
+      geluForward: (O, X, n) => geluForward(dev, O, X, n),
+      geluBackward: (D, X, G, n) => geluBackward(dev, D, X, G, n),
+      attentionForward: (O, A, Q, B, T, C, H) => attentionForward(dev, O, A, Q, B, T, C, H),
+      attentionBackward: (D, G, Q, A, B, T, C, H) => attentionBackward(dev, D, G, Q, A, B, T, C, H),
+      crossEntropyForward: (L, P, X, Tg, N, V) => crossEntropyForward(dev, L, P, X, Tg, N, V),
+      crossEntropyBackward: (D, P, Tg, dloss, N, V) =>
+        crossEntropyBackward(dev, D, P, Tg, dloss, N, V),
+      adamw: (W, G, M, V, n, p) => adamw(dev, W, G, M, V, n, p),
+    }),
   };
 }
