@@ -3,7 +3,6 @@
 // (whose it is, where its elements live) is the backend's own business.
 
 import type { AdamWParams, Backend, MatmulOptions, Tensor } from "./backend.ts";
-import { checkAdamW } from "./_check.ts";
 
 /**
  * The checks of one backend; each throws with a message that names op and argument. `F` is what
@@ -271,4 +270,30 @@ export function checkedOps<F, I>(c: OpChecks<F, I>, k: OpKernels<F, I>): Ops {
       k.adamw(W, G, Mm, Vv, n, p);
     },
   };
+}
+
+/** Throw a RangeError unless every size is a non-negative integer. */
+export function size(op: string, sizes: Record<string, number>): void {
+  for (const [k, v] of Object.entries(sizes)) {
+    if (!Number.isInteger(v) || v < 0) {
+      throw new RangeError(`${op}: ${k} must be a non-negative integer, got ${v}`);
+    }
+  }
+}
+
+/** Throw when a target is past the vocabulary. */
+export function checkTarget(op: string, tg: number, n: number, V: number): void {
+  if (tg >= V) {
+    throw new RangeError(`${op}: targets[${n}] = ${tg} is outside the vocabulary [0, ${V})`);
+  }
+}
+
+/** Throw on AdamW hyper-parameters that are not usable. */
+export function checkAdamW(p: AdamWParams): void {
+  if (!Number.isInteger(p.step) || p.step < 1) {
+    throw new RangeError(`adamw: step must be an integer >= 1 (1-based), got ${p.step}`);
+  }
+  for (const k of ["lr", "beta1", "beta2", "eps", "weightDecay"] as const) {
+    if (!Number.isFinite(p[k])) throw new RangeError(`adamw: ${k} must be finite, got ${p[k]}`);
+  }
 }

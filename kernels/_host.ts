@@ -3,8 +3,7 @@
 // that both compute the same way.
 
 import type { HostArray, Tensor, TensorDType } from "./backend.ts";
-import { size } from "./_check.ts";
-import { checkedOps, type OpKernels, type Ops } from "./_checks.ts";
+import { checkedOps, type OpKernels, type Ops, size } from "./_checks.ts";
 
 /** The storage of `f32` tensors. */
 export type Floats = Float32Array | Float64Array;

@@ -8,7 +8,7 @@
  */
 
 import type { Backend } from "./backend.ts";
-import { checkTarget } from "./_check.ts";
+import { checkTarget } from "./_checks.ts";
 import { type Floats, hostChecks, hostMemory, hostOps } from "./_host.ts";
 
 /** Options of {@linkcode createReferenceBackend}. */

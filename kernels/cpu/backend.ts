@@ -12,7 +12,7 @@
  */
 
 import type { Backend, Tensor } from "../backend.ts";
-import { checkTarget } from "../_check.ts";
+import { checkTarget } from "../_checks.ts";
 import { hostChecks, hostMemory, hostOps } from "../_host.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
