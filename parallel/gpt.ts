@@ -215,6 +215,7 @@ export class GptChunk implements PipelineChunk {
   #first: boolean;
   #last: boolean;
   #inputs = new Map<number, Tensor>();
+  #targets = new Map<number, Tensor>();
   #steps = new Map<number, ParallelStep>();
   #used = new Set<number>(); // activation slots held by micro-batches between forward and backward
   #dy: Tensor | null = null;
@@ -263,7 +264,7 @@ export class GptChunk implements PipelineChunk {
     if (!this.#last) s = base;
     else {
       const tg = this.#opts.batch(mb).targets;
-      const t = this.#be.alloc(tg.length, "i32");
+      const t = this.#tensor(this.#targets, slot, tg.length, "i32");
       this.#be.write(t, tg);
       let count = 0;
       for (const x of tg) if (x >= 0) count++;
@@ -273,11 +274,17 @@ export class GptChunk implements PipelineChunk {
     return s;
   }
 
-  #tensor(slot: number, length: number, dtype: "f32" | "i32"): Tensor {
-    let t = this.#inputs.get(slot);
+  /** A tensor of `length` elements kept per slot in `cache`, reused across steps. */
+  #tensor(
+    cache: Map<number, Tensor>,
+    slot: number,
+    length: number,
+    dtype: "f32" | "i32",
+  ): Tensor {
+    let t = cache.get(slot);
     if (!t || t.length !== length || t.dtype !== dtype) {
       t = this.#be.alloc(length, dtype);
-      this.#inputs.set(slot, t);
+      cache.set(slot, t);
     }
     return t;
   }
@@ -294,11 +301,11 @@ export class GptChunk implements PipelineChunk {
     let x: Tensor;
     if (this.#first) {
       const ids = this.#opts.batch(mb).inputs;
-      x = this.#tensor(step.slot!, ids.length, "i32");
+      x = this.#tensor(this.#inputs, step.slot!, ids.length, "i32");
       this.#be.write(x, ids);
     } else {
       if (input === null) throw new TypeError(`Chunk needs activations for micro-batch ${mb}`);
-      x = this.#tensor(step.slot!, input.length, "f32");
+      x = this.#tensor(this.#inputs, step.slot!, input.length, "f32");
       this.#be.write(x, input);
     }
     for (const layer of this.layers) x = await layer.forward(x, step);
