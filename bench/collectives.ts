@@ -22,9 +22,11 @@
 import {
   type Communicator,
   connectTcp,
+  freeShared,
   launch,
   parseLaunch,
   runWorkers,
+  sharedArray,
 } from "../collectives/mod.ts";
 
 const OPS = ["allReduce", "reduceScatter", "allGather", "broadcast", "reduce", "sendrecv"] as const;
@@ -72,9 +74,9 @@ function fill(buf: Float32Array, rank: number): void {
 function prepare(comm: Communicator, op: Op, count: number) {
   const n = comm.size, r = comm.rank;
   const per = Math.floor(count / n);
-  // Shared-memory transports read peers' memory: keep the buffers on a SharedArrayBuffer like
-  // the trainer's flat buffers.
-  const mk = (len: number) => new Float32Array(new SharedArrayBuffer(4 * Math.max(len, 1)), 0, len);
+  // Shared-memory transports read peers' memory in place: allocate the buffers in the process's
+  // arena (sharedArray), where reductions also fold in WebAssembly SIMD.
+  const mk = (len: number) => sharedArray(Float32Array, len);
   const a = mk(op === "allGather" ? per : op === "reduceScatter" ? per * n : count);
   const b = mk(
     op === "allGather" ? per * n : op === "reduceScatter" ? per : op === "sendrecv" ? count : 0,
@@ -125,7 +127,11 @@ function prepare(comm: Communicator, op: Op, count: number) {
     return wrong;
   };
   const bytes = 4 * (op === "allGather" || op === "reduceScatter" ? per * n : count);
-  return { run, check, bytes, count: bytes / 4 };
+  const free = () => {
+    freeShared(a);
+    freeShared(b);
+  };
+  return { run, check, free, bytes, count: bytes / 4 };
 }
 
 /**
@@ -188,6 +194,7 @@ export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
       }
       const wrong = new Int32Array([await p.check()]);
       await comm.allReduce(wrong);
+      p.free(); // no peer reads these buffers after that all-reduce
       // sendrecv: one op is one way, half a round trip.
       const us = op === "sendrecv" ? ms * 500 : ms * 1000;
       rows.push({ op, bytes: p.bytes, count: p.count, time_us: us, wrong: wrong[0]!, p50_us: p50 });

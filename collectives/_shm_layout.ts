@@ -12,6 +12,8 @@ export const CLOSED = 2;
 /** 1 + the rank this rank's group failed on (it will take part in no further round), or 0. */
 export const ABORT = 3;
 export const DESC = 8; // two descriptors of 8 words, by op parity
+/** Two words (by op parity): the id of the arena the rank's thread maps, or 0. */
+export const D_ARENA = 24;
 // After the rank blocks, one group block: the arrival counter every round adds to.
 export const ARRIVED = 0;
 export const G_WAITERS = 1;

@@ -7,6 +7,7 @@
 import { CollectiveError } from "./communicator.ts";
 import { EXITED, ShmLink, type ShmLinkInit } from "./_shm_link.ts";
 import { ShmCommunicator, type ShmGroupSpec, type ShmOptions } from "./shm.ts";
+import { useArena } from "./arena.ts";
 
 /** The first message a rank Worker receives. */
 export interface WorldInit {
@@ -17,6 +18,8 @@ export interface WorldInit {
   options: ShmOptions;
   module: string;
   data: unknown;
+  /** The parent's arena ({@link ./arena.ts}), which becomes this rank's. */
+  arena?: WebAssembly.Memory;
 }
 
 /** Plain-object form of an error thrown by a rank, posted to the parent. */
@@ -40,6 +43,7 @@ scope.onmessage = async (e: MessageEvent) => {
   const init = e.data as WorldInit;
   if (init?.type !== "init") return;
   scope.onmessage = null;
+  if (init.arena !== undefined) useArena(init.arena);
   const link = new ShmLink(init.link);
   const comm = new ShmCommunicator(init.spec, init.rank, link, init.options);
   // A Worker that ends itself (Deno.exit or close) sends its parent no event: say so first, and

@@ -9,6 +9,7 @@ export * from "./communicator.ts";
 export * from "./reduce.ts";
 export * from "./shm.ts";
 export * from "./world.ts";
+export * from "./arena.ts";
 export { connectTcp, type TcpOptions } from "./tcp.ts";
 export type { RendezvousOptions } from "./rendezvous.ts";
 export { createHierarchical } from "./hierarchical.ts";

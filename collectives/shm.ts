@@ -43,6 +43,8 @@ import {
 import { finishAvg, reduceTo } from "./reduce.ts";
 import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
+import { currentArena, type SharedArena, type SharedArrayCtor } from "./arena.ts";
+import { ArenaFold } from "./_shm_fold.ts";
 import {
   ABORT,
   ARRIVED,
@@ -54,6 +56,7 @@ import {
   CTRL_STRIDE,
   type Ctx,
   D_A,
+  D_ARENA,
   D_B,
   DESC,
   describe,
@@ -220,6 +223,9 @@ export class ShmCommunicator implements Communicator {
   #myBufs = new WeakMap<SharedArrayBuffer, number>();
   #nextBufId = 0;
   #peerBufs: Map<number, SharedArrayBuffer>[] = [];
+  /** The arena every rank's buffer of the op in flight lives in, if they all do. */
+  #opArena: SharedArena | undefined;
+  #folds = new WeakMap<SharedArena, ArenaFold>();
   #p2pTail = new Map<string, Promise<void>>();
   #channels: ShmChannels;
   #closed = false;
@@ -601,6 +607,10 @@ export class ShmCommunicator implements Communicator {
     if (!this.#closed) {
       this.#closed = true;
       this.#peerBufs = [];
+      const scratch = this.#scratch;
+      this.#scratch = undefined;
+      const arena = currentArena();
+      if (scratch !== undefined && arena?.owns(scratch)) arena.free(scratch);
       const i = this.rank * CTRL_STRIDE + CLOSED;
       Atomics.store(this.#ctrl, i, 1);
       Atomics.notify(this.#ctrl, this.#group + ARRIVED);
@@ -1081,6 +1091,10 @@ export class ShmCommunicator implements Communicator {
   ): Promise<void> {
     const n = this.size, m = buf.length, r = this.rank;
     const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
+    const arena = this.#opArena;
+    if (arena !== undefined && ArenaFold.supports(dtype, op)) {
+      return this.#reduceInArena(ctx, arena, peers, lo, hi, op, dtype, root);
+    }
     const chunk = Math.min(Math.floor(this.#slotBytes / bytesOf(dtype)), FOLD_CHUNK);
     // Fold in place into the owner's buffer when it is rank 0 or 1 (an operand of the first
     // step, element by element); a later owner would lose its values before they are folded in.
@@ -1100,6 +1114,60 @@ export class ShmCommunicator implements Communicator {
   }
 
   /**
+   * {@linkcode ShmCommunicator.#reduceInPlace} when every buffer lives in this process's arena:
+   * the same slices and order, folded with WebAssembly SIMD. Two ranks of an all-reduce fold
+   * and write both buffers in one pass; otherwise the fold runs chunk by chunk into the owner's
+   * buffer (ranks 0 and 1) or an arena scratch, which is then copied out.
+   */
+  async #reduceInArena(
+    ctx: Ctx,
+    arena: SharedArena,
+    peers: CollectiveBuffer[],
+    lo: number,
+    hi: number,
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const n = this.size;
+    let fold = this.#folds.get(arena);
+    if (fold === undefined) this.#folds.set(arena, fold = new ArenaFold(arena));
+    if (n === 2 && root < 0) {
+      if (hi > lo) fold.both(sub(peers[0]!, lo, hi), sub(peers[1]!, lo, hi), op, dtype);
+    } else {
+      const owner = root < 0 ? this.rank : root;
+      const inPlace = owner < 2;
+      const chunk = FOLD_CHUNK;
+      let scratch: CollectiveBuffer | undefined;
+      if (!inPlace) {
+        scratch = this.#arenaScratch(arena, dtype);
+      }
+      for (let s = lo; s < hi; s += chunk) {
+        const e = Math.min(hi, s + chunk);
+        const t = inPlace ? sub(peers[owner]!, s, e) : sub(scratch!, 0, e - s);
+        fold.to(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
+        for (let p = 2; p < n; p++) fold.to(t, t, sub(peers[p]!, s, e), op, dtype);
+        if (op === "avg") fold.finishAvg(t, n, dtype);
+        for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
+          if (!(inPlace && p === owner)) peers[p]!.set(t, s);
+        }
+      }
+    }
+    await this.#round(ctx, null);
+  }
+
+  #scratch: Float32Array | undefined;
+
+  /** FOLD_CHUNK elements of arena scratch for this thread's folds. */
+  #arenaScratch(arena: SharedArena, dtype: DType): CollectiveBuffer {
+    if (this.#scratch === undefined || !arena.owns(this.#scratch)) {
+      this.#scratch = arena.alloc(Float32Array, FOLD_CHUNK);
+    }
+    const s = this.#scratch;
+    return dtype === "int32" ? new Int32Array(s.buffer, s.byteOffset, s.length) : s;
+  }
+
+  /**
    * First round of an op that may read its peers' buffers in place: publish the descriptor and
    * where `buf` lives (when it is on a SharedArrayBuffer, sharing that buffer with the peers
    * once), and return every rank's buffer as a view (this rank's is `buf`) when the ranks that
@@ -1115,7 +1183,11 @@ export class ShmCommunicator implements Communicator {
     const base = r * CTRL_STRIDE + DESC + (this.#seq & 1) * 8;
     let id = 0;
     const sab = buf.buffer;
-    if (sab instanceof SharedArrayBuffer && (only < 0 || only === r)) {
+    const arena = currentArena();
+    this.#opArena = undefined;
+    if (arena !== undefined && arena.owns(buf) && (only < 0 || only === r)) {
+      id = -arena.id; // every rank of the process maps the arena: no need to share the buffer
+    } else if (sab instanceof SharedArrayBuffer && (only < 0 || only === r)) {
       id = this.#myBufs.get(sab) ?? 0;
       if (id === 0) {
         id = ++this.#nextBufId;
@@ -1127,25 +1199,30 @@ export class ShmCommunicator implements Communicator {
     }
     Atomics.store(this.#ctrl, base + D_A, id);
     Atomics.store(this.#ctrl, base + D_B, buf.byteOffset / buf.BYTES_PER_ELEMENT);
+    Atomics.store(this.#ctrl, r * CTRL_STRIDE + D_ARENA + (this.#seq & 1), arena?.id ?? 0);
     await this.#round(ctx, desc);
     const ids: number[] = [], offs: number[] = [];
+    // Arena buffers are usable only when every rank maps the same arena (a decision every rank
+    // takes from the same published words, so that they all take the same path).
+    let sameArena = arena !== undefined;
     for (let p = 0; p < n; p++) {
       const pb = p * CTRL_STRIDE + DESC + (this.#seq & 1) * 8;
       ids.push(Atomics.load(this.#ctrl, pb + D_A));
       offs.push(Atomics.load(this.#ctrl, pb + D_B));
+      const a = Atomics.load(this.#ctrl, p * CTRL_STRIDE + D_ARENA + (this.#seq & 1));
+      if (a === 0 || a !== Atomics.load(this.#ctrl, D_ARENA + (this.#seq & 1))) sameArena = false;
     }
     const needed = only >= 0 ? [only] : ids.map((_, p) => p);
-    if (needed.some((p) => ids[p] === 0)) return null;
+    if (needed.some((p) => ids[p] === 0 || (ids[p]! < 0 && !sameArena))) return null;
+    if (needed.every((p) => ids[p]! < 0) && only < 0) this.#opArena = arena;
     const views: CollectiveBuffer[] = [];
-    const Ctor = buf.constructor as new (
-      b: SharedArrayBuffer,
-      off: number,
-      len: number,
-    ) => CollectiveBuffer;
+    const Ctor = buf.constructor as unknown as SharedArrayCtor<CollectiveBuffer>;
     for (let p = 0; p < n; p++) {
       if (p === r) views.push(buf);
       else if (!needed.includes(p)) views.push(buf);
-      else {
+      else if (ids[p]! < 0) {
+        views.push(arena!.view(Ctor, offs[p]! * buf.BYTES_PER_ELEMENT, buf.length));
+      } else {
         const peerSab = await this.#peerBuffer(ctx, p, ids[p]!);
         views.push(new Ctor(peerSab, offs[p]! * buf.BYTES_PER_ELEMENT, buf.length));
       }

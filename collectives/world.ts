@@ -20,6 +20,7 @@
 import type { CollectiveFailure } from "./communicator.ts";
 import { ALIVE, DEAD } from "./_shm_link.ts";
 import { createShmGroupSpec } from "./shm.ts";
+import { defaultArena } from "./arena.ts";
 import type { RankErrorInfo, WorldInit } from "./_world_worker.ts";
 
 /** Options of {@linkcode startWorkers} and {@linkcode runWorkers}. */
@@ -114,6 +115,8 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
     opts.slotBytes,
     opts.chanBytes,
   );
+  // Every rank maps this thread's arena: buffers from sharedArray() fold at SIMD speed.
+  const arena = defaultArena();
   const aliveSab = new SharedArrayBuffer(4 * size);
   const alive = new Int32Array(aliveSab);
   const ports: (MessagePort | null)[][] = Array.from(
@@ -202,6 +205,7 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
       options: { timeoutMs: opts.timeoutMs, spinUs: opts.spinUs, smallBytes: opts.smallBytes },
       module: moduleUrl,
       data: opts.data,
+      arena: arena.memory,
     };
     w.postMessage(init, ports[r]!.filter((p): p is MessagePort => p !== null));
   }

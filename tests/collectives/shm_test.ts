@@ -22,12 +22,22 @@ for (
     [3, { sizes: [1, 20003], dtypes: ["float32", "float16"], shared: true }],
     [4, { sizes: [40001], dtypes: ["float32", "int32"], shared: true }],
     [4, { sizes: [0, 1, 6, 999], dtypes: ["float32", "int32", "float16"] }],
+    [2, { sizes: [1, 7, 70001], dtypes: [...ALL], shared: "arena", specials: true }],
+    [3, { sizes: [5, 70001], dtypes: ["float32", "int32"], shared: "arena", specials: true }],
+    [4, { sizes: [70001], dtypes: ["float32", "int32"], shared: "arena" }],
+    [3, { sizes: [70001], dtypes: ["float32"], shared: "mixed" }],
     [8, { sizes: [0, 1, 13, 17001], dtypes: ["float32", "int32"] }],
   ] as [number, OpsData][]
 ) {
   Deno.test({
     name: `every op matches a serial reference on ${size} Workers` +
-      (data.shared ? ", buffers read in place" : ""),
+      (data.shared === "arena"
+        ? ", buffers in the arena (SIMD folds)"
+        : data.shared === "mixed"
+        ? ", arena and plain buffers mixed"
+        : data.shared
+        ? ", buffers read in place"
+        : ""),
     ...opt,
     fn: async () => {
       const res = await runOps(size, data);

@@ -6,14 +6,29 @@ import {
   f16BitsToF32,
   f32ToBf16Bits,
   f32ToF16Bits,
+  sharedArray,
+  type SharedArrayCtor,
 } from "../../../collectives/mod.ts";
 
 export interface OpsData {
   sizes: number[];
   dtypes: DType[];
   ops?: string[];
-  /** Put the buffers on SharedArrayBuffers (peers then read them in place). */
-  shared?: boolean;
+  /**
+   * Put the buffers on SharedArrayBuffers (peers then read them in place): `true` for plain
+   * ones, `"arena"` for the process arena (SIMD folds), `"mixed"` for the arena on even ranks
+   * and plain ones on odd ranks.
+   */
+  shared?: boolean | "arena" | "mixed";
+  /** Sprinkle NaN, -0 and +0 into the inputs (max/min semantics). */
+  specials?: boolean;
+}
+
+/** A copy of `x` in the process arena. */
+function inArena(x: CollectiveBuffer): CollectiveBuffer {
+  const y = sharedArray(x.constructor as SharedArrayCtor<CollectiveBuffer>, x.length);
+  y.set(x);
+  return y;
 }
 
 /** A copy of `x` on a SharedArrayBuffer, at a non-zero offset. */
@@ -103,13 +118,22 @@ export async function main(comm: Communicator, data: OpsData): Promise<string[]>
   const n = comm.size, r = comm.rank;
   const fails: string[] = [];
   const want = (op: string) => data.ops === undefined || data.ops.includes(op);
-  const copy = (x: CollectiveBuffer) => (data.shared ? onShared(x) : x.slice());
+  const arena = data.shared === "arena" || (data.shared === "mixed" && r % 2 === 0);
+  const copy = (x: CollectiveBuffer) => arena ? inArena(x) : data.shared ? onShared(x) : x.slice();
   let salt = 0;
   for (const dtype of data.dtypes) {
     const o = { dtype };
     for (const len of data.sizes) {
       salt++;
       const inputs = Array.from({ length: n }, (_, p) => make(dtype, len, p, salt));
+      if (data.specials && dtype === "float32") {
+        for (let p = 0; p < n; p++) {
+          for (let i = 0; i < len; i++) {
+            if (i % 97 === 5 && p === n - 1) inputs[p]![i] = NaN;
+            if (i % 89 === 3) inputs[p]![i] = p % 2 === 0 ? -0 : 0;
+          }
+        }
+      }
       const reds: ReduceOp[] = ["sum", "max", "min", "avg"];
       if (want("allReduce")) {
         for (const op of reds) {
