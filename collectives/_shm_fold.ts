@@ -218,6 +218,25 @@ function moduleBytes(maxPages: number): Uint8Array {
 type To = (dst: number, a: number, b: number, nbytes: number) => void;
 type Both = (a: number, b: number, nbytes: number) => void;
 
+const folds = new WeakMap<SharedArena, ArenaFold>();
+
+/**
+ * This thread's folds over `arena`, when `views` all lie in it and the dtype and reduction run in
+ * SIMD; else undefined (the caller folds with reduce.ts).
+ */
+export function arenaFold(
+  arena: SharedArena | undefined,
+  dtype: DType,
+  op: ReduceOp,
+  ...views: CollectiveBuffer[]
+): ArenaFold | undefined {
+  if (arena === undefined || !ArenaFold.supports(dtype, op)) return undefined;
+  for (const v of views) if (!arena.owns(v)) return undefined;
+  let f = folds.get(arena);
+  if (f === undefined) folds.set(arena, f = new ArenaFold(arena));
+  return f;
+}
+
 /** SIMD folds over one arena, for one thread. */
 export class ArenaFold {
   #to: Record<string, To>;

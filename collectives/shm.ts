@@ -44,7 +44,7 @@ import { finishAvg, reduceTo } from "./reduce.ts";
 import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
 import { currentArena, type SharedArena, type SharedArrayCtor } from "./arena.ts";
-import { ArenaFold } from "./_shm_fold.ts";
+import { ArenaFold, arenaFold } from "./_shm_fold.ts";
 import {
   ABORT,
   ARRIVED,
@@ -225,7 +225,6 @@ export class ShmCommunicator implements Communicator {
   #peerBufs: Map<number, SharedArrayBuffer>[] = [];
   /** The arena every rank's buffer of the op in flight lives in, if they all do. */
   #opArena: SharedArena | undefined;
-  #folds = new WeakMap<SharedArena, ArenaFold>();
   #p2pTail = new Map<string, Promise<void>>();
   #channels: ShmChannels;
   #closed = false;
@@ -1130,8 +1129,7 @@ export class ShmCommunicator implements Communicator {
     root: number,
   ): Promise<void> {
     const n = this.size;
-    let fold = this.#folds.get(arena);
-    if (fold === undefined) this.#folds.set(arena, fold = new ArenaFold(arena));
+    const fold = arenaFold(arena, dtype, op)!;
     if (n === 2 && root < 0) {
       if (hi > lo) fold.both(sub(peers[0]!, lo, hi), sub(peers[1]!, lo, hi), op, dtype);
     } else {

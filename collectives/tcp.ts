@@ -23,6 +23,8 @@ import {
   type ReduceOp,
 } from "./communicator.ts";
 import { finishAvg, reduceInto, reduceTo } from "./reduce.ts";
+import { currentArena, type SharedArena } from "./arena.ts";
+import { type ArenaFold, arenaFold } from "./_shm_fold.ts";
 import {
   describeKind,
   type Frame,
@@ -552,13 +554,54 @@ class TcpComm implements Communicator {
     allGather: boolean,
   ): Promise<void> {
     const n = this.size, r = this.rank;
-    const right = mod(r + 1, n), left = mod(r - 1, n);
     const ce = Math.max(1, Math.floor(this.t.chunkBytes / work.BYTES_PER_ELEMENT));
     const segChunks = segs.map((s) => chunks(s, ce));
+    // With `work` in the process arena, chunks arrive in arena scratch and fold in SIMD.
+    const arena = currentArena();
+    const fold = arenaFold(arena, dtype, op, work);
+    let scratch: Uint8Array | undefined;
+    if (fold !== undefined) {
+      let need = 0;
+      for (let s = 0; s < n - 1; s++) {
+        for (const c of segChunks[ringReduceScatterStep(r, n, s).recv]!) {
+          need += c.length * work.BYTES_PER_ELEMENT;
+        }
+      }
+      scratch = this.#takeScratch(arena!, need);
+    }
+    try {
+      await this.#ringSteps(ctx, work, segChunks, op, dtype, allGather, fold, scratch);
+    } finally {
+      if (scratch !== undefined) this.#giveScratch(arena!, scratch);
+    }
+  }
+
+  async #ringSteps(
+    ctx: OpCtx,
+    work: CollectiveBuffer,
+    segChunks: Span[][],
+    op: ReduceOp,
+    dtype: DType,
+    allGather: boolean,
+    fold: ArenaFold | undefined,
+    scratch: Uint8Array | undefined,
+  ): Promise<void> {
+    const n = this.size, r = this.rank;
+    const right = mod(r + 1, n), left = mod(r - 1, n);
     const rs: Promise<Frame>[] = [];
+    const into: Uint8Array[] = [];
+    let at = 0;
     for (let s = 0; s < n - 1; s++) {
       const cs = segChunks[ringReduceScatterStep(r, n, s).recv]!;
-      cs.forEach((_, ci) => rs.push(this.#post(ctx, left, stepTag(s, ci))));
+      cs.forEach((c, ci) => {
+        let dest: Uint8Array | undefined;
+        if (scratch !== undefined) {
+          const len = c.length * work.BYTES_PER_ELEMENT;
+          dest = scratch.subarray(at, at += len);
+          into.push(dest);
+        }
+        rs.push(this.#post(ctx, left, stepTag(s, ci), dest));
+      });
     }
     const ag: Promise<Frame>[] = [];
     if (allGather) {
@@ -577,15 +620,42 @@ class TcpComm implements Communicator {
       const cs = segChunks[ringReduceScatterStep(r, n, s).recv]!;
       for (let ci = 0; ci < cs.length; ci++) {
         const c = cs[ci]!;
-        const f = await this.#take(ctx, left, rs[k++]!);
-        reduceInto(sub(work, c), viewLike(work, f.payload), op, dtype);
-        this.t.release(f.payload);
+        const w = sub(work, c);
+        const f = await this.#take(ctx, left, rs[k]!);
+        if (fold !== undefined) fold.to(w, w, viewLike(work, into[k]!), op, dtype);
+        else {
+          reduceInto(w, viewLike(work, f.payload), op, dtype);
+          this.t.release(f.payload);
+        }
+        k++;
         if (s < n - 2) this.#send(ctx, right, stepTag(s + 1, ci), bytesOf(work, c));
         else if (allGather) this.#send(ctx, right, stepTag(n - 1, ci), bytesOf(work, c));
       }
     }
     if (!allGather) return;
     await this.#ringGatherRest(ctx, work, segChunks, ag, right, left);
+  }
+
+  #scratch: Uint8Array | undefined;
+  #scratchBusy = false;
+
+  /**
+   * At least `bytes` of arena scratch for a ring's incoming chunks: the communicator's cached
+   * block, or (while an overlapping op holds it) a block of its own.
+   */
+  #takeScratch(arena: SharedArena, bytes: number): Uint8Array {
+    if (this.#scratchBusy) return arena.alloc(Uint8Array, bytes);
+    this.#scratchBusy = true;
+    const s = this.#scratch;
+    if (s !== undefined && s.length >= bytes && arena.owns(s)) return s;
+    if (s !== undefined && arena.owns(s)) arena.free(s);
+    this.#scratch = arena.alloc(Uint8Array, Math.max(bytes, 1 << 20));
+    return this.#scratch;
+  }
+
+  #giveScratch(arena: SharedArena, s: Uint8Array): void {
+    if (s === this.#scratch) this.#scratchBusy = false;
+    else arena.free(s);
   }
 
   /** The receive side of a ring all-gather whose step-0 sends are already queued. */

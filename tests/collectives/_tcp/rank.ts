@@ -15,6 +15,7 @@ import {
   f32ToBf16Bits,
   f32ToF16Bits,
 } from "../../../collectives/reduce.ts";
+import { freeShared, sharedArray } from "../../../collectives/arena.ts";
 
 const [scenario, rankS, sizeS, portS] = Deno.args;
 const rank = Number(rankS), size = Number(sizeS), port = Number(portS);
@@ -94,6 +95,34 @@ async function ops(comm: Communicator): Promise<Record<string, unknown>> {
       }
     }
     digests.push(await digest(f));
+  }
+  // Buffers in the process arena: large rings fold incoming chunks in SIMD. Two all-reduces in
+  // flight at once need two scratch blocks.
+  for (const n of [20_001, 1_048_579]) {
+    for (const op of ["sum", "max", "min", "avg"] as ReduceOp[]) {
+      const b = sharedArray(Float32Array, n);
+      b.set(fill(n, rank));
+      const c = sharedArray(Float32Array, n);
+      c.set(fill(n, rank));
+      await Promise.all([comm.allReduce(b, op), comm.allReduce(c, op)]);
+      expectEqual(`arena allReduce ${op} n=${n}`, b, (i) => serial(op, i));
+      expectEqual(`arena allReduce ${op} n=${n} (overlapped)`, c, (i) => serial(op, i));
+      freeShared(b);
+      freeShared(c);
+    }
+    const a = sharedArray(Int32Array, n);
+    for (let i = 0; i < n; i++) a[i] = value(rank, i) * 1_000_003;
+    await comm.allReduce(a, "sum");
+    checks++;
+    for (let i = 0; i < n; i++) {
+      let want = 0;
+      for (let r = 0; r < size; r++) want = (want + value(r, i) * 1_000_003) | 0;
+      if (a[i] !== want) {
+        failures.push(`arena int32 allReduce n=${n}: element ${i} is ${a[i]}, expected ${want}`);
+        break;
+      }
+    }
+    freeShared(a);
   }
   for (const n of [0, 5, 30_001]) {
     const a = new Int32Array(n);
