@@ -145,7 +145,7 @@ async function warmUp(comm: Communicator, run: () => Promise<void>, ms: number):
   do {
     for (let i = 0; i < 4; i++) await run();
     n += 4;
-    more[0] = n < 4000 && performance.now() - t0 < ms ? 1 : 0;
+    more[0] = n < 100_000 && performance.now() - t0 < ms ? 1 : 0;
     await comm.broadcast(more, 0);
   } while (more[0] === 1);
 }
@@ -169,13 +169,13 @@ export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
   const rows: Row[] = [];
   // Every rank has just started (module compiled, JIT cold, threads scheduled late): settle
   // for ~200 ms of small all-reduces before the first row.
-  await warmUp(comm, () => comm.allReduce(new Float32Array(1024)), 200);
+  await warmUp(comm, () => comm.allReduce(new Float32Array(1024)), 1000);
   for (const op of spec.ops) {
     for (const size of spec.sizes) {
       const p = prepare(comm, op, Math.floor(size / 4));
-      await warmUp(comm, p.run, 5);
+      await warmUp(comm, p.run, 50);
       // Pick iterations so a row takes about rowSeconds; agree on rank 0's choice.
-      const probe = await timeLoop(comm, p.run, 3);
+      const probe = await timeLoop(comm, p.run, 20);
       const it = new Int32Array([
         Math.max(3, Math.min(20000, Math.round(spec.rowSeconds * 1000 / Math.max(probe, 1e-3)))),
       ]);

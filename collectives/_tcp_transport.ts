@@ -16,6 +16,7 @@ import {
   writeAll,
 } from "./frame.ts";
 import type { Link, Mesh } from "./rendezvous.ts";
+import type { Lane } from "./_tcp_lane.ts";
 
 /** What the transport needs of a group. */
 export interface TcpGroup {
@@ -157,6 +158,8 @@ export class TcpTransport {
     readonly chunkBytes: number,
     readonly smallBytes: number,
     readonly timeoutMs: number,
+    /** The lane to each world rank, if any ({@link ./_tcp_lane.ts}). */
+    readonly lanes: (Lane | null)[] = [],
   ) {
     this.rank = mesh.rank;
     this.size = mesh.size;
@@ -414,6 +417,7 @@ export class TcpTransport {
     clearTimeout(this.#watchdog);
     this.#watchAt = -Infinity; // no more timers
     this.closing = true;
+    for (const l of this.lanes) l?.close();
     for (const l of this.links) {
       try {
         l?.conn.close();

@@ -65,6 +65,7 @@ export const FrameOp = {
   error: 19,
   bye: 20,
   abort: 21,
+  lane: 22,
 } as const;
 
 /** Numeric op code of a frame. */

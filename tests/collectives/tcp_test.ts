@@ -74,6 +74,29 @@ Deno.test({
 });
 
 Deno.test({
+  name: "without lanes, every op over TCP still matches the serial reference (2 and 4 processes)",
+  ...opts,
+  async fn() {
+    const worlds = await Promise.all([2, 4].map((n) => runWorld("ops-mesh", n)));
+    checkOps(worlds[0]!, 2);
+    checkOps(worlds[1]!, 4);
+  },
+});
+
+Deno.test({
+  name: "a small all-reduce (lanes) against a large one (mesh ring) rejects on every rank",
+  ...opts,
+  async fn() {
+    const reports = await runWorld("paths", 3);
+    for (const r of reports) {
+      assert.equal(r.caught?.reason, "mismatch", JSON.stringify(r));
+      assert.equal(r.caught?.op, "allReduce");
+      assert.ok(r.ms! < 10_000, `rejected after ${r.ms} ms`);
+    }
+  },
+});
+
+Deno.test({
   name: "every op over TCP matches the serial reference in worlds of 4 and 8 processes",
   ...opts,
   async fn() {
@@ -82,42 +105,44 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name: "killing a process mid-all-reduce makes every survivor reject naming the lost rank",
-  ...opts,
-  async fn() {
-    const size = 3, victim = size - 1;
-    const port = freePort();
-    const children = Array.from({ length: size }, (_, r) => spawn("kill", r, size, port));
-    const survivors = children.slice(0, victim).map((c, r) => report(c, `survivor ${r}`));
-    // Wait until the victim has finished two all-reduces, then kill it mid-loop.
-    const v = children[victim]!;
-    const reader = v.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    while (!seen.includes("GO")) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      seen += value;
-    }
-    assert.ok(seen.includes("GO"), `the victim never got going: ${seen}`);
-    const killedAt = performance.now();
-    v.kill("SIGKILL");
-    await reader.cancel();
-    await v.stderr.cancel();
-    await v.status;
-    const reports = await Promise.all(survivors);
-    const elapsed = performance.now() - killedAt;
-    // The op timeout is 20 s; a lost socket must be noticed long before it.
-    assert.ok(elapsed < 10_000, `survivors took ${elapsed} ms to notice`);
-    for (const r of reports) {
-      assert.equal(r.caught?.reason, "peer-lost", JSON.stringify(r));
-      assert.equal(r.caught?.op, "allReduce");
-      assert.equal(r.caught?.group, "world");
-      assert.equal(r.caught?.peer, victim);
-      assert.match(r.caught!.message, /rank 2/);
-    }
-  },
-});
+for (const [scenario, what] of [["kill", "large"], ["killsmall", "small (lanes)"]]) {
+  Deno.test({
+    name: `killing a process mid-all-reduce (${what}) makes every survivor reject naming it`,
+    ...opts,
+    async fn() {
+      const size = 3, victim = size - 1;
+      const port = freePort();
+      const children = Array.from({ length: size }, (_, r) => spawn(scenario!, r, size, port));
+      const survivors = children.slice(0, victim).map((c, r) => report(c, `survivor ${r}`));
+      // Wait until the victim has finished two all-reduces, then kill it mid-loop.
+      const v = children[victim]!;
+      const reader = v.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let seen = "";
+      while (!seen.includes("GO")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      assert.ok(seen.includes("GO"), `the victim never got going: ${seen}`);
+      const killedAt = performance.now();
+      v.kill("SIGKILL");
+      await reader.cancel();
+      await v.stderr.cancel();
+      await v.status;
+      const reports = await Promise.all(survivors);
+      const elapsed = performance.now() - killedAt;
+      // The op timeout is 20 s; a lost socket must be noticed long before it.
+      assert.ok(elapsed < 10_000, `survivors took ${elapsed} ms to notice`);
+      for (const r of reports) {
+        assert.equal(r.caught?.reason, "peer-lost", JSON.stringify(r));
+        assert.equal(r.caught?.op, "allReduce");
+        assert.equal(r.caught?.group, "world");
+        assert.equal(r.caught?.peer, victim);
+        assert.match(r.caught!.message, /rank 2/);
+      }
+    },
+  });
+}
 
 Deno.test({
   name: "ranks that pass different sizes all reject with a mismatch instead of hanging",

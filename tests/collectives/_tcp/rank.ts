@@ -218,8 +218,9 @@ async function ops(comm: Communicator): Promise<Record<string, unknown>> {
 }
 
 async function kill(comm: Communicator): Promise<Record<string, unknown>> {
-  // Every rank loops over large all-reduces; the test kills the last rank after "GO".
-  const b = new Float32Array(1 << 20);
+  // Every rank loops over large all-reduces (small ones, on lanes, for "killsmall"); the test
+  // kills the last rank after "GO".
+  const b = new Float32Array(name === "killsmall" ? 1024 : 1 << 20);
   const t0 = performance.now();
   let i = 0;
   try {
@@ -273,13 +274,40 @@ async function stall(comm: Communicator): Promise<Record<string, unknown>> {
   }
 }
 
-const comm = await connectTcp({ rank, size, masterAddr: "127.0.0.1", masterPort: port });
+async function mismatchPaths(comm: Communicator): Promise<Record<string, unknown>> {
+  // Rank 0 passes a small buffer (the latency path, on lanes), the others a large one (the
+  // ring over the mesh): the paths differ, and still everyone must reject, nobody may hang.
+  const b = new Float32Array(rank === 0 ? 10 : 100_000);
+  const t0 = performance.now();
+  try {
+    await comm.allReduce(b, "sum", { timeoutMs: 20_000 });
+    return { caught: null };
+  } catch (e) {
+    if (!(e instanceof CollectiveError)) throw e;
+    const ms = performance.now() - t0;
+    // Stay a moment, so that the others learn why from this rank rather than from its exit.
+    await new Promise((r) => setTimeout(r, 500));
+    return { caught: { reason: e.reason, op: e.op, peer: e.peer, message: e.message }, ms };
+  }
+}
+
+// "-mesh" scenarios run without lanes: small ops then take the mesh like large ones.
+const [name, variant] = scenario!.split("-");
+const comm = await connectTcp({
+  rank,
+  size,
+  masterAddr: "127.0.0.1",
+  masterPort: port,
+  lanes: variant !== "mesh",
+});
 const scenarios: Record<string, (c: Communicator) => Promise<Record<string, unknown>>> = {
   ops,
   kill,
+  killsmall: kill,
   mismatch,
   stall,
+  paths: mismatchPaths,
 };
-const result = await scenarios[scenario!]!(comm);
+const result = await scenarios[name!]!(comm);
 await comm.close();
 console.log(JSON.stringify({ rank, checks, failures, ...result }));
