@@ -45,6 +45,7 @@ import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
 import { currentArena, type SharedArena, type SharedArrayCtor } from "./arena.ts";
 import { ArenaFold, arenaFold } from "./_shm_fold.ts";
+import { allocSlots } from "./_shm_slots.ts";
 import {
   ABORT,
   ARRIVED,
@@ -106,6 +107,13 @@ export interface ShmGroupSpec {
   ctrl: SharedArrayBuffer;
   /** Staging slots, one buffer per rank (two halves of `slotBytes`). */
   data: SharedArrayBuffer[];
+  /**
+   * Where each rank's slots start in its buffer: non-zero when the slots live in the process
+   * arena ({@link ./arena.ts}), whose memory every `data` buffer then maps.
+   */
+  dataOffsets: number[];
+  /** Id of the arena holding the slots, or 0. */
+  arenaId: number;
   /** Point-to-point channels: control words. */
   chanCtrl: SharedArrayBuffer;
   /** Point-to-point channels: data (two chunks of `chanBytes` per directed pair). */
@@ -145,6 +153,8 @@ export interface ShmOptions {
  *   ranks)
  * @param chanBytes bytes per point-to-point chunk (default {@linkcode DEFAULT_CHANNEL_BYTES},
  *   less beyond 8 ranks)
+ * @param inArena put the staging slots in this thread's arena ({@link ./arena.ts}) when it has
+ *   one, so that small reductions fold in SIMD; the caller then gives them back (the world does)
  * @returns the spec to post to every member
  */
 export function createShmGroupSpec(
@@ -152,6 +162,7 @@ export function createShmGroupSpec(
   worldRanks: number[],
   slotBytes?: number,
   chanBytes?: number,
+  inArena = false,
 ): ShmGroupSpec {
   const size = worldRanks.length;
   // Beyond 8 ranks the defaults shrink so that a group stays under ~64 MiB of slots and
@@ -169,13 +180,16 @@ export function createShmGroupSpec(
       throw new RangeError(`${what} must be a multiple of 8 and at least 64, got ${v}`);
     }
   }
+  const slots = allocSlots(size, 2 * slotBytes, inArena);
   return {
     id: crypto.randomUUID(),
     name,
     size,
     worldRanks: worldRanks.slice(),
     ctrl: new SharedArrayBuffer((size + 1) * CTRL_STRIDE * 4),
-    data: worldRanks.map(() => new SharedArrayBuffer(2 * slotBytes)),
+    data: slots.map((v) => v.buffer as SharedArrayBuffer),
+    dataOffsets: slots.map((v) => v.byteOffset),
+    arenaId: slots.length > 0 && currentArena()?.owns(slots[0]!) ? currentArena()!.id : 0,
     chanCtrl: new SharedArrayBuffer(size * size * CH_STRIDE * 4),
     chanData: new SharedArrayBuffer(size > 1 ? size * size * 2 * chanBytes : 8),
     slotBytes,
@@ -225,6 +239,9 @@ export class ShmCommunicator implements Communicator {
   #peerBufs: Map<number, SharedArrayBuffer>[] = [];
   /** The arena every rank's buffer of the op in flight lives in, if they all do. */
   #opArena: SharedArena | undefined;
+  /** The arena the staging slots live in, when this thread maps it. */
+  #slotArena: SharedArena | undefined;
+  #base: number[];
   #p2pTail = new Map<string, Promise<void>>();
   #channels: ShmChannels;
   #closed = false;
@@ -252,8 +269,14 @@ export class ShmCommunicator implements Communicator {
     this.#ctrl = new Int32Array(spec.ctrl);
     this.#group = spec.size * CTRL_STRIDE;
     this.#slotBytes = spec.slotBytes;
+    this.#base = spec.dataOffsets;
+    const arena = currentArena();
+    this.#slotArena = spec.arenaId !== 0 && arena?.id === spec.arenaId ? arena : undefined;
     const halves = (mk: (sab: SharedArrayBuffer, off: number) => unknown) =>
-      spec.data.map((sab) => [mk(sab, 0), mk(sab, spec.slotBytes)]);
+      spec.data.map((sab, p) => [
+        mk(sab, spec.dataOffsets[p]!),
+        mk(sab, spec.dataOffsets[p]! + spec.slotBytes),
+      ]);
     this.#f32 = halves((s, o) => new Float32Array(s, o, spec.slotBytes / 4)) as Float32Array[][];
     this.#i32 = halves((s, o) => new Int32Array(s, o, spec.slotBytes / 4)) as Int32Array[][];
     this.#u16 = halves((s, o) => new Uint16Array(s, o, spec.slotBytes / 2)) as Uint16Array[][];
@@ -745,7 +768,10 @@ export class ShmCommunicator implements Communicator {
     const k = (DTYPES.indexOf(dtype) * this.size + p) * 2 + h;
     const v = this.#slotCache[k];
     const es = bytesOf(dtype);
-    if (v !== undefined && v.length === hi - lo && v.byteOffset === h * this.#slotBytes + lo * es) {
+    if (
+      v !== undefined && v.length === hi - lo &&
+      v.byteOffset === this.#base[p]! + h * this.#slotBytes + lo * es
+    ) {
       return v;
     }
     const w = this.#views(dtype, p, h).subarray(lo, hi);
@@ -1036,6 +1062,21 @@ export class ShmCommunicator implements Communicator {
         if (root >= 0 && r !== root) continue;
         const dst = sub(buf, a, b);
         const src = (p: number) => this.#slot(dtype, p, h, 0, b - a);
+        // SIMD pays from a few hundred elements (below, the JavaScript loop is cheaper).
+        const fold = n > 1 && b - a >= 256 ? arenaFold(this.#slotArena, dtype, op) : undefined;
+        if (fold !== undefined) {
+          // SIMD over the slots into arena scratch, then one copy out.
+          const scratch = this.#arenaScratch(this.#slotArena!, dtype);
+          for (let s = 0; s < b - a; s += FOLD_CHUNK) {
+            const e = Math.min(b - a, s + FOLD_CHUNK);
+            const t = sub(scratch, 0, e - s);
+            fold.to(t, sub(src(0), s, e), sub(src(1), s, e), op, dtype);
+            for (let p = 2; p < n; p++) fold.to(t, t, sub(src(p), s, e), op, dtype);
+            if (op === "avg") fold.finishAvg(t, n, dtype);
+            dst.set(t, s);
+          }
+          continue;
+        }
         if (n > 1) {
           reduceTo(dst, src(0), src(1), op, dtype);
           for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);

@@ -7,6 +7,9 @@ import { defaultArena, freeShared, sharedArray } from "../../../collectives/mod.
 export async function main(comm: Communicator, data: { rounds: number }): Promise<string[]> {
   const fails: string[] = [];
   const mine: Int32Array[] = [];
+  await comm.barrier();
+  const before = defaultArena().usedBytes;
+  await comm.barrier();
   for (let i = 0; i < data.rounds; i++) {
     const len = 1 + ((i * 7919 + comm.rank * 104729) % 5000);
     const a = sharedArray(Int32Array, len);
@@ -25,5 +28,7 @@ export async function main(comm: Communicator, data: { rounds: number }): Promis
   await comm.barrier();
   for (const a of mine) freeShared(a);
   await comm.barrier();
-  return comm.rank === 0 ? [...fails, `used ${defaultArena().usedBytes}`] : fails;
+  const after = defaultArena().usedBytes;
+  if (after !== before) fails.push(`${after - before} bytes are still in use after freeing`);
+  return fails;
 }
