@@ -45,7 +45,6 @@ import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
 import { currentArena, type SharedArena, type SharedArrayCtor } from "./arena.ts";
 import { ArenaFold, arenaFold } from "./_shm_fold.ts";
-import { allocSlots } from "./_shm_slots.ts";
 import {
   ABORT,
   ARRIVED,
@@ -153,8 +152,9 @@ export interface ShmOptions {
  *   ranks)
  * @param chanBytes bytes per point-to-point chunk (default {@linkcode DEFAULT_CHANNEL_BYTES},
  *   less beyond 8 ranks)
- * @param inArena put the staging slots in this thread's arena ({@link ./arena.ts}) when it has
- *   one, so that small reductions fold in SIMD; the caller then gives them back (the world does)
+ * @param arena where to put the staging slots, so that small reductions fold in SIMD: an arena
+ *   every member maps and that lives as long as the group (a world's own arena, see world.ts);
+ *   default: plain SharedArrayBuffers
  * @returns the spec to post to every member
  */
 export function createShmGroupSpec(
@@ -162,7 +162,7 @@ export function createShmGroupSpec(
   worldRanks: number[],
   slotBytes?: number,
   chanBytes?: number,
-  inArena = false,
+  arena?: SharedArena,
 ): ShmGroupSpec {
   const size = worldRanks.length;
   // Beyond 8 ranks the defaults shrink so that a group stays under ~64 MiB of slots and
@@ -180,7 +180,11 @@ export function createShmGroupSpec(
       throw new RangeError(`${what} must be a multiple of 8 and at least 64, got ${v}`);
     }
   }
-  const slots = allocSlots(size, 2 * slotBytes, inArena);
+  const slots = worldRanks.map(() =>
+    arena !== undefined
+      ? arena.alloc(Uint8Array, 2 * slotBytes)
+      : new Uint8Array(new SharedArrayBuffer(2 * slotBytes))
+  );
   return {
     id: crypto.randomUUID(),
     name,
@@ -189,7 +193,7 @@ export function createShmGroupSpec(
     ctrl: new SharedArrayBuffer((size + 1) * CTRL_STRIDE * 4),
     data: slots.map((v) => v.buffer as SharedArrayBuffer),
     dataOffsets: slots.map((v) => v.byteOffset),
-    arenaId: slots.length > 0 && currentArena()?.owns(slots[0]!) ? currentArena()!.id : 0,
+    arenaId: arena?.id ?? 0,
     chanCtrl: new SharedArrayBuffer(size * size * CH_STRIDE * 4),
     chanData: new SharedArrayBuffer(size > 1 ? size * size * 2 * chanBytes : 8),
     slotBytes,
@@ -562,6 +566,8 @@ export class ShmCommunicator implements Communicator {
           members.map((m) => this.spec.worldRanks[m.rank]!),
           this.spec.slotBytes,
           this.spec.chanBytes,
+          // The world's arena, when this group's slots live there: it outlives every split.
+          this.#slotArena,
         );
         for (const m of members.slice(1)) {
           this.#link.post(this.spec.worldRanks[m.rank]!, tag, spec);

@@ -20,8 +20,7 @@
 import type { CollectiveFailure } from "./communicator.ts";
 import { ALIVE, DEAD } from "./_shm_link.ts";
 import { createShmGroupSpec } from "./shm.ts";
-import { defaultArena } from "./arena.ts";
-import { retireSlots } from "./_shm_slots.ts";
+import { SharedArena } from "./arena.ts";
 import type { RankErrorInfo, WorldInit } from "./_world_worker.ts";
 
 /** Options of {@linkcode startWorkers} and {@linkcode runWorkers}. */
@@ -110,18 +109,15 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
       `module must be an absolute URL, got ${opts.module}: use new URL("./rank.ts", import.meta.url)`,
     );
   }
-  // Every rank maps this thread's arena: buffers from sharedArray() fold at SIMD speed, and so
-  // do the world's staging slots.
-  const arena = defaultArena();
+  // The world's own arena, which every rank maps and which goes away with the world: buffers
+  // from sharedArray() in a rank fold at SIMD speed, and so do the groups' staging slots.
+  const arena = SharedArena.create();
   const spec = createShmGroupSpec(
     opts.name ?? "world",
     Array.from({ length: size }, (_, r) => r),
     opts.slotBytes,
     opts.chanBytes,
-    true,
-  );
-  const slots = spec.data.map((b, r) =>
-    new Uint8Array(b, spec.dataOffsets[r]!, 2 * spec.slotBytes)
+    arena,
   );
   const aliveSab = new SharedArrayBuffer(4 * size);
   const alive = new Int32Array(aliveSab);
@@ -160,15 +156,10 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
     w.terminate();
   };
 
-  let retired = false;
   const closeAll = () => {
     for (let r = 0; r < size; r++) {
       kill(r);
       finish(r, false, new RankFailedError(r, "the world was closed before it finished"));
-    }
-    if (!retired) {
-      retired = true;
-      retireSlots(slots);
     }
   };
 
