@@ -8,8 +8,9 @@
  * a JavaScript loop. Buffers on any other SharedArrayBuffer still work, at JavaScript speed.
  * Think of it as registered memory (`MPI_Alloc_mem`, `ncclMemAlloc`).
  *
- * {@linkcode startWorkers} / {@linkcode runWorkers} hand the parent's arena to every rank, so
- * `sharedArray(Float32Array, n)` in any rank allocates where its peers can fold from.
+ * {@linkcode startWorkers} / {@linkcode runWorkers} give each world an arena of its own that
+ * every rank maps (and that goes away with the world), so `sharedArray(Float32Array, n)` in any
+ * rank allocates where its peers can fold from.
  *
  * @example Allocate a gradient buffer every rank can reduce at full speed
  * ```ts
@@ -316,8 +317,7 @@ export class SharedArena {
 let threadArena: SharedArena | undefined;
 
 /**
- * This thread's arena: the one {@linkcode startWorkers} handed to this rank, or (in a thread that
- * was given none) one created on first use and then handed to the Workers this thread starts.
+ * This thread's arena: in a rank Worker, its world's; elsewhere, one created on first use.
  *
  * @returns the arena
  */
