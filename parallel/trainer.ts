@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { Communicator } from "../collectives/mod.ts";
+import { type Communicator, sharedArray } from "../collectives/mod.ts";
 import type { Backend, Tensor } from "../kernels/mod.ts";
 import {
   buildLayout,
@@ -96,7 +96,12 @@ class Store implements ParamSource {
     this.#be = be;
     this.#layout = layout;
     this.params = be.alloc(layout.size);
-    this.grads = be.alloc(layout.size);
+    // On the CPU, the gradients live in the process (or world) arena: their data-parallel and
+    // tensor-parallel all-reduces then fold in SIMD straight between the ranks' buffers.
+    const fromHost = (be as { fromHost?: (a: Float32Array) => Tensor }).fromHost;
+    this.grads = fromHost !== undefined
+      ? fromHost.call(be, sharedArray(Float32Array, layout.size))
+      : be.alloc(layout.size);
   }
   #view(m: Map<string, Tensor>, buf: Tensor, name: string): Tensor {
     let t = m.get(name);
