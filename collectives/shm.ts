@@ -363,6 +363,14 @@ export class ShmCommunicator implements Communicator {
           const own = sub(input, r * m, (r + 1) * m);
           const alias = r >= 2 && overlaps(output, own);
           const step = alias ? Math.floor(this.#slotBytes / bytesOf(dtype)) : Math.max(1, m);
+          // SIMD when every input and the output live in the arena (and so does the staging
+          // slot, when a piece must be saved there).
+          const arena = this.#opArena;
+          const fold = arena !== undefined && (!alias || this.#slotArena === arena)
+            ? arenaFold(arena, dtype, op, output)
+            : undefined;
+          const to = (d: CollectiveBuffer, x: CollectiveBuffer, y: CollectiveBuffer) =>
+            fold !== undefined ? fold.to(d, x, y, op, dtype) : reduceTo(d, x, y, op, dtype);
           for (let s = 0; s < m; s += step) {
             const e = Math.min(m, s + step);
             const dst = sub(output, s, e);
@@ -373,9 +381,11 @@ export class ShmCommunicator implements Communicator {
               mine = saved;
             }
             const src = (p: number) => (p === r ? mine : sub(peers[p]!, r * m + s, r * m + e));
-            reduceTo(dst, src(0), src(1), op, dtype);
-            for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
-            if (op === "avg") finishAvg(dst, n, dtype);
+            to(dst, src(0), src(1));
+            for (let p = 2; p < n; p++) to(dst, dst, src(p));
+            if (op === "avg") {
+              fold !== undefined ? fold.finishAvg(dst, n, dtype) : finishAvg(dst, n, dtype);
+            }
           }
           await this.#round(ctx, null);
           return;
