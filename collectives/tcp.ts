@@ -592,20 +592,35 @@ class TcpComm implements Communicator {
     op: ReduceOp,
     dtype: DType,
   ): Promise<void> {
+    return this.#laneExchange(ctx, lanes, buf, (parts) => {
+      laneFold(parts, this.rank, buf, op, dtype);
+    });
+  }
+
+  /**
+   * Send `buf` to every member over the lanes and gather theirs; `done` gets every rank's part
+   * (this rank's is `buf`) once all are in.
+   */
+  #laneExchange(
+    ctx: OpCtx,
+    lanes: (Lane | null)[],
+    buf: CollectiveBuffer,
+    done: (parts: CollectiveBuffer[]) => void,
+  ): Promise<void> {
     const parts: (CollectiveBuffer | undefined)[] = new Array(this.size);
     parts[this.rank] = buf;
     const key = laneKey(this.id, ctx.seq, 0);
     try {
       this.#laneSend(ctx, lanes, bytesOf(buf));
       if (this.#laneCollect(ctx, lanes, key, buf, parts, LANE_HOLD_MS)) {
-        laneFold(parts as CollectiveBuffer[], this.rank, buf, op, dtype);
+        done(parts as CollectiveBuffer[]);
         this.#laneRelease(lanes, parts);
         return Promise.resolve();
       }
     } catch (err) {
       return Promise.reject(this.#laneFailure(ctx, err));
     }
-    return this.#laneFinish(ctx, lanes, key, buf, parts, op, dtype);
+    return this.#laneFinish(ctx, lanes, key, buf, parts, done);
   }
 
   async #laneFinish(
@@ -614,8 +629,7 @@ class TcpComm implements Communicator {
     key: string,
     buf: CollectiveBuffer,
     parts: (CollectiveBuffer | undefined)[],
-    op: ReduceOp,
-    dtype: DType,
+    done: (parts: CollectiveBuffer[]) => void,
   ): Promise<void> {
     try {
       // A long wait: let the event loop run (mesh frames, aborts, timers) and check in often.
@@ -626,7 +640,7 @@ class TcpComm implements Communicator {
     } catch (err) {
       throw this.#laneFailure(ctx, err);
     }
-    laneFold(parts as CollectiveBuffer[], this.rank, buf, op, dtype);
+    done(parts as CollectiveBuffer[]);
     this.#laneRelease(lanes, parts);
   }
 
@@ -1205,6 +1219,15 @@ class TcpComm implements Communicator {
   /** See {@linkcode Communicator.barrier}. Dissemination: ceil(log2 n) rounds of empty frames. */
   async barrier(opts?: CollectiveOptions): Promise<void> {
     const expect = { op: FrameOp.barrier, kind: 0, total: 0, arg: 0 };
+    const lanes = this.size > 1 ? this.#lanes() : null;
+    if (lanes !== null) {
+      // Everyone tells everyone over the lanes (one round, no payload).
+      const none = new Float32Array(0);
+      await this.#run("barrier", expect, opts, true, (ctx) => {
+        return this.#laneExchange(ctx, lanes, none, () => {});
+      }, true);
+      return;
+    }
     await this.#run("barrier", expect, opts, true, async (ctx) => {
       const n = this.size, r = this.rank, empty = new Uint8Array(0);
       for (let k = 1, round = 0; k < n; k <<= 1, round++) {
