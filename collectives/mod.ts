@@ -3,6 +3,9 @@
  * broadcast, reduce, all-to-all, send/recv, barrier and sub-groups, over shared memory
  * (Worker ranks in one process), TCP (processes and nodes) or both (hierarchical).
  *
+ * Allocate the buffers you reduce with {@linkcode sharedArray}: in a world's shared arena,
+ * reductions fold in WebAssembly SIMD straight between the ranks' buffers.
+ *
  * @module
  */
 export * from "./communicator.ts";

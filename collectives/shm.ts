@@ -18,6 +18,9 @@
  * buffers), the ranks skip the staging slots: each shares its SharedArrayBuffer with its peers
  * once (a MessagePort message; the peers keep a reference until the group closes) and reads its
  * peers' buffers in place. A last round keeps every buffer untouched until nobody reads it.
+ * When every buffer lives in the world's arena ({@link ./arena.ts}, `sharedArray`), the folds
+ * run in WebAssembly SIMD, and two ranks fold and write both buffers in a single pass; a world's
+ * staging slots live there too, so small reductions fold in SIMD as well.
  *
  * Waiting spins on `Atomics.load` for an adaptive budget, then blocks in `Atomics.wait` for up to
  * 2 ms (a wake-up costs ~10 us; only while no other op of the thread is pending, as it blocks
