@@ -169,7 +169,8 @@ export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
   const rows: Row[] = [];
   // Every rank has just started (module compiled, JIT cold, threads scheduled late): settle
   // for ~200 ms of small all-reduces before the first row.
-  await warmUp(comm, () => comm.allReduce(new Float32Array(1024)), 1000);
+  const warm = new Float32Array(1024);
+  await warmUp(comm, () => comm.allReduce(warm), 1000);
   for (const op of spec.ops) {
     for (const size of spec.sizes) {
       const p = prepare(comm, op, Math.floor(size / 4));
