@@ -308,6 +308,12 @@ async function ready(c: Libc, fd: number, events: number, ms: number): Promise<n
   }
 }
 
+/** A lane on a connected socket. */
+function connected(c: Libc, fd: number, peer: number, maxPayload: number): Lane {
+  c.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int1, 4);
+  return new Lane(c, fd, peer, maxPayload);
+}
+
 /** The lower rank of a pair: listen, offer the port, accept the peer, confirm. */
 async function offerLane(
   c: Libc | null,
@@ -329,9 +335,9 @@ async function offerLane(
       }
     }
     await sendControl(link, laneHeader(mesh.rank, port, 1));
-    const connected = await readControl(link.reader, peer, 2);
+    const peerUp = await readControl(link.reader, peer, 2);
     let ok = 0;
-    if (connected === 1 && c !== null && lfd >= 0) {
+    if (peerUp === 1 && c !== null && lfd >= 0) {
       if ((await ready(c, lfd, POLLIN, HANDSHAKE_MS) & POLLIN) !== 0) {
         fd = c.accept4(lfd, null, null, SOCK_NONBLOCK);
       }
@@ -355,13 +361,10 @@ async function offerLane(
       }
     }
     await sendControl(link, laneHeader(mesh.rank, ok, 3));
-    if (ok === 1) {
-      c!.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int1, 4);
-      const lane = new Lane(c!, fd, peer, maxPayload);
-      fd = -1;
-      return lane;
-    }
-    return null;
+    if (ok !== 1) return null;
+    const lane = connected(c!, fd, peer, maxPayload);
+    fd = -1;
+    return lane;
   } finally {
     if (lfd >= 0) c!.close(lfd);
     if (fd >= 0) c!.close(fd);
@@ -381,7 +384,7 @@ async function takeLane(
     const port = await readControl(link.reader, peer, 1);
     const host = (link.conn.remoteAddr as Deno.NetAddr).hostname;
     const addr = port > 0 && c !== null ? sockaddr(host, port) : null;
-    let connected = 0;
+    let isUp = 0;
     if (addr !== null && c !== null) {
       fd = c.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
       if (fd >= 0) {
@@ -396,19 +399,16 @@ async function takeLane(
           const v = new DataView(hello.buffer);
           v.setInt32(0, mesh.rank, true);
           v.setUint32(4, mesh.jobId >>> 0, true);
-          if (Number(c.send(fd, hello, 8n, MSG_NOSIGNAL)) === 8) connected = 1;
+          if (Number(c.send(fd, hello, 8n, MSG_NOSIGNAL)) === 8) isUp = 1;
         }
       }
     }
-    await sendControl(link, laneHeader(mesh.rank, connected, 2));
+    await sendControl(link, laneHeader(mesh.rank, isUp, 2));
     const ok = await readControl(link.reader, peer, 3);
-    if (ok === 1 && connected === 1) {
-      c!.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int1, 4);
-      const lane = new Lane(c!, fd, peer, maxPayload);
-      fd = -1;
-      return lane;
-    }
-    return null;
+    if (ok !== 1 || isUp !== 1) return null;
+    const lane = connected(c!, fd, peer, maxPayload);
+    fd = -1;
+    return lane;
   } finally {
     if (fd >= 0) c!.close(fd);
   }
