@@ -12,6 +12,7 @@
  * deno run -A bench/collectives.ts                       # default sweep, a table
  * deno run -A bench/collectives.ts --json                # one JSON object per line
  * deno run -A bench/collectives.ts --transport shm --ops allReduce --ranks 2,4 --sizes 4K,64M
+ * deno run -A bench/collectives.ts --transport shm --buffers plain   # not in the arena
  * ```
  *
  * The size of a row is nccl-tests' size: the buffer of all-reduce, broadcast and reduce, the
@@ -39,6 +40,8 @@ interface RankSpec {
   sizes: number[];
   /** Seconds to aim for per row (iterations are picked from a first timing). */
   rowSeconds: number;
+  /** Where the buffers live: the arena (`sharedArray`, the default) or plain SharedArrayBuffers. */
+  buffers: "arena" | "plain";
 }
 
 /** One measured row (what rank 0 returns). */
@@ -71,12 +74,16 @@ function fill(buf: Float32Array, rank: number): void {
 }
 
 /** Run one op once on buffers prepared by `setup`. */
-function prepare(comm: Communicator, op: Op, count: number) {
+function prepare(comm: Communicator, op: Op, count: number, plain: boolean) {
   const n = comm.size, r = comm.rank;
   const per = Math.floor(count / n);
-  // Shared-memory transports read peers' memory in place: allocate the buffers in the process's
-  // arena (sharedArray), where reductions also fold in WebAssembly SIMD.
-  const mk = (len: number) => sharedArray(Float32Array, len);
+  // Shared-memory transports read peers' memory in place: allocate the buffers in the world's
+  // arena (sharedArray), where reductions also fold in WebAssembly SIMD; or, with
+  // --buffers plain, on SharedArrayBuffers of their own (folds in JavaScript).
+  const mk = (len: number) =>
+    plain
+      ? new Float32Array(new SharedArrayBuffer(4 * Math.max(len, 1)), 0, len)
+      : sharedArray(Float32Array, len);
   const a = mk(op === "allGather" ? per : op === "reduceScatter" ? per * n : count);
   const b = mk(
     op === "allGather" ? per * n : op === "reduceScatter" ? per : op === "sendrecv" ? count : 0,
@@ -128,6 +135,7 @@ function prepare(comm: Communicator, op: Op, count: number) {
   };
   const bytes = 4 * (op === "allGather" || op === "reduceScatter" ? per * n : count);
   const free = () => {
+    if (plain) return;
     freeShared(a);
     freeShared(b);
   };
@@ -173,7 +181,7 @@ export async function main(comm: Communicator, spec: RankSpec): Promise<Row[]> {
   await warmUp(comm, () => comm.allReduce(warm), 1000);
   for (const op of spec.ops) {
     for (const size of spec.sizes) {
-      const p = prepare(comm, op, Math.floor(size / 4));
+      const p = prepare(comm, op, Math.floor(size / 4), spec.buffers === "plain");
       await warmUp(comm, p.run, 50);
       // Pick iterations so a row takes about rowSeconds; agree on rank 0's choice.
       const probe = await timeLoop(comm, p.run, 20);
@@ -213,6 +221,7 @@ interface Args {
   ranks: number[] | null;
   sizes: number[] | null;
   rowSeconds: number;
+  buffers: "arena" | "plain";
 }
 
 function parseSize(s: string): number {
@@ -232,6 +241,7 @@ function parseArgs(argv: string[]): Args {
     ranks: null,
     sizes: null,
     rowSeconds: 0.3,
+    buffers: "arena",
   };
   const list = (v: string | undefined, flag: string) => {
     if (v === undefined) throw new TypeError(`${flag} needs a value, e.g. ${flag}=a,b`);
@@ -275,9 +285,18 @@ function parseArgs(argv: string[]): Args {
       case "--seconds":
         a.rowSeconds = Number(val());
         break;
+      case "--buffers": {
+        const v = val();
+        if (v !== "arena" && v !== "plain") {
+          throw new TypeError(`--buffers must be "arena" or "plain", got "${v}"`);
+        }
+        a.buffers = v;
+        break;
+      }
       default:
         throw new TypeError(
-          `Unknown option "${flag}": use --json, --transport, --ops, --ranks, --sizes, --seconds`,
+          `Unknown option "${flag}": use --json, --transport, --ops, --ranks, --sizes, ` +
+            `--seconds, --buffers`,
         );
     }
   }
@@ -506,7 +525,7 @@ async function cli(args: Args): Promise<void> {
       : defaultPlan(transport);
     for (const { ops, ranks: ranksList, sizes } of plans) {
       for (const ranks of ranksList) {
-        const spec: RankSpec = { ops, sizes, rowSeconds: args.rowSeconds };
+        const spec: RankSpec = { ops, sizes, rowSeconds: args.rowSeconds, buffers: args.buffers };
         let rows: Row[];
         try {
           rows = transport === "shm"
