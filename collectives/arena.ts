@@ -224,11 +224,8 @@ export class SharedArena {
    * @returns the view
    */
   view<T extends SharedArrayType>(ctor: SharedArrayCtor<T>, byteOffset: number, length: number): T {
-    let buf = this.buffer;
-    if (byteOffset + length * ctor.BYTES_PER_ELEMENT > buf.byteLength) {
-      buf = this.buffer; // another thread grew the memory since
-    }
-    return new ctor(buf, byteOffset, length);
+    // memory.buffer is current even when another thread grew the memory.
+    return new ctor(this.buffer, byteOffset, length);
   }
 
   #lock(): void {
