@@ -1218,12 +1218,15 @@ export class ShmCommunicator implements Communicator {
 
   /** FOLD_CHUNK elements of arena scratch for this thread's folds. */
   #arenaScratch(arena: SharedArena, dtype: DType): CollectiveBuffer {
-    if (this.#scratch === undefined || !arena.owns(this.#scratch)) {
-      this.#scratch = arena.alloc(Float32Array, FOLD_CHUNK);
+    let s = this.#scratch;
+    if (s === undefined || !arena.owns(s)) {
+      s = this.#scratch = arena.alloc(Float32Array, FOLD_CHUNK);
+      this.#scratchI32 = new Int32Array(s.buffer, s.byteOffset, s.length);
     }
-    const s = this.#scratch;
-    return dtype === "int32" ? new Int32Array(s.buffer, s.byteOffset, s.length) : s;
+    return dtype === "int32" ? this.#scratchI32! : s;
   }
+
+  #scratchI32: Int32Array | undefined;
 
   /**
    * First round of an op that may read its peers' buffers in place: publish the descriptor and

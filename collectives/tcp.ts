@@ -561,19 +561,26 @@ class TcpComm implements Communicator {
     for (const p of payloads) this.t.release(p);
   }
 
-  /** The lanes to every other member, or null unless every pair has one. */
+  #laneList: (Lane | null)[] | null | undefined;
+
+  /** The lanes to every other member, or null unless every pair has a working one. */
   #lanes(): (Lane | null)[] | null {
-    const out: (Lane | null)[] = [];
-    for (let g = 0; g < this.size; g++) {
-      if (g === this.rank) {
-        out.push(null);
-        continue;
+    if (this.#laneList === undefined) {
+      const out: (Lane | null)[] = [];
+      for (let g = 0; g < this.size; g++) {
+        const l = g === this.rank ? null : this.t.lanes[this.members[g]!] ?? null;
+        if (g !== this.rank && l === null) return this.#laneList = null;
+        out.push(l);
       }
-      const l = this.t.lanes[this.members[g]!];
-      if (l === null || l === undefined || l.broken !== undefined) return null;
-      out.push(l);
+      this.#laneList = out;
     }
-    return out;
+    const list = this.#laneList;
+    if (list !== null) {
+      for (const l of list) {
+        if (l !== null && l.broken !== undefined) return null;
+      }
+    }
+    return list;
   }
 
   #laneHead = new Uint8Array(HEADER_BYTES);
