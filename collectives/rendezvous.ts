@@ -88,6 +88,12 @@ function json(x: unknown): Uint8Array {
   return encoder.encode(JSON.stringify(x));
 }
 
+/** Tell a peer why the rendezvous failed (best effort: it may be gone already). */
+function sendError(conn: Deno.Conn, message: string): Promise<void> {
+  const head = { op: FrameOp.error, kind: 0, src: 0, group: 0, tag: 0, seq: 0, total: 0, arg: 0 };
+  return writeFrame(conn, head, json({ message })).catch(() => {});
+}
+
 function parseJson(f: Frame): Record<string, unknown> {
   const v = JSON.parse(decoder.decode(f.payload));
   if (typeof v !== "object" || v === null) throw new FrameError("control frame is not an object");
@@ -325,16 +331,7 @@ async function masterRendezvous(
     }
     if (problem !== undefined) {
       fatal ??= new RangeError(`Rendezvous failed: ${problem}`);
-      await writeFrame(conn, {
-        op: FrameOp.error,
-        kind: 0,
-        src: 0,
-        group: 0,
-        tag: 0,
-        seq: 0,
-        total: 0,
-        arg: 0,
-      }, json({ message: `Rendezvous failed: ${problem}` })).catch(() => {});
+      await sendError(conn, `Rendezvous failed: ${problem}`);
       closeQuietly(conn);
       wake();
       return;
@@ -374,20 +371,7 @@ async function masterRendezvous(
   }
   if (fatal) {
     const message = fatal.message;
-    await Promise.all(links.map((l) =>
-      l
-        ? writeFrame(l.conn, {
-          op: FrameOp.error,
-          kind: 0,
-          src: 0,
-          group: 0,
-          tag: 0,
-          seq: 0,
-          total: 0,
-          arg: 0,
-        }, json({ message })).catch(() => {})
-        : undefined
-    ));
+    await Promise.all(links.map((l) => l ? sendError(l.conn, message) : undefined));
     throw fatal;
   }
   const jobId = (Math.random() * 0xffffffff) >>> 0;
