@@ -3,15 +3,20 @@
 // that both compute the same way.
 
 import type { HostArray, Tensor, TensorDType } from "./backend.ts";
-import { checkedOps, type OpKernels, type Ops, size } from "./_checks.ts";
+import { checkedOps, type OpKernels, type Ops, type Role, size } from "./_checks.ts";
+import { halfBits, type HalfDType, roundHalf, widenHalf } from "./half.ts";
+import { ScratchPool } from "./_pool.ts";
 
 /** The storage of `f32` tensors. */
 export type Floats = Float32Array | Float64Array;
 
+/** The storage of any host tensor of a backend whose `f32` storage is `F`. */
+export type Storage<F extends Floats = Floats> = F | Int32Array | Uint16Array;
+
 /** A tensor in host memory, tagged with the backend that made it. */
 export class HostTensor<F extends Floats = Floats> implements Tensor {
   constructor(
-    readonly data: F | Int32Array,
+    readonly data: Storage<F>,
     readonly dtype: TensorDType,
     readonly backend: string,
   ) {}
@@ -23,18 +28,37 @@ export class HostTensor<F extends Floats = Floats> implements Tensor {
 /** Argument checks of one host backend; each throws with a message that names op and argument. */
 export interface HostChecks<F extends Floats> {
   /** The host array of `t`, which must be this backend's and hold at least `need` elements. */
-  arr(t: Tensor, op: string, name: string, need: number): F | Int32Array;
+  arr(t: Tensor, op: string, name: string, need: number): Storage<F>;
   /** As {@linkcode HostChecks.arr}, and `t` must be `f32`. */
   f(t: Tensor, op: string, name: string, need: number): F;
   /** As {@linkcode HostChecks.arr}, and `t` must be `i32`. */
   ints(t: Tensor, op: string, name: string, need: number): Int32Array;
+  /** As `OpChecks.widen`: a 16-bit tensor as a widened scratch from the pool. */
+  widen(t: Tensor, op: string, name: string, need: number, role: Role): F;
+  /** As `OpChecks.narrow`. */
+  narrow(t: Tensor, s: F, need: number): void;
+  /** As `OpChecks.release`. */
+  release(): void;
+  /** Bytes held by the widening pool. */
+  scratchBytes(): number;
   /** Wrap a host array as a tensor of this backend. */
-  wrap(data: F | Int32Array, dtype: TensorDType): Tensor;
+  wrap(data: Storage<F>, dtype: TensorDType): Tensor;
 }
 
-/** The checks of the host backend called `backend` in error messages ("cpu", "reference"). */
-export function hostChecks<F extends Floats>(backend: string): HostChecks<F> {
-  const arr = (t: Tensor, op: string, name: string, need: number): F | Int32Array => {
+/** Whether `d` is a 16-bit float dtype. */
+export function isHalf(d: TensorDType): d is HalfDType {
+  return d === "f16" || d === "bf16";
+}
+
+/**
+ * The checks of the host backend called `backend` in error messages ("cpu", "reference"),
+ * whose `f32` storage (and widening scratch) is made by `Float`.
+ */
+export function hostChecks<F extends Floats>(
+  backend: string,
+  Float: new (n: number) => F,
+): HostChecks<F> {
+  const arr = (t: Tensor, op: string, name: string, need: number): Storage<F> => {
     if (!(t instanceof HostTensor) || t.backend !== backend) {
       throw new TypeError(`${op}: ${name} is not a tensor of this ${backend} backend`);
     }
@@ -43,20 +67,46 @@ export function hostChecks<F extends Floats>(backend: string): HostChecks<F> {
         `${op}: ${name} has ${t.data.length} elements but the sizes given need ${need}`,
       );
     }
-    return t.data as F | Int32Array;
+    return t.data as Storage<F>;
   };
+  // 16 elements (64 bytes of float32) between runs: each run starts on a cache line.
+  const pool = new ScratchPool<F>((n) => new Float(n), null, 16, new Float(0).BYTES_PER_ELEMENT);
   return {
     arr,
     f(t, op, name, need) {
       const a = arr(t, op, name, need);
-      if (t.dtype !== "f32") throw new TypeError(`${op}: ${name} must be an f32 tensor`);
+      if (t.dtype !== "f32") {
+        throw new TypeError(
+          `${op}: ${name} must be a float tensor (f32, f16 or bf16), got an ${t.dtype} tensor`,
+        );
+      }
       return a as F;
     },
     ints(t, op, name, need) {
       const a = arr(t, op, name, need);
-      if (t.dtype !== "i32") throw new TypeError(`${op}: ${name} must be an i32 tensor`);
+      if (t.dtype !== "i32") {
+        throw new TypeError(`${op}: ${name} must be an i32 tensor, got an ${t.dtype} tensor`);
+      }
       return a as Int32Array;
     },
+    widen(t, op, name, need, role) {
+      const a = arr(t, op, name, need) as Uint16Array;
+      const at = pool.take(need);
+      const s = pool.buffer.subarray(at, at + need) as F;
+      if (role !== "out") {
+        widenHalf(t.dtype as HalfDType, need === a.length ? a : a.subarray(0, need), s);
+      }
+      return s;
+    },
+    narrow(t, s, need) {
+      roundHalf(
+        t.dtype as HalfDType,
+        need === s.length ? s : s.subarray(0, need) as F,
+        (t as HostTensor<F>).data as Uint16Array,
+      );
+    },
+    release: () => pool.release(),
+    scratchBytes: () => pool.bytes,
     wrap: (data, dtype) => new HostTensor(data, dtype, backend),
   };
 }
@@ -65,68 +115,113 @@ export function hostChecks<F extends Floats>(backend: string): HostChecks<F> {
 export interface HostMemory<F extends Floats> {
   alloc(length: number, dtype?: TensorDType): Tensor;
   view(t: Tensor, offset: number, length: number): Tensor;
-  write(t: Tensor, src: HostArray, offset?: number): void;
-  read(t: Tensor): Promise<F | Int32Array>;
-  hostView(t: Tensor): F | Int32Array;
+  write(t: Tensor, src: HostArray | Uint16Array, offset?: number): void;
+  read(t: Tensor): Promise<F | Int32Array | Float32Array>;
+  hostView(t: Tensor): Storage<F>;
   fill(t: Tensor, value: number): void;
   copy(dst: Tensor, src: Tensor): void;
   dispose(): void;
+  scratchBytes(): number;
+}
+
+const DTYPES: readonly TensorDType[] = ["f32", "f16", "bf16", "i32"];
+
+/** Elements per block of a copy between the two 16-bit types. */
+const COPY_BLOCK = 4096;
+const copyBlock = new Float32Array(COPY_BLOCK);
+
+/** `dst = src` between float storages of equal length and different dtypes. */
+function convert(dd: TensorDType, d: Storage, sd: TensorDType, s: Storage): void {
+  if (sd === "f32") return roundHalf(dd as HalfDType, s as Floats, d as Uint16Array);
+  if (dd === "f32") return widenHalf(sd as HalfDType, s as Uint16Array, d as Floats);
+  // f16 <-> bf16 through float32, which holds every value of both exactly: one rounding.
+  for (let i = 0; i < s.length; i += COPY_BLOCK) {
+    const c = Math.min(COPY_BLOCK, s.length - i), t = copyBlock.subarray(0, c);
+    widenHalf(sd as HalfDType, (s as Uint16Array).subarray(i, i + c), t);
+    roundHalf(dd as HalfDType, t, d as Uint16Array, i);
+  }
 }
 
 /**
  * The memory methods of a host backend whose checks are `c`; `make` allocates the zeroed
- * storage of a new tensor (its length and dtype already checked).
+ * storage of a new tensor (its length and dtype already checked; a `Uint16Array` for the 16-bit
+ * types).
  */
 export function hostMemory<F extends Floats>(
   c: HostChecks<F>,
-  make: (length: number, dtype: TensorDType) => F | Int32Array,
+  make: (length: number, dtype: TensorDType) => Storage<F>,
 ): HostMemory<F> {
   return {
     alloc(length: number, dtype: TensorDType = "f32"): Tensor {
       size("alloc", { length });
-      if (dtype !== "f32" && dtype !== "i32") {
-        throw new TypeError(`alloc: dtype must be "f32" or "i32", got ${JSON.stringify(dtype)}`);
+      if (!DTYPES.includes(dtype)) {
+        throw new TypeError(
+          `alloc: dtype must be "f32", "f16", "bf16" or "i32", got ${JSON.stringify(dtype)}`,
+        );
       }
       return c.wrap(make(length, dtype), dtype);
     },
     view(t: Tensor, offset: number, length: number): Tensor {
       size("view", { offset, length });
       const a = c.arr(t, "view", "t", offset + length);
-      return c.wrap(a.subarray(offset, offset + length) as F | Int32Array, t.dtype);
+      return c.wrap(a.subarray(offset, offset + length) as Storage<F>, t.dtype);
     },
-    write(t: Tensor, src: HostArray, offset = 0): void {
+    write(t: Tensor, src: HostArray | Uint16Array, offset = 0): void {
       size("write", { offset });
-      const a = c.arr(t, "write", "t", offset + src.length);
-      if ((t.dtype === "i32") !== (src instanceof Int32Array)) {
-        throw new TypeError(
-          `write: an ${t.dtype} tensor needs ${
-            t.dtype === "i32" ? "an Int32Array" : "a Float32Array or Float64Array"
-          }, got ${src.constructor.name}`,
-        );
+      const a = c.arr(t, "write", "t", offset + src.length), d = t.dtype;
+      const floats = src instanceof Float32Array || src instanceof Float64Array;
+      if (d === "i32" ? src instanceof Int32Array : d === "f32" ? floats : false) {
+        return a.set(src, offset);
       }
-      a.set(src, offset);
+      if (isHalf(d) && floats) return roundHalf(d, src, a as Uint16Array, offset);
+      if (isHalf(d) && src instanceof Uint16Array) return a.set(src, offset);
+      throw new TypeError(
+        `write: an ${d} tensor needs ${
+          d === "i32"
+            ? "an Int32Array"
+            : d === "f32"
+            ? "a Float32Array or Float64Array"
+            : "a Float32Array or Float64Array (rounded) or a Uint16Array (raw bits)"
+        }, got ${src.constructor.name}`,
+      );
     },
-    read(t: Tensor): Promise<F | Int32Array> {
+    read(t: Tensor): Promise<F | Int32Array | Float32Array> {
+      const a = c.arr(t, "read", "t", 0);
+      if (isHalf(t.dtype)) {
+        const out = new Float32Array(a.length);
+        widenHalf(t.dtype, a as Uint16Array, out);
+        return Promise.resolve(out);
+      }
       // slice() copies into an ordinary (unshared) buffer of the same element type.
-      return Promise.resolve(c.arr(t, "read", "t", 0).slice() as F | Int32Array);
+      return Promise.resolve(a.slice() as F | Int32Array);
     },
-    hostView(t: Tensor): F | Int32Array {
+    hostView(t: Tensor): Storage<F> {
       return c.arr(t, "hostView", "t", 0);
     },
     fill(t: Tensor, value: number): void {
-      c.arr(t, "fill", "t", 0).fill(value);
+      const a = c.arr(t, "fill", "t", 0);
+      a.fill(isHalf(t.dtype) ? halfBits(t.dtype, value) : value);
     },
     copy(dst: Tensor, src: Tensor): void {
       const s = c.arr(src, "copy", "src", 0);
       const d = c.arr(dst, "copy", "dst", 0);
-      if (d.length !== s.length || dst.dtype !== src.dtype) {
+      if (d.length !== s.length) {
         throw new RangeError(
-          `copy: dst (${dst.dtype}[${d.length}]) and src (${src.dtype}[${s.length}]) must match`,
+          `copy: dst (${dst.dtype}[${d.length}]) and src (${src.dtype}[${s.length}]) must have ` +
+            `the same length`,
         );
       }
-      d.set(s);
+      if (dst.dtype === src.dtype) return d.set(s as F);
+      if (dst.dtype === "i32" || src.dtype === "i32") {
+        throw new TypeError(
+          `copy: cannot copy an ${src.dtype} tensor into an ${dst.dtype} one; copy converts ` +
+            `between the float dtypes (f32, f16, bf16) only`,
+        );
+      }
+      convert(dst.dtype, d, src.dtype, s);
     },
     dispose(): void {},
+    scratchBytes: () => c.scratchBytes(),
   };
 }
 
@@ -145,7 +240,14 @@ export type HostOps = Ops;
 
 /** The ops of the host backend whose checks are `c` and whose arithmetic is `k`. */
 export function hostOps<F extends Floats>(c: HostChecks<F>, k: HostKernels<F>): HostOps {
-  return checkedOps<F, Int32Array>({ sizes: size, f: c.f, ints: c.ints }, {
+  return checkedOps<F, Int32Array>({
+    sizes: size,
+    f: c.f,
+    ints: c.ints,
+    widen: c.widen,
+    narrow: c.narrow,
+    release: c.release,
+  }, {
     ...k,
     addRows(O: F, R: F, M: number, N: number): void {
       for (let i = 0; i < M; i++) {

@@ -7,9 +7,10 @@
  * @module
  */
 
-import type { Backend } from "./backend.ts";
+import type { AttentionDropout, Backend } from "./backend.ts";
 import { checkTarget } from "./_checks.ts";
-import { type Floats, hostChecks, hostMemory, hostOps } from "./_host.ts";
+import { dropoutHash, dropoutThreshold } from "./dropout.ts";
+import { type Floats, hostChecks, hostMemory, hostOps, isHalf } from "./_host.ts";
 
 /** Options of {@linkcode createReferenceBackend}. */
 export interface ReferenceBackendOptions {
@@ -18,6 +19,14 @@ export interface ReferenceBackendOptions {
 }
 
 const GELU_K = Math.sqrt(2 / Math.PI);
+
+/**
+ * The factor of probability (b, h, t, u) under attention dropout: 1 / (1 - p) if kept, else 0.
+ */
+function keep(d: AttentionDropout, T: number, b: number, h: number, t: number, u: number): number {
+  const g = (((d.seqOffset + b) * d.heads + d.headOffset + h) * T + t) * T + u;
+  return dropoutHash(d.key, g) >= dropoutThreshold(d.p) ? 1 / (1 - d.p) : 0;
+}
 
 /**
  * Create the reference backend.
@@ -42,7 +51,7 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
     throw new RangeError(`precision must be "f32" or "f64", got ${JSON.stringify(precision)}`);
   }
   const Float = precision === "f64" ? Float64Array : Float32Array;
-  const checks = hostChecks<Floats>("reference");
+  const checks = hostChecks<Floats>("reference", Float);
 
   return {
     name: "reference",
@@ -50,7 +59,12 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
 
     ...hostMemory(
       checks,
-      (length, dtype) => dtype === "f32" ? new Float(length) : new Int32Array(length),
+      (length, dtype) =>
+        dtype === "f32"
+          ? new Float(length)
+          : isHalf(dtype)
+          ? new Uint16Array(length)
+          : new Int32Array(length),
     ),
     ...hostOps(checks, {
       matmul(C, A, Bm, bi, M, N, K, o) {
@@ -137,8 +151,17 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
           D[i] += d * G[i];
         }
       },
+      dropout(O, X, rows, cols, p, key, rowOffset, colOffset, fullCols) {
+        const t = dropoutThreshold(p);
+        for (let r = 0; r < rows; r++) {
+          for (let c = 0; c < cols; c++) {
+            const g = (rowOffset + r) * fullCols + colOffset + c;
+            O[r * cols + c] = dropoutHash(key, g) >= t ? X[r * cols + c] / (1 - p) : 0;
+          }
+        }
+      },
 
-      attentionForward(O, A, Q, B, T, C, H) {
+      attentionForward(O, A, Q, B, T, C, H, drop) {
         const hs = C / H, sc = 1 / Math.sqrt(hs);
         const q = (b: number, t: number, h: number, i: number) =>
           Q[(b * T + t) * 3 * C + h * hs + i];
@@ -164,32 +187,43 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
               }
               const base = ((b * H + h) * T + t) * T;
               for (let u = 0; u < T; u++) A[base + u] = u <= t ? row[u] / z : 0;
+              // With dropout, out uses the kept probabilities scaled by 1 / (1 - p).
+              if (drop !== undefined) {
+                for (let u = 0; u <= t; u++) row[u] = keep(drop, T, b, h, t, u);
+              }
               for (let i = 0; i < hs; i++) {
                 let s = 0;
-                for (let u = 0; u <= t; u++) s += A[base + u] * v(b, u, h, i);
+                for (let u = 0; u <= t; u++) {
+                  s += (drop === undefined ? A[base + u] : A[base + u] * row[u]) * v(b, u, h, i);
+                }
                 O[(b * T + t) * C + h * hs + i] = s;
               }
             }
           }
         }
       },
-      attentionBackward(D, G, Q, A, B, T, C, H) {
+      attentionBackward(D, G, Q, A, B, T, C, H, drop) {
         const hs = C / H, sc = 1 / Math.sqrt(hs);
         const at = (b: number, t: number, h: number, i: number) => (b * T + t) * 3 * C + h * hs + i;
-        const datt = new Float64Array(T);
+        const datt = new Float64Array(T), m = new Float64Array(T).fill(1);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++) {
             for (let t = 0; t < T; t++) {
               const base = ((b * H + h) * T + t) * T;
-              // out[t] = sum_u att[t,u] v[u]: datt[u] = dout[t] . v[u]; dv[u] += att[t,u] dout[t].
+              // out[t] = sum_u att[t,u] m[u] v[u], m[u] the dropout factor (1 without dropout):
+              // datt[u] = m[u] dout[t] . v[u]; dv[u] += att[t,u] m[u] dout[t].
+              if (drop !== undefined) {
+                for (let u = 0; u <= t; u++) m[u] = keep(drop, T, b, h, t, u);
+              }
               for (let u = 0; u <= t; u++) {
                 let s = 0;
+                const pu = drop === undefined ? A[base + u] : A[base + u] * m[u];
                 for (let i = 0; i < hs; i++) {
                   const g = G[(b * T + t) * C + h * hs + i];
                   s += g * Q[at(b, u, h, i) + 2 * C];
-                  D[at(b, u, h, i) + 2 * C] += A[base + u] * g;
+                  D[at(b, u, h, i) + 2 * C] += pu * g;
                 }
-                datt[u] = s;
+                datt[u] = drop === undefined ? s : s * m[u];
               }
               // Softmax: dpre[u] = att[u] * (datt[u] - sum_w att[w] datt[w]).
               let dot = 0;

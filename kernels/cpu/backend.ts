@@ -4,16 +4,23 @@
  * start-up (OpenBLAS through FFI, WebAssembly SIMD, or plain TypeScript); GELU, AdamW,
  * layernorm, the softmax of attention and cross-entropy, row sums and sums of squares through
  * a WebAssembly SIMD module generated at start-up (`_ew_module.ts`, whichever GEMM path runs),
- * the rest as tight loops over `Float32Array`s. Tensors live on SharedArrayBuffers, so that
- * Workers of one node can read each other's buffers in place ({@linkcode CpuBackend.fromHost}
- * wraps one).
+ * the rest (dropout among them) as tight loops over `Float32Array`s. Tensors live on
+ * SharedArrayBuffers, so that Workers of one node can read each other's buffers in place
+ * ({@linkcode CpuBackend.fromHost} wraps one).
+ *
+ * 16-bit tensors (`f16`, `bf16`) are `Uint16Array`s of raw bits. An op widens each 16-bit
+ * argument it reads into a float32 scratch from a pool that the backend owns (and that only
+ * grows: {@linkcode Backend.scratchBytes}), runs the float32 kernel on it and rounds what it
+ * wrote back into the 16-bit tensor; ops on float32 tensors alone never touch the pool.
  *
  * @module
  */
 
-import type { Backend, Tensor } from "../backend.ts";
+import type { AttentionDropout, Backend, Tensor } from "../backend.ts";
 import { checkTarget } from "../_checks.ts";
-import { hostChecks, hostMemory, hostOps } from "../_host.ts";
+import { dropoutHash, dropoutThreshold } from "../dropout.ts";
+import { halfBits } from "../half.ts";
+import { hostChecks, hostMemory, hostOps, isHalf } from "../_host.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
 import { createWasmGemm } from "./wasm_gemm.ts";
@@ -40,11 +47,14 @@ export interface CpuBackend extends Backend {
   readonly gemm: Gemm;
   /**
    * Wrap a host array as a tensor without copying (e.g. a view of a SharedArrayBuffer that
-   * another Worker allocated). `Float32Array` gives an `f32` tensor, `Int32Array` an `i32` one.
+   * another Worker allocated). `Float32Array` gives an `f32` tensor, `Int32Array` an `i32` one,
+   * `Uint16Array` (raw bits) an `f16` or `bf16` one as `dtype` says.
    */
-  fromHost(data: Float32Array | Int32Array): Tensor;
-  /** The live host array behind `t`. */
-  hostView(t: Tensor): Float32Array | Int32Array;
+  fromHost(data: Float32Array | Int32Array | Uint16Array, dtype?: "f16" | "bf16"): Tensor;
+  /** The live host array behind `t` (a 16-bit tensor's raw bits). */
+  hostView(t: Tensor): Float32Array | Int32Array | Uint16Array;
+  /** Bytes held by the pool that widens 16-bit arguments. */
+  scratchBytes(): number;
 }
 
 function pickGemm(choice: string): { gemm: Gemm; note: string } {
@@ -125,8 +135,21 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   let rowSums = new Float64Array(0);
   const ew = new EwKernels();
   let ones = new Float32Array(0);
-  const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0];
-  const checks = hostChecks<Float32Array>("cpu"), { arr } = checks;
+  const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0, 0];
+  const fillU16 = new Uint16Array(FILL);
+  let mask = new Float32Array(0); // attention dropout factors of one head
+  const checks = hostChecks<Float32Array>("cpu", Float32Array), { arr } = checks;
+  // The factors of one head's probabilities under attention dropout into mask[t * T + u], u <= t.
+  const maskHead = (d: AttentionDropout, T: number, b: number, h: number): Float32Array => {
+    if (mask.length < T * T) mask = new Float32Array(T * T);
+    const m = mask, key = d.key, thr = dropoutThreshold(d.p), s = 1 / (1 - d.p);
+    const g0 = ((d.seqOffset + b) * d.heads + d.headOffset + h) * T * T;
+    for (let t = 0; t < T; t++) {
+      const r = t * T, g = g0 + r;
+      for (let u = 0; u <= t; u++) m[r + u] = dropoutHash(key, g + u) >= thr ? s : 0;
+    }
+    return m;
+  };
 
   return {
     name: "cpu",
@@ -134,25 +157,41 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     gemm,
 
     ...hostMemory(checks, (length, dtype) => {
+      if (isHalf(dtype)) return new Uint16Array(new SharedArrayBuffer(2 * length));
       const buf = new SharedArrayBuffer(4 * length);
       return dtype === "f32" ? new Float32Array(buf) : new Int32Array(buf);
     }),
-    fromHost(data: Float32Array | Int32Array): Tensor {
+    fromHost(data: Float32Array | Int32Array | Uint16Array, dtype?: "f16" | "bf16"): Tensor {
+      if (data instanceof Uint16Array) {
+        if (dtype !== "f16" && dtype !== "bf16") {
+          throw new TypeError(
+            `fromHost: a Uint16Array holds 16-bit floats: pass dtype "f16" or "bf16", got ${
+              JSON.stringify(dtype)
+            }`,
+          );
+        }
+        return checks.wrap(data, dtype);
+      }
+      if (dtype !== undefined) {
+        throw new TypeError(`fromHost: dtype ${JSON.stringify(dtype)} needs a Uint16Array`);
+      }
       if (data instanceof Float32Array) return checks.wrap(data, "f32");
       if (data instanceof Int32Array) return checks.wrap(data, "i32");
-      throw new TypeError("fromHost: data must be a Float32Array or an Int32Array");
+      throw new TypeError("fromHost: data must be a Float32Array, an Int32Array or a Uint16Array");
     },
     fill(t: Tensor, value: number): void {
-      const a = arr(t, "fill", "t", 0);
+      const a = arr(t, "fill", "t", 0), d = t.dtype;
+      if (isHalf(d)) value = halfBits(d, value);
       if (a.length < 4 * FILL) return void a.fill(value);
       // fill() on a shared buffer stores element by element; copying a filled block is faster.
-      const i32 = t.dtype === "i32", block = i32 ? fillI32 : fillF32;
-      if (!Object.is(fillValue[+i32], value)) {
+      const k = d === "f32" ? 0 : d === "i32" ? 1 : 2;
+      const block = k === 0 ? fillF32 : k === 1 ? fillI32 : fillU16;
+      if (!Object.is(fillValue[k], value)) {
         block.fill(value);
-        fillValue[+i32] = value;
+        fillValue[k] = value;
       }
       for (let i = 0; i < a.length; i += FILL) {
-        a.set(i + FILL <= a.length ? block : block.subarray(0, a.length - i), i);
+        (a as Float32Array).set(i + FILL <= a.length ? block : block.subarray(0, a.length - i), i);
       }
     },
     ...hostOps(checks, {
@@ -257,8 +296,21 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       geluBackward(D, X, G, n) {
         ew.geluBackward(D, X, G, n);
       },
+      dropout(O, X, rows, cols, p, key, rowOffset, colOffset, fullCols) {
+        if (p === 0) {
+          if (O !== X) O.set(X.subarray(0, rows * cols));
+          return;
+        }
+        const thr = dropoutThreshold(p), q = 1 - p;
+        for (let r = 0; r < rows; r++) {
+          const o = r * cols, g = (rowOffset + r) * fullCols + colOffset;
+          for (let c = 0; c < cols; c++) {
+            O[o + c] = dropoutHash(key, g + c) >= thr ? X[o + c] / q : 0;
+          }
+        }
+      },
 
-      attentionForward(O, A, Q, B, T, C, H) {
+      attentionForward(O, A, Q, B, T, C, H, drop) {
         const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
         // The scores of one head live in the kernels' memory at element 0 in rows padded to a
         // multiple of 4, the row statistics after them; the softmax runs there in place before
@@ -294,6 +346,14 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
             ew.softmaxAt(0, T, T, sd, 0, true, st);
             if (sd === T) A.set(S.subarray(0, TT), a0);
             else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
+            if (drop !== undefined) {
+              // The output takes the kept probabilities, scaled; att keeps them all.
+              const m = maskHead(drop, T, b, h);
+              for (let t = 0; t < T; t++) {
+                const r = t * sd, mr = t * T;
+                for (let u = 0; u <= t; u++) S[r + u] *= m[mr + u];
+              }
+            }
             // out_h = att @ V, each block of rows over the columns up to its last.
             for (let r0 = 0; r0 < T; r0 += RB) {
               const r1 = Math.min(T, r0 + RB), v = q0 + 2 * C;
@@ -319,7 +379,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
           }
         }
       },
-      attentionBackward(D, G, Q, A, B, T, C, H) {
+      attentionBackward(D, G, Q, A, B, T, C, H, drop) {
         const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
         // In the kernels' memory, rows padded to a multiple of 4: the head's probabilities at
         // element 0, its score gradients at element sOff. Products skip the zero blocks above
@@ -331,13 +391,52 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
           for (let h = 0; h < H; h++) {
             const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, g0 = b * T * C + h * hs;
             const k0 = q0 + C, v0 = q0 + 2 * C;
+            // With dropout (factors m), out = (att * m) V: the kept probabilities go to element
+            // 0 for dV, and datt is multiplied by m before the softmax.
+            const m = drop === undefined ? null : maskHead(drop, T, b, h);
+            if (m !== null) {
+              for (let t = 0; t < T; t++) {
+                const r = t * sd, a = a0 + t * T, mr = t * T;
+                for (let u = 0; u <= t; u++) W[r + u] = A[a + u] * m[mr + u];
+                W.fill(0, r + t + 1, r + T);
+              }
+            }
             for (let r0 = 0; r0 < T; r0 += RB) {
               const r1 = Math.min(T, r0 + RB), n = r1 - r0, g = g0 + r0 * C;
               // datt = dout_h V^T (rows r0..r1, columns up to r1).
               gemm.sgemm(false, true, n, r1, hs, 1, G, g, C, Q, v0, C3, 0, W, sOff + r0 * sd, sd);
-              // dV[r0..r1] += att[r0.., r0..r1]^T dout_h[r0..].
-              const a = a0 + r0 * T + r0;
-              gemm.sgemm(true, false, n, hs, T - r0, 1, A, a, T, G, g, C, 1, D, v0 + r0 * C3, C3);
+              // dV[r0..r1] += att[r0.., r0..r1]^T dout_h[r0..] (the kept probabilities with
+              // dropout).
+              if (m === null) {
+                const a = a0 + r0 * T + r0;
+                gemm.sgemm(true, false, n, hs, T - r0, 1, A, a, T, G, g, C, 1, D, v0 + r0 * C3, C3);
+              } else {
+                const a = r0 * sd + r0;
+                gemm.sgemm(
+                  true,
+                  false,
+                  n,
+                  hs,
+                  T - r0,
+                  1,
+                  W,
+                  a,
+                  sd,
+                  G,
+                  g,
+                  C,
+                  1,
+                  D,
+                  v0 + r0 * C3,
+                  C3,
+                );
+              }
+            }
+            if (m !== null) {
+              for (let t = 0; t < T; t++) {
+                const r = sOff + t * sd, mr = t * T;
+                for (let u = 0; u <= t; u++) W[r + u] *= m[mr + u];
+              }
             }
             // Through the softmax: dpre = scale * att * (datt - rowsum(att * datt)).
             if (sd === T) W.set(A.subarray(a0, a0 + TT), 0);

@@ -1,11 +1,23 @@
 // The WebGPU runtime under the backend: tensors as windows of GPUBuffers, a pipeline cache keyed
 // by each program's declared key, one uniform slot per dispatch, the dispatches of one turn
-// batched into one submission, and batched readback.
+// batched into one submission, batched readback, and the pool of f32 scratch that 16-bit op
+// arguments are widened into.
+//
+// A 16-bit tensor (f16, bf16) takes 2 bytes per element; programs bind it as an array<u32> of
+// words, each holding two elements (the even one in the low half), and address element e of the
+// window as word (o + e) >> 1 of the binding.
 
 import type { Tensor, TensorDType } from "../backend.ts";
+import { type HalfDType, widenHalf } from "../half.ts";
+import { ScratchPool } from "../_pool.ts";
 
 /** Storage element type a program binds a tensor as. */
-export type BindType = "f32" | "i32" | "vec4f";
+export type BindType = "f32" | "i32" | "u32" | "vec4f";
+
+/** Bytes per element of a tensor of `dtype`. */
+export function bytesOf(dtype: TensorDType): number {
+  return dtype === "f16" || dtype === "bf16" ? 2 : 4;
+}
 
 /** A uniform field of a program: name and scalar type. */
 export type Field = readonly [name: string, type: "u32" | "i32" | "f32"];
@@ -80,6 +92,8 @@ export class GpuDevice {
   #error: string | null = null;
   #disposed = false;
   #scratch = new Map<string, GpuTensor>();
+  /** The f32 scratch that 16-bit op arguments are widened into (256-byte aligned runs). */
+  readonly pool: ScratchPool<GPUBuffer>;
 
   /**
    * @param device the open device
@@ -92,6 +106,20 @@ export class GpuDevice {
       size: UNIFORM_SLOT * UNIFORM_SLOTS,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
+    this.pool = new ScratchPool<GPUBuffer>(
+      (n) =>
+        device.createBuffer({
+          size: 4 * n,
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+        }),
+      // A replaced buffer may still be bound by dispatches of the open batch: submit them first.
+      (b) => {
+        this.flush();
+        b.destroy();
+      },
+      64,
+      4,
+    );
     device.addEventListener("uncapturederror", (ev) => {
       const msg = (ev as GPUUncapturedErrorEvent).error.message;
       if (this.#error === null) this.#error = msg;
@@ -110,7 +138,7 @@ export class GpuDevice {
   alloc(length: number, dtype: TensorDType): GpuTensor {
     this.check("alloc");
     // Whole 16-byte words, so that any window can be rounded up to a vec4 boundary.
-    const size = Math.max(16, Math.ceil((length * 4) / 16) * 16);
+    const size = Math.max(16, Math.ceil((length * bytesOf(dtype)) / 16) * 16);
     const buffer = this.device.createBuffer({
       size,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
@@ -122,10 +150,19 @@ export class GpuDevice {
   scratch(name: string, length: number): GpuTensor {
     const cur = this.#scratch.get(name);
     if (cur !== undefined && cur.length >= length) return cur;
-    cur?.buffer.destroy();
+    if (cur !== undefined) {
+      this.flush(); // dispatches of the open batch may still bind the old buffer
+      cur.buffer.destroy();
+    }
     const t = this.alloc(Math.max(length, (cur?.length ?? 0) * 2), "f32");
     this.#scratch.set(name, t);
     return t;
+  }
+
+  /** An f32 run of `n` elements from the widening pool, valid until the pool's release. */
+  takeScratch(n: number): GpuTensor {
+    const at = this.pool.take(n);
+    return new GpuTensor(this, this.pool.buffer, at, n, "f32");
   }
 
   /** The compiled pipeline of a program, built on first use. */
@@ -171,13 +208,13 @@ export class GpuDevice {
     const f32 = new Float32Array(this.#uniformHost, slotOffset, UNIFORM_SLOT / 4);
     const entries: GPUBindGroupEntry[] = [];
     tensors.forEach((t, i) => {
-      const unit = prog.bindings[i] === "vec4f" ? 4 : 1;
+      const unit = prog.bindings[i] === "vec4f" ? 4 : 1, eb = bytesOf(t.dtype);
       // (An empty view at the very end of its buffer still binds the buffer's last 16 bytes.)
-      const startByte = Math.min(t.offset * 4, t.buffer.size - 16);
+      const startByte = Math.min(t.offset * eb, t.buffer.size - 16);
       let bindOffset = Math.floor(startByte / this.#storageAlign) * this.#storageAlign;
       // Only whole vec4 words can be addressed through a vec4 binding.
       if (unit === 4) bindOffset = Math.floor(bindOffset / 16) * 16;
-      const endByte = Math.min(t.buffer.size, Math.ceil(((t.offset + t.length) * 4) / 16) * 16);
+      const endByte = Math.min(t.buffer.size, Math.ceil(((t.offset + t.length) * eb) / 16) * 16);
       const size = Math.max(16, endByte - bindOffset);
       if (size > this.#maxBinding) {
         throw new RangeError(
@@ -185,7 +222,7 @@ export class GpuDevice {
             `limit of ${this.#maxBinding} bytes`,
         );
       }
-      const rel = t.offset - bindOffset / 4;
+      const rel = t.offset - bindOffset / eb;
       if (rel % unit !== 0) throw new Error(`${prog.key}: tensor ${i} is not vec4-aligned`);
       u32[i] = rel / unit;
       entries.push({ binding: i, resource: { buffer: t.buffer, offset: bindOffset, size } });
@@ -242,28 +279,42 @@ export class GpuDevice {
     this.device.queue.submit([cmd]);
   }
 
-  /** Copy `src` into `dst` on the device (different buffers). */
+  /**
+   * Copy `src` into `dst` on the device (different buffers, equal dtypes; a 16-bit window must
+   * start and end on whole words).
+   */
   copyBuffer(dst: GpuTensor, src: GpuTensor): void {
     this.check("copy");
     this.flush();
+    const eb = bytesOf(src.dtype);
     const enc = this.device.createCommandEncoder();
-    enc.copyBufferToBuffer(src.buffer, src.offset * 4, dst.buffer, dst.offset * 4, src.length * 4);
+    enc.copyBufferToBuffer(
+      src.buffer,
+      src.offset * eb,
+      dst.buffer,
+      dst.offset * eb,
+      src.length * eb,
+    );
     this.device.queue.submit([enc.finish()]);
   }
 
-  /** Write host data at element `offset` of `t`. */
-  write(t: GpuTensor, src: Float32Array | Int32Array, offset: number): void {
+  /**
+   * Write host data at element `offset` of `t` (a 16-bit tensor takes its raw bits, starting
+   * and ending on whole words).
+   */
+  write(t: GpuTensor, src: Float32Array | Int32Array | Uint16Array, offset: number): void {
     this.check("write");
     if (src.length === 0) return;
     this.flush();
     // A view of a SharedArrayBuffer (the CPU's flat buffers) is copied to a plain one first.
     const data = src.buffer instanceof ArrayBuffer ? src : src.slice();
+    const eb = bytesOf(t.dtype);
     this.device.queue.writeBuffer(
       t.buffer,
-      (t.offset + offset) * 4,
+      (t.offset + offset) * eb,
       data.buffer as ArrayBuffer,
       data.byteOffset,
-      data.length * 4,
+      data.length * eb,
     );
   }
 
@@ -281,11 +332,21 @@ export class GpuDevice {
     this.#pending = [];
     try {
       this.flush();
-      const starts: number[] = [];
+      // Each read copies whole 4-byte words: [from, from + bytes) of its buffer.
+      const starts: number[] = [], froms: number[] = [], sizes: number[] = [];
       let total = 0;
-      for (const r of reads) {
+      for (const { t } of reads) {
+        const half = bytesOf(t.dtype) === 2;
+        const from = half ? (t.offset >> 1) * 4 : t.offset * 4;
+        const bytes = t.length === 0
+          ? 0
+          : half
+          ? ((t.offset + t.length + 1) >> 1) * 4 - from
+          : t.length * 4;
         starts.push(total);
-        total += Math.ceil(r.t.length / 4) * 16; // keep each copy 16-byte aligned
+        froms.push(from);
+        sizes.push(bytes);
+        total += Math.ceil(bytes / 16) * 16; // keep each copy 16-byte aligned
       }
       const staging = this.device.createBuffer({
         size: Math.max(16, total),
@@ -293,16 +354,26 @@ export class GpuDevice {
       });
       const enc = this.device.createCommandEncoder();
       reads.forEach((r, i) => {
-        if (r.t.length > 0) {
-          enc.copyBufferToBuffer(r.t.buffer, r.t.offset * 4, staging, starts[i]!, r.t.length * 4);
+        if (sizes[i]! > 0) {
+          enc.copyBufferToBuffer(r.t.buffer, froms[i]!, staging, starts[i]!, sizes[i]!);
         }
       });
       this.device.queue.submit([enc.finish()]);
       await staging.mapAsync(GPUMapMode.READ);
       const all = staging.getMappedRange();
-      const out = reads.map((r, i) => {
-        const bytes = new Uint8Array(all, starts[i]!, r.t.length * 4).slice();
-        return r.t.dtype === "i32" ? new Int32Array(bytes.buffer) : new Float32Array(bytes.buffer);
+      const out = reads.map(({ t }, i) => {
+        const bytes = new Uint8Array(all, starts[i]!, sizes[i]!).slice();
+        if (t.dtype === "i32") return new Int32Array(bytes.buffer);
+        if (t.dtype === "f32") return new Float32Array(bytes.buffer);
+        const wide = new Float32Array(t.length);
+        if (t.length > 0) {
+          widenHalf(
+            t.dtype as HalfDType,
+            new Uint16Array(bytes.buffer, 2 * (t.offset & 1), t.length),
+            wide,
+          );
+        }
+        return wide;
       });
       staging.unmap();
       staging.destroy();

@@ -80,14 +80,14 @@ const ADD_ROWS = elementwise(
   "b0[p.o0 + i] = b0[p.o0 + i] + b1[p.o1 + i % p.N];",
 );
 
-/** Set every element of `t` to `value`. */
+/** Set every element of the f32 or i32 `t` to `value`. */
 export function fill(dev: GpuDevice, t: GpuTensor, value: number): void {
-  runElementwise(dev, FILL[t.dtype], [t], t.length, [value]);
+  runElementwise(dev, FILL[t.dtype as "f32" | "i32"], [t], t.length, [value]);
 }
 
-/** `dst = src` element by element (the two must not overlap). */
+/** `dst = src` element by element, f32 or i32 (the two must not overlap). */
 export function copy(dev: GpuDevice, dst: GpuTensor, src: GpuTensor): void {
-  runElementwise(dev, COPY[dst.dtype], [dst, src], dst.length);
+  runElementwise(dev, COPY[dst.dtype as "f32" | "i32"], [dst, src], dst.length);
 }
 
 /** `out = a + b` over n elements. */

@@ -1,11 +1,16 @@
-// The Backend contract on WebGPU: argument checks, then one kernel file per op.
+// The Backend contract on WebGPU: argument checks, then one kernel file per op. 16-bit
+// arguments are widened into f32 runs of the device's pool by a conversion shader before the
+// kernel and rounded back by another after it (half.ts), all on the device.
 
-import type { Backend, Tensor, TensorDType } from "../backend.ts";
+import type { Backend, HostArray, Tensor, TensorDType } from "../backend.ts";
 import { checkedOps } from "../_checks.ts";
+import { halfBits, type HalfDType, roundHalf } from "../half.ts";
 import { adamw } from "./adamw.ts";
 import { attentionBackward, attentionForward } from "./attention.ts";
 import { crossEntropyBackward, crossEntropyForward } from "./cross_entropy.ts";
 import { type GpuDevice, GpuTensor } from "./device.ts";
+import { dropout } from "./dropout.ts";
+import { copy16, fill16, narrow, widen, write16 } from "./half.ts";
 import { add, addRows, axpy, copy, fill, scale } from "./elementwise.ts";
 import { embeddingBackward, embeddingForward } from "./embedding.ts";
 import { geluBackward, geluForward } from "./gelu.ts";
@@ -22,14 +27,23 @@ function sizes(op: string, s: Record<string, number>): void {
   }
 }
 
+const DTYPES: readonly TensorDType[] = ["f32", "f16", "bf16", "i32"];
+const isHalf = (d: TensorDType): d is HalfDType => d === "f16" || d === "bf16";
+
 /** Build the WebGPU {@linkcode Backend} over an open device. */
 export function gpuBackend(dev: GpuDevice, description: string): Backend {
   const mm = dev.direct ? matmulDirect : matmul;
-  const own = (t: Tensor, op: string, name: string, need: number, dtype: TensorDType = "f32") => {
+  const own = (t: Tensor, op: string, name: string, need: number, dtype?: TensorDType) => {
     if (!(t instanceof GpuTensor) || t.owner !== dev) {
       throw new TypeError(`${op}: ${name} is not a tensor of this WebGPU backend`);
     }
-    if (t.dtype !== dtype) throw new TypeError(`${op}: ${name} must be an ${dtype} tensor`);
+    if (dtype !== undefined && t.dtype !== dtype) {
+      throw new TypeError(
+        dtype === "f32"
+          ? `${op}: ${name} must be a float tensor (f32, f16 or bf16), got an ${t.dtype} tensor`
+          : `${op}: ${name} must be an ${dtype} tensor, got an ${t.dtype} tensor`,
+      );
+    }
     if (t.length < need) {
       throw new RangeError(
         `${op}: ${name} has ${t.length} elements but the sizes given need ${need}`,
@@ -37,8 +51,8 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
     }
     return t;
   };
-  const any = (t: Tensor, op: string, name: string) => own(t, op, name, 0, t.dtype);
-  const f = own;
+  const any = (t: Tensor, op: string, name: string) => own(t, op, name, 0);
+  const f = (t: Tensor, op: string, name: string, need: number) => own(t, op, name, need, "f32");
   const vocab = (op: string, vocabStart: number) => {
     if (!Number.isInteger(vocabStart)) {
       throw new RangeError(`${op}: vocabStart must be an integer, got ${vocabStart}`);
@@ -51,8 +65,10 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
 
     alloc(length: number, dtype: TensorDType = "f32"): Tensor {
       sizes("alloc", { length });
-      if (dtype !== "f32" && dtype !== "i32") {
-        throw new TypeError(`alloc: dtype must be "f32" or "i32", got ${JSON.stringify(dtype)}`);
+      if (!DTYPES.includes(dtype)) {
+        throw new TypeError(
+          `alloc: dtype must be "f32", "f16", "bf16" or "i32", got ${JSON.stringify(dtype)}`,
+        );
       }
       return dev.alloc(length, dtype);
     },
@@ -66,22 +82,33 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
       }
       return new GpuTensor(dev, g.buffer, g.offset + offset, length, g.dtype);
     },
-    write(t: Tensor, src: Float32Array | Int32Array | Float64Array, offset = 0): void {
+    write(t: Tensor, src: HostArray | Uint16Array, offset = 0): void {
       sizes("write", { offset });
-      const g = any(t, "write", "t");
+      const g = any(t, "write", "t"), d = g.dtype;
       if (offset + src.length > g.length) {
         throw new RangeError(
           `write: ${src.length} elements at offset ${offset} do not fit a tensor of ${g.length}`,
         );
       }
-      if ((g.dtype === "i32") !== (src instanceof Int32Array)) {
-        throw new TypeError(
-          `write: an ${g.dtype} tensor needs ${
-            g.dtype === "i32" ? "an Int32Array" : "a Float32Array"
-          }, got ${src.constructor.name}`,
-        );
+      const floats = src instanceof Float32Array || src instanceof Float64Array;
+      if (d === "i32" ? src instanceof Int32Array : d === "f32" ? floats : false) {
+        return dev.write(g, src instanceof Float64Array ? new Float32Array(src) : src, offset);
       }
-      dev.write(g, src instanceof Float64Array ? new Float32Array(src) : src, offset);
+      if (isHalf(d) && src instanceof Uint16Array) return write16(dev, g, src, offset);
+      if (isHalf(d) && floats) {
+        const bits = new Uint16Array(src.length);
+        roundHalf(d, src, bits);
+        return write16(dev, g, bits, offset);
+      }
+      throw new TypeError(
+        `write: an ${d} tensor needs ${
+          d === "i32"
+            ? "an Int32Array"
+            : d === "f32"
+            ? "a Float32Array or Float64Array"
+            : "a Float32Array or Float64Array (rounded) or a Uint16Array (raw bits)"
+        }, got ${src.constructor.name}`,
+      );
     },
     read(t: Tensor): Promise<Float32Array | Int32Array> {
       return dev.read(any(t, "read", "t"));
@@ -91,33 +118,64 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
       return null;
     },
     fill(t: Tensor, value: number): void {
-      fill(dev, any(t, "fill", "t"), value);
+      const g = any(t, "fill", "t");
+      if (isHalf(g.dtype)) fill16(dev, g, halfBits(g.dtype, value));
+      else fill(dev, g, value);
     },
     copy(dst: Tensor, src: Tensor): void {
       const d = any(dst, "copy", "dst"), s = any(src, "copy", "src");
-      if (d.length !== s.length || d.dtype !== s.dtype) {
+      if (d.length !== s.length) {
         throw new RangeError(
-          `copy: dst (${d.dtype}[${d.length}]) and src (${s.dtype}[${s.length}]) must match`,
+          `copy: dst (${d.dtype}[${d.length}]) and src (${s.dtype}[${s.length}]) must have ` +
+            `the same length`,
+        );
+      }
+      if (d.dtype !== s.dtype && (d.dtype === "i32" || s.dtype === "i32")) {
+        throw new TypeError(
+          `copy: cannot copy an ${s.dtype} tensor into an ${d.dtype} one; copy converts ` +
+            `between the float dtypes (f32, f16, bf16) only`,
         );
       }
       if (d.length === 0) return;
-      if (d.buffer === s.buffer) {
-        if (d.offset < s.offset + s.length && s.offset < d.offset + d.length) {
-          throw new RangeError("copy: dst and src overlap; copy through a temporary tensor");
-        }
-        copy(dev, d, s);
-      } else {
-        dev.copyBuffer(d, s);
+      dev.check("copy");
+      if (d.dtype !== s.dtype) {
+        // Conversions: through the f32 scratch pool between the two 16-bit types.
+        if (s.dtype === "f32") return narrow(dev, d, s, d.length);
+        if (d.dtype === "f32") return widen(dev, d, s, d.length);
+        const w = dev.takeScratch(d.length);
+        widen(dev, w, s, d.length);
+        narrow(dev, d, w, d.length);
+        dev.pool.release();
+        return;
       }
+      if (
+        d.buffer === s.buffer && d.offset < s.offset + s.length && s.offset < d.offset + d.length
+      ) {
+        throw new RangeError("copy: dst and src overlap; copy through a temporary tensor");
+      }
+      if (isHalf(d.dtype)) copy16(dev, d, s);
+      else if (d.buffer === s.buffer) copy(dev, d, s);
+      else dev.copyBuffer(d, s);
     },
     dispose(): void {
       dev.dispose();
+    },
+    scratchBytes(): number {
+      return dev.pool.bytes;
     },
 
     ...checkedOps<GpuTensor, GpuTensor>({
       sizes,
       f,
       ints: (t, op, name, need) => own(t, op, name, need, "i32"),
+      widen(t, op, name, need, role) {
+        const g = own(t, op, name, need);
+        const s = dev.takeScratch(need);
+        if (role !== "out") widen(dev, s, g, need);
+        return s;
+      },
+      narrow: (t, s, need) => narrow(dev, t as GpuTensor, s, need),
+      release: () => dev.pool.release(),
     }, {
       matmul: (C, A, B, bias, M, N, K, o) =>
         mm(
@@ -153,8 +211,12 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
         layernormBackward(dev, DX, DW, DB, G, X, Wt, Mu, R, N, C),
       geluForward: (O, X, n) => geluForward(dev, O, X, n),
       geluBackward: (D, X, G, n) => geluBackward(dev, D, X, G, n),
-      attentionForward: (O, A, Q, B, T, C, H) => attentionForward(dev, O, A, Q, B, T, C, H),
-      attentionBackward: (D, G, Q, A, B, T, C, H) => attentionBackward(dev, D, G, Q, A, B, T, C, H),
+      dropout: (O, X, rows, cols, p, key, rowOffset, colOffset, fullCols) =>
+        dropout(dev, O, X, rows, cols, p, key, rowOffset, colOffset, fullCols),
+      attentionForward: (O, A, Q, B, T, C, H, drop) =>
+        attentionForward(dev, O, A, Q, B, T, C, H, drop),
+      attentionBackward: (D, G, Q, A, B, T, C, H, drop) =>
+        attentionBackward(dev, D, G, Q, A, B, T, C, H, drop),
       crossEntropyForward: (L, P, X, Tg, N, V) => crossEntropyForward(dev, L, P, X, Tg, N, V),
       crossEntropyBackward: (D, P, Tg, dloss, N, V) =>
         crossEntropyBackward(dev, D, P, Tg, dloss, N, V),

@@ -3,41 +3,13 @@
 // numbers), runs one or more ops and returns the arrays to compare. Gradient outputs start from
 // random values, so that a backward that overwrites instead of adding fails.
 
-import type { Backend, HostArray, MatmulOptions, Tensor } from "../../kernels/mod.ts";
+import type { MatmulOptions } from "../../kernels/mod.ts";
 import { Rng } from "../../kernels/mod.ts";
+import { ints, type OpCase, rand, read } from "./_case_util.ts";
+import { dropoutCases } from "./_cases_dropout.ts";
+import { storageCases } from "./_cases_storage.ts";
 
-/** One op case. */
-export interface OpCase {
-  /** What the case covers, read after the backend's name in the test name. */
-  name: string;
-  /** Run the case on `be` with inputs drawn from `rng`; returns the outputs to compare. */
-  run(be: Backend, rng: Rng): Promise<Record<string, HostArray>>;
-  /** Tolerance override: |got - want| <= tol * (1 + |want|). */
-  tol?: number;
-}
-
-function rand(be: Backend, rng: Rng, n: number, scale = 1): Tensor {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) a[i] = (rng.uniform() * 2 - 1) * scale;
-  const t = be.alloc(n);
-  be.write(t, a);
-  return t;
-}
-
-function ints(be: Backend, values: number[]): Tensor {
-  const t = be.alloc(values.length, "i32");
-  be.write(t, new Int32Array(values));
-  return t;
-}
-
-async function read(
-  be: Backend,
-  named: Record<string, Tensor>,
-): Promise<Record<string, HostArray>> {
-  const out: Record<string, HostArray> = {};
-  for (const [k, t] of Object.entries(named)) out[k] = await be.read(t);
-  return out;
-}
+export type { OpCase };
 
 function matmulCase(
   M: number,
@@ -303,7 +275,7 @@ cases.push({
     const f = rand(be, rng, 70001), i = ints(be, new Array(70001).fill(3));
     be.fill(f, 0.1);
     be.fill(i, -7);
-    const f0 = await be.read(f), i0 = await be.read(i);
+    const { f: f0, i: i0 } = await read(be, { f, i });
     be.fill(f, 0);
     be.fill(i, 2);
     return { f0, i0, ...await read(be, { f, i }) };
@@ -323,6 +295,9 @@ for (const [B, T, C, H] of [[1, 64, 16, 2], [1, 6, 8, 2]]) {
     },
   });
 }
+
+// Cases appended last keep the seeds (caseRng(index)) of the ones above.
+cases.push(...storageCases, ...dropoutCases);
 
 /** Every op case. */
 export const opCases: readonly OpCase[] = cases;

@@ -190,7 +190,10 @@ Deno.test({
     assert.throws(() => b.view(t, 2, 3), RangeError);
     assert.throws(() => b.write(t, new Float32Array(5)), RangeError);
     assert.throws(() => b.write(i, new Float32Array(2)), TypeError);
-    assert.throws(() => b.geluForward(t, i, 2), /inp must be an f32 tensor/);
+    assert.throws(
+      () => b.geluForward(t, i, 2),
+      /inp must be a float tensor \(f32, f16 or bf16\), got an i32 tensor/,
+    );
     assert.throws(() => b.attentionForward(t, t, t, 1, 1, 3, 2), /multiple of the number of heads/);
     assert.throws(() => b.copy(b.view(t, 0, 3), b.view(t, 1, 3)), /overlap/);
     assert.throws(
@@ -200,6 +203,34 @@ Deno.test({
     );
     assert.throws(() => b.alloc(-1), RangeError);
     assert.throws(() => b.scale(reference.alloc(1), 1, 1), /not a tensor of this WebGPU backend/);
+    const h = b.alloc(4, "f16");
+    assert.throws(() => b.write(h, new Int32Array(1)), /f16 tensor needs a Float32Array/);
+    assert.throws(() => b.copy(b.view(t, 0, 2), i), /cannot copy an i32 tensor into an f32 one/);
+    assert.throws(() => b.copy(b.view(h, 0, 3), b.view(h, 1, 3)), /overlap/);
+    assert.throws(() => b.dropout(t, t, 2, 2, 1, 0), /p must be in \[0, 1\)/);
+    assert.throws(() => b.dropout(t, t, 2, 2, 0.5, 2 ** 32), /key must be an unsigned/);
+    assert.throws(() => b.dropout(t, t, 2, 2, 0.5, 0, 2 ** 31, 0, 2), /exceeds 2\^32 - 1/);
+  },
+});
+
+Deno.test({
+  name: "webgpu: 16-bit tensors take 2 bytes an element and the widening pool only grows",
+  ignore,
+  async fn() {
+    const be = gpu();
+    const before = be.scratchBytes!();
+    const x = be.alloc(1001, "bf16"), y = be.alloc(1001, "f16");
+    be.fill(y, 3);
+    be.geluForward(x, y, 1001);
+    const after = be.scratchBytes!();
+    assert.ok(after >= Math.max(before, 2 * 1001 * 4), `${after} bytes`);
+    for (let i = 0; i < 3; i++) be.geluForward(x, y, 1001);
+    assert.equal(be.scratchBytes!(), after);
+    const [g] = await Promise.all([be.read(x)]);
+    const want = 0.5 * 3 * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (3 + 0.044715 * 27)));
+    assert.ok(Math.abs(g![1000]! - want) <= 2 ** -8 * want, `${g![1000]} vs ${want}`);
+    // The storage is 2 bytes an element, in whole 16-byte words.
+    assert.equal((x as unknown as { buffer: GPUBuffer }).buffer.size, 2016);
   },
 });
 

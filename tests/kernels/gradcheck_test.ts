@@ -113,6 +113,37 @@ Deno.test("attentionBackward() matches finite differences for q, k and v of ever
   gradcheck(rng, loss, () => be.attentionBackward(dqkv, r, qkv, att, B, T, C, NH), [[qkv, dqkv]]);
 });
 
+Deno.test("attentionBackward() with dropout matches finite differences of the dropped forward", () => {
+  // The mask is a function of position only, so the forward is a fixed function of qkv.
+  const rng = new Rng(7);
+  const B = 2, T = 5, C = 6, NH = 2;
+  const drop = { p: 0.3, key: 4242, seqOffset: 1, headOffset: 1, heads: 4 };
+  const qkv = randn(rng, B * T * 3 * C), r = randn(rng, B * T * C);
+  const out = be.alloc(B * T * C), att = be.alloc(B * NH * T * T), dqkv = be.alloc(B * T * 3 * C);
+  const loss = () => {
+    be.attentionForward(out, att, qkv, B, T, C, NH, drop);
+    return dot(out, r);
+  };
+  loss();
+  gradcheck(rng, loss, () => be.attentionBackward(dqkv, r, qkv, att, B, T, C, NH, drop), [
+    [qkv, dqkv],
+  ]);
+});
+
+Deno.test("dropout() is its own backward: the gradient of sum(r * dropout(x)) is dropout(r)", () => {
+  const rng = new Rng(8);
+  const rows = 4, cols = 6, n = rows * cols;
+  const x = randn(rng, n), r = randn(rng, n), out = be.alloc(n), dx = be.alloc(n), g = be.alloc(n);
+  const loss = () => {
+    be.dropout(out, x, rows, cols, 0.5, 77, 2, 1, 9);
+    return dot(out, r);
+  };
+  gradcheck(rng, loss, () => {
+    be.dropout(g, r, rows, cols, 0.5, 77, 2, 1, 9);
+    be.axpy(dx, g, 1, n);
+  }, [[x, dx]]);
+});
+
 Deno.test("crossEntropyBackward() matches finite differences, ignored targets included", () => {
   const rng = new Rng(4);
   const N = 4, V = 5, dloss = 0.25;
