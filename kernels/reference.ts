@@ -4,6 +4,10 @@
  * truth that every other backend is tested against, and with `precision: "f64"` it stores
  * floats as `Float64Array`s so that gradients can be checked by finite differences.
  *
+ * 16-bit tensors (`f16`, `bf16`) are `Uint16Array`s of raw bits; an op widens the 16-bit
+ * arguments it reads into scratch of its float storage (float32, or float64 with
+ * `precision: "f64"`), and rounds what it wrote back, once, from that storage.
+ *
  * @module
  */
 

@@ -3,6 +3,17 @@
  * `navigator.gpu`. Tensors are windows of GPU buffers (views share their buffer); every op is
  * submitted in order, and only `read` waits (reads requested together share one map).
  *
+ * 16-bit tensors (`f16`, `bf16`) are GPU buffers of 2 bytes an element, padded to whole 16-byte
+ * words, which shaders read and write as packed `u32` words of two elements. An op widens each
+ * 16-bit argument it reads into an f32 run of a scratch pool on the device (one small conversion
+ * shader), runs its f32 kernel, and rounds what it wrote back with another (to nearest, ties to
+ * even; f16 overflows to ±Inf; NaN stays NaN); ops on f32 tensors alone run as they always did.
+ * The conversions are integer arithmetic on the bits, identical on every adapter: WGSL's
+ * `pack2x16float` leaves rounding and out-of-range values to the implementation, and
+ * `unpack2x16float` need not keep Inf and NaN. So the `shader-f16` feature is neither requested
+ * nor needed: an adapter that offers it (llvmpipe does not) runs the same packed-`u32` path,
+ * and the kernels compute in f32 either way. {@linkcode Backend.scratchBytes} counts the pool.
+ *
  * Nothing happens at import time: the adapter is requested by {@linkcode createWebGPUBackend}.
  *
  * @example Multiply two matrices on the GPU (or skip where there is no adapter)
