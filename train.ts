@@ -19,34 +19,26 @@
 import { parseArgs } from "node:util";
 import {
   AdditionTask,
-  type Batch,
   type Dataset,
+  describeDataset,
   loadTextDataset,
-  type Score,
   TOKENIZER_KINDS,
   tokenizerFromJSON,
   type TokenizerJSON,
 } from "./data/mod.ts";
-import type { Communicator } from "./collectives/communicator.ts";
-import { RankFailedError, runWorkers } from "./collectives/world.ts";
+import { RankFailedError } from "./collectives/world.ts";
 import {
   checkParallelLayout,
-  Engine,
   type EngineConfig,
-  formatDuration,
-  MetricsWriter,
-  ParallelEngine,
-  type ParallelLayout,
-  Progress,
+  readCheckpointConfig,
+  resolveEngineConfig,
+  runTraining,
+  type TrainSummary,
 } from "./engine/mod.ts";
-import { readCheckpointConfig, readMetrics, resolveEngineConfig } from "./engine/mod.ts";
-import { type Backend, createCpuBackend } from "./kernels/mod.ts";
-import { createWebGPUBackend, probeWebGPU } from "./kernels/webgpu/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
-import { checkModelLayout } from "./parallel/grid.ts";
-import type { ScheduleName } from "./parallel/schedules.ts";
+import { checkModelLayout, type ScheduleName } from "./parallel/mod.ts";
 
-export type * from "./collectives/communicator.ts";
+export type { TrainSummary };
 
 const PIPELINE_SCHEDULES: readonly ScheduleName[] = ["none", "gpipe", "1f1b", "interleaved"];
 
@@ -211,40 +203,6 @@ const OPTIONS: Record<string, OptionSpec> = {
 
 /** The parsed options, with defaults applied. */
 export type TrainOptions = Record<string, string | number | boolean | null>;
-
-/** What a finished run reports (also written as summary.json). */
-export interface TrainSummary {
-  /** Steps done when the run stopped. */
-  steps: number;
-  /** Mean training loss over the last logged steps. */
-  train_loss: number;
-  /** Validation loss at the end (null without validation data). */
-  val_loss: number | null;
-  /** Held-out exact-match score (tasks only). */
-  heldout: { correct: number; total: number; accuracy: number } | null;
-  /** Mean training throughput of this process. */
-  tokens_per_s: number;
-  /** Wall time of this process in seconds. */
-  wall_time_s: number;
-  /** Parameters of the model. */
-  params: number;
-  /** The backend's description. */
-  backend: string;
-  /** The data set. */
-  data: string;
-  /** The run directory. */
-  out: string;
-  /** How the run was laid out over ranks. */
-  layout: {
-    tp: number;
-    pp: number;
-    dp: number;
-    virtual_stages: number;
-    sequence_parallel: boolean;
-    schedule: string;
-    micro_batches: number;
-  };
-}
 
 /**
  * The --help text.
@@ -449,78 +407,35 @@ function memoryEstimate(o: TrainOptions, vocab: number, T: number): number {
   return 4 * (4 * params + rows * (L * perLayer + 3 * vocab + 6 * C));
 }
 
-async function pickBackend(o: TrainOptions): Promise<Backend> {
-  // auto: WebGPU only on a hardware adapter, probed without opening a device.
-  const probe = o.backend === "auto" ? await probeWebGPU() : null;
-  if (o.backend === "webgpu" || (probe !== null && !probe.software)) {
-    const gpu = await createWebGPUBackend();
-    if (gpu !== null) return gpu;
-    if (o.backend === "webgpu") {
-      throw new RangeError(
-        "--backend webgpu: this runtime has no WebGPU adapter; use --backend cpu (or auto)",
-      );
-    }
-  }
-  return createCpuBackend({ gemm: o.gemm as "auto", threads: o.threads as number });
-}
-
 function defaultOut(o: TrainOptions): string {
   const t = new Date().toISOString().replace(/[:.]/g, "-").slice(0, 19);
   const what = o.data ? String(o.data).split("/").pop()!.replace(/\.[^.]*$/, "") : "addition";
   return `runs/${what}-${t}`;
 }
 
-async function evaluate(
-  engine: Engine | ParallelEngine,
-  ds: Dataset,
-  B: number,
-  limit: number,
-): Promise<{ val: number | null; score: Score | null }> {
-  const batches = ds.validationBatches(B, 8);
-  let sum = 0;
-  for (const b of batches) sum += await engine.evalBatch(b);
-  const val = batches.length > 0 ? sum / batches.length : null;
-  const score = ds.score
-    ? await ds.score((inputs, b, t) => engine.logits(inputs, b, t), B, limit)
-    : null;
-  return { val, score };
-}
-
 /** Options of {@linkcode main}. */
 export interface MainOptions {
   /** `false` keeps the run silent (tests); default true. */
   print?: boolean;
-  /**
-   * The world of a parallel run, when this call is one of its ranks (the rank module passes
-   * it); without it a layout over several ranks starts them as Workers.
-   */
-  world?: Communicator;
 }
 
 /**
- * Run the main job with the given command-line arguments. With `--tp`, `--pp` or `--dp` above
- * 1 it checks the layout, then starts tp * pp * dp ranks as Workers of this process, each
- * running this same job on its share of the model; rank 0 logs and writes the run directory.
+ * Run the main job with the given command-line arguments: check them, read the data, turn
+ * both into a run (see `runTraining` in engine/run.ts), and run it. With `--tp`, `--pp` or
+ * `--dp` above 1 the layout is checked before tp * pp * dp ranks start as Workers of this
+ * process; rank 0 logs and writes the run directory.
  *
  * @param argv the arguments
- * @param opts printing, and the world when called on a rank
+ * @param opts printing
  * @returns the summary, or null for --help
  */
-export async function main(
-  argv: string[],
-  opts: MainOptions = {},
-): Promise<TrainSummary | null> {
+export async function main(argv: string[], opts: MainOptions = {}): Promise<TrainSummary | null> {
   const print = opts.print ?? true;
-  const world = opts.world;
-  const lead = world === undefined || world.rank === 0;
   let { given, all: o } = parseTrainArgs(argv);
   if (o.help) {
     if (print) console.log(helpText());
     return null;
   }
-  const say = (s: string) => {
-    if (print && !o.quiet) console.log(s);
-  };
 
   // Resuming: saved options fill in what is not given on this command line.
   let savedTokenizer: TokenizerJSON | null = null;
@@ -548,7 +463,7 @@ export async function main(
     o = merged;
   }
 
-  // Data, before anything heavy.
+  // Data, before anything heavy: read once here, handed to every rank.
   let ds: Dataset;
   if (o.data !== null) {
     const reuse = savedTokenizer ? await tokenizerFromJSON(savedTokenizer) : undefined;
@@ -645,226 +560,29 @@ export async function main(
     Object.assign(config, await readEngineConfigFile(String(o.config), config));
   }
   resolveEngineConfig(config); // every config error before the backend starts
-  const pipelineSchedule = (o["pipeline-schedule"] as ScheduleName | null) ?? undefined;
-  const layout: ParallelLayout | null = parallel
-    ? checkParallelLayout(config, { schedule: pipelineSchedule, seqLen: ds.seqLen })
-    : null;
-  if (layout && world === undefined) {
-    // Every check passed: start the ranks, each running this job on its share of the model.
-    const args = o.out === null ? [...argv, "--out", defaultOut(o)] : argv;
-    const results = await runWorkers<TrainSummary | null>({
-      size: layout.worldSize,
-      module: new URL("./engine/parallel_rank.ts", import.meta.url),
-      data: { argv: args, print },
-      timeoutMs: 60_000,
-    });
-    return results[0]!;
-  }
-
-  const backend = layout
-    ? createCpuBackend({ gemm: o.gemm as "auto", threads: o.threads as number })
-    : await pickBackend(o);
-  try {
-    const engine = layout
-      ? await ParallelEngine.create(config, {
-        world: world!,
-        backend,
-        schedule: pipelineSchedule,
-        seqLen: ds.seqLen,
-      })
-      : new Engine(config, backend);
-    // The data: a parallel run draws the same batches as a one-rank run with the same flags.
-    const drawAccum = layout ? o.accum as number : engine.config.accumulation;
-    const micro = engine.config.batchSize / drawAccum;
-    if (!Number.isInteger(micro)) {
-      throw new RangeError(
-        `The batch of ${engine.config.batchSize} is not a multiple of --accum ${drawAccum}`,
-      );
-    }
-    const src = ds.trainBatches(micro, (o.seed as number) + 1);
-    const out = String(o.out ?? defaultOut(o));
-    let tokensBefore = 0;
-    if (o.resume !== null) {
-      const extra = await engine.load(String(o.resume));
-      src.setState(extra.data as ReturnType<typeof src.getState>);
-      tokensBefore = Number(extra.tokens ?? 0);
-      if (engine.step >= steps) {
-        throw new RangeError(
-          `The run in ${o.resume} already took ${engine.step} steps: raise --steps to continue`,
-        );
-      }
-    }
-    const stopAt = (o["stop-after"] as number) > 0
-      ? Math.min(o["stop-after"] as number, steps)
-      : steps;
-    if (lead) await Deno.mkdir(out, { recursive: true });
-    const metricsPath = `${out}/metrics.jsonl`;
-    if (o.resume !== null && lead) {
-      // Steps logged after the checkpoint was taken are run again: drop their old lines.
-      try {
-        const kept = (await readMetrics(metricsPath)).filter((r) => r.step <= engine.step);
-        await Deno.writeTextFile(metricsPath, kept.map((r) => JSON.stringify(r) + "\n").join(""));
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      }
-    }
-    const writer = lead ? await MetricsWriter.open(metricsPath, o.resume !== null) : null;
-    const metrics = {
-      write: async (r: Parameters<MetricsWriter["write"]>[0]) => {
-        if (writer) await writer.write(r);
-      },
-      close: () => writer?.close(),
-    };
-    if (!lead) o = { ...o, quiet: true };
-    say(
-      `Loom: ${ds.name}, ${engine.model.numParams.toLocaleString("en-US")} parameters ` +
-        `(dim ${o.dim}, layers ${o.layers}, heads ${o.heads}, ctx ${ctx}, vocab ${vocab})`,
-    );
-    say(`backend: ${backend.description}`);
-    if (layout) {
-      say(
-        `layout: tp ${layout.tp} x pp ${layout.pp} x dp ${layout.dp} = ${layout.worldSize} ` +
-          `ranks (Workers), ${layout.schedule} schedule` +
-          (layout.virtualStages > 1 ? ` with ${layout.virtualStages} virtual stages` : "") +
-          (layout.sequenceParallel ? ", sequence parallel" : "") +
-          `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,
-      );
-    }
-    for (const note of shape.notes) say(note);
-    say(`${engine.step > 0 ? `resuming at step ${engine.step}, ` : ""}writing to ${out}/`);
-    const progress = new Progress(50, !print || Boolean(o.quiet));
-
-    const evalEvery = o["eval-every"] as number, saveEvery = o["save-every"] as number;
-    const saveRun = async () => {
-      await engine.save(out, { data: src.getState(), tokens: tokensBefore + tokensRun }, {
-        run: { ...o, ctx, out, resume: null, "stop-after": 0 },
-        tokenizer: ds.tokenizer.toJSON(),
-      });
-    };
-    const t0 = performance.now();
-    let tokensRun = 0;
-    const window: { t: number; tokens: number }[] = [{ t: t0, tokens: 0 }];
-    const recent: number[] = [];
-    const stepsStart = engine.step;
-    let last: { val: number | null; score: Score | null } = { val: null, score: null };
-    while (engine.step < stopAt) {
-      const batches: Batch[] = [];
-      for (let i = 0; i < drawAccum; i++) batches.push(src.next());
-      const r = await engine.trainBatch(batches);
-      tokensRun += r.tokens;
-      const now = performance.now();
-      window.push({ t: now, tokens: tokensRun });
-      if (window.length > 21) window.shift();
-      const w0 = window[0];
-      const tps = (tokensRun - w0.tokens) / Math.max(1e-9, (now - w0.t) / 1000);
-      recent.push(r.loss);
-      if (recent.length > 20) recent.shift();
-      const rec = { step: r.step, loss: r.loss, lr: r.lr, tokens_per_s: Math.round(tps) };
-      await metrics.write(Number.isNaN(r.gradNorm) ? rec : { ...rec, grad_norm: r.gradNorm });
-      if (!Number.isFinite(r.loss)) {
-        throw new RangeError(
-          `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${lr}) or set --clip`,
-        );
-      }
-      progress.update({
-        step: r.step,
-        total: stopAt,
-        loss: r.loss,
-        lr: r.lr,
-        tokensPerS: tps,
-        elapsed: (now - t0) / 1000,
-        stepsThisRun: r.step - stepsStart,
-      });
-      const end = engine.step === stopAt;
-      if ((evalEvery > 0 && r.step % evalEvery === 0) || end) {
-        if (engine instanceof ParallelEngine) {
-          await engine.syncModel();
-          last = (await engine.leaderOnly(() =>
-            evaluate(engine, ds, micro, end ? Infinity : 500)
-          )) ?? last;
-        } else {
-          last = await evaluate(engine, ds, micro, end ? Infinity : 500);
-        }
-        await metrics.write({
-          step: r.step,
-          kind: "eval",
-          val_loss: last.val,
-          ...(last.score ? { heldout_accuracy: last.score.accuracy } : {}),
-        });
-        progress.log(
-          `eval @ ${r.step}: val loss ${last.val?.toFixed(4) ?? "n/a"}` +
-            (last.score
-              ? ` | held-out exact match ${last.score.correct}/${last.score.total} ` +
-                `(${(100 * last.score.accuracy).toFixed(1)}%)`
-              : ""),
-        );
-      }
-      if (saveEvery > 0 && r.step % saveEvery === 0 && !end) await saveRun();
-    }
-    progress.done();
-    await saveRun();
-    metrics.close();
-    const wall = (performance.now() - t0) / 1000;
-    const summary: TrainSummary = {
-      steps: engine.step,
-      train_loss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
-      val_loss: last.val,
-      heldout: last.score
-        ? { correct: last.score.correct, total: last.score.total, accuracy: last.score.accuracy }
-        : null,
-      tokens_per_s: Math.round(tokensRun / Math.max(wall, 1e-9)),
-      wall_time_s: Math.round(wall * 100) / 100,
-      params: engine.model.numParams,
-      backend: backend.description,
-      data: ds.name,
-      out,
-      layout: {
-        tp,
-        pp,
-        dp,
-        virtual_stages: layout?.virtualStages ?? 1,
-        sequence_parallel: layout?.sequenceParallel ?? false,
-        schedule: layout?.schedule ?? "none",
-        micro_batches: layout?.microBatches ?? engine.config.accumulation,
-      },
-    };
-    if (lead) {
-      await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
-    }
-    if (print) {
-      console.log(
-        `done: ${summary.steps} steps in ${formatDuration(wall)}, ` +
-          `${summary.tokens_per_s.toLocaleString("en-US")} tokens/s, ` +
-          `${summary.params.toLocaleString("en-US")} parameters`,
-      );
-      console.log(
-        `train loss ${summary.train_loss.toFixed(4)} | val loss ` +
-          `${summary.val_loss?.toFixed(4) ?? "n/a"}` +
-          (summary.heldout
-            ? ` | held-out exact match ${summary.heldout.correct}/${summary.heldout.total} ` +
-              `(${(100 * summary.heldout.accuracy).toFixed(1)}%)`
-            : ""),
-      );
-      if (last.score) {
-        console.log("samples (held-out problems):");
-        for (const s of last.score.samples.slice(0, 6)) {
-          console.log(
-            `  ${s.prompt}${s.predicted}  ${s.correct ? "right" : `wrong, ${s.expected}`}`,
-          );
-        }
-      } else {
-        const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
-        const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
-        const [gen] = await engine.model.generate([prompt], 120);
-        console.log("sample (greedy):");
-        console.log(`  ${ds.tokenizer.decode(prompt)}|${ds.tokenizer.decode(gen)}`);
-      }
-      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/checkpoint.safetensors`);
-    }
-    return summary;
-  } finally {
-    backend.dispose();
-  }
+  const schedule = (o["pipeline-schedule"] as ScheduleName | null) ?? undefined;
+  checkParallelLayout(config, { schedule, seqLen: ds.seqLen });
+  const out = String(o.out ?? defaultOut(o));
+  return await runTraining({
+    config,
+    data: describeDataset(ds),
+    steps,
+    stopAt: (o["stop-after"] as number) > 0 ? o["stop-after"] as number : steps,
+    evalEvery: o["eval-every"] as number,
+    saveEvery: o["save-every"] as number,
+    drawAccum: o.accum as number,
+    dataSeed: (o.seed as number) + 1,
+    out,
+    resume: o.resume as string | null,
+    backend: o.backend as "auto",
+    gemm: o.gemm as "auto",
+    threads: o.threads as number,
+    schedule,
+    print,
+    quiet: Boolean(o.quiet),
+    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0 },
+    notes: shape.notes,
+  });
 }
 
 if (import.meta.main) {

@@ -3,24 +3,11 @@
 
 import type { Communicator } from "../collectives/mod.ts";
 import { createCpuBackend } from "../kernels/mod.ts";
-import { FlatParams, initialValue } from "../models/mod.ts";
-import { buildLayout } from "../optim/mod.ts";
-import {
-  buildChunkLayers,
-  buildSchedule,
-  gptActivationSize,
-  GptChunk,
-  type ParallelGptConfig,
-  runPipeline,
-  type ScheduleName,
-  serialSpecs,
-  shardSpecs,
-  stageParts,
-  type TraceEntry,
-} from "../parallel/mod.ts";
+import { Gpt, type GptConfig, stageParts } from "../models/mod.ts";
+import { buildSchedule, runPipeline, type ScheduleName, type TraceEntry } from "../parallel/mod.ts";
 
 export interface BenchRankInput {
-  cfg: ParallelGptConfig;
+  cfg: GptConfig;
   schedule: ScheduleName;
   v: number;
   m: number;
@@ -43,14 +30,7 @@ export async function main(comm: Communicator, d: BenchRankInput): Promise<Bench
   const be = createCpuBackend({ threads: 1 });
   const pp = comm.size;
   const parts = stageParts(d.cfg.layers, pp, d.v, comm.rank);
-  const serial = serialSpecs(d.cfg, parts);
-  const layout = buildLayout(shardSpecs(serial, 1));
-  const store = new FlatParams(be, layout);
-  for (const s of serial) {
-    be.write(store.params, initialValue(s, d.cfg.layers, 1), layout.get(s.name).offset);
-  }
-  const tp = { comm: null };
-  const layers = parts.map((p) => buildChunkLayers(be, tp, store, d.cfg, p));
+  const model = new Gpt(be, d.cfg, { seed: 1, parts, pipelined: pp > 1 });
   const schedule = buildSchedule(d.schedule, { pp, m: d.m, v: d.v });
   const n = d.B * d.T;
   const batch = (mb: number) => ({
@@ -61,16 +41,16 @@ export async function main(comm: Communicator, d: BenchRankInput): Promise<Bench
   const idleMs: number[] = [];
   let trace: TraceEntry[] = [];
   for (let step = 0; step < d.warmup + d.steps; step++) {
-    store.zeroGrad();
-    const chunks = parts.map((p, c) =>
-      new GptChunk(be, tp, layers[c]!, p, { B: d.B, T: d.T, batch, gradScale: 1 / d.m })
+    model.zeroGrad();
+    const chunks = parts.map((_, c) =>
+      model.chunk(c, { B: d.B, T: d.T, batch, gradScale: 1 / d.m, onLoss: () => {} })
     );
     await comm.barrier();
     const stats = await runPipeline({
       schedule,
       comm,
       chunks,
-      activationSize: gptActivationSize(d.B, d.T, d.cfg.dim, tp),
+      activationSize: d.B * d.T * d.cfg.dim,
       trace: true,
       overlap: d.overlap,
     });

@@ -19,9 +19,9 @@
  */
 import { parseArgs } from "node:util";
 import { runWorkers } from "../collectives/mod.ts";
+import type { GptConfig } from "../models/mod.ts";
 import {
   buildSchedule,
-  type ParallelGptConfig,
   renderTimeline,
   type ScheduleName,
   simulateSchedule,
@@ -65,7 +65,7 @@ const ppList = String(args.pp).split(",").map((s) => int("pp", s));
 const m = int("m", String(args.m));
 const steps = int("steps", String(args.steps));
 const dim = int("dim", String(args.dim));
-const cfg: ParallelGptConfig = { vocab: 64, ctx: 64, dim, layers: 8, heads: 4 };
+const cfg: GptConfig = { vocab: 64, ctx: 64, dim, layers: 8, heads: 4 };
 const B = int("batch", String(args.batch));
 const T = 64;
 

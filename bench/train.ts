@@ -14,7 +14,7 @@
  */
 import { parseArgs } from "node:util";
 import { WindowSampler } from "../data/mod.ts";
-import { Engine } from "../engine/mod.ts";
+import { initialize } from "../engine/mod.ts";
 import { type Backend, createCpuBackend, Rng } from "../kernels/mod.ts";
 import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
 
@@ -113,13 +113,13 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   const backend = await makeBackend(o.backend, o.threads);
-  const engine = new Engine({
+  const engine = await initialize({
     model: { vocab: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads },
     train_batch_size: o.batch,
     gradient_clipping: 1,
     optimizer: { type: "AdamW", params: { lr: 1e-3 } },
     seed: o.seed,
-  }, backend);
+  }, { backend });
   const rng = new Rng(o.seed + 1);
   const stream = Int32Array.from({ length: 1 << 16 }, () => rng.int(o.vocab));
   const src = new WindowSampler(stream, o.batch, o.ctx, o.seed + 2);

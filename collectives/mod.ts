@@ -12,6 +12,7 @@ export * from "./communicator.ts";
 export * from "./reduce.ts";
 export * from "./shm.ts";
 export * from "./world.ts";
+export * from "./solo.ts";
 export * from "./arena.ts";
 export { connectTcp, type TcpOptions } from "./tcp.ts";
 export type { RendezvousOptions } from "./rendezvous.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Batch, BatchSource } from "./batches.ts";
-import type { Tokenizer } from "./tokenizers.ts";
+import type { Tokenizer, TokenizerJSON } from "./tokenizers.ts";
 
 /**
  * Logits of a model for a batch: given inputs [B, T], returns logits [B, T, V] row-major.
@@ -54,3 +54,19 @@ export interface Dataset {
    */
   score?(logits: LogitsFn, B: number, limit?: number): Promise<Score>;
 }
+
+/**
+ * A data set as plain, structured-clonable data, to hand to the ranks of a run: the embedded
+ * task by its options, a text by its tokens (on a SharedArrayBuffer, so Workers map the same
+ * memory instead of reading and tokenizing the file again) and its tokenizer.
+ */
+export type DatasetDescriptor =
+  | { readonly kind: "addition"; readonly digits: number; readonly heldOut?: number }
+  | {
+    readonly kind: "text";
+    readonly name: string;
+    readonly tokens: Int32Array;
+    readonly tokenizer: TokenizerJSON;
+    readonly seqLen: number;
+    readonly valTokens: number;
+  };

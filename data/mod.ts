@@ -18,3 +18,4 @@ export * from "./batches.ts";
 export * from "./dataset.ts";
 export * from "./text.ts";
 export * from "./tasks.ts";
+export * from "./share.ts";

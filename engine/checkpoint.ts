@@ -1,15 +1,22 @@
 /**
  * Checkpoints in the safetensors format, readable by other tools: parameters under their
- * GPT-2 names, optimizer state as `optimizer.<buffer>.<name>` (AdamW: `m`, `v`; SGD:
- * `momentum`), and in the metadata the step, RNG and loss-scaler state and the run's own state
- * (e.g. the data position). A `config.json` beside it holds the configuration.
+ * GPT-2 names with their serial shapes, optimizer state as `optimizer.<buffer>.<name>` (AdamW:
+ * `m`, `v`; SGD: `momentum`), and in the metadata the step, RNG and loss-scaler state and the
+ * run's own state (e.g. the data position). A `config.json` beside it holds the configuration.
+ *
+ * The leader writes the file one tensor at a time as the ranks send their pieces (nothing is
+ * built in memory); every rank reads the tensors it needs one at a time.
  *
  * @module
  */
-import type { Backend, HostArray, Tensor } from "../kernels/mod.ts";
 import type { ResolvedGptConfig } from "../models/mod.ts";
-import { readSafetensors, type SafetensorsInput, writeSafetensors } from "../models/mod.ts";
-import type { FlatLayout, LossScalerState, Optimizer } from "../optim/mod.ts";
+import {
+  openSafetensors,
+  type SafetensorsReader,
+  SafetensorsWriter,
+  toFloat32,
+} from "../models/mod.ts";
+import type { LossScalerState } from "../optim/mod.ts";
 
 /** The checkpoint file inside a run directory. */
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
@@ -31,64 +38,76 @@ export interface CheckpointMeta {
   extra: Record<string, unknown>;
 }
 
-/** What a checkpoint is written from and read into. */
-export interface CheckpointTarget {
-  /** The backend holding the buffers. */
-  readonly backend: Backend;
-  /** The model's buffers and shape. */
-  readonly model: {
-    readonly config: ResolvedGptConfig;
-    readonly layout: FlatLayout;
-    readonly store: { readonly params: Tensor };
-  };
-  /** The optimizer and its state buffers. */
-  readonly optimizer: Optimizer;
+/** A tensor of a checkpoint: its name and serial shape. */
+export interface CheckpointTensor {
+  /** GPT-2 name, or `optimizer.<buffer>.<name>`. */
+  readonly name: string;
+  /** Serial shape. */
+  readonly shape: readonly number[];
 }
 
 function join(dir: string, file: string): string {
   return dir.endsWith("/") ? dir + file : `${dir}/${file}`;
 }
 
+/** The leader's side of a save: one tensor at a time, then the configuration. */
+export interface CheckpointWriter {
+  /**
+   * Write the next tensor of the plan.
+   *
+   * @param name its name
+   * @param data its serial values
+   */
+  write(name: string, data: Float32Array): Promise<void>;
+  /**
+   * Close the file, move it into place, and write `config.json` beside it.
+   *
+   * @param config the configuration to write as JSON
+   */
+  finish(config: Record<string, unknown>): Promise<void>;
+}
+
 /**
- * Write `checkpoint.safetensors` and `config.json` into `dir`, each through a temporary file
- * renamed into place, so that an interrupted save leaves the previous checkpoint whole.
+ * Start writing a checkpoint into `dir` (created if needed). The file goes to a temporary
+ * name and is renamed into place by `finish`, so an interrupted save leaves the previous
+ * checkpoint whole.
  *
- * @param dir the directory (created if needed)
- * @param target the model and optimizer
+ * @param dir the directory
+ * @param plan every tensor in the order they will be written
  * @param meta the state for the metadata
- * @param config the configuration to write as JSON
+ * @param model the model's configuration
+ * @param optimizer the optimizer's kind
+ * @returns the writer
  */
-export async function writeCheckpoint(
+export async function createCheckpointWriter(
   dir: string,
-  target: CheckpointTarget,
+  plan: readonly CheckpointTensor[],
   meta: CheckpointMeta,
-  config: Record<string, unknown>,
-): Promise<void> {
+  model: ResolvedGptConfig,
+  optimizer: string,
+): Promise<CheckpointWriter> {
   await Deno.mkdir(dir, { recursive: true });
-  const { backend, model, optimizer } = target;
-  const tensors = new Map<string, SafetensorsInput>();
-  const add = (prefix: string, flat: HostArray) => {
-    for (const s of model.layout.slots) {
-      const data = Float32Array.from(flat.subarray(s.offset, s.offset + s.size));
-      tensors.set(prefix + s.name, { shape: s.shape, data });
-    }
-  };
-  add("", await backend.read(model.store.params));
-  for (const [key, t] of Object.entries(optimizer.stateTensors())) {
-    add(`optimizer.${key}.`, await backend.read(t));
-  }
-  const metadata = {
-    format: FORMAT,
-    model: JSON.stringify(model.config),
-    optimizer: optimizer.kind,
-    state: JSON.stringify(meta),
-  };
   const file = join(dir, CHECKPOINT_FILE);
-  await writeSafetensors(file + ".tmp", tensors, metadata);
-  await Deno.rename(file + ".tmp", file);
-  const cfg = join(dir, CONFIG_FILE);
-  await Deno.writeTextFile(cfg + ".tmp", JSON.stringify(config, null, 2) + "\n");
-  await Deno.rename(cfg + ".tmp", cfg);
+  const w = await SafetensorsWriter.create(
+    file + ".tmp",
+    plan.map((p) => ({ name: p.name, dtype: "F32" as const, shape: p.shape })),
+    {
+      format: FORMAT,
+      model: JSON.stringify(model),
+      optimizer,
+      state: JSON.stringify(meta),
+    },
+  );
+  return {
+    write: (name, data) => w.write(name, data),
+    async finish(config) {
+      await w.close();
+      await Deno.rename(file + ".tmp", file);
+      const cfg = join(dir, CONFIG_FILE);
+      await Deno.writeTextFile(cfg + ".tmp", JSON.stringify(config, null, 2) + "\n");
+      await Deno.rename(cfg + ".tmp", cfg);
+    },
+  };
 }
 
 /**
@@ -118,80 +137,95 @@ export async function readCheckpointConfig(dir: string): Promise<Record<string, 
   }
 }
 
+/** A checkpoint opened for reading, tensor by tensor. */
+export interface CheckpointReader {
+  /** The saved state. */
+  readonly meta: CheckpointMeta;
+  /**
+   * One tensor, checked against the serial shape the caller expects.
+   *
+   * @param name its name
+   * @param shape the expected serial shape
+   * @returns its values
+   */
+  tensor(name: string, shape: readonly number[]): Promise<Float32Array>;
+  /** Close the file. */
+  close(): void;
+}
+
 /**
- * Read `checkpoint.safetensors` from `dir` into the target's parameter and optimizer buffers,
- * after checking its header, its model shape, its optimizer and every tensor's shape.
+ * Open `checkpoint.safetensors` in `dir` after checking its header, that it was saved from a
+ * model of this shape, and with this optimizer.
  *
  * @param dir the directory
- * @param target the model and optimizer to fill
- * @returns the saved state
+ * @param model the model's configuration
+ * @param optimizer the optimizer's kind
+ * @returns the reader
  * @throws {TypeError} when the file is missing or corrupt, or was saved from another model
  *   shape or optimizer
  */
-export async function readCheckpoint(
+export async function openCheckpoint(
   dir: string,
-  target: CheckpointTarget,
-): Promise<CheckpointMeta> {
+  model: ResolvedGptConfig,
+  optimizer: string,
+): Promise<CheckpointReader> {
   const path = join(dir, CHECKPOINT_FILE);
   try {
     await Deno.stat(path);
   } catch {
     throw new TypeError(`No checkpoint in "${dir}": ${path} is missing`);
   }
-  const file = await readSafetensors(path);
-  const md = file.metadata;
-  if (md.format !== FORMAT) {
-    throw new TypeError(`${path} is not a Loom checkpoint (metadata format is "${md.format}")`);
-  }
-  let meta: CheckpointMeta, saved: Record<string, unknown>;
+  const file: SafetensorsReader = await openSafetensors(path);
   try {
-    meta = JSON.parse(md.state);
-    saved = JSON.parse(md.model);
-  } catch (e) {
-    throw new TypeError(`Corrupt checkpoint ${path}: bad metadata (${(e as Error).message})`);
-  }
-  if (
-    !Number.isInteger(meta?.step) || !Number.isInteger(meta?.optimizerSteps) ||
-    !Array.isArray(meta?.rng) || meta.rng.length !== 5
-  ) {
-    throw new TypeError(`Corrupt checkpoint ${path}: its state lacks step or RNG`);
-  }
-  const { backend, model, optimizer } = target;
-  const mine = model.config as unknown as Record<string, unknown>;
-  const diffs = Object.keys(mine).filter((k) => saved[k] !== mine[k]);
-  if (diffs.length > 0) {
-    throw new TypeError(
-      `Checkpoint ${path} is of another model shape: ` +
-        diffs.map((k) => `${k} ${saved[k]} there vs ${mine[k]} here`).join(", ") +
-        ": give the same model flags as the saved run (or none)",
-    );
-  }
-  if (md.optimizer !== optimizer.kind) {
-    throw new TypeError(
-      `Checkpoint ${path} was saved with optimizer "${md.optimizer}", this run uses ` +
-        `"${optimizer.kind}"`,
-    );
-  }
-  const load = (prefix: string, t: Tensor) => {
-    for (const s of model.layout.slots) {
-      const e = file.tensors.get(prefix + s.name);
-      if (!e) {
-        throw new TypeError(`Corrupt checkpoint ${path}: tensor "${prefix}${s.name}" is missing`);
-      }
-      if (e.dtype !== "F32" || e.shape.join(",") !== s.shape.join(",")) {
-        throw new TypeError(
-          `Corrupt checkpoint ${path}: "${prefix}${s.name}" is ${e.dtype} [${e.shape}], ` +
-            `expected F32 [${s.shape}]`,
-        );
-      }
-      const b = e.bytes;
-      const data = b.byteOffset % 4 === 0
-        ? new Float32Array(b.buffer, b.byteOffset, s.size)
-        : new Float32Array(b.slice().buffer);
-      backend.write(t, data, s.offset);
+    const md = file.metadata;
+    if (md.format !== FORMAT) {
+      throw new TypeError(`${path} is not a Loom checkpoint (metadata format is "${md.format}")`);
     }
-  };
-  load("", model.store.params);
-  for (const [key, t] of Object.entries(optimizer.stateTensors())) load(`optimizer.${key}.`, t);
-  return meta;
+    let meta: CheckpointMeta, saved: Record<string, unknown>;
+    try {
+      meta = JSON.parse(md.state!);
+      saved = JSON.parse(md.model!);
+    } catch (e) {
+      throw new TypeError(`Corrupt checkpoint ${path}: bad metadata (${(e as Error).message})`);
+    }
+    if (
+      !Number.isInteger(meta?.step) || !Number.isInteger(meta?.optimizerSteps) ||
+      !Array.isArray(meta?.rng) || meta.rng.length !== 5
+    ) {
+      throw new TypeError(`Corrupt checkpoint ${path}: its state lacks step or RNG`);
+    }
+    const mine = model as unknown as Record<string, unknown>;
+    const diffs = Object.keys(mine).filter((k) => saved[k] !== mine[k]);
+    if (diffs.length > 0) {
+      throw new TypeError(
+        `Checkpoint ${path} is of another model shape: ` +
+          diffs.map((k) => `${k} ${saved[k]} there vs ${mine[k]} here`).join(", ") +
+          ": give the same model flags as the saved run (or none)",
+      );
+    }
+    if (md.optimizer !== optimizer) {
+      throw new TypeError(
+        `Checkpoint ${path} was saved with optimizer "${md.optimizer}", this run uses ` +
+          `"${optimizer}"`,
+      );
+    }
+    return {
+      meta,
+      async tensor(name, shape) {
+        const e = file.entries.get(name);
+        if (!e) throw new TypeError(`Corrupt checkpoint ${path}: tensor "${name}" is missing`);
+        if (e.dtype !== "F32" || e.shape.join(",") !== shape.join(",")) {
+          throw new TypeError(
+            `Corrupt checkpoint ${path}: "${name}" is ${e.dtype} [${e.shape}], ` +
+              `expected F32 [${shape}]`,
+          );
+        }
+        return toFloat32({ dtype: e.dtype, shape: e.shape, bytes: await file.read(name) });
+      },
+      close: () => file.close(),
+    };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
 }

@@ -1,100 +1,269 @@
 /**
- * The engine: `initialize(config)` validates the whole configuration, builds the GPT, the
- * optimizer, the schedule and (for fp16) the loss scaler, and returns an {@linkcode Engine}
- * with `trainBatch`, `evalBatch`, `save` and `load`.
+ * The engine: ONE {@linkcode Engine} per rank for every layout, as DeepSpeed's `initialize`
+ * makes one per process. `initialize(config, { world, backend })` validates the whole
+ * configuration, lays out the grid (a world of one rank is the serial run), builds this rank's
+ * share of the GPT (its tensor-parallel pieces of the pipeline chunks it holds, nothing more),
+ * its optimizer, the pipeline schedule and (for fp16) the loss scaler, and returns the engine:
+ * `trainBatch`, `evalBatch`, `logits`, `generate`, `save`, `load`.
+ *
+ * Every rank of the world calls every method with the same arguments. Evaluation, logits and
+ * generation run through the parallel model; saving gathers the serial checkpoint on rank 0
+ * one tensor at a time.
  *
  * @module
  */
+import { type Communicator, sharedArray, soloCommunicator } from "../collectives/mod.ts";
 import type { Batch } from "../data/mod.ts";
-import type { Backend, Tensor } from "../kernels/mod.ts";
-import { Rng } from "../kernels/mod.ts";
-import { Gpt } from "../models/mod.ts";
+import { type Backend, createCpuBackend, Rng, type Tensor } from "../kernels/mod.ts";
+import {
+  FlatParams,
+  type GenerateOptions,
+  Gpt,
+  gptParamSpecs,
+  greedyDecode,
+  mergeSpecs,
+  stageParts,
+} from "../models/mod.ts";
 import {
   AdamW,
+  allReduceT,
+  buildLayout,
   clipFactor,
   DynamicLossScaler,
   learningRate,
   type Optimizer,
+  type ParamSlot,
   SGD,
+  type TensorSplit,
 } from "../optim/mod.ts";
+import {
+  buildForwardSchedule,
+  buildGrid,
+  chooseSchedule,
+  countedSumSquares,
+  createGroups,
+  type GradGroups,
+  type Grid,
+  type GridGroups,
+  microBatchCount,
+  type PipelineSchedule,
+  runPipeline,
+  type ScheduleName,
+  shardTensor,
+  syncModelParallelGrads,
+  type TensorParallel,
+  unshardTensor,
+} from "../parallel/mod.ts";
 import { type EngineConfig, type ResolvedEngineConfig, resolveEngineConfig } from "./config.ts";
-import { type CheckpointMeta, readCheckpoint, writeCheckpoint } from "./checkpoint.ts";
+import { type CheckpointMeta, createCheckpointWriter, openCheckpoint } from "./checkpoint.ts";
 
-/** What one optimizer step reports. */
+/** What one optimizer step reports (the same on every rank). */
 export interface TrainStepResult {
   /** 1-based number of the step just taken. */
   step: number;
-  /** Mean loss over the micro-batches. */
+  /** Mean loss over the global batch. */
   loss: number;
   /** Learning rate used. */
   lr: number;
-  /** Global gradient norm before clipping (NaN when neither clipping nor fp16 needs it). */
+  /** Global gradient norm before clipping (of the unscaled gradients). */
   gradNorm: number;
   /** Whether the update was skipped (fp16 overflow). */
   skipped: boolean;
-  /** Tokens in the step (all micro-batches). */
+  /** Tokens in the step (the whole global batch). */
   tokens: number;
+  /** The loss scale the step used (1 without fp16). */
+  lossScale: number;
+  /**
+   * Most micro-batches whose activations this rank held at once, summed over its chunks
+   * (1F1B: at most pp - stage; GPipe: all of them).
+   */
+  peakMicroBatches: number;
+}
+
+/** A checked parallel layout (what {@linkcode checkParallelLayout} returns). */
+export interface ParallelLayout {
+  /** Ranks in the world: tp * pp * dp. */
+  worldSize: number;
+  /** Tensor-parallel size. */
+  tp: number;
+  /** Pipeline stages. */
+  pp: number;
+  /** Data-parallel replicas. */
+  dp: number;
+  /** Model chunks per stage. */
+  virtualStages: number;
+  /** Whether sequence parallelism is on. */
+  sequenceParallel: boolean;
+  /** The pipeline schedule. */
+  schedule: ScheduleName;
+  /** Micro-batches each pipeline runs per optimizer step. */
+  microBatches: number;
+  /** Sequences per micro-batch. */
+  microBatchSize: number;
+}
+
+/**
+ * Check a configuration's parallel layout before any rank starts: the grid (world size a
+ * multiple of tp * pp), the model split (heads over tp, layers over pp x virtual stages,
+ * vocabulary over tp), the batch arithmetic (global batch = micro-batch x micro-batches x dp),
+ * sequence parallelism (sequence length a multiple of tp) and the pipeline schedule.
+ *
+ * @example
+ * ```ts
+ * import { checkParallelLayout } from "./engine.ts";
+ * const l = checkParallelLayout({
+ *   model: { vocab: 12, ctx: 11, dim: 32, layers: 2, heads: 4 },
+ *   train_batch_size: 64,
+ *   gradient_accumulation_steps: 4,
+ *   tensor_model_parallel_size: 2,
+ *   pipeline_model_parallel_size: 2,
+ * });
+ * console.assert(l.worldSize === 4 && l.schedule === "1f1b" && l.microBatchSize === 16);
+ * ```
+ *
+ * @param config the configuration (Megatron's parallel keys set)
+ * @param opts a pipeline schedule to use instead of the default, and the tokens per sequence
+ *   of the data (default: the model's context)
+ * @returns the layout
+ * @throws {RangeError} with what to change for a layout that cannot work
+ */
+export function checkParallelLayout(
+  config: EngineConfig | ResolvedEngineConfig,
+  opts: { schedule?: ScheduleName; seqLen?: number } = {},
+): ParallelLayout {
+  const c = "batchSize" in config ? config : resolveEngineConfig(config);
+  const grid = buildGrid({ worldSize: c.tp * c.pp * c.dp, tp: c.tp, pp: c.pp });
+  const m = microBatchCount({ globalBatch: c.batchSize, microBatch: c.microBatch, dp: c.dp });
+  const schedule = chooseSchedule({ pp: c.pp, m, v: c.virtualStages, requested: opts.schedule });
+  const T = opts.seqLen ?? c.model.ctx;
+  if (c.sequenceParallel && T % c.tp !== 0) {
+    throw new RangeError(
+      `Sequence parallelism splits each sequence of ${T} tokens across tp=${c.tp}: the ` +
+        `sequence length must be a multiple of tp (or drop sequence parallelism)`,
+    );
+  }
+  return {
+    worldSize: grid.worldSize,
+    tp: c.tp,
+    pp: c.pp,
+    dp: c.dp,
+    virtualStages: c.virtualStages,
+    sequenceParallel: c.sequenceParallel,
+    schedule: schedule.name as ScheduleName,
+    microBatches: m,
+    microBatchSize: c.microBatch,
+  };
 }
 
 /** Options of {@linkcode initialize}. */
 export interface InitializeOptions {
-  /** The backend to build on. */
-  backend: Backend;
+  /** The communicator of every rank (its size must be tp * pp * dp); default a world of one. */
+  world?: Communicator;
+  /** This rank's backend; default the CPU backend. */
+  backend?: Backend;
+  /** A pipeline schedule to use instead of the default (1F1B; interleaved when v > 1). */
+  schedule?: ScheduleName;
+  /** Tokens per sequence of the training data, checked against the layout; default the context. */
+  seqLen?: number;
+  /** Timeout of every collective in milliseconds; default 60 000. */
+  timeoutMs?: number;
 }
 
-/**
- * A GPT under training on one rank: {@linkcode Engine.trainBatch} is the one place where a
- * step's forward, backward, gradient reduction and update happen. Layouts over several ranks
- * (tensor, sequence, pipeline, data parallel) use `ParallelEngine`, which keeps the same
- * surface.
- */
+const SAVE_TAG = 0x3000_0000;
+
+function prefixOf(kind: string): string {
+  return kind === "params" ? "" : `optimizer.${kind}.`;
+}
+
+/** One rank's engine. Every rank of the world calls every method with the same arguments. */
 export class Engine {
   /** The resolved configuration. */
   readonly config: ResolvedEngineConfig;
   /** The configuration as given (saved with checkpoints). */
   readonly rawConfig: EngineConfig;
-  /** The backend. */
+  /** The checked layout. */
+  readonly layout: ParallelLayout;
+  /** The rank grid. */
+  readonly grid: Grid;
+  /** This rank's groups. */
+  readonly groups: GridGroups;
+  /** The world. */
+  readonly world: Communicator;
+  /** This rank's backend. */
   readonly backend: Backend;
-  /** The model. */
+  /** This rank's share of the model. */
   readonly model: Gpt;
-  /** The optimizer. */
+  /** The optimizer over this rank's parameters. */
   readonly optimizer: Optimizer;
   /** The loss scaler (fp16 only). */
   readonly lossScaler: DynamicLossScaler | null;
   /** The engine's random stream (seeded from the config; saved in checkpoints). */
   readonly rng: Rng;
+  /** The training schedule of the pipeline. */
+  readonly schedule: PipelineSchedule;
   /** Steps taken (including skipped ones); the next step's schedule index. */
   step = 0;
-  readonly #scratch: Tensor;
+  readonly #timeoutMs: number;
+  readonly #tp: TensorParallel;
+  readonly #gg: GradGroups;
+  readonly #store: FlatParams;
+  readonly #stats: Tensor;
+  #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
+    null;
 
-  /**
-   * Build the engine (use {@linkcode initialize}).
-   *
-   * @param config the configuration
-   * @param backend the backend
-   */
-  constructor(config: EngineConfig, backend: Backend) {
-    this.config = resolveEngineConfig(config);
-    const { tp, pp, dp } = this.config;
-    if (tp * pp * dp !== 1) {
-      throw new RangeError(
-        `Engine trains on one rank; for tensor_model_parallel_size=${tp}, ` +
-          `pipeline_model_parallel_size=${pp}, data_parallel_size=${dp} use ParallelEngine ` +
-          `on every rank (engine/parallel.ts)`,
-      );
-    }
+  private constructor(
+    config: EngineConfig,
+    c: ResolvedEngineConfig,
+    layout: ParallelLayout,
+    groups: GridGroups,
+    world: Communicator,
+    backend: Backend,
+    schedule: PipelineSchedule,
+    opts: InitializeOptions,
+  ) {
     this.rawConfig = structuredClone(config);
+    this.config = c;
+    this.layout = layout;
+    this.grid = groups.grid;
+    this.groups = groups;
+    this.world = world;
     this.backend = backend;
-    const c = this.config;
-    this.model = new Gpt(backend, c.model, { seed: c.seed });
-    const { params, grads } = this.model.store;
+    this.schedule = schedule;
+    this.#timeoutMs = opts.timeoutMs ?? 60_000;
+    const be = backend;
+    this.#tp = {
+      comm: groups.tp.size > 1 ? groups.tp : null,
+      sequenceParallel: c.sequenceParallel,
+      timeoutMs: this.#timeoutMs,
+    };
+    let store: FlatParams | null = null;
+    this.model = new Gpt(be, c.model, {
+      seed: c.seed,
+      tp: this.#tp,
+      parts: stageParts(c.model.layers, c.pp, c.virtualStages, groups.coords.pp),
+      pipelined: c.pp > 1,
+      store: (perLayer) => {
+        const specs = mergeSpecs(perLayer);
+        // On the CPU, the gradients live in the world's shared arena: their data-parallel and
+        // tensor-parallel all-reduces then fold in SIMD straight between the ranks' buffers.
+        const fromHost = (be as { fromHost?: (a: Float32Array) => Tensor }).fromHost;
+        const size = buildLayout(specs).size;
+        const grads = fromHost !== undefined && c.dp * c.tp > 1
+          ? fromHost.call(be, sharedArray(Float32Array, size))
+          : undefined;
+        store = new FlatParams(be, specs, { grads });
+        return store;
+      },
+    });
+    this.#store = store!;
     const o = c.optimizer;
+    const { params, grads } = this.#store;
     this.optimizer = o.kind === "sgd"
-      ? new SGD(backend, this.model.layout, params, grads, {
+      ? new SGD(be, this.model.layout, params, grads, {
         momentum: o.momentum,
         weightDecay: o.weightDecay,
       })
-      : new AdamW(backend, this.model.layout, params, grads, {
+      : new AdamW(be, this.model.layout, params, grads, {
         beta1: o.beta1,
         beta2: o.beta2,
         eps: o.eps,
@@ -102,7 +271,48 @@ export class Engine {
       });
     this.lossScaler = c.lossScaling ? new DynamicLossScaler(c.lossScaling) : null;
     this.rng = new Rng(c.seed);
-    this.#scratch = backend.alloc(c.accumulation + 1);
+    this.#gg = {
+      tp: this.#tp,
+      embedding: groups.embedding !== null && groups.embedding.size > 1 ? groups.embedding : null,
+      timeoutMs: this.#timeoutMs,
+    };
+    // Per step: the loss of each micro-batch, then the gradients' sum of squares.
+    this.#stats = be.alloc(layout.microBatches + 1);
+  }
+
+  /**
+   * Validate `config`, lay out the grid, and build this rank's engine. Collective over
+   * `opts.world`.
+   *
+   * @param config the configuration
+   * @param opts the world, the backend, the schedule
+   * @returns the engine
+   */
+  static async create(config: EngineConfig, opts: InitializeOptions = {}): Promise<Engine> {
+    const c = resolveEngineConfig(config);
+    const layout = checkParallelLayout(c, { schedule: opts.schedule, seqLen: opts.seqLen });
+    const world = opts.world ?? soloCommunicator();
+    if (world.size !== layout.worldSize) {
+      throw new RangeError(
+        `The layout tp=${layout.tp} x pp=${layout.pp} x dp=${layout.dp} needs ` +
+          `${layout.worldSize} ranks, the world has ${world.size}`,
+      );
+    }
+    const schedule = chooseSchedule({
+      pp: c.pp,
+      m: layout.microBatches,
+      v: c.virtualStages,
+      requested: layout.schedule,
+    });
+    const grid = buildGrid({ worldSize: world.size, tp: c.tp, pp: c.pp });
+    const groups = await createGroups(world, grid);
+    const backend = opts.backend ?? createCpuBackend();
+    return new Engine(config, c, layout, groups, world, backend, schedule, opts);
+  }
+
+  /** Whether this rank leads (world rank 0: it logs, evaluates and writes). */
+  get isLeader(): boolean {
+    return this.world.rank === 0;
   }
 
   /**
@@ -114,68 +324,165 @@ export class Engine {
     return learningRate(this.step, this.config.schedule);
   }
 
-  /**
-   * One optimizer step over `gradient_accumulation_steps` micro-batches: forward and backward
-   * of each (gradients summed, each scaled by 1/accumulation), then for fp16 the overflow
-   * check and unscaling, clipping by global norm, and the update. The losses and the gradient
-   * norm come back in one readback.
-   *
-   * @param micro the micro-batches, `gradient_accumulation_steps` of them
-   * @returns the step's figures
-   */
-  async trainBatch(micro: readonly Batch[]): Promise<TrainStepResult> {
-    const c = this.config;
-    if (micro.length !== c.accumulation) {
-      throw new RangeError(
-        `trainBatch needs ${c.accumulation} micro-batches (gradient_accumulation_steps), ` +
-          `got ${micro.length}`,
-      );
-    }
-    const be = this.backend, model = this.model;
-    const lossScale = this.lossScaler?.scale ?? 1;
-    model.zeroGrad();
-    let tokens = 0;
-    for (let i = 0; i < micro.length; i++) {
-      const b = micro[i];
-      const loss = await model.forward(b.inputs, b.targets, b.B, b.T);
-      be.copy(be.view(this.#scratch, i, 1), loss);
-      await model.backward(lossScale / c.accumulation);
-      tokens += b.B * b.T;
-    }
-    const needNorm = c.clip > 0 || this.lossScaler !== null;
-    const grads = model.store.grads;
-    if (needNorm) {
-      be.sumSquares(be.view(this.#scratch, c.accumulation, 1), grads, grads.length);
-    }
-    const host = await be.read(this.#scratch);
-    let loss = 0;
-    for (let i = 0; i < c.accumulation; i++) loss += host[i];
-    loss /= c.accumulation;
-    const gradNorm = needNorm ? Math.sqrt(host[c.accumulation]) / lossScale : NaN;
-    const lr = this.currentLr();
-    this.step++;
-    if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {
-      return { step: this.step, loss, lr, gradNorm, skipped: true, tokens };
-    }
-    const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
-    if (factor !== 1) be.scale(grads, factor, grads.length);
-    this.optimizer.step(lr);
-    return { step: this.step, loss, lr, gradNorm, skipped: false, tokens };
+  #opts(): { timeoutMs: number } {
+    return { timeoutMs: this.#timeoutMs };
+  }
+
+  /** Whether this rank holds the last pipeline stage and leads its tensor group. */
+  get #reportsLoss(): boolean {
+    return this.groups.coords.pp === this.grid.pp - 1 && this.groups.coords.tp === 0;
+  }
+
+  #actSize(B: number, T: number): number {
+    return (B * T * this.config.model.dim) / (this.config.sequenceParallel ? this.config.tp : 1);
   }
 
   /**
-   * The mean loss of the model on a batch, without touching gradients.
+   * One optimizer step over the global batch, given as any number of batches of whole
+   * sequences (e.g. as a one-rank run draws them): their rows are split into the layout's
+   * micro-batches, `microBatchSize` rows each, data-parallel replica `d` taking micro-batches
+   * `[d * m, (d + 1) * m)`. Every rank passes the same batches. Collective.
+   *
+   * @param batches the global batch
+   * @returns the step's figures (the same on every rank)
+   */
+  async trainBatch(batches: readonly Batch[]): Promise<TrainStepResult> {
+    const T = batches[0]?.T ?? 0;
+    const c = this.config;
+    let rows = 0;
+    for (const b of batches) {
+      if (b.T !== T) {
+        throw new RangeError(
+          `trainBatch needs sequences of one length, got batches of ${T} and ${b.T} tokens`,
+        );
+      }
+      rows += b.B;
+    }
+    if (c.sequenceParallel && T % c.tp !== 0) {
+      throw new RangeError(
+        `Sequence parallelism splits each sequence of ${T} tokens across tp=${c.tp}: the ` +
+          `sequence length must be a multiple of tp`,
+      );
+    }
+    if (rows !== c.batchSize) {
+      throw new RangeError(
+        `trainBatch needs the global batch of ${c.batchSize} sequences, got ${rows}`,
+      );
+    }
+    const inputs = new Int32Array(rows * T), targets = new Int32Array(rows * T);
+    let at = 0;
+    for (const b of batches) {
+      inputs.set(b.inputs.subarray(0, b.B * T), at);
+      targets.set(b.targets.subarray(0, b.B * T), at);
+      at += b.B * T;
+    }
+    const be = this.backend;
+    const { microBatches: m, microBatchSize: B, dp } = this.layout;
+    const d = this.groups.coords.dp;
+    const n = B * T;
+    const lossScale = this.lossScaler?.scale ?? 1;
+    this.model.zeroGrad();
+    const stats = this.#stats;
+    const chunks = this.model.parts.map((_, ci) =>
+      this.model.chunk(ci, {
+        B,
+        T,
+        batch: (mb) => {
+          const j = d * m + mb;
+          return {
+            inputs: inputs.subarray(j * n, (j + 1) * n),
+            targets: targets.subarray(j * n, (j + 1) * n),
+          };
+        },
+        gradScale: lossScale / (m * dp),
+        seqOffset: d * m * B,
+        onLoss: (mb, loss) => be.copy(be.view(stats, mb, 1), loss),
+      })
+    );
+    await runPipeline({
+      schedule: this.schedule,
+      comm: this.groups.pp,
+      chunks,
+      activationSize: this.#actSize(B, T),
+      timeoutMs: this.#timeoutMs,
+    });
+    const layout = this.model.layout;
+    const grads = this.#store.grads;
+    await syncModelParallelGrads(be, this.#gg, layout, grads);
+    if (dp > 1) {
+      await allReduceT(be, { comm: this.groups.dp, timeoutMs: this.#timeoutMs }, grads);
+    }
+    const sq = be.view(stats, m, 1);
+    countedSumSquares(be, this.#tp, layout, grads, sq);
+    const host = await be.read(stats);
+    // [loss, sum of squares] over the world: the loss from the ranks that hold it, each
+    // gradient element once (data-parallel replica 0: the replicas agree after the sum).
+    const sums = new Float32Array(2);
+    if (this.#reportsLoss) { for (let i = 0; i < m; i++) sums[0] += host[i]!; }
+    if (d === 0) sums[1] = host[m]!;
+    await this.world.allReduce(sums, "sum", this.#opts());
+    const loss = sums[0]! / (m * dp);
+    const gradNorm = Math.sqrt(sums[1]!) / lossScale;
+    const lr = this.currentLr();
+    this.step++;
+    const tokens = rows * T;
+    const peakMicroBatches = chunks.reduce((a, ch) => a + ch.peakSlots, 0);
+    const base = { step: this.step, loss, lr, gradNorm, tokens, lossScale, peakMicroBatches };
+    if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {
+      return { ...base, skipped: true };
+    }
+    const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
+    if (factor !== 1) be.scale(grads, factor, layout.size);
+    this.optimizer.step(lr);
+    return { ...base, skipped: false };
+  }
+
+  async #forwardOnly(
+    inputs: Int32Array,
+    targets: Int32Array | null,
+    B: number,
+    T: number,
+  ): Promise<Tensor | null> {
+    let out: Tensor | null = null;
+    const chunks = this.model.parts.map((_, ci) =>
+      this.model.chunk(ci, {
+        B,
+        T,
+        eval: true,
+        batch: () => ({ inputs, targets }),
+        onLoss: (_, t) => out = t,
+        onLogits: (_, t) => out = t,
+      })
+    );
+    await runPipeline({
+      schedule: buildForwardSchedule({ pp: this.grid.pp, m: 1, v: this.config.virtualStages }),
+      comm: this.groups.pp,
+      chunks,
+      activationSize: this.#actSize(B, T),
+      timeoutMs: this.#timeoutMs,
+    });
+    return out;
+  }
+
+  /**
+   * The mean loss of the model on a batch, without touching gradients. Collective; every rank
+   * gets the same value.
    *
    * @param batch inputs and targets
    * @returns the loss
    */
   async evalBatch(batch: Batch): Promise<number> {
-    const loss = await this.model.forward(batch.inputs, batch.targets, batch.B, batch.T);
-    return (await this.backend.read(loss))[0];
+    const loss = await this.#forwardOnly(batch.inputs, batch.targets, batch.B, batch.T);
+    const v = new Float32Array(1);
+    if (loss !== null && this.#reportsLoss && this.groups.coords.dp === 0) {
+      v[0] = (await this.backend.read(loss))[0]!;
+    }
+    await this.world.allReduce(v, "sum", this.#opts());
+    return v[0]!;
   }
 
   /**
-   * The model's logits for a batch, on the host.
+   * The model's logits for a batch, on the host of every rank. Collective.
    *
    * @param inputs token ids [B, T]
    * @param B sequences
@@ -183,14 +490,161 @@ export class Engine {
    * @returns logits [B, T, V]
    */
   async logits(inputs: Int32Array, B: number, T: number): Promise<Float32Array> {
-    const t = await this.model.logits(inputs, B, T);
-    return Float32Array.from(await this.backend.read(t));
+    const shard = await this.#forwardOnly(inputs, null, B, T);
+    const out = new Float32Array(B * T * this.config.model.vocab);
+    if (shard !== null) {
+      const full = await this.model.fullLogits(shard, B * T);
+      out.set(await this.backend.read(full));
+    }
+    if (this.grid.pp > 1) await this.groups.pp.broadcast(out, this.grid.pp - 1, this.#opts());
+    return out;
   }
 
   /**
-   * Save a checkpoint into `dir`: `checkpoint.safetensors` (parameters under GPT-2 names,
-   * optimizer state as `optimizer.<buffer>.<name>`, and the step, RNG and loss-scaler state
-   * plus `extra` in its metadata) and `config.json` (this configuration plus `extraConfig`).
+   * Greedy decoding through the parallel model (see {@linkcode greedyDecode}). Collective.
+   *
+   * @param prompts token ids per row
+   * @param maxNew the most tokens to add per row
+   * @param opts a stop token
+   * @returns the generated tokens per row
+   */
+  generate(
+    prompts: readonly (readonly number[])[],
+    maxNew: number,
+    opts: GenerateOptions = {},
+  ): Promise<number[][]> {
+    return greedyDecode(
+      (ids, B, T) => this.logits(ids, B, T),
+      this.config.model,
+      prompts,
+      maxNew,
+      opts,
+    );
+  }
+
+  /** The state tensors a checkpoint holds besides the parameters, by buffer name. */
+  #stateTensors(): [string, Tensor][] {
+    return Object.entries(this.optimizer.stateTensors());
+  }
+
+  async #piece(kind: string, slot: ParamSlot): Promise<Float32Array> {
+    if (kind === "params") return await this.#store.read("params", slot.name);
+    const t = this.optimizer.stateTensors()[kind]!;
+    return Float32Array.from(await this.backend.read(this.backend.view(t, slot.offset, slot.size)));
+  }
+
+  // Which ranks hold a piece of each saved tensor (data-parallel replica 0, no mirrors), with
+  // the serial shape and split: every rank sends its list to rank 0 once.
+  async #gatherManifest(): Promise<void> {
+    if (this.#manifest !== null) return;
+    const mine = this.model.layout.slots.filter((s) => !s.mirror).map((s) => ({
+      name: s.name,
+      full: s.full,
+      split: s.split,
+    }));
+    const manifest = new Map<
+      string,
+      { full: readonly number[]; split?: TensorSplit; ranks: number[] }
+    >();
+    const add = (rank: number, list: typeof mine) => {
+      for (const e of list) {
+        const m = manifest.get(e.name) ?? { full: e.full, split: e.split, ranks: [] };
+        m.ranks.push(rank);
+        manifest.set(e.name, m);
+      }
+    };
+    const w = this.world;
+    const holders = Array.from({ length: w.size }, (_, r) => r)
+      .filter((r) => this.grid.coordsOf(r).dp === 0);
+    if (w.rank === 0) {
+      for (const r of holders) {
+        if (r === 0) add(0, mine);
+        else {
+          const len = new Int32Array(1);
+          await w.recv(len, r, SAVE_TAG - 1, this.#opts());
+          const bytes = new Int32Array(len[0]!);
+          await w.recv(bytes, r, SAVE_TAG - 2, this.#opts());
+          add(r, JSON.parse(new TextDecoder().decode(new Uint8Array(bytes.buffer)).trimEnd()));
+        }
+      }
+    } else if (holders.includes(w.rank)) {
+      const text = new TextEncoder().encode(JSON.stringify(mine));
+      const padded = new Uint8Array(Math.ceil(text.length / 4) * 4).fill(32);
+      padded.set(text);
+      const words = new Int32Array(padded.buffer);
+      await w.send(new Int32Array([words.length]), 0, SAVE_TAG - 1, this.#opts());
+      await w.send(words, 0, SAVE_TAG - 2, this.#opts());
+    }
+    this.#manifest = manifest;
+  }
+
+  // Put every tensor of `kinds` (parameters, optimizer state buffers) together from the ranks'
+  // pieces, one at a time, and hand each to `sink` on rank 0 before the next is gathered.
+  async #gather(
+    kinds: readonly string[],
+    sink: (name: string, data: Float32Array) => Promise<void>,
+  ): Promise<void> {
+    await this.#gatherManifest();
+    const serial = gptParamSpecs(this.config.model);
+    const w = this.world;
+    const mineByName = new Map(
+      this.model.layout.slots.filter((s) => !s.mirror).map((s) => [s.name, s]),
+    );
+    const holder = this.groups.coords.dp === 0;
+    let tag = SAVE_TAG;
+    for (const kind of kinds) {
+      for (const s of serial) {
+        tag++;
+        const slot = mineByName.get(s.name);
+        const piece = slot ? await this.#piece(kind, slot) : null;
+        // A split tensor comes from every tensor rank of its stage, a replicated one from the
+        // first of them.
+        const sends = slot !== undefined && holder &&
+          (slot.split !== undefined || this.groups.coords.tp === 0);
+        if (w.rank !== 0) {
+          if (sends) await w.send(piece!, 0, tag, this.#opts());
+          continue;
+        }
+        const m = this.#manifest!.get(s.name);
+        if (!m) throw new Error(`No rank holds parameter "${s.name}"`);
+        const from = m.split ? m.ranks : m.ranks.slice(0, 1);
+        const size = m.full.reduce((a, b) => a * b, 1) / from.length;
+        const pieces: Float32Array[] = [];
+        for (const r of from) {
+          if (r === 0) pieces.push(piece!);
+          else {
+            const buf = new Float32Array(size);
+            await w.recv(buf, r, tag, this.#opts());
+            pieces.push(buf);
+          }
+        }
+        await sink(prefixOf(kind) + s.name, unshardTensor(pieces, m.full, m.split));
+      }
+    }
+  }
+
+  /**
+   * The serial tensors of the model (and, with `state`, of the optimizer's buffers as
+   * `optimizer.<buffer>.<name>`), put together on rank 0 from every rank's pieces. Collective;
+   * `null` on the other ranks.
+   *
+   * @param state also gather the optimizer state
+   * @returns name to serial values on rank 0
+   */
+  async gatherTensors(state = false): Promise<Map<string, Float32Array> | null> {
+    const kinds = ["params", ...(state ? this.#stateTensors().map(([k]) => k) : [])];
+    const out = new Map<string, Float32Array>();
+    await this.#gather(kinds, (name, data) => {
+      out.set(name, data);
+      return Promise.resolve();
+    });
+    return this.isLeader ? out : null;
+  }
+
+  /**
+   * Save the serial checkpoint (the one-rank format, so a run continues on any layout) from
+   * rank 0: each tensor (parameters, then each optimizer state buffer) is put together from
+   * the ranks' pieces and written before the next is gathered. Collective.
    *
    * @param dir the directory (created if needed)
    * @param extra run state to keep with the checkpoint (e.g. the data position)
@@ -201,6 +655,8 @@ export class Engine {
     extra: Record<string, unknown> = {},
     extraConfig: Record<string, unknown> = {},
   ): Promise<void> {
+    const serial = gptParamSpecs(this.config.model);
+    const kinds = ["params", ...this.#stateTensors().map(([k]) => k)];
     const meta: CheckpointMeta = {
       step: this.step,
       optimizerSteps: this.optimizer.steps,
@@ -208,28 +664,55 @@ export class Engine {
       lossScaler: this.lossScaler?.getState() ?? null,
       extra,
     };
-    await writeCheckpoint(dir, this, meta, { ...extraConfig, engine: this.rawConfig });
+    const writer = this.isLeader
+      ? await createCheckpointWriter(
+        dir,
+        kinds.flatMap((k) => serial.map((s) => ({ name: prefixOf(k) + s.name, shape: s.shape }))),
+        meta,
+        this.config.model,
+        this.optimizer.kind,
+      )
+      : null;
+    await this.#gather(kinds, (name, data) => writer!.write(name, data));
+    await writer?.finish({ ...extraConfig, engine: this.rawConfig, layout: this.layout });
+    await this.world.barrier(this.#opts());
   }
 
   /**
-   * Load a checkpoint saved by {@linkcode Engine.save}, after checking that it matches this
-   * model's shape and optimizer.
+   * Load a checkpoint saved by {@linkcode Engine.save} at any layout: every rank reads the
+   * tensors it holds a piece of, one at a time, and takes its piece. Collective.
    *
    * @param dir the directory
    * @returns the `extra` state saved with it
    */
   async load(dir: string): Promise<Record<string, unknown>> {
-    const meta = await readCheckpoint(dir, this);
-    this.step = meta.step;
-    this.optimizer.steps = meta.optimizerSteps;
-    this.rng.setState(meta.rng);
-    if (this.lossScaler && meta.lossScaler) this.lossScaler.setState(meta.lossScaler);
-    return meta.extra;
+    const r = await openCheckpoint(dir, this.config.model, this.optimizer.kind);
+    try {
+      const states = this.#stateTensors();
+      for (const s of this.model.layout.slots) {
+        const full = await r.tensor(s.name, s.full);
+        this.#store.write(s.name, shardTensor(full, s.full, s.split));
+        for (const [key, t] of states) {
+          const v = await r.tensor(`optimizer.${key}.${s.name}`, s.full);
+          this.backend.write(t, shardTensor(v, s.full, s.split), s.offset);
+        }
+      }
+      const meta = r.meta;
+      this.step = meta.step;
+      this.optimizer.steps = meta.optimizerSteps;
+      this.rng.setState(meta.rng);
+      if (this.lossScaler && meta.lossScaler) this.lossScaler.setState(meta.lossScaler);
+      await this.world.barrier(this.#opts());
+      return meta.extra;
+    } finally {
+      r.close();
+    }
   }
 }
 
 /**
- * Validate `config` and build an engine on `opts.backend`.
+ * Validate `config` and build this rank's engine (DeepSpeed's `initialize`). Without a world
+ * it is a one-rank run. Collective over `opts.world`.
  *
  * @example
  * ```ts
@@ -250,9 +733,9 @@ export class Engine {
  * ```
  *
  * @param config the configuration
- * @param opts the backend
+ * @param opts the world, the backend, the schedule
  * @returns the engine
  */
-export function initialize(config: EngineConfig, opts: InitializeOptions): Promise<Engine> {
-  return Promise.resolve(new Engine(config, opts.backend));
+export function initialize(config: EngineConfig, opts: InitializeOptions = {}): Promise<Engine> {
+  return Engine.create(config, opts);
 }

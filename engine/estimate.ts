@@ -33,7 +33,8 @@
  * @module
  */
 
-import { gptStageSpecs, resolveGptConfig } from "../models/config.ts";
+import { resolveGptConfig } from "../models/config.ts";
+import { gptRankSpecs } from "../models/gpt.ts";
 import { checkModelLayout } from "../parallel/grid.ts";
 
 /** Storage format of parameters, gradients and activations (fp16/bf16: mixed precision). */
@@ -194,12 +195,6 @@ export function countParams(shape: ModelShape): number {
   return stageParamCounts(shape).reduce((a, b) => a + b, 0);
 }
 
-// GPT-2 names whose tensor is split across the tensor-parallel group: the token table and an
-// untied head by vocabulary rows, c_attn and c_fc (weight, bias) by columns, the c_proj
-// weights by rows. Layernorms, wpe and the c_proj biases are replicated on every tp rank.
-const TP_SPLIT =
-  /^(wte|lm_head\.weight)$|\.(c_attn\.(weight|bias)|c_fc\.(weight|bias)|c_proj\.weight)$/;
-
 /**
  * The parameters one rank of each pipeline stage computes with: stage s holds layers / pp
  * blocks, the first also `wte` and `wpe`, the last `ln_f` and its own `wte` when tied (or
@@ -229,16 +224,9 @@ export function stageParamCounts(
   const pp = layout.pp ?? 1;
   const counts: number[] = [];
   for (let s = 0; s < pp; s++) {
-    const specs = gptStageSpecs(c, {
-      embedding: s === 0,
-      blocks: [s * m.layersPerChunk, (s + 1) * m.layersPerChunk],
-      head: s === pp - 1,
-    });
+    // What the layers of tensor rank 0 of stage s declare (this rank's shapes).
     let n = 0;
-    for (const p of specs) {
-      const size = p.shape.reduce((a, b) => a * b, 1);
-      n += TP_SPLIT.test(p.name) ? size / tp : size;
-    }
+    for (const p of gptRankSpecs(c, { tp, pp, stage: s })) n += p.shape.reduce((a, b) => a * b, 1);
     counts.push(n);
   }
   return counts;

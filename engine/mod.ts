@@ -1,7 +1,8 @@
 /**
- * The engine: a validated configuration (DeepSpeed and Megatron keys), a GPT with its
- * optimizer, schedule and loss scaler, `trainBatch` / `evalBatch` / `save` / `load`,
- * safetensors checkpoints, and the run records (metrics.jsonl, progress line).
+ * The engine: ONE `Engine` per rank for every layout (`initialize(config, { world, backend })`,
+ * DeepSpeed and Megatron config keys, `trainBatch` / `evalBatch` / `logits` / `save` / `load`),
+ * safetensors checkpoints gathered tensor by tensor, the training loop of a run (`runTraining`),
+ * and the run records (metrics.jsonl, progress line).
  *
  * @example
  * ```ts
@@ -21,11 +22,11 @@ export * from "./engine.ts";
 export * from "./checkpoint.ts";
 export * from "./metrics.ts";
 export * from "./progress.ts";
-export * from "./parallel.ts";
+export * from "./run.ts";
 export type * from "../kernels/backend.ts";
 export type { Rng } from "../kernels/rng.ts";
 export type * from "../models/mod.ts";
 export type * from "../optim/mod.ts";
-export type { Batch } from "../data/mod.ts";
+export type { Batch, DatasetDescriptor } from "../data/mod.ts";
 export type * from "../collectives/communicator.ts";
 export type * from "../parallel/mod.ts";

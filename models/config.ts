@@ -125,38 +125,3 @@ export function gptParamSpecs(config: GptConfig): ParamSpec[] {
   if (!tied) s.push({ name: "lm_head.weight", shape: [V, C] });
   return s;
 }
-
-/** Which part of a GPT a pipeline stage holds. */
-export interface StagePart {
-  /** Whether the stage holds the embedding (the first stage). */
-  embedding: boolean;
-  /** The blocks it holds, `[start, end)`. */
-  blocks: readonly [number, number];
-  /** Whether it holds the final layernorm and head (the last stage). */
-  head: boolean;
-}
-
-/**
- * The parameter specs a slice of the GPT uses, in GPT-2 order. A tied last stage without the
- * embedding gets its own `wte` (its gradient is then summed with the first stage's).
- *
- * @param config the configuration
- * @param part the embedding, blocks and head the slice holds
- * @returns the specs
- */
-export function gptStageSpecs(config: GptConfig, part: StagePart): ParamSpec[] {
-  const c = resolveGptConfig(config);
-  const [start, end] = part.blocks;
-  if (
-    !Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > c.layers || start > end
-  ) {
-    throw new RangeError(`Blocks [${start}, ${end}) are not a range within [0, ${c.layers})`);
-  }
-  return gptParamSpecs(c).filter((s) => {
-    const m = /^h\.(\d+)\./.exec(s.name);
-    if (m) return Number(m[1]) >= start && Number(m[1]) < end;
-    if (s.name === "wte") return part.embedding || (part.head && c.tied);
-    if (s.name === "wpe") return part.embedding;
-    return part.head;
-  });
-}

@@ -1,73 +1,237 @@
 /**
- * A GPT (GPT-2 architecture) on one rank: token and position embeddings, pre-LN blocks of
- * causal self-attention and a GELU MLP, a final layernorm and a tied or untied head, over one
- * flat parameter buffer and one flat gradient buffer.
+ * THE GPT (GPT-2 architecture), built from the tensor-parallel layers of `parallel/`: token and
+ * position embeddings, pre-LN blocks of causal self-attention and a GELU MLP, a final layernorm
+ * and a tied or untied head. One rank with a tensor-parallel group of one and the whole model
+ * is the serial case; a rank of a larger layout builds its tensor-parallel pieces of the
+ * pipeline chunks it holds, nothing more.
+ *
+ * Each layer declares its parameters (this rank's shape, the serial shape, how it is split,
+ * whether its gradient is partial, what it is tied to, how it is initialised); the model merges
+ * them and hands them to a {@linkcode ModelStore} (plain flat buffers, or ZeRO's partitioned
+ * ones), which owns where parameters and gradients live.
  *
  * @module
  */
 
-import type { Backend, Tensor } from "../kernels/mod.ts";
-import { buildLayout, type FlatLayout, type LayoutOptions, type ParamSpec } from "../optim/mod.ts";
-import { Arena, RECOMPUTE_SLOT } from "./_arena.ts";
-import { ActivationPool, Block, Embedding, Head, type Layer, type Step } from "./blocks.ts";
+import type { Backend, Tensor, TensorDType } from "../kernels/mod.ts";
+import type { FlatLayout, LayerGate, ParamSpec } from "../optim/mod.ts";
+import {
+  ActivationPool,
+  checkModelLayout,
+  gatherFromRegion,
+  type Layer,
+  type LayerContext,
+  type ParamStore,
+  type PipelineChunk,
+  RECOMPUTE_SLOT,
+  type Step,
+  type StepDropout,
+  type TensorParallel,
+  tpSize,
+  TransformerBlock,
+  VocabParallelEmbedding,
+  VocabParallelHead,
+} from "../parallel/mod.ts";
 import {
   type GptConfig,
   gptParamSpecs,
   type ResolvedGptConfig,
   resolveGptConfig,
 } from "./config.ts";
-import { initialValue } from "./init.ts";
-import { FlatParams } from "./params.ts";
+import { initialPiece } from "./init.ts";
+import { FlatParams, mergeSpecs, type ModelStore } from "./params.ts";
 
-/** Options of {@linkcode Gpt}. */
-export interface GptOptions {
-  /** Initialise the parameters from this seed (default 0); `null` leaves them zero. */
-  seed?: number | null;
-  /** Layout alignment and padding (e.g. `padTo` the data-parallel size). */
-  layout?: LayoutOptions;
-  /**
-   * Adopt this parameter buffer (`layout.size` elements, e.g. shared with other Workers)
-   * instead of allocating one; pass `seed: null` to keep its contents.
-   */
-  params?: Tensor;
-  /** Adopt this gradient buffer (`layout.size` elements) instead of allocating one. */
-  grads?: Tensor;
-  /** Activation checkpointing of every block: recompute its activations in backward. */
-  checkpoint?: boolean;
-  /**
-   * Called around every layer's forward and backward, e.g. to gather a layer's parameters
-   * before it runs and release them after (ZeRO stage 3), or to start reducing a layer's
-   * gradients as soon as its backward is done.
-   */
-  gate?: LayerGate;
+/** The part of the model one pipeline chunk holds. */
+export interface ChunkPart {
+  /** Virtual stage index `chunk * pp + stage`. */
+  readonly virtualStage: number;
+  /** Whether it starts with the embedding. */
+  readonly embedding: boolean;
+  /** Blocks `[start, end)`. */
+  readonly blocks: readonly [number, number];
+  /** Whether it ends with the head. */
+  readonly head: boolean;
 }
 
 /**
- * Hooks around each layer's forward and backward (see {@linkcode GptOptions.gate}). A layer
- * is passed as what it declares, its parameter specs, so an implementation (a ZeRO-3
- * optimizer) needs nothing from `models/`.
+ * The chunks of pipeline stage `stage`: chunk `c` is virtual stage `c * pp + stage` and holds
+ * `layers / (pp * v)` consecutive blocks; the first virtual stage adds the embedding, the last
+ * the head.
+ *
+ * @example Two stages of two chunks each
+ * ```ts
+ * import { stageParts } from "./gpt.ts";
+ * const [a, b] = stageParts(8, 2, 2, 1);
+ * console.assert(a.blocks.join() === "2,4" && b.head && !a.head);
+ * ```
+ *
+ * @param layers transformer blocks
+ * @param pp pipeline stages
+ * @param v chunks per stage
+ * @param stage this stage
+ * @returns one part per chunk
  */
-export interface LayerGate {
+export function stageParts(layers: number, pp: number, v: number, stage: number): ChunkPart[] {
+  const V = pp * v;
+  if (layers % V !== 0) {
+    throw new RangeError(`${layers} layers do not split into ${V} pipeline chunks`);
+  }
+  const per = layers / V;
+  return Array.from({ length: v }, (_, c) => {
+    const k = c * pp + stage;
+    return {
+      virtualStage: k,
+      embedding: k === 0,
+      blocks: [k * per, (k + 1) * per] as const,
+      head: k === V - 1,
+    };
+  });
+}
+
+/** One micro-batch: token ids and targets, `[B, T]` each (the full sequence). */
+export interface MicroBatch {
+  /** Token ids. */
+  readonly inputs: Int32Array;
+  /** Next-token targets (negative = ignored); `null` asks for the logits instead of a loss. */
+  readonly targets: Int32Array | null;
+}
+
+/** Options of {@linkcode Gpt}. */
+export interface GptOptions {
+  /** Initialise the parameters from this seed (default 0); `null` leaves them as the store has them. */
+  seed?: number | null;
+  /** The tensor-parallel group; default one rank. */
+  tp?: TensorParallel;
+  /** The pipeline chunks this rank holds; default the whole model (one chunk). */
+  parts?: readonly ChunkPart[];
+  /** Whether the pipeline has more than one stage (a tied head then holds its own `wte`). */
+  pipelined?: boolean;
   /**
-   * Before `layer` runs `phase`; `layer.specs` names its parameters.
-   *
-   * @param layer the layer about to run
-   * @param phase which pass
+   * Where parameters and gradients live, given the layers' parameters in forward order (each
+   * name once per layer); default flat buffers ({@linkcode FlatParams}).
    */
-  acquire(
-    layer: { readonly specs: readonly ParamSpec[] },
-    phase: "forward" | "backward",
-  ): void | Promise<void>;
-  /**
-   * After `layer` has run `phase` (its gradients are complete after its last backward).
-   *
-   * @param layer the layer that ran
-   * @param phase which pass
-   */
-  release(
-    layer: { readonly specs: readonly ParamSpec[] },
-    phase: "forward" | "backward",
-  ): void | Promise<void>;
+  store?: (layers: readonly (readonly ParamSpec[])[]) => ModelStore;
+  /** Activation checkpointing: recompute every n-th block (0 or absent: off). */
+  checkpointEvery?: number;
+  /** Element type of activations (and of the default store's parameters and gradients). */
+  dtype?: TensorDType;
+  /** Called around every layer's forward and backward (ZeRO stage 3 gathers there). */
+  gate?: LayerGate;
+}
+
+/** Options of {@linkcode buildGptLayers}. */
+export interface GptLayerOptions {
+  /** Activation checkpointing: recompute every n-th block (0 or absent: off). */
+  checkpointEvery?: number;
+  /** Whether the pipeline has more than one stage (a tied head then holds its own `wte`). */
+  pipelined?: boolean;
+}
+
+/**
+ * The layers of the chunks a rank holds, first to last per chunk: the one place that says
+ * what a GPT is made of (embedding, blocks, head) and how its layers are tied and scaled.
+ *
+ * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
+ * @param c the model's shape
+ * @param parts the chunks this rank holds
+ * @param opts checkpointing and pipelining
+ * @returns the layers of each chunk
+ */
+export function buildGptLayers(
+  ctx: LayerContext,
+  c: ResolvedGptConfig,
+  parts: readonly ChunkPart[],
+  opts: GptLayerOptions = {},
+): Layer[][] {
+  const every = opts.checkpointEvery ?? 0;
+  const pipelined = opts.pipelined ?? false;
+  const holdsEmbedding = parts.some((p) => p.embedding);
+  const tie = pipelined && c.tied ? "embedding" : undefined;
+  const projStd = 0.02 / Math.sqrt(2 * c.layers);
+  return parts.map((part) => {
+    const layers: Layer[] = [];
+    if (part.embedding) {
+      layers.push(new VocabParallelEmbedding(ctx, c.vocab, c.ctx, c.dim, { tie }));
+    }
+    for (let i = part.blocks[0]; i < part.blocks[1]; i++) {
+      layers.push(
+        new TransformerBlock(ctx, i, c.dim, c.heads, {
+          hidden: c.hidden,
+          eps: c.lnEps,
+          projStd,
+          checkpoint: every > 0 && i % every === 0,
+        }),
+      );
+    }
+    if (part.head) {
+      layers.push(
+        new VocabParallelHead(ctx, c.vocab, c.dim, {
+          tied: c.tied,
+          eps: c.lnEps,
+          tie,
+          mirror: tie !== undefined && !holdsEmbedding,
+        }),
+      );
+    }
+    return layers;
+  });
+}
+
+/** Where a rank sits, for {@linkcode gptRankSpecs}. */
+export interface RankPlace {
+  /** Tensor-parallel size; default 1. */
+  tp?: number;
+  /** This rank's tensor-parallel index; default 0. */
+  tpRank?: number;
+  /** Sequence parallelism; default false. */
+  sequenceParallel?: boolean;
+  /** Pipeline stages; default 1. */
+  pp?: number;
+  /** This rank's stage; default 0. */
+  stage?: number;
+  /** Chunks per stage; default 1. */
+  virtualStages?: number;
+}
+
+/**
+ * The parameters a rank of a layout holds, as its layers declare them, without building a
+ * model or allocating anything (what memory estimates count).
+ *
+ * @example The first of two tensor-parallel ranks holds half of c_attn
+ * ```ts
+ * import { gptRankSpecs } from "./gpt.ts";
+ * const specs = gptRankSpecs({ vocab: 16, ctx: 8, dim: 8, layers: 2, heads: 2 }, { tp: 2 });
+ * const w = specs.find((s) => s.name === "h.0.attn.c_attn.weight")!;
+ * console.assert(w.shape.join() === "8,12");
+ * ```
+ *
+ * @param config the model (vocabulary already padded to a multiple of tp)
+ * @param place the rank's place in the layout
+ * @returns its parameters, each once, in layout order
+ */
+export function gptRankSpecs(config: GptConfig, place: RankPlace = {}): ParamSpec[] {
+  const c = resolveGptConfig(config);
+  const size = place.tp ?? 1;
+  const pp = place.pp ?? 1;
+  // Layers only declare their parameters when built: neither the group nor the backend is
+  // used until they run, so a description of the group is enough here.
+  const comm = size > 1
+    ? ({ size, rank: place.tpRank ?? 0 } as unknown as NonNullable<TensorParallel["comm"]>)
+    : null;
+  const unused = new Proxy({}, {
+    get: () => {
+      throw new Error("gptRankSpecs() builds layers only to read their declarations");
+    },
+  });
+  const ctx: LayerContext = {
+    backend: unused as Backend,
+    tp: { comm, sequenceParallel: place.sequenceParallel },
+    store: unused as ParamStore,
+  };
+  const parts = stageParts(c.layers, pp, place.virtualStages ?? 1, place.stage ?? 0);
+  return mergeSpecs(
+    buildGptLayers(ctx, c, parts, { pipelined: pp > 1 }).flat().map((l) => l.specs),
+  );
 }
 
 /** Options of {@linkcode Gpt.generate}. */
@@ -76,10 +240,33 @@ export interface GenerateOptions {
   stop?: number;
 }
 
-const TRAIN_SLOT = 0;
-// Evaluation keeps nothing for a backward, so it runs in the transient slot that the blocks
-// share through the pool: its activations cost one block's worth, not one per block.
-const EVAL_SLOT = RECOMPUTE_SLOT;
+/** Options of {@linkcode Gpt.chunk}. */
+export interface ChunkOptions {
+  /** Sequences per micro-batch. */
+  B: number;
+  /** Tokens per sequence (the full length). */
+  T: number;
+  /**
+   * The micro-batch `mb` of this step (the same on every rank of a tensor group). It may be
+   * called more than once for one micro-batch and must return the same data each time.
+   */
+  batch: (mb: number) => MicroBatch;
+  /** Multiplies every micro-batch's loss gradient, e.g. 1 / (m * dp); default 1. */
+  gradScale?: number;
+  /** Index in the step's global batch of micro-batch 0's first sequence; default 0. */
+  seqOffset?: number;
+  /** Dropout of this step: its probability and key (omit for evaluation). */
+  dropout?: { p: number; key: number };
+  /**
+   * Evaluation: forward only, every micro-batch in the pool's shared activation slot (nothing
+   * is kept for a backward).
+   */
+  eval?: boolean;
+  /** Receives each micro-batch's loss tensor `[1]` (the chunk with the head). */
+  onLoss?: (mb: number, loss: Tensor) => void;
+  /** Receives each micro-batch's output without targets (the logits of this rank's shard). */
+  onLogits?: (mb: number, logits: Tensor) => void;
+}
 
 function checkTokens(what: string, a: Int32Array, n: number, V: number, allowNegative: boolean) {
   if (!(a instanceof Int32Array)) throw new TypeError(`${what} must be an Int32Array`);
@@ -88,7 +275,7 @@ function checkTokens(what: string, a: Int32Array, n: number, V: number, allowNeg
   }
   let count = 0;
   for (let i = 0; i < n; i++) {
-    const t = a[i];
+    const t = a[i]!;
     if (t >= V || (t < 0 && !allowNegative)) {
       throw new RangeError(
         `${what}[${i}] = ${t} is outside the vocabulary [0, ${V})` +
@@ -101,9 +288,9 @@ function checkTokens(what: string, a: Int32Array, n: number, V: number, allowNeg
 }
 
 /**
- * A GPT whose layers are `[Embedding, Block x layers, Head]`.
+ * A GPT whose layers are `[Embedding, Block x layers, Head]`, or this rank's share of them.
  *
- * @example Train step on the reference backend
+ * @example A train step on the reference backend
  * ```ts
  * import { createReferenceBackend } from "../kernels/mod.ts";
  * import { Gpt } from "./gpt.ts";
@@ -120,67 +307,102 @@ export class Gpt {
   readonly backend: Backend;
   /** The validated configuration. */
   readonly config: ResolvedGptConfig;
-  /** The parameter and gradient buffers (GPT-2 names). */
-  readonly store: FlatParams;
-  /** The layers, first to last: embedding, blocks, head. */
-  readonly layers: readonly Layer[];
-  #arena: Arena;
-  #step: Step | null = null;
+  /** The tensor-parallel group. */
+  readonly tp: TensorParallel;
+  /** The pipeline chunks this rank holds. */
+  readonly parts: readonly ChunkPart[];
+  /** The layers of each chunk, first to last. */
+  readonly chunks: readonly (readonly Layer[])[];
+  /** Where parameters and gradients live. */
+  readonly store: ModelStore;
+  /** The activation memory of every layer (its `bytes` is what they allocated). */
+  readonly pool: ActivationPool;
+  /** Element type of the activations. */
+  readonly dtype: TensorDType;
   #gate: LayerGate | null;
+  #ids = new Map<string, Tensor>();
+  #pending: { chunk: GptChunk; step: number } | null = null;
 
   /**
-   * Build the model and its buffers.
+   * Build this rank's layers and hand their parameters to the store.
    *
    * @param backend the backend
    * @param config the model's shape
-   * @param opts seed, layout, buffers to adopt, checkpointing, a layer gate
+   * @param opts seed, tensor group, chunks, store, checkpointing, activation type, gate
    */
   constructor(backend: Backend, config: GptConfig, opts: GptOptions = {}) {
     const c = resolveGptConfig(config);
-    this.backend = backend;
-    this.config = c;
-    this.store = new FlatParams(backend, buildLayout(gptParamSpecs(c), opts.layout), {
-      params: opts.params,
-      grads: opts.grads,
+    const tp = opts.tp ?? { comm: null };
+    checkModelLayout({
+      heads: c.heads,
+      layers: c.layers,
+      vocab: c.vocab,
+      tp: tpSize(tp),
     });
-    const pool = new ActivationPool(backend);
-    const checkpoint = opts.checkpoint ?? false;
-    const layers: Layer[] = [new Embedding(backend, this.store, c.vocab, c.ctx, c.dim)];
-    for (let i = 0; i < c.layers; i++) {
-      layers.push(
-        Block.create(backend, this.store, i, c.dim, c.heads, c.hidden, c.lnEps, {
-          pool,
-          checkpoint,
-        }),
+    if (c.vocab % tpSize(tp) !== 0) {
+      throw new RangeError(
+        `Vocabulary ${c.vocab} does not split across tp=${tpSize(tp)}: build the model with ` +
+          `the padded vocabulary of checkModelLayout()`,
       );
     }
-    layers.push(new Head(backend, this.store, c.vocab, c.dim, c.tied, c.lnEps, { pool }));
-    this.layers = layers;
-    this.#arena = new Arena(backend);
+    this.backend = backend;
+    this.config = c;
+    this.tp = tp;
+    this.dtype = opts.dtype ?? "f32";
+    this.parts = opts.parts ?? stageParts(c.layers, 1, 1, 0);
+    this.pool = new ActivationPool(backend);
+    // The layers look parameters up at run time, through the store built below.
+    const lookup: ParamStore = {
+      value: (name) => this.store.value(name),
+      grad: (name) => this.store.grad(name),
+    };
+    const ctx: LayerContext = { backend, tp, store: lookup, pool: this.pool, dtype: this.dtype };
+    this.chunks = buildGptLayers(ctx, c, this.parts, {
+      checkpointEvery: opts.checkpointEvery,
+      pipelined: opts.pipelined,
+    });
+    const perLayer = this.layers.map((l) => l.specs);
+    this.store = opts.store?.(perLayer) ??
+      new FlatParams(backend, mergeSpecs(perLayer), { dtype: this.dtype });
     this.#gate = opts.gate ?? null;
     const seed = opts.seed === undefined ? 0 : opts.seed;
     if (seed !== null) this.initialize(seed);
   }
 
-  /** The flat layout of parameters and gradients. */
+  /** Every layer of this rank in forward order (chunk by chunk). */
+  get layers(): readonly Layer[] {
+    return this.chunks.flat();
+  }
+
+  /** The flat layout of this rank's parameters and gradients. */
   get layout(): FlatLayout {
     return this.store.layout;
   }
 
-  /** The number of parameters (without padding). */
+  /** The number of parameters this rank holds a piece of (its pieces' sizes, no padding). */
   get numParams(): number {
-    return this.store.layout.numParams;
+    return this.layout.numParams;
+  }
+
+  /** The number of parameters of the whole (serial) model. */
+  get fullParams(): number {
+    return gptParamSpecs(this.config).reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+  }
+
+  /** Whether this rank holds the whole model (one rank, one chunk with embedding and head). */
+  get whole(): boolean {
+    const p = this.parts;
+    return p.length === 1 && p[0]!.embedding && p[0]!.head && tpSize(this.tp) === 1;
   }
 
   /**
-   * Set every parameter to its deterministic initial value (GPT-2 style) for `seed`.
+   * Set this rank's piece of every parameter to its deterministic initial value for `seed`
+   * (the slice of the serial tensor, so that every layout starts from the same model).
    *
    * @param seed the seed
    */
   initialize(seed: number): void {
-    for (const s of this.layout.slots) {
-      this.backend.write(this.store.params, initialValue(s, this.config.layers, seed), s.offset);
-    }
+    for (const s of this.layout.slots) this.store.write(s.name, initialPiece(s, seed));
   }
 
   /** Set every gradient to zero. */
@@ -188,18 +410,22 @@ export class Gpt {
     this.store.zeroGrad();
   }
 
-  async #run(ids: Int32Array, B: number, T: number, step: Step): Promise<Tensor> {
-    const slot = step.slot!;
-    const idT = this.#arena.get(slot, "ids", B * T, "i32");
-    this.backend.write(idT, ids);
-    let x = idT;
-    const gate = this.#gate;
-    for (const layer of this.layers) {
-      if (gate) await gate.acquire(layer, "forward");
-      x = await layer.forward(x, step);
-      if (gate) await gate.release(layer, "forward");
-    }
-    return x;
+  /** The layer gate (ZeRO stage 3's gathers), or null. */
+  get gate(): LayerGate | null {
+    return this.#gate;
+  }
+
+  /**
+   * A pipeline chunk that runs this rank's chunk `c` per micro-batch (see `runPipeline`).
+   *
+   * @param c the chunk index on this rank
+   * @param opts shapes, data, gradient scale, dropout and where losses go
+   * @returns the chunk
+   */
+  chunk(c: number, opts: ChunkOptions): GptChunk {
+    const part = this.parts[c];
+    if (!part) throw new RangeError(`This rank holds ${this.parts.length} chunks, not chunk ${c}`);
+    return new GptChunk(this, this.chunks[c]!, part, opts);
   }
 
   #checkShape(B: number, T: number): void {
@@ -213,8 +439,18 @@ export class Gpt {
     }
   }
 
+  #single(what: string): void {
+    if (this.parts.length !== 1 || !this.parts[0]!.embedding || !this.parts[0]!.head) {
+      throw new RangeError(
+        `${what} runs a model whose rank holds every layer; a pipeline stage runs through ` +
+          `the engine's pipeline instead`,
+      );
+    }
+  }
+
   /**
-   * Run the model on a batch and compute the mean cross-entropy over the targets >= 0.
+   * Run the model on a batch and compute the mean cross-entropy over the targets >= 0 (this
+   * rank holds every layer; with tensor parallelism every rank of the group calls it).
    *
    * @param inputs token ids `[B, T]`
    * @param targets next-token ids `[B, T]`; a negative target is ignored
@@ -223,37 +459,40 @@ export class Gpt {
    * @returns the loss `[1]` on the backend (read it with `backend.read`)
    */
   async forward(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<Tensor> {
+    this.#single("forward()");
     this.#checkShape(B, T);
     const V = this.config.vocab;
     checkTokens("inputs", inputs, B * T, V, false);
-    const count = checkTokens("targets", targets, B * T, V, true);
-    const tgt = this.#arena.get(TRAIN_SLOT, "targets", B * T, "i32");
-    this.backend.write(tgt, targets);
-    const step: Step = { B, T, slot: TRAIN_SLOT, targets: tgt, count };
-    this.#step = step;
-    return await this.#run(inputs, B, T, step);
+    checkTokens("targets", targets, B * T, V, true);
+    let loss: Tensor | null = null;
+    const ch = this.chunk(0, {
+      B,
+      T,
+      batch: () => ({ inputs, targets }),
+      onLoss: (_, l) => loss = l,
+    });
+    await ch.forward(0, null);
+    this.#pending = { chunk: ch, step: 0 };
+    return loss!;
   }
 
   /**
-   * Add the gradients of the last {@linkcode Gpt.forward}'s loss into the gradient buffer.
+   * Add the gradients of the last {@linkcode Gpt.forward}'s loss into the gradients.
    *
    * @param gradScale multiplies the gradient (e.g. 1 / accumulation steps); default 1
    */
   async backward(gradScale = 1): Promise<void> {
-    const s = this.#step;
-    if (!s) throw new RangeError("backward() needs a forward() first");
-    const step: Step = gradScale === (s.gradScale ?? 1) ? s : { ...s, gradScale };
-    let dy: Tensor | null = null;
-    for (let i = this.layers.length - 1; i >= 0; i--) {
-      const layer = this.layers[i];
-      if (this.#gate) await this.#gate.acquire(layer, "backward");
-      dy = await layer.backward(dy, step);
-      if (this.#gate) await this.#gate.release(layer, "backward");
-    }
+    const p = this.#pending;
+    if (!p) throw new RangeError("backward() needs a forward() first");
+    this.#pending = null;
+    p.chunk.gradScale = gradScale;
+    await p.chunk.backward(0, null);
   }
 
   /**
    * The logits of every position, for evaluation (does not disturb a pending backward).
+   * With tensor parallelism (every rank of the group calls it) the vocabulary shards are
+   * gathered, so each rank gets the full logits.
    *
    * @param inputs token ids `[B, T]`
    * @param B sequences
@@ -261,9 +500,53 @@ export class Gpt {
    * @returns the logits `[B, T, V]` on the backend, valid until the next call
    */
   async logits(inputs: Int32Array, B: number, T: number): Promise<Tensor> {
+    this.#single("logits()");
     this.#checkShape(B, T);
     checkTokens("inputs", inputs, B * T, this.config.vocab, false);
-    return await this.#run(inputs, B, T, { B, T, slot: EVAL_SLOT });
+    let out: Tensor | null = null;
+    const ch = this.chunk(0, {
+      B,
+      T,
+      eval: true,
+      batch: () => ({ inputs, targets: null }),
+      onLogits: (_, l) => out = l,
+    });
+    await ch.forward(0, null);
+    return await this.fullLogits(out!, B * T);
+  }
+
+  /**
+   * The full logits `[N, V]` from this rank's vocabulary shard `[N, V/tp]` (gathered over
+   * the tensor group; the shard itself with one rank).
+   *
+   * @param shard this rank's logits
+   * @param N rows
+   * @returns the full logits on the backend
+   */
+  async fullLogits(shard: Tensor, N: number): Promise<Tensor> {
+    const size = tpSize(this.tp);
+    if (size === 1) return shard;
+    const V = this.config.vocab;
+    const out = this.#buf("logits", N * V, shard.dtype);
+    await gatherFromRegion.forward(this.backend, this.tp, out, shard, N, V);
+    return out;
+  }
+
+  #buf(name: string, n: number, dtype: TensorDType): Tensor {
+    const k = `${name}:${dtype}`;
+    let t = this.#ids.get(k);
+    if (!t || t.length !== n) {
+      t = this.backend.alloc(n, dtype);
+      this.#ids.set(k, t);
+    }
+    return t;
+  }
+
+  /** @internal A tensor of token ids for `slot`, reused. */
+  idsTensor(slot: number, data: Int32Array, what: string): Tensor {
+    const t = this.#buf(`${what}${slot}`, data.length, "i32");
+    this.backend.write(t, data);
+    return t;
   }
 
   /**
@@ -275,49 +558,26 @@ export class Gpt {
    * @param opts a stop token
    * @returns the generated tokens per row (without the prompt)
    */
-  async generate(
+  generate(
     prompts: readonly (readonly number[])[],
     maxNew: number,
     opts: GenerateOptions = {},
   ): Promise<number[][]> {
-    const B = prompts.length;
-    const V = this.config.vocab;
-    const ctx = this.config.ctx;
-    if (!Number.isInteger(maxNew) || maxNew < 0) {
-      throw new RangeError(`maxNew must be an integer >= 0, got ${maxNew}`);
-    }
-    const rows = prompts.map((p, i) => {
-      if (p.length === 0) throw new RangeError(`Prompt ${i} is empty: give at least one token`);
-      return [...p];
-    });
-    const out: number[][] = prompts.map(() => []);
-    const done = new Array<boolean>(B).fill(false);
-    for (let k = 0; k < maxNew && B > 0 && done.includes(false); k++) {
-      const T = Math.min(ctx, Math.max(...rows.map((r) => r.length)));
-      const ids = new Int32Array(B * T);
-      for (let b = 0; b < B; b++) {
-        const w = rows[b].slice(-T);
-        ids.set(w, b * T);
-      }
-      const logits = await this.backend.read(await this.logits(ids, B, T));
-      for (let b = 0; b < B; b++) {
-        if (done[b]) continue;
-        const pos = Math.min(T, rows[b].length) - 1;
-        const base = (b * T + pos) * V;
-        let best = 0;
-        for (let v = 1; v < V; v++) if (logits[base + v] > logits[base + best]) best = v;
-        rows[b].push(best);
-        out[b].push(best);
-        if (opts.stop !== undefined && best === opts.stop) done[b] = true;
-      }
-    }
-    return out;
+    return greedyDecode(
+      async (ids, B, T) => {
+        return Float32Array.from(await this.backend.read(await this.logits(ids, B, T)));
+      },
+      this.config,
+      prompts,
+      maxNew,
+      opts,
+    );
   }
 
   /**
-   * Copy host values into parameters by name (e.g. loaded GPT-2 weights).
+   * Copy host values into this rank's parameters by name (e.g. loaded weights).
    *
-   * @param values name to values; each must have the parameter's size
+   * @param values name to values; each must have this rank's size of the parameter
    * @throws {RangeError} for an unknown name or a wrong size
    */
   setParams(values: Map<string, Float32Array> | Record<string, Float32Array>): void {
@@ -329,33 +589,233 @@ export class Gpt {
           `Parameter "${name}" [${s.shape}] has ${s.size} elements, got ${v.length} values`,
         );
       }
-      this.backend.write(this.store.params, v, s.offset);
+      this.store.write(name, v);
     }
   }
 
   /**
-   * Read every parameter back to the host, by name.
+   * Read this rank's parameters back to the host, by name.
    *
    * @returns name to a Float32Array copy, in layout order
    */
   async getParams(): Promise<Map<string, Float32Array>> {
-    return this.#split(await this.backend.read(this.store.params));
+    const out = new Map<string, Float32Array>();
+    for (const s of this.layout.slots) out.set(s.name, await this.store.read("params", s.name));
+    return out;
   }
 
   /**
-   * Read every gradient back to the host, by name.
+   * Read this rank's gradients back to the host, by name.
    *
    * @returns name to a Float32Array copy, in layout order
    */
   async getGrads(): Promise<Map<string, Float32Array>> {
-    return this.#split(await this.backend.read(this.store.grads));
+    const out = new Map<string, Float32Array>();
+    for (const s of this.layout.slots) out.set(s.name, await this.store.read("grads", s.name));
+    return out;
+  }
+}
+
+/**
+ * Greedy decoding over any logits function (the model's, or a pipeline's).
+ *
+ * @param logits full logits `[B, T, V]` of a batch
+ * @param config the model's shape
+ * @param prompts token ids per row (at least one token each)
+ * @param maxNew the most tokens to add per row
+ * @param opts a stop token
+ * @returns the generated tokens per row
+ */
+export async function greedyDecode(
+  logits: (ids: Int32Array, B: number, T: number) => Promise<Float32Array>,
+  config: { vocab: number; ctx: number },
+  prompts: readonly (readonly number[])[],
+  maxNew: number,
+  opts: GenerateOptions = {},
+): Promise<number[][]> {
+  const B = prompts.length;
+  const { vocab: V, ctx } = config;
+  if (!Number.isInteger(maxNew) || maxNew < 0) {
+    throw new RangeError(`maxNew must be an integer >= 0, got ${maxNew}`);
+  }
+  const rows = prompts.map((p, i) => {
+    if (p.length === 0) throw new RangeError(`Prompt ${i} is empty: give at least one token`);
+    return [...p];
+  });
+  const out: number[][] = prompts.map(() => []);
+  const done = new Array<boolean>(B).fill(false);
+  for (let k = 0; k < maxNew && B > 0 && done.includes(false); k++) {
+    const T = Math.min(ctx, Math.max(...rows.map((r) => r.length)));
+    const ids = new Int32Array(B * T);
+    for (let b = 0; b < B; b++) ids.set(rows[b]!.slice(-T), b * T);
+    const z = await logits(ids, B, T);
+    for (let b = 0; b < B; b++) {
+      if (done[b]) continue;
+      const pos = Math.min(T, rows[b]!.length) - 1;
+      const base = (b * T + pos) * V;
+      let best = 0;
+      for (let v = 1; v < V; v++) if (z[base + v]! > z[base + best]!) best = v;
+      rows[b]!.push(best);
+      out[b]!.push(best);
+      if (opts.stop !== undefined && best === opts.stop) done[b] = true;
+    }
+  }
+  return out;
+}
+
+/** A chunk of GPT layers run per micro-batch by the pipeline executor. */
+export class GptChunk implements PipelineChunk {
+  /** The layers, first to last. */
+  readonly layers: readonly Layer[];
+  /** Most activation slots in use at once (micro-batches between forward and backward). */
+  peakSlots = 0;
+  /** Multiplies every micro-batch's loss gradient. */
+  gradScale: number;
+  #m: Gpt;
+  #opts: ChunkOptions;
+  #first: boolean;
+  #last: boolean;
+  #steps = new Map<number, Step>();
+  #used = new Set<number>(); // activation slots held by micro-batches between forward and backward
+  #x = new Map<number, Tensor>();
+  #dy: Tensor | null = null;
+
+  /**
+   * Wrap layers as a pipeline chunk (see {@linkcode Gpt.chunk}).
+   *
+   * @param model the model
+   * @param layers the chunk's layers
+   * @param part what the chunk holds
+   * @param opts shapes, data, gradient scale, dropout and where losses go
+   */
+  constructor(model: Gpt, layers: readonly Layer[], part: ChunkPart, opts: ChunkOptions) {
+    const tp = tpSize(model.tp);
+    if (model.tp.sequenceParallel && opts.T % tp !== 0) {
+      throw new RangeError(
+        `Sequence parallelism splits T=${opts.T} across tp=${tp}: T must be a multiple`,
+      );
+    }
+    this.layers = layers;
+    this.gradScale = opts.gradScale ?? 1;
+    this.#m = model;
+    this.#opts = opts;
+    this.#first = part.embedding;
+    this.#last = part.head;
   }
 
-  #split(flat: ArrayLike<number> & { subarray(a: number, b: number): ArrayLike<number> }) {
-    const m = new Map<string, Float32Array>();
-    for (const s of this.layout.slots) {
-      m.set(s.name, Float32Array.from(flat.subarray(s.offset, s.offset + s.size)));
+  #step(mb: number): Step {
+    let s = this.#steps.get(mb);
+    if (s) return s;
+    const { B, T } = this.#opts;
+    const m = this.#m;
+    // The lowest free slot: layers keep activations per slot, so a schedule that holds at most
+    // k micro-batches (1F1B: pp - stage) makes them allocate k sets, not m. Evaluation keeps
+    // nothing for a backward: it runs in the pool's shared slot.
+    let slot = 0;
+    if (this.#opts.eval) slot = RECOMPUTE_SLOT;
+    else {
+      while (this.#used.has(slot)) slot++;
+      this.#used.add(slot);
+      this.peakSlots = Math.max(this.peakSlots, this.#used.size);
     }
-    return m;
+    const d = this.#opts.dropout;
+    const dropout: StepDropout | undefined = d && d.p > 0
+      ? { p: d.p, key: d.key, seqOffset: (this.#opts.seqOffset ?? 0) + mb * B }
+      : undefined;
+    const sp = m.tp.sequenceParallel ? tpSize(m.tp) : 1;
+    const base: Step = { B, T: T / sp, slot, ...(dropout ? { dropout } : {}) };
+    const tg = this.#last ? this.#opts.batch(mb).targets : null;
+    if (tg === null) s = base;
+    else {
+      let count = 0;
+      for (const x of tg) if (x >= 0) count++;
+      s = { ...base, targets: m.idsTensor(slot, tg, "targets"), count };
+    }
+    this.#steps.set(mb, s);
+    return s;
+  }
+
+  async #run(layer: Layer, phase: "forward" | "backward", f: () => Promise<Tensor | null>) {
+    const gate = this.#m.gate;
+    if (gate) await gate.acquire(layer, phase);
+    const out = await f();
+    if (gate) await gate.release(layer, phase);
+    return out;
+  }
+
+  /**
+   * Forward of micro-batch `mb`.
+   *
+   * @param mb micro-batch
+   * @param input activations from the previous chunk, or `null` on the first
+   * @returns activations for the next chunk, or `null` on the last (its loss goes to `onLoss`)
+   */
+  async forward(mb: number, input: Float32Array | null): Promise<Float32Array | null> {
+    const step = this.#step(mb);
+    const be = this.#m.backend;
+    const slot = step.slot!;
+    let x: Tensor;
+    if (this.#first) {
+      x = this.#m.idsTensor(slot, this.#opts.batch(mb).inputs, "inputs");
+    } else {
+      if (input === null) throw new TypeError(`Chunk needs activations for micro-batch ${mb}`);
+      let t = this.#x.get(slot);
+      if (!t || t.length !== input.length) {
+        t = be.alloc(input.length, this.#m.dtype);
+        this.#x.set(slot, t);
+      }
+      be.write(t, input);
+      x = t;
+    }
+    for (const layer of this.layers) {
+      const inp = x;
+      x = (await this.#run(layer, "forward", () => layer.forward(inp, step)))!;
+    }
+    if (this.#opts.eval) this.#release(mb);
+    if (this.#last) {
+      if (step.targets) this.#opts.onLoss?.(mb, x);
+      else this.#opts.onLogits?.(mb, x);
+      return null;
+    }
+    const out = await be.read(x);
+    return out instanceof Float32Array ? out : Float32Array.from(out);
+  }
+
+  #release(mb: number): void {
+    const s = this.#steps.get(mb);
+    if (!s) return;
+    this.#steps.delete(mb);
+    this.#used.delete(s.slot!);
+  }
+
+  /**
+   * Backward of micro-batch `mb`.
+   *
+   * @param mb micro-batch
+   * @param dOutput gradient of this chunk's output, or `null` on the last
+   * @returns gradient of its input, or `null` on the first
+   */
+  async backward(mb: number, dOutput: Float32Array | null): Promise<Float32Array | null> {
+    const s = this.#steps.get(mb);
+    if (!s) throw new RangeError(`Backward of micro-batch ${mb} before its forward`);
+    const step: Step = this.gradScale === 1 ? s : { ...s, gradScale: this.gradScale };
+    const be = this.#m.backend;
+    let dy: Tensor | null = null;
+    if (!this.#last) {
+      if (dOutput === null) throw new TypeError(`Chunk needs a gradient for micro-batch ${mb}`);
+      if (!this.#dy || this.#dy.length !== dOutput.length) {
+        this.#dy = be.alloc(dOutput.length, this.#m.dtype);
+      }
+      be.write(this.#dy, dOutput);
+      dy = this.#dy;
+    }
+    for (let i = this.layers.length - 1; i >= 0; i--) {
+      const layer = this.layers[i]!, d = dy;
+      dy = await this.#run(layer, "backward", () => layer.backward(d, step));
+    }
+    this.#release(mb);
+    if (this.#first || dy === null) return null;
+    const out = await be.read(dy);
+    return out instanceof Float32Array ? out : Float32Array.from(out);
   }
 }

@@ -1,6 +1,7 @@
 /**
- * Models: a GPT built from layers with an explicit forward and backward over flat parameter
- * and gradient buffers, the safetensors format, and GPT-2 weight interchange.
+ * Models: THE GPT, assembled from the tensor-parallel layers of `parallel/` (one rank and the
+ * whole model is the serial case), its parameter store, deterministic initialisation, the
+ * safetensors format, and GPT-2 weight interchange.
  *
  * @example Build a small GPT and take its loss on one batch
  * ```ts
@@ -17,7 +18,6 @@
 export * from "./config.ts";
 export * from "./init.ts";
 export * from "./params.ts";
-export * from "./blocks.ts";
 export * from "./gpt.ts";
 export * from "./safetensors.ts";
 export * from "./gpt2_io.ts";

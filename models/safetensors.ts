@@ -98,33 +98,60 @@ function numel(shape: readonly number[]): number {
  *   malformed, out of bounds or overlaps another
  */
 export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
-  if (bytes.length < 8) {
-    throw corrupt(`${bytes.length} bytes is too short for the 8-byte header length (truncated?)`);
-  }
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const headerLen = headerLength(dv, bytes.length);
+  const h = parseHeader(bytes.subarray(8, 8 + headerLen), bytes.length - 8 - headerLen);
+  const data = bytes.subarray(8 + headerLen);
+  const tensors = new Map<string, SafetensorsEntry>();
+  for (const [name, e] of h.entries) {
+    tensors.set(name, { dtype: e.dtype, shape: e.shape, bytes: data.slice(e.begin, e.end) });
+  }
+  return { tensors, metadata: h.metadata };
+}
+
+/** Where a tensor's bytes sit in a safetensors file's data section. */
+export interface SafetensorsIndexEntry {
+  /** Element type. */
+  readonly dtype: SafetensorsDType;
+  /** Shape, row-major. */
+  readonly shape: readonly number[];
+  /** First byte in the data section. */
+  readonly begin: number;
+  /** One past the last byte. */
+  readonly end: number;
+}
+
+function headerLength(dv: DataView, total: number): number {
+  if (total < 8) {
+    throw corrupt(`${total} bytes is too short for the 8-byte header length (truncated?)`);
+  }
   const headerLen = Number(dv.getBigUint64(0, true));
   if (headerLen > MAX_HEADER) {
     throw corrupt(`header length ${headerLen} exceeds the ${MAX_HEADER}-byte limit`);
   }
-  if (8 + headerLen > bytes.length) {
+  if (8 + headerLen > total) {
     throw corrupt(
-      `header length ${headerLen} runs past the end of the ${bytes.length}-byte file (truncated?)`,
+      `header length ${headerLen} runs past the end of the ${total}-byte file (truncated?)`,
     );
   }
+  return headerLen;
+}
+
+function parseHeader(
+  headerBytes: Uint8Array,
+  dataLength: number,
+): { entries: Map<string, SafetensorsIndexEntry>; metadata: Record<string, string> } {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(
-      bytes.subarray(8, 8 + headerLen),
-    ));
+    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
   } catch (e) {
     throw corrupt(`the header is not valid UTF-8 JSON (${(e as Error).message})`);
   }
   if (header === null || typeof header !== "object" || Array.isArray(header)) {
     throw corrupt("the header must be a JSON object");
   }
-  const data = bytes.subarray(8 + headerLen);
   const metadata: Record<string, string> = {};
-  const tensors = new Map<string, SafetensorsEntry>();
+  const entries = new Map<string, SafetensorsIndexEntry>();
   const ranges: [number, number, string][] = [];
   for (const [name, value] of Object.entries(header as Record<string, unknown>)) {
     if (name === "__metadata__") {
@@ -173,13 +200,13 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
         }`,
       );
     }
-    if (end > data.length) {
+    if (end > dataLength) {
       throw corrupt(
-        `tensor "${name}" ends at byte ${end} of a ${data.length}-byte data section (truncated?)`,
+        `tensor "${name}" ends at byte ${end} of a ${dataLength}-byte data section (truncated?)`,
       );
     }
     ranges.push([begin, end, name]);
-    tensors.set(name, { dtype, shape: [...shape], bytes: data.slice(begin, end) });
+    entries.set(name, { dtype, shape: [...shape], begin, end });
   }
   ranges.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   for (let i = 1; i < ranges.length; i++) {
@@ -187,7 +214,198 @@ export function decodeSafetensors(bytes: Uint8Array): SafetensorsFile {
     const [, pe, pn] = ranges[i - 1];
     if (b < pe) throw corrupt(`tensors "${pn}" and "${n}" overlap (byte ${b} < ${pe})`);
   }
-  return { tensors, metadata };
+  return { entries, metadata };
+}
+
+/** A safetensors file opened for reading one tensor at a time (nothing else is loaded). */
+export interface SafetensorsReader {
+  /** Every tensor's place, in header order. */
+  readonly entries: ReadonlyMap<string, SafetensorsIndexEntry>;
+  /** The `__metadata__` string map (empty when absent). */
+  readonly metadata: Record<string, string>;
+  /**
+   * Read one tensor's raw bytes.
+   *
+   * @param name the tensor
+   * @returns its bytes (a new buffer)
+   */
+  read(name: string): Promise<Uint8Array>;
+  /** Close the file. */
+  close(): void;
+}
+
+/**
+ * Open a safetensors file, check its header, and read tensors from it one at a time.
+ *
+ * @param path the file's path
+ * @returns the reader
+ * @throws {TypeError} when the header is corrupt or a tensor lies past the end of the file
+ */
+export async function openSafetensors(path: string | URL): Promise<SafetensorsReader> {
+  const file = await Deno.open(path, { read: true });
+  try {
+    const total = (await file.stat()).size;
+    const head = new Uint8Array(Math.min(8, total));
+    await readFully(file, head, 0);
+    const headerLen = headerLength(new DataView(head.buffer), total);
+    const hb = new Uint8Array(headerLen);
+    await readFully(file, hb, 8);
+    let h;
+    try {
+      h = parseHeader(hb, total - 8 - headerLen);
+    } catch (e) {
+      if (e instanceof TypeError) throw new TypeError(`${path}: ${e.message}`);
+      throw e;
+    }
+    const base = 8 + headerLen;
+    return {
+      entries: h.entries,
+      metadata: h.metadata,
+      async read(name: string): Promise<Uint8Array> {
+        const e = h.entries.get(name);
+        if (!e) throw new TypeError(`${path} has no tensor "${name}"`);
+        const out = new Uint8Array(e.end - e.begin);
+        await readFully(file, out, base + e.begin);
+        return out;
+      },
+      close: () => file.close(),
+    };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+async function readFully(file: Deno.FsFile, into: Uint8Array, at: number): Promise<void> {
+  await file.seek(at, Deno.SeekMode.Start);
+  let got = 0;
+  while (got < into.length) {
+    const n = await file.read(into.subarray(got));
+    if (n === null) throw corrupt(`the file ends ${into.length - got} bytes early (truncated?)`);
+    got += n;
+  }
+}
+
+/** A tensor the {@linkcode SafetensorsWriter} will write: its name, element type and shape. */
+export interface SafetensorsPlanEntry {
+  /** Tensor name. */
+  readonly name: string;
+  /** Element type. */
+  readonly dtype: SafetensorsDType;
+  /** Shape, row-major. */
+  readonly shape: readonly number[];
+}
+
+/**
+ * Writes a safetensors file one tensor at a time, in the order planned, so the whole file is
+ * never built in memory: the header first (every name, type and shape is known up front), then
+ * each tensor's bytes as they come.
+ */
+export class SafetensorsWriter {
+  #file: Deno.FsFile;
+  #plan: readonly SafetensorsPlanEntry[];
+  #next = 0;
+
+  private constructor(file: Deno.FsFile, plan: readonly SafetensorsPlanEntry[]) {
+    this.#file = file;
+    this.#plan = plan;
+  }
+
+  /**
+   * Create the file and write its header.
+   *
+   * @param path the file's path (created or truncated)
+   * @param plan the tensors in the order they will be written
+   * @param metadata strings stored under `__metadata__`
+   * @returns the writer
+   */
+  static async create(
+    path: string | URL,
+    plan: readonly SafetensorsPlanEntry[],
+    metadata?: Record<string, string>,
+  ): Promise<SafetensorsWriter> {
+    const header = headerOf(plan.map((p) => [p.name, p.dtype, p.shape] as const), metadata);
+    const file = await Deno.open(path, { write: true, create: true, truncate: true });
+    const w = new SafetensorsWriter(file, plan);
+    await w.#put(header);
+    return w;
+  }
+
+  async #put(b: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < b.length) done += await this.#file.write(b.subarray(done));
+  }
+
+  /**
+   * Write the next planned tensor.
+   *
+   * @param name its name (must be the next in the plan)
+   * @param data its elements, of the planned type and size
+   */
+  async write(name: string, data: SafetensorsInput["data"]): Promise<void> {
+    const p = this.#plan[this.#next];
+    if (!p || p.name !== name) {
+      throw new RangeError(`Tensor "${name}" is written out of order: expected "${p?.name}"`);
+    }
+    if (data.length !== numel(p.shape) || data.BYTES_PER_ELEMENT !== ITEM_SIZE[p.dtype]) {
+      throw new TypeError(
+        `Tensor "${name}" is planned as ${p.dtype} [${p.shape}], got ${data.constructor.name}` +
+          `[${data.length}]`,
+      );
+    }
+    await this.#put(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    this.#next++;
+  }
+
+  /**
+   * Flush the file to disk and close it.
+   *
+   * @throws {RangeError} when a planned tensor was not written
+   */
+  async close(): Promise<void> {
+    try {
+      if (this.#next !== this.#plan.length) {
+        throw new RangeError(
+          `Only ${this.#next} of ${this.#plan.length} planned tensors were written`,
+        );
+      }
+      await this.#file.sync();
+    } finally {
+      this.#file.close();
+    }
+  }
+}
+
+function headerOf(
+  entries: readonly (readonly [string, SafetensorsDType, readonly number[]])[],
+  metadata?: Record<string, string>,
+): Uint8Array {
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length > 0) {
+    for (const [k, v] of Object.entries(metadata)) {
+      if (typeof v !== "string") {
+        throw new TypeError(`Metadata "${k}" must be a string, got ${typeof v}`);
+      }
+    }
+    header.__metadata__ = metadata;
+  }
+  let offset = 0;
+  for (const [name, dtype, shape] of entries) {
+    if (name === "__metadata__") throw new TypeError("A tensor cannot be named __metadata__");
+    const size = ITEM_SIZE[dtype];
+    if (size === undefined) throw new TypeError(`Tensor "${name}" has unknown dtype ${dtype}`);
+    const n = numel(shape) * size;
+    header[name] = { dtype, shape: [...shape], data_offsets: [offset, offset + n] };
+    offset += n;
+  }
+  let json = JSON.stringify(header);
+  const pad = (8 - (new TextEncoder().encode(json).length % 8)) % 8;
+  json += " ".repeat(pad);
+  const hb = new TextEncoder().encode(json);
+  const out = new Uint8Array(8 + hb.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(hb.length), true);
+  out.set(hb, 8);
+  return out;
 }
 
 function dtypeOfArray(data: SafetensorsInput["data"]): SafetensorsDType {
@@ -213,19 +431,9 @@ export function encodeSafetensors(
   metadata?: Record<string, string>,
 ): Uint8Array {
   const entries = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
-  const header: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length > 0) {
-    for (const [k, v] of Object.entries(metadata)) {
-      if (typeof v !== "string") {
-        throw new TypeError(`Metadata "${k}" must be a string, got ${typeof v}`);
-      }
-    }
-    header.__metadata__ = metadata;
-  }
-  let offset = 0;
   const parts: Uint8Array[] = [];
+  const plan: [string, SafetensorsDType, readonly number[]][] = [];
   for (const [name, t] of entries) {
-    if (name === "__metadata__") throw new TypeError("A tensor cannot be named __metadata__");
     const dtype = t.dtype ?? dtypeOfArray(t.data);
     const size = ITEM_SIZE[dtype];
     if (size === undefined) throw new TypeError(`Tensor "${name}" has unknown dtype ${dtype}`);
@@ -241,23 +449,13 @@ export function encodeSafetensors(
         } elements) but ${t.data.length} values`,
       );
     }
-    const b = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-    header[name] = { dtype, shape: [...t.shape], data_offsets: [offset, offset + b.length] };
-    parts.push(b);
-    offset += b.length;
+    plan.push([name, dtype, t.shape]);
+    parts.push(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
   }
-  let json = JSON.stringify(header);
-  const enc = new TextEncoder();
-  let hb = enc.encode(json);
-  const pad = (8 - (hb.length % 8)) % 8;
-  if (pad) {
-    json += " ".repeat(pad);
-    hb = enc.encode(json);
-  }
-  const out = new Uint8Array(8 + hb.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(hb.length), true);
-  out.set(hb, 8);
-  let p = 8 + hb.length;
+  const head = headerOf(plan, metadata);
+  const out = new Uint8Array(head.length + parts.reduce((n, b) => n + b.length, 0));
+  out.set(head, 0);
+  let p = head.length;
   for (const b of parts) {
     out.set(b, p);
     p += b.length;

@@ -6,24 +6,76 @@
  * @module
  */
 
-/** A parameter to place in the flat buffer. */
+/**
+ * How a rank's parameter is cut from the serial tensor across the tensor-parallel group.
+ * Axis `axis` of the serial shape is divided into `blocks` equal blocks (default 1), and each
+ * block into `parts` equal pieces; this rank holds piece `index` of every block (GPT-2's
+ * `c_attn`: three blocks q | k | v along the columns).
+ */
+export interface TensorSplit {
+  /** The dimension of the serial shape that is cut. */
+  readonly axis: number;
+  /** Pieces per block (the tensor-parallel size). */
+  readonly parts: number;
+  /** The piece this rank holds, 0 <= index < parts. */
+  readonly index: number;
+  /** Equal blocks the axis is first divided into; default 1. */
+  readonly blocks?: number;
+}
+
+/** How a parameter's initial value is drawn (each tensor from its own seeded stream). */
+export type ParamInit =
+  /** All zeros (biases). */
+  | { readonly kind: "zeros" }
+  /** All ones (layernorm weights). */
+  | { readonly kind: "ones" }
+  /** Normal with mean 0 and this standard deviation. */
+  | { readonly kind: "normal"; readonly std: number };
+
+/**
+ * A parameter to place in the flat buffer, as the layer that creates it declares it: its name,
+ * this rank's shape, and what gradient sync, the global norm, checkpoints and ZeRO need to know
+ * about it. Nothing else (no name pattern) decides those.
+ */
 export interface ParamSpec {
   /** Unique name, e.g. `"h.0.attn.c_attn.weight"`. */
   name: string;
-  /** Shape, row-major. */
+  /** This rank's shape, row-major. */
   shape: readonly number[];
   /** Whether AdamW applies weight decay (default: true for 2-D and larger tensors). */
   decay?: boolean;
+  /** The serial (one-rank) shape; default `shape`. */
+  full?: readonly number[];
+  /** How this rank's piece is cut from the serial tensor; absent: replicated on every rank. */
+  split?: TensorSplit;
+  /**
+   * The gradient is a partial sum over the tensor-parallel group (a replicated parameter that
+   * each rank applied to its own rows only, as under sequence parallelism): sum it there.
+   */
+  partial?: boolean;
+  /**
+   * The group of pipeline stages that each hold a copy of this parameter (`"embedding"`: the
+   * first and last stage, for a head tied to the token embedding): their gradients are summed
+   * there so the copies take the same step.
+   */
+  tie?: string;
+  /**
+   * This copy stands in for a tied parameter held elsewhere (the last stage's `wte`): it is
+   * not counted in the global gradient norm and not saved.
+   */
+  mirror?: boolean;
+  /** How the initial value is drawn; default normal(0, 0.02). */
+  init?: ParamInit;
 }
 
 /** A parameter's place in the flat buffer. */
-export interface ParamSlot {
-  /** Unique name. */
-  readonly name: string;
+export interface ParamSlot extends Readonly<ParamSpec> {
   /** Shape, row-major. */
   readonly shape: readonly number[];
   /** Whether AdamW applies weight decay. */
   readonly decay: boolean;
+  /** The serial shape. */
+  readonly full: readonly number[];
   /** First element in the flat buffer (a multiple of the layout's alignment). */
   readonly offset: number;
   /** Number of elements (the product of the shape). */
@@ -93,9 +145,10 @@ export function buildLayout(specs: readonly ParamSpec[], opts: LayoutOptions = {
     }
     const size = spec.shape.reduce((a, b) => a * b, 1);
     const slot: ParamSlot = {
-      name: spec.name,
+      ...spec,
       shape: [...spec.shape],
       decay: spec.decay ?? spec.shape.length >= 2,
+      full: [...(spec.full ?? spec.shape)],
       offset,
       size,
     };

@@ -1,89 +1,123 @@
 /**
- * Parallel causal self-attention: heads split across the tensor group. GPT-2's `c_attn` maps C
- * to `[q | k | v]`, each in head order, so rank i's column shard is its part of each of the
- * three blocks (see `gpt2ShardKind`), which is exactly the `[q_i | k_i | v_i]` layout of its
+ * Causal self-attention and the MLP, with heads and hidden width split across the tensor group.
+ * GPT-2's `c_attn` maps C to `[q | k | v]`, each in head order, so rank i's column piece is its
+ * part of each of the three blocks, which is exactly the `[q_i | k_i | v_i]` layout of its
  * `H/tp` heads. `c_proj` is row-parallel: its rows are the attention channels in head order.
  * One all-reduce in forward (after `c_proj`) and one in backward (before `c_attn`'s input).
+ * With one rank these are the serial layers.
+ *
+ * Dropout on the attention probabilities draws each mask element from its global position
+ * (sequence in the step's batch, head, query, key), so every layout drops the same elements.
  *
  * @module
  */
 
-import type { Backend, Tensor } from "../kernels/mod.ts";
+import type { AttentionDropout, Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT, saved, slotOf } from "./_arena.ts";
-import type { ParallelLayer, ParallelStep, ParamSource } from "./layer.ts";
+import { Arena, GRAD_SLOT } from "./_arena.ts";
+import {
+  dropoutKey,
+  dropoutSalt,
+  type Layer,
+  type LayerContext,
+  saved,
+  seqFactor,
+  slotOf,
+  type Step,
+} from "./layer.ts";
 import { ColumnParallelLinear, RowParallelLinear } from "./linear.ts";
-import { type TensorParallel, tpSize } from "./mappings.ts";
+import { tpRank, tpSize } from "./mappings.ts";
+
+/** Options of {@linkcode SelfAttention} and {@linkcode Mlp}. */
+export interface ProjectionOptions {
+  /** Standard deviation of the output projection's initial weights; default 0.02. */
+  projStd?: number;
+}
 
 /** `c_proj(attention(c_attn(x)))` over this rank's `H/tp` heads. */
-export class ParallelSelfAttention implements ParallelLayer {
-  /** This rank's shards of `${name}.c_attn.*` and `${name}.c_proj.*`. */
+export class SelfAttention implements Layer {
+  /** This rank's pieces of `${name}.c_attn.*` and `${name}.c_proj.*`. */
   readonly specs: readonly ParamSpec[];
   /** The q | k | v projection (column-parallel). */
   readonly cAttn: ColumnParallelLinear;
   /** The output projection (row-parallel). */
   readonly cProj: RowParallelLinear;
-  #be: Backend;
-  #tp: TensorParallel;
+  #c: LayerContext;
   #C: number;
   #H: number;
+  #heads: number;
+  #salt: number;
   #arena: Arena;
-  #qkv = new Map<number, Tensor>();
+  #qkv: (Tensor | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's shards live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param name the prefix, e.g. `"h.0.attn"`
    * @param dim the model width C
    * @param heads the number of heads H (a multiple of tp)
+   * @param opts the output projection's initial scale
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     name: string,
     dim: number,
     heads: number,
+    opts: ProjectionOptions = {},
   ) {
-    const size = tpSize(tp);
-    if (!Number.isInteger(heads) || heads % size !== 0 || dim % heads !== 0) {
+    const size = tpSize(ctx.tp);
+    if (!Number.isInteger(heads) || heads < 1 || heads % size !== 0 || dim % heads !== 0) {
       throw new RangeError(
         `Cannot split ${heads} heads of width ${dim} across tp=${size}: heads must divide ` +
           `the width and be a multiple of tp`,
       );
     }
-    this.cAttn = new ColumnParallelLinear(backend, tp, store, `${name}.c_attn`, dim, 3 * dim);
-    this.cProj = new RowParallelLinear(backend, tp, store, `${name}.c_proj`, dim, dim);
+    this.cAttn = new ColumnParallelLinear(ctx, `${name}.c_attn`, dim, 3 * dim, {
+      blocks: 3,
+      role: "attn.c_attn",
+    });
+    this.cProj = new RowParallelLinear(ctx, `${name}.c_proj`, dim, dim, {
+      std: opts.projStd,
+      role: "attn.c_proj",
+    });
     this.specs = [...this.cAttn.specs, ...this.cProj.specs];
-    this.#be = backend;
-    this.#tp = tp;
+    this.#c = ctx;
     this.#C = dim / size;
     this.#H = heads / size;
-    this.#arena = new Arena(backend);
+    this.#heads = heads;
+    this.#salt = dropoutSalt(`${name}.probs`);
+    this.#arena = new Arena(ctx.backend, ctx.pool, "attn");
   }
 
-  #shape(step: ParallelStep): [number, number] {
-    return [step.B, step.T * (this.#tp.sequenceParallel ? tpSize(this.#tp) : 1)];
+  #drop(step: Step): AttentionDropout | undefined {
+    const d = step.dropout;
+    if (!d || d.p === 0) return undefined;
+    return {
+      p: d.p,
+      key: dropoutKey(d, this.#salt),
+      seqOffset: d.seqOffset,
+      headOffset: tpRank(this.#c.tp) * this.#H,
+      heads: this.#heads,
+    };
   }
 
   /**
    * Compute the output and keep what backward needs.
    *
-   * @param x the input
+   * @param x the input `[B*T, C]` (this rank's rows with sequence parallelism)
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns the output, same shape
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const [B, T] = this.#shape(step);
+    const B = step.B, T = step.T * seqFactor(this.#c.tp);
+    const dt = this.#c.dtype ?? "f32";
     const qkv = await this.cAttn.forward(x, step);
-    const y = this.#arena.get(slot, "y", B * T * this.#C);
-    const att = this.#arena.get(slot, "att", B * this.#H * T * T);
-    this.#be.attentionForward(y, att, qkv, B, T, this.#C, this.#H);
-    this.#qkv.set(slot, qkv);
+    const y = this.#arena.get(slot, "y", B * T * this.#C, dt);
+    const att = this.#arena.get(slot, "att", B * this.#H * T * T, dt);
+    this.#c.backend.attentionForward(y, att, qkv, B, T, this.#C, this.#H, this.#drop(step));
+    this.#qkv[slot] = qkv;
     return await this.cProj.forward(y, step);
   }
 
@@ -94,78 +128,79 @@ export class ParallelSelfAttention implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
+  async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const qkv = saved(this.#qkv, slot, "ParallelSelfAttention");
-    const [B, T] = this.#shape(step);
+    const qkv = saved(this.#qkv, slot, "SelfAttention");
+    const B = step.B, T = step.T * seqFactor(this.#c.tp);
+    const be = this.#c.backend;
+    const dt = this.#c.dtype ?? "f32";
     const dyAtt = await this.cProj.backward(dy, step);
-    const dqkv = this.#arena.get(GRAD_SLOT, "dqkv", B * T * 3 * this.#C);
-    this.#be.fill(dqkv, 0);
-    const att = this.#arena.get(slot, "att", B * this.#H * T * T);
-    this.#be.attentionBackward(dqkv, dyAtt, qkv, att, B, T, this.#C, this.#H);
+    const dqkv = this.#arena.get(GRAD_SLOT, "dqkv", B * T * 3 * this.#C, dt);
+    be.fill(dqkv, 0);
+    const att = this.#arena.get(slot, "att", B * this.#H * T * T, dt);
+    be.attentionBackward(dqkv, dyAtt, qkv, att, B, T, this.#C, this.#H, this.#drop(step));
     return await this.cAttn.backward(dqkv, step);
   }
 }
 
 /** The GELU MLP `c_proj(gelu(c_fc(x)))` with the hidden width split across the group. */
-export class ParallelMlp implements ParallelLayer {
-  /** This rank's shards of `${name}.c_fc.*` and `${name}.c_proj.*`. */
+export class Mlp implements Layer {
+  /** This rank's pieces of `${name}.c_fc.*` and `${name}.c_proj.*`. */
   readonly specs: readonly ParamSpec[];
   /** The expansion (column-parallel). */
   readonly cFc: ColumnParallelLinear;
   /** The projection (row-parallel). */
   readonly cProj: RowParallelLinear;
-  #be: Backend;
-  #tp: TensorParallel;
+  #c: LayerContext;
   #hidden: number;
   #arena: Arena;
-  #h = new Map<number, Tensor>();
+  #h: (Tensor | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's shards live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param name the prefix, e.g. `"h.0.mlp"`
    * @param dim the model width C
    * @param hidden the serial hidden width (GPT-2: 4C), a multiple of tp
+   * @param opts the output projection's initial scale
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     name: string,
     dim: number,
     hidden: number,
+    opts: ProjectionOptions = {},
   ) {
-    this.cFc = new ColumnParallelLinear(backend, tp, store, `${name}.c_fc`, dim, hidden);
-    this.cProj = new RowParallelLinear(backend, tp, store, `${name}.c_proj`, hidden, dim);
+    this.cFc = new ColumnParallelLinear(ctx, `${name}.c_fc`, dim, hidden, { role: "mlp.c_fc" });
+    this.cProj = new RowParallelLinear(ctx, `${name}.c_proj`, hidden, dim, {
+      std: opts.projStd,
+      role: "mlp.c_proj",
+    });
     this.specs = [...this.cFc.specs, ...this.cProj.specs];
-    this.#be = backend;
-    this.#tp = tp;
+    this.#c = ctx;
     this.#hidden = this.cFc.outLocal;
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(ctx.backend, ctx.pool, "mlp");
   }
 
-  #n(step: ParallelStep): number {
-    return step.B * step.T * (this.#tp.sequenceParallel ? tpSize(this.#tp) : 1) * this.#hidden;
+  #n(step: Step): number {
+    return step.B * step.T * seqFactor(this.#c.tp) * this.#hidden;
   }
 
   /**
    * Compute the output and keep what backward needs.
    *
-   * @param x the input
+   * @param x the input `[B*T, C]`
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns the output, same shape
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
     const n = this.#n(step);
     const h = await this.cFc.forward(x, step);
-    const g = this.#arena.get(slot, "g", n);
-    this.#be.geluForward(g, h, n);
-    this.#h.set(slot, h);
+    const g = this.#arena.get(slot, "g", n, this.#c.dtype ?? "f32");
+    this.#c.backend.geluForward(g, h, n);
+    this.#h[slot] = h;
     return await this.cProj.forward(g, step);
   }
 
@@ -176,14 +211,15 @@ export class ParallelMlp implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
+  async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const h = saved(this.#h, slot, "ParallelMlp");
+    const h = saved(this.#h, slot, "Mlp");
     const n = this.#n(step);
+    const be = this.#c.backend;
     const dg = await this.cProj.backward(dy, step);
-    const dh = this.#arena.get(GRAD_SLOT, "dh", n);
-    this.#be.fill(dh, 0);
-    this.#be.geluBackward(dh, h, dg, n);
+    const dh = this.#arena.get(GRAD_SLOT, "dh", n, this.#c.dtype ?? "f32");
+    be.fill(dh, 0);
+    be.geluBackward(dh, h, dg, n);
     return await this.cFc.backward(dh, step);
   }
 }

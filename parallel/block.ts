@@ -1,103 +1,128 @@
 /**
- * A tensor-parallel pre-LN transformer block: `r = x + attn(ln_1(x))`, `y = r + mlp(ln_2(r))`
- * with {@linkcode ParallelSelfAttention} and {@linkcode ParallelMlp}: two all-reduces in forward
- * and two in backward (with sequence parallelism, each becomes an all-gather plus a
- * reduce-scatter, and the layernorms and residual adds run on this rank's rows only).
+ * The pre-LN transformer block: `r = x + drop(attn(ln_1(x)))`, `y = r + drop(mlp(ln_2(r)))`,
+ * with the attention and MLP split across the tensor group (two all-reduces in forward and two
+ * in backward; with sequence parallelism each becomes an all-gather plus a reduce-scatter, and
+ * the layernorms and residual adds run on this rank's rows only). With one rank it is the
+ * serial block.
+ *
+ * Activation checkpointing: the block keeps only its input per micro-batch and recomputes its
+ * inner activations (in the pool's shared recompute slot) right before its backward. Dropout
+ * masks are pure functions of position, so the recomputation draws the same ones.
  *
  * @module
  */
 
-import type { Backend, Tensor } from "../kernels/mod.ts";
+import type { Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT, saved, slotOf } from "./_arena.ts";
-import { ParallelMlp, ParallelSelfAttention } from "./attention.ts";
-import type { ParallelLayer, ParallelStep, ParamSource } from "./layer.ts";
-import type { TensorParallel } from "./mappings.ts";
+import { Arena, GRAD_SLOT, RECOMPUTE_SLOT } from "./_arena.ts";
+import { Mlp, SelfAttention } from "./attention.ts";
+import {
+  dropoutKey,
+  dropoutSalt,
+  type Layer,
+  type LayerContext,
+  saved,
+  seqFactor,
+  slotOf,
+  type Step,
+} from "./layer.ts";
+import { LayerNorm } from "./layernorm.ts";
+import { tpRank } from "./mappings.ts";
 
-interface Norm {
-  w: Tensor;
-  b: Tensor;
-  dw: Tensor;
-  db: Tensor;
+/** Options of {@linkcode TransformerBlock}. */
+export interface BlockOptions {
+  /** MLP hidden width (serial); default 4 * dim. */
+  hidden?: number;
+  /** Layernorm epsilon; default 1e-5. */
+  eps?: number;
+  /** Standard deviation of the residual projections' initial weights; default 0.02. */
+  projStd?: number;
+  /** Recompute the block's activations in backward instead of keeping them. */
+  checkpoint?: boolean;
 }
 
-function norm(store: ParamSource, name: string): Norm {
-  return {
-    w: store.value(`${name}.weight`),
-    b: store.value(`${name}.bias`),
-    dw: store.grad(`${name}.weight`),
-    db: store.grad(`${name}.bias`),
-  };
-}
-
-/** GPT-2's block `h.${index}` with tensor-parallel attention and MLP. */
-export class ParallelBlock implements ParallelLayer {
-  /** This rank's parameters (layernorms replicated, the projections sharded). */
+/** GPT-2's block `h.${index}`. */
+export class TransformerBlock implements Layer {
+  /** This rank's parameters (layernorms replicated, the projections split). */
   readonly specs: readonly ParamSpec[];
+  /** Normalisation before attention. */
+  readonly ln1: LayerNorm;
   /** The attention. */
-  readonly attn: ParallelSelfAttention;
+  readonly attn: SelfAttention;
+  /** Normalisation before the MLP. */
+  readonly ln2: LayerNorm;
   /** The MLP. */
-  readonly mlp: ParallelMlp;
-  #be: Backend;
-  #ln1: Norm;
-  #ln2: Norm;
+  readonly mlp: Mlp;
+  /** Whether the block recomputes its activations in backward. */
+  readonly checkpoint: boolean;
+  #c: LayerContext;
   #C: number;
-  #eps: number;
+  #salts: [number, number];
   #arena: Arena;
-  #x = new Map<number, Tensor>();
+  #x: (Tensor | undefined)[] = [];
 
   /**
-   * Build the layer.
+   * Build the block.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's parameters live
-   * @param index the block's index
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
+   * @param index the block's index (its parameters are `h.${index}.*`)
    * @param dim the model width C
    * @param heads attention heads (a multiple of tp)
-   * @param hidden the MLP width (a multiple of tp)
-   * @param eps the layernorm epsilon
+   * @param opts MLP width, epsilon, initial scale of the projections, checkpointing
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     index: number,
     dim: number,
     heads: number,
-    hidden: number,
-    eps = 1e-5,
+    opts: BlockOptions = {},
   ) {
     const p = `h.${index}`;
-    this.#ln1 = norm(store, `${p}.ln_1`);
-    this.attn = new ParallelSelfAttention(backend, tp, store, `${p}.attn`, dim, heads);
-    this.#ln2 = norm(store, `${p}.ln_2`);
-    this.mlp = new ParallelMlp(backend, tp, store, `${p}.mlp`, dim, hidden);
-    const ln = (n: string): ParamSpec[] => [
-      { name: `${p}.${n}.weight`, shape: [dim] },
-      { name: `${p}.${n}.bias`, shape: [dim] },
-    ];
-    this.specs = [...ln("ln_1"), ...this.attn.specs, ...ln("ln_2"), ...this.mlp.specs];
-    this.#be = backend;
+    const eps = opts.eps ?? 1e-5;
+    const proj = { projStd: opts.projStd };
+    this.ln1 = new LayerNorm(ctx, `${p}.ln_1`, dim, eps, "ln_1");
+    this.attn = new SelfAttention(ctx, `${p}.attn`, dim, heads, proj);
+    this.ln2 = new LayerNorm(ctx, `${p}.ln_2`, dim, eps, "ln_2");
+    this.mlp = new Mlp(ctx, `${p}.mlp`, dim, opts.hidden ?? 4 * dim, proj);
+    this.specs = [...this.ln1.specs, ...this.attn.specs, ...this.ln2.specs, ...this.mlp.specs];
+    this.checkpoint = opts.checkpoint ?? false;
+    this.#c = ctx;
     this.#C = dim;
-    this.#eps = eps;
-    this.#arena = new Arena(backend);
+    this.#salts = [dropoutSalt(`${p}.attn.resid`), dropoutSalt(`${p}.mlp.resid`)];
+    this.#arena = new Arena(ctx.backend, ctx.pool, "block");
   }
 
-  #ln(slot: number, which: string, n: Norm, x: Tensor, rows: number): Tensor {
-    const a = this.#arena;
-    const y = a.get(slot, `${which}.y`, rows * this.#C);
-    const mean = a.get(slot, `${which}.mean`, rows);
-    const rstd = a.get(slot, `${which}.rstd`, rows);
-    this.#be.layernormForward(y, mean, rstd, x, n.w, n.b, rows, this.#C, this.#eps);
+  // Dropout of a residual branch `t` [rows, C] (this rank's rows), in place or into `out`.
+  #drop(out: Tensor, t: Tensor, step: Step, which: 0 | 1): void {
+    const d = step.dropout!;
+    const rows = step.B * step.T;
+    const rowOffset = d.seqOffset * step.T * seqFactor(this.#c.tp) +
+      (this.#c.tp.sequenceParallel ? tpRank(this.#c.tp) * rows : 0);
+    this.#c.backend.dropout(
+      out,
+      t,
+      rows,
+      this.#C,
+      d.p,
+      dropoutKey(d, this.#salts[which]),
+      rowOffset,
+    );
+  }
+
+  async #forward(x: Tensor, step: Step, slot: number): Promise<Tensor> {
+    const n = step.B * step.T * this.#C;
+    const be = this.#c.backend;
+    const dt = this.#c.dtype ?? "f32";
+    const drop = (step.dropout?.p ?? 0) > 0;
+    const a = await this.attn.forward(await this.ln1.forward(x, step), step);
+    if (drop) this.#drop(a, a, step, 0);
+    const r = this.#arena.get(slot, "r", n, dt);
+    be.add(r, x, a, n);
+    const m = await this.mlp.forward(await this.ln2.forward(r, step), step);
+    if (drop) this.#drop(m, m, step, 1);
+    const y = this.#arena.get(slot, "y", n, dt);
+    be.add(y, r, m, n);
     return y;
-  }
-
-  #lnBack(slot: number, which: string, n: Norm, dx: Tensor, dy: Tensor, x: Tensor, rows: number) {
-    const a = this.#arena;
-    const mean = a.get(slot, `${which}.mean`, rows);
-    const rstd = a.get(slot, `${which}.rstd`, rows);
-    this.#be.layernormBackward(dx, n.dw, n.db, dy, x, n.w, mean, rstd, rows, this.#C);
   }
 
   /**
@@ -107,19 +132,14 @@ export class ParallelBlock implements ParallelLayer {
    * @param step the shape and slot of the pass
    * @returns the output, same shape
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const rows = step.B * step.T;
-    const n = rows * this.#C;
-    const be = this.#be;
-    const a = await this.attn.forward(this.#ln(slot, "ln1", this.#ln1, x, rows), step);
-    const r = this.#arena.get(slot, "r", n);
-    be.add(r, x, a, n);
-    const m = await this.mlp.forward(this.#ln(slot, "ln2", this.#ln2, r, rows), step);
-    const y = this.#arena.get(slot, "y", n);
-    be.add(y, r, m, n);
-    this.#x.set(slot, x);
-    return y;
+    if (!this.checkpoint || slot === RECOMPUTE_SLOT) return await this.#forward(x, step, slot);
+    const y = await this.#forward(x, { ...step, slot: RECOMPUTE_SLOT }, RECOMPUTE_SLOT);
+    const out = this.#arena.get(slot, "out", y.length, y.dtype);
+    this.#c.backend.copy(out, y);
+    this.#x[slot] = x;
+    return out;
   }
 
   /**
@@ -129,18 +149,29 @@ export class ParallelBlock implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
-    if (!dy) throw new TypeError("ParallelBlock.backward needs dy");
-    const slot = slotOf(step);
-    const x = saved(this.#x, slot, "ParallelBlock");
-    const rows = step.B * step.T;
-    const n = rows * this.#C;
-    const dr = this.#arena.get(GRAD_SLOT, "dr", n);
-    this.#be.copy(dr, dy);
-    const dm = await this.mlp.backward(dy, step);
-    this.#lnBack(slot, "ln2", this.#ln2, dr, dm, this.#arena.get(slot, "r", n), rows);
-    const da = await this.attn.backward(dr, step);
-    this.#lnBack(slot, "ln1", this.#ln1, dr, da, x, rows);
+  async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
+    if (!dy) throw new TypeError("TransformerBlock.backward needs dy");
+    if (this.checkpoint) {
+      const x = saved(this.#x, slotOf(step), "TransformerBlock");
+      step = { ...step, slot: RECOMPUTE_SLOT };
+      await this.#forward(x, step, RECOMPUTE_SLOT);
+    }
+    const n = step.B * step.T * this.#C;
+    const be = this.#c.backend;
+    const dt = this.#c.dtype ?? "f32";
+    const drop = (step.dropout?.p ?? 0) > 0;
+    // dr carries the residual stream's gradient; it becomes dx once ln_1 has added into it.
+    // With a pool, dy may be the dr of the block above: the same buffer.
+    const dr = this.#arena.get(GRAD_SLOT, "dr", n, dt);
+    if (dr !== dy) be.copy(dr, dy);
+    let branch = dr;
+    if (drop) {
+      branch = this.#arena.get(GRAD_SLOT, "dbranch", n, dt);
+      this.#drop(branch, dr, step, 1);
+    }
+    this.ln2.backwardAdd(dr, await this.mlp.backward(branch, step), step);
+    if (drop) this.#drop(branch, dr, step, 0);
+    this.ln1.backwardAdd(dr, await this.attn.backward(branch, step), step);
     return dr;
   }
 }

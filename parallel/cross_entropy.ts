@@ -7,15 +7,25 @@
  * loss = log(sum_j exp(z_j - max)) + max - z_target
  * ```
  *
- * and the gradient of each shard is `softmax(z) - onehot(target)` on that shard.
+ * and the gradient of each shard is `softmax(z) - onehot(target)` on that shard. With one rank
+ * the head uses the backend's own cross-entropy op instead (the serial head).
  *
  * @module
  */
 
 import type { Backend, Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT, saved, slotOf } from "./_arena.ts";
-import type { ParallelLayer, ParallelStep, ParamSource } from "./layer.ts";
+import { Arena, GRAD_SLOT } from "./_arena.ts";
+import {
+  type Layer,
+  type LayerContext,
+  saved,
+  seqFactor,
+  slotOf,
+  splitOn,
+  type Step,
+} from "./layer.ts";
+import { LayerNorm } from "./layernorm.ts";
 import {
   copyToRegion,
   gatherFromSequence,
@@ -38,8 +48,10 @@ export interface VocabParallelSaved {
   readonly vocabStart: number;
 }
 
-async function host(be: Backend, t: Tensor): Promise<Float32Array | Float64Array | Int32Array> {
-  return be.hostView(t) ?? await be.read(t);
+async function hostFloats(be: Backend, t: Tensor): Promise<Float32Array | Float64Array> {
+  const v = be.hostView(t);
+  if (v instanceof Float32Array || v instanceof Float64Array) return v;
+  return Float32Array.from(await be.read(t) as ArrayLike<number>);
 }
 
 /**
@@ -64,8 +76,8 @@ export async function vocabParallelCrossEntropy(
   vocabLocal: number,
   vocabStart: number,
 ): Promise<{ losses: Float32Array; saved: VocabParallelSaved }> {
-  const z = await host(be, logits);
-  const tg = Int32Array.from(await host(be, targets) as ArrayLike<number>).subarray(0, N);
+  const z = await hostFloats(be, logits);
+  const tg = Int32Array.from(await be.read(targets) as ArrayLike<number>).subarray(0, N);
   const V = vocabLocal;
   const max = new Float32Array(N);
   for (let i = 0; i < N; i++) {
@@ -101,159 +113,151 @@ export async function vocabParallelCrossEntropy(
 }
 
 /**
- * Backward: `dlogits[N, vocabLocal] += (softmax - onehot(target)) * dloss` on this rank's
- * shard; rows with a negative target add nothing. No communication.
+ * Backward: `dlogits[N, vocabLocal] = (softmax - onehot(target)) * dloss` on this rank's shard;
+ * rows with a negative target get 0. No communication.
  *
  * @param be the backend
- * @param dlogits gradient of this rank's logits (added into)
+ * @param dlogits gradient of this rank's logits (overwritten)
  * @param s what the forward kept
  * @param dloss the gradient of each row's loss
  */
-export async function vocabParallelCrossEntropyBackward(
+export function vocabParallelCrossEntropyBackward(
   be: Backend,
   dlogits: Tensor,
   s: VocabParallelSaved,
   dloss: number,
-): Promise<void> {
+): void {
   const { N, vocabLocal: V, vocabStart, targets, probs } = s;
-  const live = be.hostView(dlogits);
-  const d = live ?? await be.read(dlogits);
+  const d = new Float32Array(N * V);
   for (let i = 0; i < N; i++) {
     if (targets[i]! < 0) continue;
-    for (let j = 0; j < V; j++) d[i * V + j]! += probs[i * V + j]! * dloss;
+    for (let j = 0; j < V; j++) d[i * V + j] = probs[i * V + j]! * dloss;
     const t = targets[i]! - vocabStart;
     if (t >= 0 && t < V) d[i * V + t]! -= dloss;
   }
-  if (!live) be.write(dlogits, d);
+  be.write(dlogits, d);
+}
+
+/** Options of {@linkcode VocabParallelHead}. */
+export interface HeadOptions {
+  /** Whether the head reuses `wte` (else `lm_head.weight`); default true. */
+  tied?: boolean;
+  /** Layernorm epsilon; default 1e-5. */
+  eps?: number;
+  /** The group of stages that also hold the tied `wte`. */
+  tie?: string;
+  /** This stage's `wte` stands in for the embedding's (on another stage). */
+  mirror?: boolean;
 }
 
 /**
  * The output head with the vocabulary split: final layernorm `ln_f` (replicated), logits of this
  * rank's vocabulary rows `z_i = ln_f(x) W_i^T` with `W` = `wte` (tied) or `lm_head.weight`,
- * `[V/tp, C]` here, and the mean vocabulary-parallel cross-entropy over targets >= 0. Forward
- * returns the loss `[1]` (the same on every rank) when the step has targets, else this rank's
- * logits `[B*T_full, V/tp]`.
+ * `[V/tp, C]` here, and the mean cross-entropy over targets >= 0. Forward returns the loss `[1]`
+ * (the same on every rank) when the step has targets, else this rank's logits
+ * `[B*T_full, V/tp]`.
  */
-export class VocabParallelHead implements ParallelLayer {
+export class VocabParallelHead implements Layer {
   /** `ln_f.*` and this rank's rows of the output weight. */
   readonly specs: readonly ParamSpec[];
   /** First vocabulary row this rank holds. */
   readonly vocabStart: number;
-  #be: Backend;
-  #tp: TensorParallel;
-  #lnw: Tensor;
-  #lnb: Tensor;
-  #dlnw: Tensor;
-  #dlnb: Tensor;
-  #w: Tensor;
-  #dw: Tensor;
+  /** The final layernorm. */
+  readonly lnf: LayerNorm;
+  #c: LayerContext;
+  #w: string;
   #V: number;
   #C: number;
-  #eps: number;
   #arena: Arena;
-  #saved = new Map<number, { x: Tensor; h: Tensor; ce?: VocabParallelSaved }>();
+  #saved: ({ h: Tensor; ce?: VocabParallelSaved } | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's parameters live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param vocab the serial (padded) vocabulary, a multiple of tp
    * @param dim the model width C
-   * @param tied whether the head uses `wte` (else `lm_head.weight`)
-   * @param eps the layernorm epsilon
+   * @param opts tied or not, epsilon, the tie to another stage
    */
-  constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
-    vocab: number,
-    dim: number,
-    tied = true,
-    eps = 1e-5,
-  ) {
-    const size = tpSize(tp);
+  constructor(ctx: LayerContext, vocab: number, dim: number, opts: HeadOptions = {}) {
+    const size = tpSize(ctx.tp);
     if (vocab % size !== 0) {
       throw new RangeError(
         `Vocabulary ${vocab} does not split across tp=${size}: pad it with checkModelLayout()`,
       );
     }
     this.#V = vocab / size;
-    this.vocabStart = tpRank(tp) * this.#V;
-    const wName = tied ? "wte" : "lm_head.weight";
+    this.vocabStart = tpRank(ctx.tp) * this.#V;
+    const tied = opts.tied ?? true;
+    this.#w = tied ? "wte" : "lm_head.weight";
+    this.lnf = new LayerNorm(ctx, "ln_f", dim, opts.eps ?? 1e-5);
     this.specs = [
-      { name: "ln_f.weight", shape: [dim] },
-      { name: "ln_f.bias", shape: [dim] },
-      { name: wName, shape: [this.#V, dim] },
+      ...this.lnf.specs,
+      {
+        name: this.#w,
+        shape: [this.#V, dim],
+        full: [vocab, dim],
+        split: splitOn(ctx.tp, 0),
+        ...(tied && opts.tie ? { tie: opts.tie } : {}),
+        ...(tied && opts.mirror ? { mirror: true } : {}),
+      },
     ];
-    this.#be = backend;
-    this.#tp = tp;
+    this.#c = ctx;
     this.#C = dim;
-    this.#eps = eps;
-    this.#lnw = store.value("ln_f.weight");
-    this.#lnb = store.value("ln_f.bias");
-    this.#dlnw = store.grad("ln_f.weight");
-    this.#dlnb = store.grad("ln_f.bias");
-    this.#w = store.value(wName);
-    this.#dw = store.grad(wName);
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(ctx.backend, ctx.pool, "head");
   }
 
   /**
-   * Compute the output and keep what backward needs.
+   * Compute the loss (or the logits) and keep what backward needs.
    *
-   * @param x the input
+   * @param x the input `[B*T, C]`
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns the loss `[1]`, or this rank's logits without targets
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const sp = this.#tp.sequenceParallel === true;
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
     const n = step.B * step.T;
-    const N = n * (sp ? tpSize(this.#tp) : 1);
-    const C = this.#C;
-    const be = this.#be;
+    const N = n * seqFactor(tp);
+    const C = this.#C, V = this.#V;
     const a = this.#arena;
-    const h = a.get(slot, "h", n * C);
-    be.layernormForward(
-      h,
-      a.get(slot, "mean", n),
-      a.get(slot, "rstd", n),
-      x,
-      this.#lnw,
-      this.#lnb,
-      n,
-      C,
-      this.#eps,
-    );
+    const h = await this.lnf.forward(x, step);
     let hf = h;
-    if (sp) {
-      hf = a.get(slot, "hfull", N * C);
-      await gatherFromSequence.forward(be, this.#tp, hf, h);
+    if (tp.sequenceParallel) {
+      hf = a.get(slot, "hfull", N * C, dt);
+      await gatherFromSequence.forward(be, tp, hf, h);
     } else {
-      await copyToRegion.forward(be, this.#tp, h);
+      await copyToRegion.forward(be, tp, h);
     }
-    const logits = a.get(slot, "logits", N * this.#V);
-    be.matmul(logits, hf, this.#w, null, N, this.#V, C, { transB: true });
+    const logits = a.get(slot, "logits", N * V, dt);
+    be.matmul(logits, hf, store.value(this.#w), null, N, V, C, { transB: true });
     if (!step.targets) {
-      this.#saved.set(slot, { x, h: hf });
+      this.#saved[slot] = { h: hf };
       return logits;
+    }
+    const loss = a.get(slot, "loss", 1);
+    const count = step.count ?? N;
+    if (tpSize(tp) === 1) {
+      const losses = a.get(slot, "losses", N);
+      be.crossEntropyForward(losses, a.get(slot, "probs", N * V, dt), logits, step.targets, N, V);
+      be.sumRows(loss, losses, N, 1);
+      be.scale(loss, count > 0 ? 1 / count : 0, 1);
+      this.#saved[slot] = { h: hf };
+      return loss;
     }
     const { losses, saved: ce } = await vocabParallelCrossEntropy(
       be,
-      this.#tp,
+      tp,
       logits,
       step.targets,
       N,
-      this.#V,
+      V,
       this.vocabStart,
     );
-    this.#saved.set(slot, { x, h: hf, ce });
+    this.#saved[slot] = { h: hf, ce };
     let sum = 0;
     for (const l of losses) sum += l;
-    const count = step.count ?? N;
-    const loss = a.get(slot, "loss", 1);
     be.write(loss, new Float32Array([count > 0 ? sum / count : 0]));
     return loss;
   }
@@ -265,50 +269,35 @@ export class VocabParallelHead implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(_dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
+  async backward(_dy: Tensor | null, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
     const s = saved(this.#saved, slot, "VocabParallelHead");
-    if (!s.ce) throw new TypeError("VocabParallelHead.backward needs the step's targets");
-    const sp = this.#tp.sequenceParallel === true;
+    if (!step.targets) throw new TypeError("VocabParallelHead.backward needs the step's targets");
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
     const n = step.B * step.T;
-    const N = n * (sp ? tpSize(this.#tp) : 1);
-    const C = this.#C;
-    const V = this.#V;
-    const be = this.#be;
+    const N = n * seqFactor(tp);
+    const C = this.#C, V = this.#V;
     const a = this.#arena;
     const count = step.count ?? N;
-    const dlogits = a.get(slot, "logits", N * V);
-    be.fill(dlogits, 0);
-    await vocabParallelCrossEntropyBackward(
-      be,
-      dlogits,
-      s.ce,
-      count > 0 ? (step.gradScale ?? 1) / count : 0,
-    );
-    const dhf = a.get(GRAD_SLOT, "dhfull", N * C);
-    be.matmul(dhf, dlogits, this.#w, null, N, C, V);
-    be.matmul(this.#dw, dlogits, s.h, null, V, C, N, { transA: true, accumulate: true });
-    let dh = dhf;
-    if (sp) {
-      dh = a.get(GRAD_SLOT, "dh", n * C);
-      await gatherFromSequence.backward(be, this.#tp, dh, dhf);
-    } else {
-      await copyToRegion.backward(be, this.#tp, dhf);
+    const dloss = count > 0 ? (step.gradScale ?? 1) / count : 0;
+    const dlogits = a.get(slot, "logits", N * V, dt);
+    if (s.ce) vocabParallelCrossEntropyBackward(be, dlogits, s.ce, dloss);
+    else {
+      be.fill(dlogits, 0);
+      be.crossEntropyBackward(dlogits, a.get(slot, "probs", N * V, dt), step.targets, dloss, N, V);
     }
-    const dx = a.get(GRAD_SLOT, "dx", n * C);
-    be.fill(dx, 0);
-    be.layernormBackward(
-      dx,
-      this.#dlnw,
-      this.#dlnb,
-      dh,
-      s.x,
-      this.#lnw,
-      a.get(slot, "mean", n),
-      a.get(slot, "rstd", n),
-      n,
-      C,
-    );
-    return dx;
+    const w = store.value(this.#w);
+    const dhf = a.get(GRAD_SLOT, "dhfull", N * C, dt);
+    be.matmul(dhf, dlogits, w, null, N, C, V);
+    be.matmul(store.grad(this.#w), dlogits, s.h, null, V, C, N, { transA: true, accumulate: true });
+    let dh = dhf;
+    if (tp.sequenceParallel) {
+      dh = a.get(GRAD_SLOT, "dh", n * C, dt);
+      await gatherFromSequence.backward(be, tp, dh, dhf);
+    } else {
+      await copyToRegion.backward(be, tp, dhf);
+    }
+    return await this.lnf.backward(dh, step);
   }
 }

@@ -3,138 +3,160 @@
  * vocabulary rows. Rank i holds rows `[i * V/tp, (i+1) * V/tp)` of `wte`; a token outside that
  * range gives zeros there, so summing over ranks ({@linkcode reduceFromRegion}, or with
  * sequence parallelism {@linkcode reduceScatterToSequence}) yields exactly the serial rows.
- * The position table `wpe` is replicated; rank 0 adds it before the sum.
+ * The position table `wpe` is replicated; rank 0 adds it before the sum. With one rank it is
+ * the serial embedding. Dropout (GPT-2's `embd_pdrop`) applies to the sum.
  *
  * @module
  */
 
-import type { Backend, Tensor } from "../kernels/mod.ts";
+import type { Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT, saved, slotOf } from "./_arena.ts";
-import type { ParallelLayer, ParallelStep, ParamSource } from "./layer.ts";
+import { Arena, GRAD_SLOT } from "./_arena.ts";
 import {
-  reduceFromRegion,
-  reduceScatterToSequence,
-  type TensorParallel,
-  tpRank,
-  tpSize,
-} from "./mappings.ts";
+  dropoutKey,
+  dropoutSalt,
+  type Layer,
+  type LayerContext,
+  saved,
+  seqFactor,
+  slotOf,
+  splitOn,
+  type Step,
+} from "./layer.ts";
+import { reduceFromRegion, reduceScatterToSequence, tpRank, tpSize } from "./mappings.ts";
+
+/** Options of {@linkcode VocabParallelEmbedding}. */
+export interface EmbeddingOptions {
+  /** The group of stages that also hold `wte` (a head tied to it on another stage). */
+  tie?: string;
+}
 
 /**
  * `x[b, t] = wte[ids[b, t]] + wpe[t]` with `wte` `[V/tp, C]` this rank's vocabulary rows and
  * `wpe` `[ctx, C]` whole. Input: token ids `[B*T_full]` (i32); output `[B*T, C]` (this rank's
  * rows with sequence parallelism). Backward returns `null`.
  */
-export class VocabParallelEmbedding implements ParallelLayer {
+export class VocabParallelEmbedding implements Layer {
   /** `wte` `[V/tp, C]` and `wpe` `[ctx, C]`. */
   readonly specs: readonly ParamSpec[];
   /** First vocabulary row this rank holds. */
   readonly vocabStart: number;
-  #be: Backend;
-  #tp: TensorParallel;
-  #wte: Tensor;
-  #dwte: Tensor;
-  #wpe: Tensor;
-  #dwpe: Tensor;
+  #c: LayerContext;
   #C: number;
   #ctx: number;
+  #salt = dropoutSalt("embedding");
   #arena: Arena;
-  #ids = new Map<number, Tensor>();
+  #ids: (Tensor | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where `wte` (this rank's rows) and `wpe` live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param vocab the serial (padded) vocabulary V, a multiple of tp
-   * @param ctx the longest sequence
+   * @param ctxLen the longest sequence
    * @param dim the model width C
+   * @param opts the tie of `wte` to another stage
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     vocab: number,
-    ctx: number,
+    ctxLen: number,
     dim: number,
+    opts: EmbeddingOptions = {},
   ) {
-    const size = tpSize(tp);
+    const size = tpSize(ctx.tp);
     if (vocab % size !== 0) {
       throw new RangeError(
         `Vocabulary ${vocab} does not split across tp=${size}: pad it with checkModelLayout()`,
       );
     }
     const local = vocab / size;
-    this.vocabStart = tpRank(tp) * local;
-    this.specs = [{ name: "wte", shape: [local, dim] }, { name: "wpe", shape: [ctx, dim] }];
-    this.#be = backend;
-    this.#tp = tp;
+    this.vocabStart = tpRank(ctx.tp) * local;
+    this.specs = [
+      {
+        name: "wte",
+        shape: [local, dim],
+        full: [vocab, dim],
+        split: splitOn(ctx.tp, 0),
+        ...(opts.tie ? { tie: opts.tie } : {}),
+      },
+      { name: "wpe", shape: [ctxLen, dim] },
+    ];
+    this.#c = ctx;
     this.#C = dim;
-    this.#ctx = ctx;
-    this.#wte = store.value("wte");
-    this.#dwte = store.grad("wte");
-    this.#wpe = store.value("wpe");
-    this.#dwpe = store.grad("wpe");
-    this.#arena = new Arena(backend);
+    this.#ctx = ctxLen;
+    this.#arena = new Arena(ctx.backend, ctx.pool, "embedding");
   }
 
-  #full(step: ParallelStep): [number, number] {
-    const T = step.T * (this.#tp.sequenceParallel ? tpSize(this.#tp) : 1);
+  #full(step: Step): [number, number] {
+    const T = step.T * seqFactor(this.#c.tp);
     if (T > this.#ctx) {
       throw new RangeError(`Sequence length ${T} exceeds the context ${this.#ctx}`);
     }
     return [step.B, T];
   }
 
+  #drop(t: Tensor, step: Step): void {
+    const d = step.dropout;
+    if (!d || d.p === 0) return;
+    const rows = step.B * step.T;
+    const rowOffset = d.seqOffset * step.T * seqFactor(this.#c.tp) +
+      (this.#c.tp.sequenceParallel ? tpRank(this.#c.tp) * rows : 0);
+    this.#c.backend.dropout(t, t, rows, this.#C, d.p, dropoutKey(d, this.#salt), rowOffset);
+  }
+
   /**
    * Compute the output and keep what backward needs.
    *
-   * @param ids the token ids
+   * @param ids the token ids `[B*T_full]`
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns the embeddings
    */
-  async forward(ids: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(ids: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
     const [B, T] = this.#full(step);
     const C = this.#C;
-    const be = this.#be;
-    const x = this.#arena.get(slot, "x", B * T * C);
-    be.embeddingForward(x, ids, this.#wte, B * T, C, this.vocabStart);
-    if (tpRank(this.#tp) === 0) be.addRows(x, be.view(this.#wpe, 0, T * C), B, T * C);
-    this.#ids.set(slot, ids);
-    if (!this.#tp.sequenceParallel) {
-      await reduceFromRegion.forward(be, this.#tp, x);
-      return x;
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
+    const x = this.#arena.get(slot, "x", B * T * C, dt);
+    be.embeddingForward(x, ids, store.value("wte"), B * T, C, this.vocabStart);
+    if (tpRank(tp) === 0) be.addRows(x, be.view(store.value("wpe"), 0, T * C), B, T * C);
+    this.#ids[slot] = ids;
+    let y = x;
+    if (!tp.sequenceParallel) {
+      await reduceFromRegion.forward(be, tp, x);
+    } else {
+      y = this.#arena.get(slot, "y", step.B * step.T * C, dt);
+      await reduceScatterToSequence.forward(be, tp, y, x);
     }
-    const y = this.#arena.get(slot, "y", step.B * step.T * C);
-    await reduceScatterToSequence.forward(be, this.#tp, y, x);
+    this.#drop(y, step);
     return y;
   }
 
   /**
-   * Add into the parameter gradients and return the input's gradient.
+   * Add into the parameter gradients.
    *
-   * @param dy the output's gradient
+   * @param dy the output's gradient (overwritten: dropout's mask is applied in place)
    * @param step the shape and slot of the matching forward
-   * @returns the input's gradient
+   * @returns `null`: the input is token ids
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<null> {
+  async backward(dy: Tensor | null, step: Step): Promise<null> {
     const slot = slotOf(step);
     const ids = saved(this.#ids, slot, "VocabParallelEmbedding");
     if (!dy) throw new TypeError("VocabParallelEmbedding.backward needs dy");
     const [B, T] = this.#full(step);
     const C = this.#C;
-    const be = this.#be;
+    const { backend: be, tp, store } = this.#c;
+    this.#drop(dy, step);
     let dx = dy;
-    if (this.#tp.sequenceParallel) {
-      dx = this.#arena.get(GRAD_SLOT, "dx", B * T * C);
-      await reduceScatterToSequence.backward(be, this.#tp, dx, dy);
+    if (tp.sequenceParallel) {
+      dx = this.#arena.get(GRAD_SLOT, "dx", B * T * C, this.#c.dtype ?? "f32");
+      await reduceScatterToSequence.backward(be, tp, dx, dy);
     } else {
-      await reduceFromRegion.backward(be, this.#tp, dy);
+      await reduceFromRegion.backward(be, tp, dy);
     }
-    be.embeddingBackward(this.#dwte, dx, ids, B * T, C, this.vocabStart);
-    be.sumRows(be.view(this.#dwpe, 0, T * C), dx, B, T * C, true);
+    be.embeddingBackward(store.grad("wte"), dx, ids, B * T, C, this.vocabStart);
+    be.sumRows(be.view(store.grad("wpe"), 0, T * C), dx, B, T * C, true);
     return null;
   }
 }

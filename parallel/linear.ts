@@ -1,5 +1,6 @@
 /**
- * Column- and row-parallel linear layers over GPT-2's `[in, out]` weights (`y = x W + b`).
+ * Column- and row-parallel linear layers over GPT-2's `[in, out]` weights (`y = x W + b`). On
+ * a tensor-parallel group of one rank both are the serial linear layer.
  *
  * ColumnParallelLinear: `W = [W_1 ... W_p]` split by columns, so rank i computes
  * `Y_i = X W_i + b_i`: its input passes {@linkcode copyToRegion} (or, with sequence
@@ -15,16 +16,23 @@
  * @module
  */
 
-import type { Backend, Tensor } from "../kernels/mod.ts";
+import type { Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT, saved, slotOf } from "./_arena.ts";
-import type { ParallelLayer, ParallelStep, ParamSource } from "./layer.ts";
+import { Arena, GRAD_SLOT } from "./_arena.ts";
+import {
+  type Layer,
+  type LayerContext,
+  saved,
+  seqFactor,
+  slotOf,
+  splitOn,
+  type Step,
+} from "./layer.ts";
 import {
   copyToRegion,
   gatherFromSequence,
   reduceFromRegion,
   reduceScatterToSequence,
-  type TensorParallel,
   tpSize,
 } from "./mappings.ts";
 
@@ -38,88 +46,101 @@ function split(what: string, n: number, tp: number): number {
 }
 
 /** Options of the parallel linears. */
-export interface ParallelLinearOptions {
+export interface LinearOptions {
   /** Whether the layer has a bias `${name}.bias`; default true. */
   bias?: boolean;
+  /** Standard deviation of the initial weights; default 0.02 (GPT-2). */
+  std?: number;
+  /** The column blocks the output holds (GPT-2's c_attn: 3, q | k | v); default 1. */
+  blocks?: number;
+  /** Key of the layer's buffers in the shared pool (e.g. `"attn.c_attn"`); default its name. */
+  role?: string;
 }
 
 /**
  * `Y_i[N, out/tp] = X[N, in] W_i[in, out/tp] + b_i`: this rank's columns of the output.
- * Parameters `${name}.weight` `[in, out/tp]` and `${name}.bias` `[out/tp]` (this rank's shard;
- * for c_attn, the rank's part of each of the q, k and v blocks).
+ * Parameters `${name}.weight` `[in, out/tp]` and `${name}.bias` `[out/tp]` (for c_attn, the
+ * rank's part of each of the q, k and v blocks).
  */
-export class ColumnParallelLinear implements ParallelLayer {
+export class ColumnParallelLinear implements Layer {
   /** This rank's parameters. */
   readonly specs: readonly ParamSpec[];
   /** Output features on this rank (out / tp). */
   readonly outLocal: number;
-  #be: Backend;
-  #tp: TensorParallel;
-  #w: Tensor;
-  #dw: Tensor;
-  #b: Tensor | null;
-  #db: Tensor | null;
+  #c: LayerContext;
+  #w: string;
+  #b: string | null;
   #in: number;
   #arena: Arena;
-  #x = new Map<number, Tensor>();
+  #x: (Tensor | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's shards live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param name the parameter prefix, e.g. `"h.0.mlp.c_fc"`
    * @param inDim input features
    * @param outDim output features of the serial layer
-   * @param opts whether there is a bias
+   * @param opts bias, initial scale, column blocks, pool role
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     name: string,
     inDim: number,
     outDim: number,
-    opts: ParallelLinearOptions = {},
+    opts: LinearOptions = {},
   ) {
-    this.outLocal = split(`Output features of ${name}`, outDim, tpSize(tp));
+    this.outLocal = split(`Output features of ${name}`, outDim, tpSize(ctx.tp));
     const bias = opts.bias ?? true;
+    const blocks = opts.blocks ?? 1;
+    this.#w = `${name}.weight`;
+    this.#b = bias ? `${name}.bias` : null;
     this.specs = [
-      { name: `${name}.weight`, shape: [inDim, this.outLocal] },
-      ...(bias ? [{ name: `${name}.bias`, shape: [this.outLocal] }] : []),
+      {
+        name: this.#w,
+        shape: [inDim, this.outLocal],
+        full: [inDim, outDim],
+        split: splitOn(ctx.tp, 1, blocks),
+        init: { kind: "normal", std: opts.std ?? 0.02 },
+      },
+      ...(bias
+        ? [{
+          name: `${name}.bias`,
+          shape: [this.outLocal],
+          full: [outDim],
+          split: splitOn(ctx.tp, 0, blocks),
+          init: { kind: "zeros" } as const,
+        }]
+        : []),
     ];
-    this.#be = backend;
-    this.#tp = tp;
+    this.#c = ctx;
     this.#in = inDim;
-    this.#w = store.value(`${name}.weight`);
-    this.#dw = store.grad(`${name}.weight`);
-    this.#b = bias ? store.value(`${name}.bias`) : null;
-    this.#db = bias ? store.grad(`${name}.bias`) : null;
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(ctx.backend, ctx.pool, opts.role ?? name);
   }
 
   /**
    * Compute the output and keep what backward needs.
    *
-   * @param x the input
+   * @param x the input `[B*T, in]` (this rank's rows with sequence parallelism)
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns this rank's output columns `[B*T_full, out/tp]`
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const sp = this.#tp.sequenceParallel === true;
-    const N = step.B * step.T * (sp ? tpSize(this.#tp) : 1);
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
+    const N = step.B * step.T * seqFactor(tp);
     let xs = x;
-    if (sp) {
-      xs = this.#arena.get(slot, "xfull", N * this.#in);
-      await gatherFromSequence.forward(this.#be, this.#tp, xs, x);
+    if (tp.sequenceParallel) {
+      xs = this.#arena.get(slot, "xfull", N * this.#in, dt);
+      await gatherFromSequence.forward(be, tp, xs, x);
     } else {
-      await copyToRegion.forward(this.#be, this.#tp, x);
+      await copyToRegion.forward(be, tp, x);
     }
-    const y = this.#arena.get(slot, "y", N * this.outLocal);
-    this.#be.matmul(y, xs, this.#w, this.#b, N, this.outLocal, this.#in);
-    this.#x.set(slot, xs);
+    const y = this.#arena.get(slot, "y", N * this.outLocal, dt);
+    const b = this.#b === null ? null : store.value(this.#b);
+    be.matmul(y, xs, store.value(this.#w), b, N, this.outLocal, this.#in);
+    this.#x[slot] = xs;
     return y;
   }
 
@@ -130,27 +151,29 @@ export class ColumnParallelLinear implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
+  async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
     const x = saved(this.#x, slot, "ColumnParallelLinear");
     if (!dy) throw new TypeError("ColumnParallelLinear.backward needs dy");
-    const sp = this.#tp.sequenceParallel === true;
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
     const n = step.B * step.T;
-    const N = n * (sp ? tpSize(this.#tp) : 1);
-    const be = this.#be;
-    const dxFull = this.#arena.get(GRAD_SLOT, "dxfull", N * this.#in);
-    be.matmul(dxFull, dy, this.#w, null, N, this.#in, this.outLocal, { transB: true });
-    be.matmul(this.#dw, x, dy, null, this.#in, this.outLocal, N, {
+    const N = n * seqFactor(tp);
+    const dxFull = this.#arena.get(GRAD_SLOT, "dxfull", N * this.#in, dt);
+    be.matmul(dxFull, dy, store.value(this.#w), null, N, this.#in, this.outLocal, {
+      transB: true,
+    });
+    be.matmul(store.grad(this.#w), x, dy, null, this.#in, this.outLocal, N, {
       transA: true,
       accumulate: true,
     });
-    if (this.#db) be.sumRows(this.#db, dy, N, this.outLocal, true);
-    if (!sp) {
-      await copyToRegion.backward(be, this.#tp, dxFull);
+    if (this.#b !== null) be.sumRows(store.grad(this.#b), dy, N, this.outLocal, true);
+    if (!tp.sequenceParallel) {
+      await copyToRegion.backward(be, tp, dxFull);
       return dxFull;
     }
-    const dx = this.#arena.get(GRAD_SLOT, "dx", n * this.#in);
-    await gatherFromSequence.backward(be, this.#tp, dx, dxFull);
+    const dx = this.#arena.get(GRAD_SLOT, "dx", n * this.#in, dt);
+    await gatherFromSequence.backward(be, tp, dx, dxFull);
     return dx;
   }
 }
@@ -161,81 +184,84 @@ export class ColumnParallelLinear implements ParallelLayer {
  * parallelism, this rank's rows). Parameters `${name}.weight` `[in/tp, out]` and
  * `${name}.bias` `[out]` (replicated; under sequence parallelism its gradient is partial).
  */
-export class RowParallelLinear implements ParallelLayer {
+export class RowParallelLinear implements Layer {
   /** This rank's parameters. */
   readonly specs: readonly ParamSpec[];
   /** Input features on this rank (in / tp). */
   readonly inLocal: number;
-  #be: Backend;
-  #tp: TensorParallel;
-  #w: Tensor;
-  #dw: Tensor;
-  #b: Tensor | null;
-  #db: Tensor | null;
+  #c: LayerContext;
+  #w: string;
+  #b: string | null;
   #out: number;
   #arena: Arena;
-  #x = new Map<number, Tensor>();
+  #x: (Tensor | undefined)[] = [];
 
   /**
    * Build the layer.
    *
-   * @param backend the backend
-   * @param tp the tensor-parallel group
-   * @param store where this rank's shards live
+   * @param ctx backend, tensor-parallel group, parameter store, pool and activation type
    * @param name the parameter prefix, e.g. `"h.0.mlp.c_proj"`
    * @param inDim input features of the serial layer
    * @param outDim output features
-   * @param opts whether there is a bias
+   * @param opts bias, initial scale, pool role
    */
   constructor(
-    backend: Backend,
-    tp: TensorParallel,
-    store: ParamSource,
+    ctx: LayerContext,
     name: string,
     inDim: number,
     outDim: number,
-    opts: ParallelLinearOptions = {},
+    opts: LinearOptions = {},
   ) {
-    this.inLocal = split(`Input features of ${name}`, inDim, tpSize(tp));
+    this.inLocal = split(`Input features of ${name}`, inDim, tpSize(ctx.tp));
     const bias = opts.bias ?? true;
+    this.#w = `${name}.weight`;
+    this.#b = bias ? `${name}.bias` : null;
     this.specs = [
-      { name: `${name}.weight`, shape: [this.inLocal, outDim] },
-      ...(bias ? [{ name: `${name}.bias`, shape: [outDim] }] : []),
+      {
+        name: this.#w,
+        shape: [this.inLocal, outDim],
+        full: [inDim, outDim],
+        split: splitOn(ctx.tp, 0),
+        init: { kind: "normal", std: opts.std ?? 0.02 },
+      },
+      ...(bias
+        ? [{
+          name: `${name}.bias`,
+          shape: [outDim],
+          init: { kind: "zeros" } as const,
+          ...(ctx.tp.sequenceParallel && tpSize(ctx.tp) > 1 ? { partial: true } : {}),
+        }]
+        : []),
     ];
-    this.#be = backend;
-    this.#tp = tp;
+    this.#c = ctx;
     this.#out = outDim;
-    this.#w = store.value(`${name}.weight`);
-    this.#dw = store.grad(`${name}.weight`);
-    this.#b = bias ? store.value(`${name}.bias`) : null;
-    this.#db = bias ? store.grad(`${name}.bias`) : null;
-    this.#arena = new Arena(backend);
+    this.#arena = new Arena(ctx.backend, ctx.pool, opts.role ?? name);
   }
 
   /**
    * Compute the output and keep what backward needs.
    *
-   * @param x the input
+   * @param x the input `[B*T_full, in/tp]`
    * @param step the shape and slot of the pass
-   * @returns the output
+   * @returns the output `[B*T, out]` (this rank's rows with sequence parallelism)
    */
-  async forward(x: Tensor, step: ParallelStep): Promise<Tensor> {
+  async forward(x: Tensor, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
-    const sp = this.#tp.sequenceParallel === true;
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
     const n = step.B * step.T;
-    const N = n * (sp ? tpSize(this.#tp) : 1);
-    const be = this.#be;
-    const partial = this.#arena.get(slot, "partial", N * this.#out);
-    be.matmul(partial, x, this.#w, null, N, this.#out, this.inLocal);
-    this.#x.set(slot, x);
+    const N = n * seqFactor(tp);
+    const partial = this.#arena.get(slot, "partial", N * this.#out, dt);
+    be.matmul(partial, x, store.value(this.#w), null, N, this.#out, this.inLocal);
+    this.#x[slot] = x;
     let y = partial;
-    if (sp) {
-      y = this.#arena.get(slot, "y", n * this.#out);
-      await reduceScatterToSequence.forward(be, this.#tp, y, partial);
+    if (tp.sequenceParallel) {
+      y = this.#arena.get(slot, "y", n * this.#out, dt);
+      await reduceScatterToSequence.forward(be, tp, y, partial);
     } else {
-      await reduceFromRegion.forward(be, this.#tp, partial);
+      await reduceFromRegion.forward(be, tp, partial);
     }
-    if (this.#b) be.addRows(y, this.#b, n, this.#out);
+    if (this.#b !== null) be.addRows(y, store.value(this.#b), n, this.#out);
     return y;
   }
 
@@ -246,25 +272,26 @@ export class RowParallelLinear implements ParallelLayer {
    * @param step the shape and slot of the matching forward
    * @returns the input's gradient
    */
-  async backward(dy: Tensor | null, step: ParallelStep): Promise<Tensor> {
+  async backward(dy: Tensor | null, step: Step): Promise<Tensor> {
     const slot = slotOf(step);
     const x = saved(this.#x, slot, "RowParallelLinear");
     if (!dy) throw new TypeError("RowParallelLinear.backward needs dy");
-    const sp = this.#tp.sequenceParallel === true;
+    const { backend: be, tp, store } = this.#c;
+    const dt = this.#c.dtype ?? "f32";
     const n = step.B * step.T;
-    const N = n * (sp ? tpSize(this.#tp) : 1);
-    const be = this.#be;
-    if (this.#db) be.sumRows(this.#db, dy, n, this.#out, true);
+    const N = n * seqFactor(tp);
+    if (this.#b !== null) be.sumRows(store.grad(this.#b), dy, n, this.#out, true);
     let dyFull = dy;
-    if (sp) {
-      dyFull = this.#arena.get(GRAD_SLOT, "dyfull", N * this.#out);
-      await reduceScatterToSequence.backward(be, this.#tp, dyFull, dy);
+    if (tp.sequenceParallel) {
+      dyFull = this.#arena.get(GRAD_SLOT, "dyfull", N * this.#out, dt);
+      await reduceScatterToSequence.backward(be, tp, dyFull, dy);
     } else {
-      await reduceFromRegion.backward(be, this.#tp, dy);
+      await reduceFromRegion.backward(be, tp, dy);
     }
-    const dx = this.#arena.get(GRAD_SLOT, "dx", N * this.inLocal);
-    be.matmul(dx, dyFull, this.#w, null, N, this.inLocal, this.#out, { transB: true });
-    be.matmul(this.#dw, x, dyFull, null, this.inLocal, this.#out, N, {
+    const w = store.value(this.#w);
+    const dx = this.#arena.get(GRAD_SLOT, "dx", N * this.inLocal, dt);
+    be.matmul(dx, dyFull, w, null, N, this.inLocal, this.#out, { transB: true });
+    be.matmul(store.grad(this.#w), x, dyFull, null, this.inLocal, this.#out, N, {
       transA: true,
       accumulate: true,
     });

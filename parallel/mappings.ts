@@ -22,7 +22,7 @@
 
 import type { Communicator } from "../collectives/mod.ts";
 import type { Backend, Tensor } from "../kernels/mod.ts";
-import { allGatherT, allReduceT, reduceScatterT } from "./_host.ts";
+import { allGatherT, allReduceT, reduceScatterT } from "../optim/mod.ts";
 
 /** A tensor-parallel group: its communicator and whether sequence parallelism is on. */
 export interface TensorParallel {
@@ -104,7 +104,7 @@ async function gatherCols(
   colsLocal: number,
 ): Promise<void> {
   const size = tpSize(tp);
-  const all = be.alloc(size * rows * colsLocal);
+  const all = be.alloc(size * rows * colsLocal, inp.dtype);
   await allGatherT(be, tp, all, inp);
   for (let p = 0; p < size; p++) {
     sliceCols(
@@ -212,23 +212,3 @@ export const reduceScatterToSequence: {
   forward: (be, tp, out, inp) => reduceScatterT(be, tp, out, inp),
   backward: (be, tp, dinp, dout) => allGatherT(be, tp, dinp, dout),
 };
-
-/**
- * With sequence parallelism, sum over the tensor group the gradients that each rank computed
- * from its rows only (layernorm weights and biases, biases added after a reduce-scatter: see
- * `isSequenceParallelPartial`). Call after backward, before clipping and the optimizer step.
- * Without sequence parallelism it does nothing.
- *
- * @param be the backend
- * @param tp the tensor-parallel group
- * @param grads the partial gradients
- * @returns once summed
- */
-export async function allReduceSequenceParallelGrads(
-  be: Backend,
-  tp: TensorParallel,
-  grads: readonly Tensor[],
-): Promise<void> {
-  if (!tp.sequenceParallel) return;
-  for (const g of grads) await allReduceT(be, tp, g);
-}

@@ -4,13 +4,14 @@
  * - the rank grid (`buildGrid`, `createGroups`): tp x dp x pp, tensor-parallel innermost
  *   (`rank = tp + TP * (dp + DP * pp)`), and the checks that a model and batch fit it;
  * - pipeline schedules as data (`buildSchedule`, `chooseSchedule`: none, GPipe, 1F1B,
- *   interleaved 1F1B), an event simulator and a text timeline, the p2p verbs and the executor
- *   (`runPipeline`);
- * - tensor- and sequence-parallel layers built from matched communication pairs
- *   (`ColumnParallelLinear`, `RowParallelLinear`, `VocabParallelEmbedding`,
- *   `VocabParallelHead` with a cross-entropy that never gathers the logits,
- *   `ParallelSelfAttention`, `ParallelMlp`, `ParallelBlock`);
- * - a GPT over all three axes (`ParallelGptTrainer`).
+ *   interleaved 1F1B, and the forward-only schedule of evaluation), an event simulator and a
+ *   text timeline, the p2p verbs and the executor (`runPipeline`);
+ * - the layers models are built from, tensor- and sequence-parallel through matched
+ *   communication pairs, each the serial layer on one rank (`ColumnParallelLinear`,
+ *   `RowParallelLinear`, `LayerNorm`, `VocabParallelEmbedding`, `VocabParallelHead` with a
+ *   cross-entropy that never gathers the logits, `SelfAttention`, `Mlp`, `TransformerBlock`),
+ *   each declaring how its parameters are split, partial or tied;
+ * - the gradient work model parallelism needs, read from those declarations (`grads.ts`).
  *
  * @example Draw 1F1B on 4 stages
  * ```ts
@@ -25,32 +26,6 @@
  * console.assert(grid.coordsOf(7).pp === 1);
  * ```
  *
- * @example Train on 8 Workers (the rank module)
- * ```ts ignore
- * // rank.ts, started by runWorkers({ size: 8, module: new URL("./rank.ts", import.meta.url) })
- * import type { Communicator } from "../collectives/mod.ts";
- * import { createCpuBackend } from "../kernels/mod.ts";
- * import { initialValue } from "../models/mod.ts";
- * import { AdamW } from "../optim/mod.ts";
- * import { ParallelGptTrainer } from "./mod.ts";
- *
- * export async function main(world: Communicator) {
- *   const be = createCpuBackend({ threads: 1 });
- *   const config = { vocab: 64, ctx: 64, dim: 128, layers: 4, heads: 4 };
- *   const trainer = await ParallelGptTrainer.create({
- *     world, backend: be, config, tp: 2, pp: 2, sequenceParallel: true,
- *     microBatches: 4, microBatchSize: 8, seqLen: 64,
- *     init: (spec) => initialValue(spec, config.layers, 1234),
- *     optimizer: (layout, p, g) => new AdamW(be, layout, p, g),
- *     maxGradNorm: 1,
- *   });
- *   for (let step = 0; step < 100; step++) {
- *     const { loss } = await trainer.trainStep((j) => myBatch(step, j), 3e-4);
- *   }
- *   return await trainer.gatherParams(); // the serial tensors, on rank 0
- * }
- * ```
- *
  * @module
  */
 export * from "./grid.ts";
@@ -61,9 +36,10 @@ export * from "./pipeline.ts";
 export * from "./layer.ts";
 export * from "./mappings.ts";
 export * from "./linear.ts";
+export * from "./layernorm.ts";
 export * from "./embedding.ts";
 export * from "./cross_entropy.ts";
 export * from "./attention.ts";
 export * from "./block.ts";
-export * from "./gpt.ts";
-export * from "./trainer.ts";
+export * from "./grads.ts";
+export { GRAD_SLOT, RECOMPUTE_SLOT } from "./_arena.ts";

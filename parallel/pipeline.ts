@@ -205,22 +205,3 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
   const wallMs = performance.now() - t0;
   return { wallMs, computeMs, idleMs: wallMs - computeMs, peakBuffers: peak, trace };
 }
-
-/**
- * Sum the gradients of weights tied between the first and last stage (the token embedding and
- * the LM head) over the embedding group, so both copies take the same step. A no-op on middle
- * stages (`comm` null) and with one stage.
- *
- * @param comm the grid's embedding group, or `null`
- * @param grad the tied weight's gradient (a host view)
- * @param timeoutMs timeout in milliseconds
- * @returns once summed
- */
-export async function allReduceTiedGrads(
-  comm: Communicator | null,
-  grad: Float32Array,
-  timeoutMs?: number,
-): Promise<void> {
-  if (comm === null || comm.size === 1) return;
-  await comm.allReduce(grad, "sum", timeoutMs === undefined ? undefined : { timeoutMs });
-}

@@ -59,8 +59,8 @@ export type PipelineStep =
 
 /** Every stage's list of steps. */
 export interface PipelineSchedule {
-  /** Which schedule. */
-  readonly name: ScheduleName;
+  /** Which schedule (`"forward"`: forwards only, for evaluation). */
+  readonly name: ScheduleName | "forward";
   /** Pipeline stages. */
   readonly pp: number;
   /** Micro-batches per optimizer step. */
@@ -93,11 +93,19 @@ type Compute = { kind: "forward" | "backward"; mb: number; chunk: number };
 /** Compute steps grouped into units; communication happens only between units. */
 type Unit = Compute[];
 
-function computeOrder(name: ScheduleName, pp: number, m: number, v: number, s: number): Unit[] {
+function computeOrder(
+  name: ScheduleName | "forward",
+  pp: number,
+  m: number,
+  v: number,
+  s: number,
+): Unit[] {
   const F = (mb: number, chunk = 0): Compute => ({ kind: "forward", mb, chunk });
   const B = (mb: number, chunk = 0): Compute => ({ kind: "backward", mb, chunk });
   const out: Unit[] = [];
-  if (name === "none") {
+  if (name === "forward") {
+    for (let i = 0; i < m; i++) for (let c = 0; c < v; c++) out.push([F(i, c)]);
+  } else if (name === "none") {
     for (let i = 0; i < m; i++) out.push([F(i)], [B(i)]);
   } else if (name === "gpipe") {
     for (let i = 0; i < m; i++) out.push([F(i)]);
@@ -197,6 +205,23 @@ export function buildSchedule(name: ScheduleName, opts: ScheduleOptions): Pipeli
   } else if (!["none", "gpipe", "1f1b"].includes(name)) {
     throw new RangeError(`Unknown schedule "${name}": use none, gpipe, 1f1b or interleaved`);
   }
+  return steps(name, pp, m, v);
+}
+
+/**
+ * The forward-only schedule of an evaluation pass: every micro-batch goes through every virtual
+ * stage in order, each stage receiving, computing and sending in turn.
+ *
+ * @param opts stages, micro-batches and chunks per stage
+ * @returns the schedule (named `"forward"`)
+ */
+export function buildForwardSchedule(opts: ScheduleOptions): PipelineSchedule {
+  const pp = positiveInt("pp", opts.pp);
+  const m = positiveInt("m (micro-batches)", opts.m);
+  return steps("forward", pp, m, positiveInt("v (virtual stages)", opts.v ?? 1));
+}
+
+function steps(name: ScheduleName | "forward", pp: number, m: number, v: number): PipelineSchedule {
   const V = pp * v;
   const stages: PipelineStep[][] = [];
   for (let s = 0; s < pp; s++) {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { AdditionTask } from "../../data/mod.ts";
-import { CHECKPOINT_FILE, Engine, type EngineConfig } from "../../engine/mod.ts";
+import { CHECKPOINT_FILE, type EngineConfig, initialize } from "../../engine/mod.ts";
 import { createCpuBackend } from "../../kernels/mod.ts";
 
 const task = new AdditionTask({ digits: 2, heldOut: 20 });
@@ -16,18 +16,18 @@ const backend = () => createCpuBackend({ threads: 1 });
 
 Deno.test("8 steps straight equal 4 steps, save, load into a new engine, 4 steps: bit for bit", async () => {
   const dir = await Deno.makeTempDir();
-  const straight = new Engine(config, backend());
+  const straight = await initialize(config, { backend: backend() });
   const s0 = task.trainBatches(8, 1);
   const want: number[] = [];
   for (let i = 0; i < 8; i++) want.push((await straight.trainBatch([s0.next()])).loss);
 
-  const first = new Engine(config, backend());
+  const first = await initialize(config, { backend: backend() });
   const s1 = task.trainBatches(8, 1);
   const got: number[] = [];
   for (let i = 0; i < 4; i++) got.push((await first.trainBatch([s1.next()])).loss);
   await first.save(dir, { data: s1.getState() }, { note: "half way" });
 
-  const second = new Engine({ ...config, seed: 99 }, backend()); // different init, overwritten
+  const second = await initialize({ ...config, seed: 99 }, { backend: backend() }); // different init, overwritten
   const extra = await second.load(dir);
   assert.equal(second.step, 4);
   const s2 = task.trainBatches(8, 12345);
@@ -35,10 +35,7 @@ Deno.test("8 steps straight equal 4 steps, save, load into a new engine, 4 steps
   for (let i = 0; i < 4; i++) got.push((await second.trainBatch([s2.next()])).loss);
 
   assert.deepEqual(got, want);
-  assert.deepEqual(
-    await second.backend.read(second.model.store.params),
-    await straight.backend.read(straight.model.store.params),
-  );
+  assert.deepEqual(await second.model.getParams(), await straight.model.getParams());
   const cfg = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
   assert.equal(cfg.note, "half way");
   assert.equal(cfg.engine.seed, 7);
@@ -47,11 +44,13 @@ Deno.test("8 steps straight equal 4 steps, save, load into a new engine, 4 steps
 
 Deno.test("load() rejects a checkpoint of another shape, a corrupt file and a missing one", async () => {
   const dir = await Deno.makeTempDir();
-  const engine = new Engine(config, backend());
+  const engine = await initialize(config, { backend: backend() });
   await engine.save(dir);
-  const wider = new Engine({ ...config, model: { ...config.model, dim: 32 } }, backend());
+  const wider = await initialize({ ...config, model: { ...config.model, dim: 32 } }, {
+    backend: backend(),
+  });
   await assert.rejects(() => wider.load(dir), /another model shape: dim 16 there vs 32 here/);
-  const sgd = new Engine({ ...config, optimizer: { type: "SGD" } }, backend());
+  const sgd = await initialize({ ...config, optimizer: { type: "SGD" } }, { backend: backend() });
   await assert.rejects(() => sgd.load(dir), /optimizer "adamw"/);
 
   const path = `${dir}/${CHECKPOINT_FILE}`;
@@ -68,7 +67,7 @@ Deno.test("load() rejects a checkpoint of another shape, a corrupt file and a mi
 Deno.test("a checkpoint holds the parameters under GPT-2 names and the AdamW moments", async () => {
   const { readSafetensors, toFloat32 } = await import("../../models/mod.ts");
   const dir = await Deno.makeTempDir();
-  const engine = new Engine(config, backend());
+  const engine = await initialize(config, { backend: backend() });
   await engine.trainBatch([task.trainBatches(8, 1).next()]);
   await engine.save(dir);
   const file = await readSafetensors(`${dir}/${CHECKPOINT_FILE}`);

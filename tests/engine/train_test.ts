@@ -130,8 +130,11 @@ Deno.test("train.ts rejects bad input with a clear message before any work", asy
   const cfg = await Deno.makeTempFile({ suffix: ".json" });
   await Deno.writeTextFile(cfg, JSON.stringify({ gradient_clipping: "1" }));
   await bad(["--config", cfg], /--config .*"gradient_clipping" must be a number/);
-  await Deno.writeTextFile(cfg, JSON.stringify({ zero_optimization: { stage: 2 } }));
-  await bad(["--config", cfg], /Unknown config key "zero_optimization"/);
+  await Deno.writeTextFile(cfg, JSON.stringify({ zero_optmization: { stage: 2 } }));
+  await bad(["--config", cfg], /Unknown config key "zero_optmization"/);
+  const offload = { zero_optimization: { stage: 2, offload_optimizer: { device: "cpu" } } };
+  await Deno.writeTextFile(cfg, JSON.stringify(offload));
+  await bad(["--config", cfg], /offload_optimizer/);
   for (const p of [empty, short, cfg]) await Deno.remove(p);
   assert.throws(() => parseTrainArgs(["--batch", "10", "--accum", "3"]), /multiple of --accum/);
 });

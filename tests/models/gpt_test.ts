@@ -1,22 +1,25 @@
 import assert from "node:assert/strict";
 import { type Backend, createCpuBackend, createReferenceBackend, Rng } from "../../kernels/mod.ts";
+import type { Communicator } from "../../collectives/mod.ts";
 import {
   decodeSafetensors,
   encodeSafetensors,
   exportGpt2,
+  FlatParams,
   Gpt,
   gpt2Config,
   type GptConfig,
   gptParamSpecs,
-  gptStageSpecs,
   importGpt2,
   initialValue,
-  type Layer,
   loadGpt2Model,
+  mergeSpecs,
   resolveGptConfig,
   type SafetensorsInput,
   saveGpt2,
+  stageParts,
 } from "../../models/mod.ts";
+import type { Layer } from "../../parallel/mod.ts";
 
 const SMALL: GptConfig = { vocab: 11, ctx: 6, dim: 8, layers: 2, heads: 2 };
 
@@ -70,17 +73,56 @@ Deno.test("parameters use GPT-2 names, order and [in, out] shapes", () => {
   );
 });
 
-Deno.test("gptStageSpecs() gives a pipeline stage its blocks, and wte to a tied last stage", () => {
-  const names = (embedding: boolean, blocks: [number, number], head: boolean) =>
-    gptStageSpecs({ ...SMALL, layers: 4 }, { embedding, blocks, head }).map((s) => s.name);
-  const first = names(true, [0, 2], false);
-  assert.deepEqual(first.slice(0, 2), ["wte", "wpe"]);
-  assert.ok(first.every((n) => !n.startsWith("h.2") && !n.startsWith("ln_f")));
-  const last = names(false, [2, 4], true);
-  assert.equal(last[0], "wte");
-  assert.ok(last.includes("h.3.mlp.c_proj.bias") && last.includes("ln_f.bias"));
-  assert.ok(!last.includes("wpe") && !last.some((n) => n.startsWith("h.1.")));
-  assert.throws(() => names(true, [3, 5], true), /not a range within \[0, 4\)/);
+Deno.test("the full model's declared parameters are GPT-2's, in GPT-2's order", () => {
+  const gpt = new Gpt(createReferenceBackend(), { ...SMALL, tied: false });
+  const declared = gpt.layout.slots.map((s) => `${s.name}:${s.shape}`);
+  const table = gptParamSpecs({ ...SMALL, tied: false }).map((s) => `${s.name}:${s.shape}`);
+  assert.deepEqual(declared, table);
+  assert.equal(gpt.fullParams, gpt.numParams);
+});
+
+Deno.test("a pipeline stage holds its blocks, and a tied last stage its own mirror of wte", () => {
+  const be = createReferenceBackend();
+  const cfg = { ...SMALL, layers: 4 };
+  const names = (stage: number) =>
+    new Gpt(be, cfg, { parts: stageParts(4, 2, 1, stage), pipelined: true }).layout.slots;
+  const first = names(0);
+  assert.deepEqual(first.slice(0, 2).map((s) => s.name), ["wte", "wpe"]);
+  assert.equal(first[0]!.tie, "embedding");
+  assert.ok(!first[0]!.mirror);
+  assert.ok(first.every((s) => !s.name.startsWith("h.2") && !s.name.startsWith("ln_f")));
+  const last = names(1);
+  const wte = last.find((s) => s.name === "wte")!;
+  assert.ok(wte.tie === "embedding" && wte.mirror === true);
+  assert.ok(last.some((s) => s.name === "h.3.mlp.c_proj.bias"));
+  assert.ok(!last.some((s) => s.name === "wpe" || s.name.startsWith("h.1.")));
+  assert.throws(() => stageParts(4, 3, 1, 0), /4 layers do not split into 3 pipeline chunks/);
+});
+
+Deno.test("each layer declares how its parameters are split, partial or tied", () => {
+  // A tensor-parallel group of two, seen from rank 1 (declaring needs no communication).
+  const comm = { rank: 1, size: 2 } as unknown as Communicator;
+  const gpt = new Gpt(createReferenceBackend(), { ...SMALL, vocab: 12 }, {
+    tp: { comm, sequenceParallel: true },
+    seed: null,
+  });
+  const by = new Map(gpt.layout.slots.map((s) => [s.name, s]));
+  assert.deepEqual(by.get("h.0.attn.c_attn.weight")!.split, {
+    axis: 1,
+    parts: 2,
+    index: 1,
+    blocks: 3,
+  });
+  assert.deepEqual(by.get("h.0.attn.c_attn.weight")!.shape, [8, 12]);
+  assert.deepEqual(by.get("h.0.attn.c_attn.weight")!.full, [8, 24]);
+  assert.deepEqual(by.get("h.0.mlp.c_proj.weight")!.split, { axis: 0, parts: 2, index: 1 });
+  assert.deepEqual(by.get("wte")!.split, { axis: 0, parts: 2, index: 1 });
+  assert.equal(by.get("h.0.mlp.c_proj.bias")!.split, undefined);
+  assert.equal(by.get("h.0.mlp.c_proj.bias")!.partial, true);
+  assert.equal(by.get("h.1.ln_2.weight")!.partial, true);
+  assert.equal(by.get("ln_f.bias")!.partial, true);
+  assert.equal(by.get("wpe")!.partial, undefined);
+  assert.equal(by.get("h.0.mlp.c_fc.bias")!.partial, undefined);
 });
 
 Deno.test("initialisation is deterministic, GPT-2 style, and per tensor", async () => {
@@ -105,7 +147,7 @@ Deno.test("initialisation is deterministic, GPT-2 style, and per tensor", async 
   // rank can initialise only its own tensors (or slices of them).
   const d = await new Gpt(be, { ...cfg, layers: 2 }, { seed: 7 }).getParams();
   assert.deepEqual(d.get("wte"), a.get("wte"));
-  assert.deepEqual(initialValue({ name: "wte", shape: [64, 32] }, 4, 7), a.get("wte"));
+  assert.deepEqual(initialValue({ name: "wte", shape: [64, 32] }, 7), a.get("wte"));
 });
 
 Deno.test("the loss is the mean over targets >= 0 and starts near log(vocab)", async () => {
@@ -151,10 +193,10 @@ Deno.test("logits() for evaluation does not disturb a pending backward", async (
   const ids = new Int32Array(12).map(() => rng.int(11));
   const tg = new Int32Array(12).map(() => rng.int(11));
   for (const checkpoint of [false, true]) {
-    const a = new Gpt(be, SMALL, { seed: 3, checkpoint });
+    const a = new Gpt(be, SMALL, { seed: 3, checkpointEvery: checkpoint ? 1 : 0 });
     await a.forward(ids, tg, 2, 6);
     await a.backward();
-    const b = new Gpt(be, SMALL, { seed: 3, checkpoint });
+    const b = new Gpt(be, SMALL, { seed: 3, checkpointEvery: checkpoint ? 1 : 0 });
     await b.forward(ids, tg, 2, 6);
     await b.logits(new Int32Array(3).fill(4), 1, 3);
     await b.backward();
@@ -273,7 +315,8 @@ Deno.test("the GPT on the cpu backend matches the reference backend over three S
       losses.push((await gpt.backend.read(await gpt.forward(ids, tg, 3, 8)))[0]);
       gpt.zeroGrad();
       await gpt.backward();
-      gpt.backend.axpy(gpt.store.params, gpt.store.grads, -0.5, gpt.layout.size);
+      const store = gpt.store as FlatParams;
+      gpt.backend.axpy(store.params, store.grads, -0.5, gpt.layout.size);
     }
     return { losses, params: await gpt.getParams() };
   };
@@ -317,7 +360,7 @@ Deno.test("activation checkpointing gives identical gradients with less memory",
   const tg = new Int32Array(2 * 8).map(() => rng.int(13));
   const run = async (checkpoint: boolean) => {
     const c = counting(createReferenceBackend());
-    const gpt = new Gpt(c.be, cfg, { seed: 4, checkpoint });
+    const gpt = new Gpt(c.be, cfg, { seed: 4, checkpointEvery: checkpoint ? 1 : 0 });
     const before = c.allocated();
     const loss = (await c.be.read(await gpt.forward(ids, tg, 2, 8)))[0];
     await gpt.backward();
@@ -363,14 +406,19 @@ Deno.test("saveGpt2() then loadGpt2Model() rebuilds the same model from the file
   }
 });
 
-Deno.test("a Gpt can adopt existing parameter and gradient buffers", async () => {
+Deno.test("a Gpt can keep its parameters in a store of the caller's", async () => {
   const be = createReferenceBackend();
   const a = new Gpt(be, SMALL, { seed: 21 });
-  const b = new Gpt(be, SMALL, { seed: null, params: a.store.params, grads: a.store.grads });
-  assert.equal(b.store.params, a.store.params);
+  const flat = a.store as FlatParams;
+  const b = new Gpt(be, SMALL, {
+    seed: null,
+    store: (layers) =>
+      new FlatParams(be, mergeSpecs(layers), { params: flat.params, grads: flat.grads }),
+  });
+  assert.equal((b.store as FlatParams).params, flat.params);
   assert.deepEqual(await b.getParams(), await a.getParams());
   assert.throws(
-    () => new Gpt(be, SMALL, { params: be.alloc(10) }),
+    () => new FlatParams(be, mergeSpecs(a.layers.map((l) => l.specs)), { params: be.alloc(10) }),
     /params buffer is f32 with 10 elements but the layout needs \d+ f32 elements/,
   );
 });

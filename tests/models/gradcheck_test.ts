@@ -5,24 +5,21 @@
 
 import assert from "node:assert/strict";
 import { type Backend, createReferenceBackend, Rng, type Tensor } from "../../kernels/mod.ts";
+import { FlatParams, Gpt, type GptConfig, gptParamSpecs, mergeSpecs } from "../../models/mod.ts";
 import {
   ActivationPool,
-  Block,
-  CausalSelfAttention,
-  Embedding,
-  FlatParams,
-  Gpt,
-  type GptConfig,
-  gptParamSpecs,
-  Head,
+  ColumnParallelLinear,
   type Layer,
+  type LayerContext,
   LayerNorm,
-  Linear,
-  mergeSpecs,
   Mlp,
+  RowParallelLinear,
+  SelfAttention,
   type Step,
-} from "../../models/mod.ts";
-import { buildLayout } from "../../optim/mod.ts";
+  TransformerBlock,
+  VocabParallelEmbedding,
+  VocabParallelHead,
+} from "../../parallel/mod.ts";
 
 const H = 1e-5;
 const TOL = 1e-6;
@@ -30,9 +27,9 @@ const SAMPLES = 10;
 
 const CFG: GptConfig = { vocab: 7, ctx: 5, dim: 8, layers: 2, heads: 2, hidden: 12, tied: false };
 
-function setup(seed = 1): { be: Backend; store: FlatParams; rng: Rng } {
+function setup(seed = 1): { be: Backend; store: FlatParams; rng: Rng; ctx: LayerContext } {
   const be = createReferenceBackend({ precision: "f64" });
-  const store = new FlatParams(be, buildLayout(gptParamSpecs(CFG)));
+  const store = new FlatParams(be, gptParamSpecs(CFG));
   const rng = new Rng(seed);
   const p = be.hostView(store.params) as Float64Array;
   for (const s of store.layout.slots) {
@@ -41,7 +38,7 @@ function setup(seed = 1): { be: Backend; store: FlatParams; rng: Rng } {
       v[i] = /ln_.\.weight$/.test(s.name) ? 1 + 0.3 * rng.normal() : 0.5 * rng.normal();
     }
   }
-  return { be, store, rng };
+  return { be, store, rng, ctx: { backend: be, tp: { comm: null }, store } };
 }
 
 function host(be: Backend, t: Tensor): Float64Array {
@@ -149,46 +146,48 @@ function tokens(be: Backend, values: number[]): Tensor {
   return t;
 }
 
-Deno.test("Linear backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = new Linear(be, store, "h.0.mlp.c_fc", C, 12);
-  await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
+Deno.test("column- and row-parallel linears on one rank match finite differences in float64", async () => {
+  const { be, store, rng, ctx } = setup();
+  const col = new ColumnParallelLinear(ctx, "h.0.mlp.c_fc", C, 12);
+  await checkLayer(be, store, rng, col, input(be, rng, B * T * C), { B, T });
+  const row = new RowParallelLinear(ctx, "h.0.mlp.c_proj", 12, C);
+  await checkLayer(be, store, rng, row, input(be, rng, B * T * 12), { B, T });
 });
 
 Deno.test("LayerNorm backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = new LayerNorm(be, store, "h.0.ln_1", C);
+  const { be, store, rng, ctx } = setup();
+  const layer = new LayerNorm(ctx, "h.0.ln_1", C);
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });
 
-Deno.test("CausalSelfAttention backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = CausalSelfAttention.create(be, store, "h.1.attn", C, CFG.heads);
+Deno.test("SelfAttention backward matches finite differences in float64", async () => {
+  const { be, store, rng, ctx } = setup();
+  const layer = new SelfAttention(ctx, "h.1.attn", C, CFG.heads);
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });
 
 Deno.test("Mlp backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = Mlp.create(be, store, "h.0.mlp", C, 12);
+  const { be, store, rng, ctx } = setup();
+  const layer = new Mlp(ctx, "h.0.mlp", C, 12);
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });
 
-Deno.test("Block backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = Block.create(be, store, 1, C, CFG.heads, 12);
+Deno.test("TransformerBlock backward matches finite differences in float64", async () => {
+  const { be, store, rng, ctx } = setup();
+  const layer = new TransformerBlock(ctx, 1, C, CFG.heads, { hidden: 12 });
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });
 
 Deno.test("Embedding backward matches finite differences in float64", async () => {
-  const { be, store, rng } = setup();
-  const layer = new Embedding(be, store, CFG.vocab, CFG.ctx, C);
+  const { be, store, rng, ctx } = setup();
+  const layer = new VocabParallelEmbedding(ctx, CFG.vocab, CFG.ctx, C);
   // token 3 repeats, so the scatter-add must accumulate
   await checkLayer(be, store, rng, layer, tokens(be, [3, 1, 3, 0, 6, 3]), { B, T });
 });
 
 Deno.test("Head backward (untied, ignored targets) matches finite differences", async () => {
-  const { be, store, rng } = setup();
-  const layer = new Head(be, store, CFG.vocab, C, false);
+  const { be, store, rng, ctx } = setup();
+  const layer = new VocabParallelHead(ctx, CFG.vocab, C, { tied: false });
   const targets = tokens(be, [2, -1, 6, 0, 0, -1]);
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), {
     B,
@@ -199,8 +198,8 @@ Deno.test("Head backward (untied, ignored targets) matches finite differences", 
 });
 
 Deno.test("Head backward (tied to wte) matches finite differences", async () => {
-  const { be, store, rng } = setup();
-  const layer = new Head(be, store, CFG.vocab, C, true);
+  const { be, store, rng, ctx } = setup();
+  const layer = new VocabParallelHead(ctx, CFG.vocab, C, { tied: true });
   const targets = tokens(be, [2, 5, 6, 0, 1, 4]);
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), {
     B,
@@ -214,7 +213,8 @@ async function checkGpt(config: GptConfig): Promise<void> {
   const be = createReferenceBackend({ precision: "f64" });
   const gpt = new Gpt(be, config, { seed: 3 });
   const rng = new Rng(9);
-  const p = host(be, gpt.store.params);
+  const store = gpt.store as FlatParams;
+  const p = host(be, store.params);
   // Larger weights than the 0.02 init, so every path carries a sizeable gradient.
   for (const s of gpt.layout.slots) {
     const v = p.subarray(s.offset, s.offset + s.size);
@@ -231,7 +231,7 @@ async function checkGpt(config: GptConfig): Promise<void> {
   await loss();
   gpt.zeroGrad();
   await gpt.backward();
-  const g = host(be, gpt.store.grads).slice();
+  const g = host(be, store.grads).slice();
   for (const slot of gpt.layout.slots) {
     const gs = g.subarray(slot.offset, slot.offset + slot.size);
     const scale = maxAbs(gs);
@@ -258,8 +258,8 @@ Deno.test("the whole GPT (untied, hidden 12) matches finite differences in float
 });
 
 Deno.test("a block keeps activations per slot, so micro-batches can interleave", async () => {
-  const { be, store, rng } = setup();
-  const block = Block.create(be, store, 0, C, CFG.heads, 12);
+  const { be, store, rng, ctx } = setup();
+  const block = new TransformerBlock(ctx, 0, C, CFG.heads, { hidden: 12 });
   const x0 = input(be, rng, B * T * C);
   const x1 = input(be, rng, B * T * C);
   const dy = input(be, rng, B * T * C);
@@ -277,22 +277,28 @@ Deno.test("a block keeps activations per slot, so micro-batches can interleave",
   assert.deepEqual(host(be, store.grads), gAlone);
 });
 
-Deno.test("backward adds into the gradients: two backwards give twice the gradient", async () => {
+Deno.test("backward adds into the gradients: a second pass at half scale gives 1.5 times", async () => {
   const be = createReferenceBackend({ precision: "f64" });
   const gpt = new Gpt(be, { vocab: 5, ctx: 4, dim: 4, layers: 1, heads: 1 }, { seed: 2 });
   const ids = new Int32Array([1, 2, 3, 4]);
-  await gpt.forward(ids, new Int32Array([2, 3, 4, 0]), 1, 4);
+  const tg = new Int32Array([2, 3, 4, 0]);
+  await gpt.forward(ids, tg, 1, 4);
   gpt.zeroGrad();
   await gpt.backward();
-  const once = host(be, gpt.store.grads).slice();
+  const grads = (gpt.store as FlatParams).grads;
+  const once = host(be, grads).slice();
+  await gpt.forward(ids, tg, 1, 4);
   await gpt.backward(0.5);
-  const g = host(be, gpt.store.grads);
+  const g = host(be, grads);
   for (let i = 0; i < g.length; i++) assert.ok(Math.abs(g[i] - 1.5 * once[i]) < 1e-12);
 });
 
 Deno.test("a checkpointed block with a shared pool matches finite differences", async () => {
-  const { be, store, rng } = setup();
+  const { be, store, rng, ctx } = setup();
   const pool = new ActivationPool(be);
-  const layer = Block.create(be, store, 1, C, CFG.heads, 12, 1e-5, { pool, checkpoint: true });
+  const layer = new TransformerBlock({ ...ctx, pool }, 1, C, CFG.heads, {
+    hidden: 12,
+    checkpoint: true,
+  });
   await checkLayer(be, store, rng, layer, input(be, rng, B * T * C), { B, T });
 });

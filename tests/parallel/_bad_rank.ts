@@ -1,35 +1,37 @@
-// Rank side of the trainer's input checks: each bad layout must fail before any collective.
+// Rank side of the engine's input checks: each bad layout must fail before any collective.
 
 import type { Communicator } from "../../collectives/mod.ts";
+import { type EngineConfig, initialize } from "../../engine/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
-import { AdamW } from "../../optim/mod.ts";
-import { ParallelGptTrainer, type ParallelTrainerOptions } from "../../parallel/mod.ts";
+import type { ScheduleName } from "../../parallel/mod.ts";
 
 export async function main(comm: Communicator): Promise<string[]> {
-  const be = createReferenceBackend();
-  const base: ParallelTrainerOptions = {
-    world: comm,
-    backend: be,
-    config: { vocab: 16, ctx: 8, dim: 8, layers: 2, heads: 2 },
-    tp: 2,
-    microBatches: 2,
-    microBatchSize: 1,
-    seqLen: 8,
-    init: (s) => new Float32Array(s.shape.reduce((a, b) => a * b, 1)),
-    optimizer: (layout, p, g) => new AdamW(be, layout, p, g),
+  const model = { vocab: 16, ctx: 8, dim: 8, layers: 2, heads: 2 };
+  const base: EngineConfig = {
+    model,
+    train_batch_size: 2,
+    train_micro_batch_size_per_gpu: 1,
+    tensor_model_parallel_size: 2,
   };
-  const bad: Partial<ParallelTrainerOptions>[] = [
-    { config: { ...base.config, vocab: 15 } },
-    { config: { ...base.config, heads: 1 } },
-    { pp: 2, tp: 1, virtualStages: 2 },
-    { sequenceParallel: true, seqLen: 7 },
-    { tp: 3 },
-    { pp: 2, tp: 1, schedule: "interleaved", virtualStages: 1 },
+  const bad: [Partial<EngineConfig>, { seqLen?: number; schedule?: ScheduleName }][] = [
+    [{ model: { ...model, vocab: 15 } }, {}],
+    [{ model: { ...model, heads: 1 } }, {}],
+    [{
+      pipeline_model_parallel_size: 2,
+      tensor_model_parallel_size: 1,
+      virtual_pipeline_model_parallel_size: 2,
+    }, {}],
+    [{ sequence_parallel: true }, { seqLen: 7 }],
+    [{ tensor_model_parallel_size: 3 }, {}],
+    [{ pipeline_model_parallel_size: 2, tensor_model_parallel_size: 1 }, {
+      schedule: "interleaved",
+    }],
+    [{ pipeline_model_parallel_size: 2 }, {}],
   ];
   const out: string[] = [];
-  for (const b of bad) {
+  for (const [b, o] of bad) {
     try {
-      await ParallelGptTrainer.create({ ...base, ...b });
+      await initialize({ ...base, ...b }, { world: comm, backend: createReferenceBackend(), ...o });
       out.push("no error");
     } catch (e) {
       out.push(`${(e as Error).name}: ${(e as Error).message}`);

@@ -1,11 +1,10 @@
-// Rank side of the GPT equivalence tests: this rank's shards of the same seeded GPT, trained
+// Rank side of the GPT equivalence tests: this rank's engine for the same seeded GPT, trained
 // for a few steps with the grid's tensor, sequence, pipeline and data parallelism.
 
 import type { Communicator } from "../../collectives/mod.ts";
+import { type EngineConfig, initialize } from "../../engine/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
-import { initialValue } from "../../models/mod.ts";
-import { AdamW } from "../../optim/mod.ts";
-import { ParallelGptTrainer, type ScheduleName } from "../../parallel/mod.ts";
+import type { ScheduleName } from "../../parallel/mod.ts";
 import {
   CFG,
   LR,
@@ -24,18 +23,31 @@ export interface GptRankResult {
   losses: number[];
   norms: number[];
   peaks: number[];
-  /** The serial parameters put together from every rank's shards (world rank 0 only). */
+  /** The serial parameters put together from every rank's pieces (world rank 0 only). */
   params: Map<string, Float32Array> | null;
-  /** AdamW's moments, put together the same way (world rank 0 only). */
-  moments: { m: Map<string, Float32Array>; v: Map<string, Float32Array> } | null;
 }
 
-/** A saved run to continue from: serial tensors, moments and the optimizer step count. */
-export interface Resume {
-  params: Map<string, Float32Array>;
-  m: Map<string, Float32Array>;
-  v: Map<string, Float32Array>;
-  steps: number;
+/** The engine configuration of the equivalence recipe for a layout. */
+export function recipe(
+  world: number,
+  d: { tp: number; pp: number; v: number; sp: boolean; untied?: boolean },
+): EngineConfig {
+  const dp = world / (d.tp * d.pp);
+  return {
+    model: { ...CFG, tied: !d.untied },
+    seed: SEED,
+    train_batch_size: MICRO * MICROS,
+    train_micro_batch_size_per_gpu: MICRO,
+    gradient_accumulation_steps: MICROS / dp,
+    gradient_clipping: MAX_NORM,
+    optimizer: { type: "AdamW", params: { lr: LR, weight_decay: WEIGHT_DECAY } },
+    scheduler: { type: "WarmupLR", params: { warmup_num_steps: 0, warmup_max_lr: LR } },
+    tensor_model_parallel_size: d.tp,
+    pipeline_model_parallel_size: d.pp,
+    virtual_pipeline_model_parallel_size: d.v,
+    sequence_parallel: d.sp,
+    data_parallel_size: dp,
+  };
 }
 
 export async function main(
@@ -48,52 +60,37 @@ export async function main(
     schedule: ScheduleName;
     /** Steps [from, to) of the recipe to run; default all. */
     steps?: [number, number];
-    resume?: Resume;
+    /** Continue from the checkpoint in this directory. */
+    resume?: string;
+    /** Save a checkpoint into this directory at the end. */
+    save?: string;
     /** Give the head its own weight instead of reusing wte. */
     untied?: boolean;
   },
 ): Promise<GptRankResult> {
-  const be = createReferenceBackend();
-  const dp = comm.size / (d.tp * d.pp);
-  const trainer = await ParallelGptTrainer.create({
+  const engine = await initialize(recipe(comm.size, d), {
     world: comm,
-    backend: be,
-    config: { ...CFG, tied: !d.untied },
-    tp: d.tp,
-    pp: d.pp,
-    virtualStages: d.v,
+    backend: createReferenceBackend(),
     schedule: d.schedule,
-    sequenceParallel: d.sp,
-    microBatches: MICROS / dp,
-    microBatchSize: MICRO,
-    seqLen: T,
-    init: (spec) => initialValue(spec, CFG.layers, SEED),
-    optimizer: (layout, params, grads) =>
-      new AdamW(be, layout, params, grads, { weightDecay: WEIGHT_DECAY }),
-    maxGradNorm: MAX_NORM,
     timeoutMs: 30_000,
   });
-  if (d.resume) {
-    trainer.load(trainer.params, d.resume.params);
-    const st = trainer.optimizer.stateTensors();
-    trainer.load(st.m!, d.resume.m);
-    trainer.load(st.v!, d.resume.v);
-    trainer.optimizer.steps = d.resume.steps;
-  }
+  if (d.resume) await engine.load(d.resume);
   const losses: number[] = [];
   const norms: number[] = [];
   const peaks: number[] = [];
   const [from, to] = d.steps ?? [0, STEPS];
   for (let step = from; step < to; step++) {
-    const r = await trainer.trainStep((j) => microBatch(step, j), LR);
+    const batches = Array.from({ length: MICROS }, (_, j) => ({
+      ...microBatch(step, j),
+      B: MICRO,
+      T,
+    }));
+    const r = await engine.trainBatch(batches);
     losses.push(r.loss);
     norms.push(r.gradNorm);
-    peaks.push(r.peakActivations);
+    peaks.push(r.peakMicroBatches);
   }
-  const params = await trainer.gatherParams();
-  const st = trainer.optimizer.stateTensors();
-  const m = await trainer.gather(st.m!);
-  const v = await trainer.gather(st.v!);
-  const moments = m && v ? { m, v } : null;
-  return { coords: trainer.groups.coords, losses, norms, peaks, params, moments };
+  if (d.save) await engine.save(d.save);
+  const params = await engine.gatherTensors();
+  return { coords: engine.groups.coords, losses, norms, peaks, params };
 }

@@ -3,7 +3,6 @@
 
 import type { Communicator } from "../../collectives/mod.ts";
 import {
-  allReduceTiedGrads,
   buildGrid,
   buildSchedule,
   createGroups,
@@ -33,7 +32,7 @@ export async function main(
     sums[kind] = buf[0]!;
   }
   const tiedBuf = new Float32Array([g.coords.pp + 1]);
-  await allReduceTiedGrads(g.embedding, tiedBuf);
+  if (g.embedding !== null && g.embedding.size > 1) await g.embedding.allReduce(tiedBuf);
   const schedule = buildSchedule(d.name, { pp: d.pp, m: d.m, v: d.v });
   const V = d.pp * d.v;
   const chunks = Array.from({ length: d.v }, (_, c) => new ToyChunk(c * d.pp + g.coords.pp, V));

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { runWorkers } from "../../collectives/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
-import { Gpt } from "../../models/mod.ts";
+import { type FlatParams, Gpt } from "../../models/mod.ts";
 import { AdamW, clipGradNorm } from "../../optim/mod.ts";
 import type { ScheduleName } from "../../parallel/mod.ts";
 import {
@@ -16,7 +16,7 @@ import {
   T,
   WEIGHT_DECAY,
 } from "./_gpt_data.ts";
-import type { GptRankResult, Resume } from "./_gpt_rank.ts";
+import type { GptRankResult } from "./_gpt_rank.ts";
 
 // Tolerance. Everything is float32. Pipeline parallelism keeps the serial summation order
 // inside every op, so it matches to a few ulps. Tensor parallelism adds the same products in
@@ -42,7 +42,8 @@ interface Serial {
 async function serialRun(): Promise<Serial> {
   const be = createReferenceBackend();
   const gpt = new Gpt(be, CFG, { seed: SEED });
-  const opt = new AdamW(be, gpt.layout, gpt.store.params, gpt.store.grads, {
+  const store = gpt.store as FlatParams;
+  const opt = new AdamW(be, gpt.layout, store.params, store.grads, {
     weightDecay: WEIGHT_DECAY,
   });
   const losses: number[] = [];
@@ -55,7 +56,7 @@ async function serialRun(): Promise<Serial> {
       sum += (await be.read(await gpt.forward(inputs, targets, MICRO, T)))[0]!;
       await gpt.backward(1 / MICROS);
     }
-    norms.push(await clipGradNorm(be, gpt.store.grads, MAX_NORM, gpt.layout.size));
+    norms.push(await clipGradNorm(be, store.grads, MAX_NORM, gpt.layout.size));
     opt.step(LR);
     losses.push(sum / MICROS);
   }
@@ -146,48 +147,47 @@ for (const [world, layout] of CASES) {
 
 Deno.test("a run saved after 2 steps on dp=2 x tp=2 x pp=2 continues on tp=4 with sequence parallelism like one rank", async () => {
   const ref = await reference;
-  const first = await runWorkers<GptRankResult>({
-    size: 8,
-    module: new URL("./_gpt_rank.ts", import.meta.url),
-    data: { tp: 2, pp: 2, v: 1, sp: false, schedule: "1f1b", steps: [0, 2] },
-    timeoutMs: 60_000,
-  });
-  const saved = first[0]!;
-  const resume: Resume = {
-    params: saved.params!,
-    m: saved.moments!.m,
-    v: saved.moments!.v,
-    steps: 2,
-  };
-  const second = await runWorkers<GptRankResult>({
-    size: 4,
-    module: new URL("./_gpt_rank.ts", import.meta.url),
-    data: { tp: 4, pp: 1, v: 1, sp: true, schedule: "none", steps: [2, STEPS], resume },
-    timeoutMs: 60_000,
-  });
-  const losses = [...saved.losses, ...second[0]!.losses];
-  losses.forEach((l, step) => {
-    assert.ok(Math.abs(l / ref.losses[step]! - 1) < LOSS_RTOL, `step ${step} loss ${l}`);
-  });
-  for (const [name, full] of ref.params) {
-    const d = maxDiff(second[0]!.params!.get(name)!, full);
-    assert.ok(d < ATOL, `${name} differs by ${d}`);
+  const dir = await Deno.makeTempDir();
+  try {
+    const first = await runWorkers<GptRankResult>({
+      size: 8,
+      module: new URL("./_gpt_rank.ts", import.meta.url),
+      data: { tp: 2, pp: 2, v: 1, sp: false, schedule: "1f1b", steps: [0, 2], save: dir },
+      timeoutMs: 60_000,
+    });
+    const second = await runWorkers<GptRankResult>({
+      size: 4,
+      module: new URL("./_gpt_rank.ts", import.meta.url),
+      data: { tp: 4, pp: 1, v: 1, sp: true, schedule: "none", steps: [2, STEPS], resume: dir },
+      timeoutMs: 60_000,
+    });
+    const losses = [...first[0]!.losses, ...second[0]!.losses];
+    losses.forEach((l, step) => {
+      assert.ok(Math.abs(l / ref.losses[step]! - 1) < LOSS_RTOL, `step ${step} loss ${l}`);
+    });
+    for (const [name, full] of ref.params) {
+      const d = maxDiff(second[0]!.params!.get(name)!, full);
+      assert.ok(d < ATOL, `${name} differs by ${d}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
 
-Deno.test("ParallelGptTrainer.create() explains layouts that cannot work before any collective", async () => {
+Deno.test("the engine explains layouts that cannot work before any collective", async () => {
   const [messages] = await runWorkers<string[]>({
     size: 2,
     module: new URL("./_bad_rank.ts", import.meta.url),
     timeoutMs: 20_000,
   });
   const expected = [
-    /RangeError: Vocabulary 15 does not split across tp=2: .* padded vocabulary 16/,
+    /RangeError: .*vocabulary of 15 does not split across tensor_model_parallel_size=2.*padded vocabulary 16/,
     /RangeError: Cannot split 1 attention heads across tp=2/,
     /RangeError: Cannot split 2 layers into pp=2 stages x 2 virtual stages/,
     /RangeError: Sequence parallelism splits each sequence of 7 tokens across tp=2/,
-    /RangeError: Cannot lay out 2 ranks as tp=3/,
+    /RangeError: Cannot split 2 attention heads across tp=3/,
     /RangeError: The interleaved schedule needs pp >= 2 and v >= 2/,
+    /RangeError: The layout tp=2 x pp=2 x dp=1 needs 4 ranks, the world has 2/,
   ];
   expected.forEach((re, i) => assert.match(messages![i]!, re));
 });
@@ -195,7 +195,8 @@ Deno.test("ParallelGptTrainer.create() explains layouts that cannot work before 
 Deno.test("GPT with an untied head on pp=2 x tp=2 trains like one rank for 5 steps", async () => {
   const be = createReferenceBackend();
   const gpt = new Gpt(be, { ...CFG, tied: false }, { seed: SEED });
-  const opt = new AdamW(be, gpt.layout, gpt.store.params, gpt.store.grads, {
+  const store = gpt.store as FlatParams;
+  const opt = new AdamW(be, gpt.layout, store.params, store.grads, {
     weightDecay: WEIGHT_DECAY,
   });
   for (let step = 0; step < STEPS; step++) {
@@ -205,7 +206,7 @@ Deno.test("GPT with an untied head on pp=2 x tp=2 trains like one rank for 5 ste
       await gpt.forward(inputs, targets, MICRO, T);
       await gpt.backward(1 / MICROS);
     }
-    await clipGradNorm(be, gpt.store.grads, MAX_NORM, gpt.layout.size);
+    await clipGradNorm(be, store.grads, MAX_NORM, gpt.layout.size);
     opt.step(LR);
   }
   const ref = await gpt.getParams();

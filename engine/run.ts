@@ -1,0 +1,355 @@
+/**
+ * The training loop of a run: build the engine on every rank (starting the ranks as Workers of
+ * this process when the layout has more than one), resume from a checkpoint, train with
+ * evaluation and save cadence, print progress, write `metrics.jsonl` and `summary.json`, and
+ * checkpoint at the end. `train.ts` turns flags into {@linkcode RunOptions}; a library user can
+ * call {@linkcode runTraining} directly.
+ *
+ * @module
+ */
+import type { Communicator } from "../collectives/communicator.ts";
+import { runWorkers } from "../collectives/world.ts";
+import {
+  type Batch,
+  type Dataset,
+  type DatasetDescriptor,
+  openDataset,
+  type Score,
+} from "../data/mod.ts";
+import { type Backend, createCpuBackend } from "../kernels/mod.ts";
+import { createWebGPUBackend, probeWebGPU } from "../kernels/webgpu/mod.ts";
+import type { ScheduleName } from "../parallel/mod.ts";
+import type { EngineConfig } from "./config.ts";
+import { checkParallelLayout, type Engine, initialize } from "./engine.ts";
+import { MetricsWriter, readMetrics } from "./metrics.ts";
+import { formatDuration, Progress } from "./progress.ts";
+
+/** What a run is: the engine's configuration, the data, the cadence and where it goes. */
+export interface RunOptions {
+  /** The engine configuration (model, batch, optimizer, schedule, layout keys). */
+  config: EngineConfig;
+  /** The data set, as data (see `describeDataset`). */
+  data: DatasetDescriptor;
+  /** Total optimizer steps of the run (the schedule's length). */
+  steps: number;
+  /** Stop (and checkpoint) after this step; default `steps`. */
+  stopAt?: number;
+  /** Evaluate every N steps (0: only at the end). */
+  evalEvery: number;
+  /** Also checkpoint every N steps (0: only at the end). */
+  saveEvery: number;
+  /** Batches drawn per step, as a one-rank run with this accumulation draws them. */
+  drawAccum: number;
+  /** Seed of the data order. */
+  dataSeed: number;
+  /** The run directory. */
+  out: string;
+  /** Continue the run saved in this directory. */
+  resume?: string | null;
+  /** Compute backend of a one-rank run (several ranks compute on the CPU). */
+  backend?: "auto" | "cpu" | "webgpu";
+  /** CPU matrix-product path. */
+  gemm?: "auto" | "blas" | "wasm" | "ts";
+  /** BLAS threads of the CPU backend. */
+  threads?: number;
+  /** A pipeline schedule instead of the default. */
+  schedule?: ScheduleName;
+  /** Print progress and the summary (rank 0). */
+  print?: boolean;
+  /** Print only the summary. */
+  quiet?: boolean;
+  /** What to save as the run's section of config.json (a resumed run reads it back). */
+  saveConfig?: Record<string, unknown>;
+  /** Lines to print before training (e.g. that the vocabulary was padded). */
+  notes?: readonly string[];
+}
+
+/** What a finished run reports (also written as summary.json). */
+export interface TrainSummary {
+  /** Steps done when the run stopped. */
+  steps: number;
+  /** Mean training loss over the last logged steps. */
+  train_loss: number;
+  /** Validation loss at the end (null without validation data). */
+  val_loss: number | null;
+  /** Held-out exact-match score (tasks only). */
+  heldout: { correct: number; total: number; accuracy: number } | null;
+  /** Mean training throughput of this process. */
+  tokens_per_s: number;
+  /** Wall time of this process in seconds. */
+  wall_time_s: number;
+  /** Parameters of the model. */
+  params: number;
+  /** The backend's description. */
+  backend: string;
+  /** The data set. */
+  data: string;
+  /** The run directory. */
+  out: string;
+  /** How the run was laid out over ranks. */
+  layout: {
+    tp: number;
+    pp: number;
+    dp: number;
+    virtual_stages: number;
+    sequence_parallel: boolean;
+    schedule: string;
+    micro_batches: number;
+  };
+}
+
+async function pickBackend(o: RunOptions, ranks: number): Promise<Backend> {
+  const cpu = () => createCpuBackend({ gemm: o.gemm ?? "auto", threads: o.threads ?? 1 });
+  if (ranks > 1) return cpu();
+  // auto: WebGPU only on a hardware adapter, probed without opening a device.
+  const probe = (o.backend ?? "auto") === "auto" ? await probeWebGPU() : null;
+  if (o.backend === "webgpu" || (probe !== null && !probe.software)) {
+    const gpu = await createWebGPUBackend();
+    if (gpu !== null) return gpu;
+    if (o.backend === "webgpu") {
+      throw new RangeError(
+        "--backend webgpu: this runtime has no WebGPU adapter; use --backend cpu (or auto)",
+      );
+    }
+  }
+  return cpu();
+}
+
+async function evaluate(
+  engine: Engine,
+  ds: Dataset,
+  B: number,
+  limit: number,
+): Promise<{ val: number | null; score: Score | null }> {
+  const batches = ds.validationBatches(B, 8);
+  let sum = 0;
+  for (const b of batches) sum += await engine.evalBatch(b);
+  const val = batches.length > 0 ? sum / batches.length : null;
+  const score = ds.score
+    ? await ds.score((inputs, b, t) => engine.logits(inputs, b, t), B, limit)
+    : null;
+  return { val, score };
+}
+
+/**
+ * Run the training job on this rank, or, without a world and with a layout of several ranks,
+ * start them as Workers of this process (each running this same function) and return rank 0's
+ * summary.
+ *
+ * @param o the run
+ * @param world the world, when this call is one of the run's ranks
+ * @returns the summary (null on ranks other than 0)
+ */
+export async function runTraining(
+  o: RunOptions,
+  world?: Communicator,
+): Promise<TrainSummary | null> {
+  const print = o.print ?? true;
+  const layout = checkParallelLayout(o.config, { schedule: o.schedule, seqLen: undefined });
+  if (world === undefined && layout.worldSize > 1) {
+    const results = await runWorkers<TrainSummary | null>({
+      size: layout.worldSize,
+      module: new URL("./rank.ts", import.meta.url),
+      data: o,
+      timeoutMs: 60_000,
+    });
+    return results[0]!;
+  }
+  const lead = world === undefined || world.rank === 0;
+  const quiet = !lead || (o.quiet ?? false);
+  const say = (s: string) => {
+    if (print && !quiet) console.log(s);
+  };
+  const ds = await openDataset(o.data);
+  const backend = await pickBackend(o, layout.worldSize);
+  try {
+    const engine = await initialize(o.config, {
+      world,
+      backend,
+      schedule: o.schedule,
+      seqLen: ds.seqLen,
+    });
+    const micro = engine.config.batchSize / o.drawAccum;
+    if (!Number.isInteger(micro)) {
+      throw new RangeError(
+        `The batch of ${engine.config.batchSize} is not a multiple of --accum ${o.drawAccum}`,
+      );
+    }
+    const src = ds.trainBatches(micro, o.dataSeed);
+    const out = o.out;
+    let tokensBefore = 0;
+    if (o.resume) {
+      const extra = await engine.load(o.resume);
+      src.setState(extra.data as ReturnType<typeof src.getState>);
+      tokensBefore = Number(extra.tokens ?? 0);
+      if (engine.step >= o.steps) {
+        throw new RangeError(
+          `The run in ${o.resume} already took ${engine.step} steps: raise --steps to continue`,
+        );
+      }
+    }
+    const stopAt = Math.min(o.stopAt ?? o.steps, o.steps);
+    if (lead) await Deno.mkdir(out, { recursive: true });
+    const metricsPath = `${out}/metrics.jsonl`;
+    if (o.resume && lead) {
+      // Steps logged after the checkpoint was taken are run again: drop their old lines.
+      try {
+        const kept = (await readMetrics(metricsPath)).filter((r) => r.step <= engine.step);
+        await Deno.writeTextFile(metricsPath, kept.map((r) => JSON.stringify(r) + "\n").join(""));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    const writer = lead ? await MetricsWriter.open(metricsPath, Boolean(o.resume)) : null;
+    const m = engine.config.model;
+    say(
+      `Loom: ${ds.name}, ${engine.model.fullParams.toLocaleString("en-US")} parameters ` +
+        `(dim ${m.dim}, layers ${m.layers}, heads ${m.heads}, ctx ${m.ctx}, vocab ${m.vocab})`,
+    );
+    say(`backend: ${backend.description}`);
+    if (layout.worldSize > 1) {
+      say(
+        `layout: tp ${layout.tp} x pp ${layout.pp} x dp ${layout.dp} = ${layout.worldSize} ` +
+          `ranks (Workers), ${layout.schedule} schedule` +
+          (layout.virtualStages > 1 ? ` with ${layout.virtualStages} virtual stages` : "") +
+          (layout.sequenceParallel ? ", sequence parallel" : "") +
+          `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,
+      );
+    }
+    for (const note of o.notes ?? []) say(note);
+    say(`${engine.step > 0 ? `resuming at step ${engine.step}, ` : ""}writing to ${out}/`);
+    const progress = new Progress(50, !print || quiet);
+
+    let tokensRun = 0;
+    const saveRun = async () => {
+      await engine.save(out, { data: src.getState(), tokens: tokensBefore + tokensRun }, {
+        run: o.saveConfig ?? {},
+        tokenizer: ds.tokenizer.toJSON(),
+      });
+    };
+    const t0 = performance.now();
+    const window: { t: number; tokens: number }[] = [{ t: t0, tokens: 0 }];
+    const recent: number[] = [];
+    const stepsStart = engine.step;
+    let last: { val: number | null; score: Score | null } = { val: null, score: null };
+    while (engine.step < stopAt) {
+      const batches: Batch[] = [];
+      for (let i = 0; i < o.drawAccum; i++) batches.push(src.next());
+      const r = await engine.trainBatch(batches);
+      tokensRun += r.tokens;
+      const now = performance.now();
+      window.push({ t: now, tokens: tokensRun });
+      if (window.length > 21) window.shift();
+      const w0 = window[0]!;
+      const tps = (tokensRun - w0.tokens) / Math.max(1e-9, (now - w0.t) / 1000);
+      recent.push(r.loss);
+      if (recent.length > 20) recent.shift();
+      await writer?.write({
+        step: r.step,
+        loss: r.loss,
+        lr: r.lr,
+        tokens_per_s: Math.round(tps),
+        grad_norm: r.gradNorm,
+      });
+      if (!Number.isFinite(r.loss)) {
+        throw new RangeError(
+          `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${r.lr}) or set --clip`,
+        );
+      }
+      progress.update({
+        step: r.step,
+        total: stopAt,
+        loss: r.loss,
+        lr: r.lr,
+        tokensPerS: tps,
+        elapsed: (now - t0) / 1000,
+        stepsThisRun: r.step - stepsStart,
+      });
+      const end = engine.step === stopAt;
+      if ((o.evalEvery > 0 && r.step % o.evalEvery === 0) || end) {
+        last = await evaluate(engine, ds, micro, end ? Infinity : 500);
+        await writer?.write({
+          step: r.step,
+          kind: "eval",
+          val_loss: last.val,
+          ...(last.score ? { heldout_accuracy: last.score.accuracy } : {}),
+        });
+        progress.log(
+          `eval @ ${r.step}: val loss ${last.val?.toFixed(4) ?? "n/a"}` +
+            (last.score
+              ? ` | held-out exact match ${last.score.correct}/${last.score.total} ` +
+                `(${(100 * last.score.accuracy).toFixed(1)}%)`
+              : ""),
+        );
+      }
+      if (o.saveEvery > 0 && r.step % o.saveEvery === 0 && !end) await saveRun();
+    }
+    progress.done();
+    await saveRun();
+    writer?.close();
+    const wall = (performance.now() - t0) / 1000;
+    const summary: TrainSummary = {
+      steps: engine.step,
+      train_loss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
+      val_loss: last.val,
+      heldout: last.score
+        ? { correct: last.score.correct, total: last.score.total, accuracy: last.score.accuracy }
+        : null,
+      tokens_per_s: Math.round(tokensRun / Math.max(wall, 1e-9)),
+      wall_time_s: Math.round(wall * 100) / 100,
+      params: engine.model.fullParams,
+      backend: backend.description,
+      data: ds.name,
+      out,
+      layout: {
+        tp: layout.tp,
+        pp: layout.pp,
+        dp: layout.dp,
+        virtual_stages: layout.virtualStages,
+        sequence_parallel: layout.sequenceParallel,
+        schedule: layout.schedule,
+        micro_batches: layout.microBatches,
+      },
+    };
+    // Generation runs through the parallel model on every rank; rank 0 prints it.
+    let sample: string | null = null;
+    if (!last.score) {
+      const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
+      const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
+      const [gen] = await engine.generate([prompt], 120);
+      sample = `  ${ds.tokenizer.decode(prompt)}|${ds.tokenizer.decode(gen!)}`;
+    }
+    if (!lead) return null;
+    await Deno.writeTextFile(`${out}/summary.json`, JSON.stringify(summary, null, 2) + "\n");
+    if (print) {
+      console.log(
+        `done: ${summary.steps} steps in ${formatDuration(wall)}, ` +
+          `${summary.tokens_per_s.toLocaleString("en-US")} tokens/s, ` +
+          `${summary.params.toLocaleString("en-US")} parameters`,
+      );
+      console.log(
+        `train loss ${summary.train_loss.toFixed(4)} | val loss ` +
+          `${summary.val_loss?.toFixed(4) ?? "n/a"}` +
+          (summary.heldout
+            ? ` | held-out exact match ${summary.heldout.correct}/${summary.heldout.total} ` +
+              `(${(100 * summary.heldout.accuracy).toFixed(1)}%)`
+            : ""),
+      );
+      if (last.score) {
+        console.log("samples (held-out problems):");
+        for (const s of last.score.samples.slice(0, 6)) {
+          console.log(
+            `  ${s.prompt}${s.predicted}  ${s.correct ? "right" : `wrong, ${s.expected}`}`,
+          );
+        }
+      } else {
+        console.log("sample (greedy):");
+        console.log(sample);
+      }
+      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/checkpoint.safetensors`);
+    }
+    return summary;
+  } finally {
+    backend.dispose();
+  }
+}
