@@ -525,9 +525,8 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
         : { lr, weight_decay: o["weight-decay"] as number, betas: [0.9, 0.98] },
     },
     scheduler: {
-      type: { cosine: "WarmupCosineLR", linear: "WarmupDecayLR", constant: "WarmupLR" }[
-        o.schedule as "cosine"
-      ],
+      // Loom's own shapes (linear warmup from lr / warmup), as --schedule names them.
+      type: o.schedule as "cosine",
       params: {
         warmup_num_steps: o.warmup as number,
         total_num_steps: steps,
