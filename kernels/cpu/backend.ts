@@ -305,7 +305,9 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
         for (let r = 0; r < rows; r++) {
           const o = r * cols, g = (rowOffset + r) * fullCols + colOffset;
           for (let c = 0; c < cols; c++) {
-            O[o + c] = dropoutHash(key, g + c) >= thr ? X[o + c] / q : 0;
+            // (The quotient before the test keeps the branch short; a dropped NaN still gives 0.)
+            const v = X[o + c] / q;
+            O[o + c] = dropoutHash(key, g + c) >= thr ? v : 0;
           }
         }
       },
