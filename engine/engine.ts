@@ -14,27 +14,30 @@
  */
 import { type Communicator, sharedArray, soloCommunicator } from "../collectives/mod.ts";
 import type { Batch } from "../data/mod.ts";
-import { type Backend, createCpuBackend, Rng, type Tensor } from "../kernels/mod.ts";
 import {
-  FlatParams,
+  type Backend,
+  createCpuBackend,
+  dropoutHash,
+  Rng,
+  type Tensor,
+  type TensorDType,
+} from "../kernels/mod.ts";
+import {
   type GenerateOptions,
   Gpt,
   gptParamSpecs,
   greedyDecode,
-  mergeSpecs,
   stageParts,
 } from "../models/mod.ts";
 import {
-  AdamW,
-  allReduceT,
-  buildLayout,
+  adamwRule,
   clipFactor,
   DynamicLossScaler,
   learningRate,
-  type Optimizer,
   type ParamSlot,
-  SGD,
+  sgdRule,
   type TensorSplit,
+  Zero,
 } from "../optim/mod.ts";
 import {
   buildForwardSchedule,
@@ -171,6 +174,12 @@ export interface InitializeOptions {
 
 const SAVE_TAG = 0x3000_0000;
 
+const DTYPES: Record<"fp32" | "fp16" | "bf16", TensorDType> = {
+  fp32: "f32",
+  fp16: "f16",
+  bf16: "bf16",
+};
+
 function prefixOf(kind: string): string {
   return kind === "params" ? "" : `optimizer.${kind}.`;
 }
@@ -193,8 +202,11 @@ export class Engine {
   readonly backend: Backend;
   /** This rank's share of the model. */
   readonly model: Gpt;
-  /** The optimizer over this rank's parameters. */
-  readonly optimizer: Optimizer;
+  /**
+   * This rank's ZeRO over the data-parallel group (stage 0 is plain data parallelism): where
+   * its parameters, gradients and optimizer state live, and the optimizer's step.
+   */
+  readonly zero: Zero;
   /** The loss scaler (fp16 only). */
   readonly lossScaler: DynamicLossScaler | null;
   /** The engine's random stream (seeded from the config; saved in checkpoints). */
@@ -206,7 +218,6 @@ export class Engine {
   readonly #timeoutMs: number;
   readonly #tp: TensorParallel;
   readonly #gg: GradGroups;
-  readonly #store: FlatParams;
   readonly #stats: Tensor;
   #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
     null;
@@ -236,40 +247,63 @@ export class Engine {
       sequenceParallel: c.sequenceParallel,
       timeoutMs: this.#timeoutMs,
     };
-    let store: FlatParams | null = null;
+    const o = c.optimizer;
+    const rule = o.kind === "sgd"
+      ? sgdRule({ momentum: o.momentum, weightDecay: o.weightDecay })
+      : adamwRule({ beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay });
+    // On the CPU, the buffers that collectives touch live in the world's shared arena, where
+    // the all-reduces and reduce-scatters fold in SIMD straight between the ranks' buffers.
+    const fromHost = (be as {
+      fromHost?: (a: Float32Array | Uint16Array, dtype?: "f16" | "bf16") => Tensor;
+    }).fromHost;
+    const buffers = fromHost !== undefined && c.dp * c.tp > 1
+      ? {
+        alloc: (n: number, dtype: TensorDType) =>
+          dtype === "f32"
+            ? fromHost.call(be, sharedArray(Float32Array, n))
+            : fromHost.call(be, sharedArray(Uint16Array, n), dtype as "f16" | "bf16"),
+      }
+      : undefined;
+    const z = c.zero;
+    const dtype = DTYPES[c.precision];
+    let zero: Zero | null = null;
     this.model = new Gpt(be, c.model, {
       seed: c.seed,
       tp: this.#tp,
       parts: stageParts(c.model.layers, c.pp, c.virtualStages, groups.coords.pp),
       pipelined: c.pp > 1,
-      store: (perLayer) => {
-        const specs = mergeSpecs(perLayer);
-        // On the CPU, the gradients live in the world's shared arena: their data-parallel and
-        // tensor-parallel all-reduces then fold in SIMD straight between the ranks' buffers.
-        const fromHost = (be as { fromHost?: (a: Float32Array) => Tensor }).fromHost;
-        const size = buildLayout(specs).size;
-        const grads = fromHost !== undefined && c.dp * c.tp > 1
-          ? fromHost.call(be, sharedArray(Float32Array, size))
-          : undefined;
-        store = new FlatParams(be, specs, { grads });
-        return store;
+      dtype,
+      checkpointEvery: c.checkpointActivations,
+      store: (perLayer) =>
+        zero = new Zero(be, perLayer, {
+          stage: z.stage,
+          dp: groups.dp,
+          rule,
+          bucketSize: z.reduceBucketSize,
+          dtype,
+          persistenceThreshold: z.paramPersistenceThreshold,
+          prefetchSize: z.prefetchBucketSize,
+          maxLiveParameters: z.maxLiveParameters,
+          overlap: z.overlapComm,
+          buffers,
+          timeoutMs: this.#timeoutMs,
+        }),
+      gate: {
+        acquire: (l, phase, next) => zero!.acquire(l, phase, next),
+        release: (l, phase) => zero!.release(l, phase),
       },
     });
-    this.#store = store!;
-    const o = c.optimizer;
-    const { params, grads } = this.#store;
-    this.optimizer = o.kind === "sgd"
-      ? new SGD(be, this.model.layout, params, grads, {
-        momentum: o.momentum,
-        weightDecay: o.weightDecay,
+    this.zero = zero!;
+    this.lossScaler = c.lossScaler
+      ? new DynamicLossScaler({
+        dynamic: c.lossScaler.dynamic,
+        initialScale: c.lossScaler.initialScale,
+        growthInterval: c.lossScaler.window,
+        hysteresis: c.lossScaler.hysteresis,
+        consecutiveHysteresis: c.lossScaler.consecutiveHysteresis,
+        minScale: c.lossScaler.minScale,
       })
-      : new AdamW(be, this.model.layout, params, grads, {
-        beta1: o.beta1,
-        beta2: o.beta2,
-        eps: o.eps,
-        weightDecay: o.weightDecay,
-      });
-    this.lossScaler = c.lossScaling ? new DynamicLossScaler(c.lossScaling) : null;
+      : null;
     this.rng = new Rng(c.seed);
     this.#gg = {
       tp: this.#tp,
@@ -321,7 +355,8 @@ export class Engine {
    * @returns the rate from the schedule
    */
   currentLr(): number {
-    return learningRate(this.step, this.config.schedule);
+    // As DeepSpeed, the schedule advances with the steps taken, not with skipped ones.
+    return learningRate(this.zero.steps, this.config.schedule);
   }
 
   #opts(): { timeoutMs: number } {
@@ -381,8 +416,13 @@ export class Engine {
     const d = this.groups.coords.dp;
     const n = B * T;
     const lossScale = this.lossScaler?.scale ?? 1;
-    this.model.zeroGrad();
+    const zero = this.zero;
+    zero.beginStep(m);
     const stats = this.#stats;
+    // Every rank draws the same masks: the key is a function of (seed, step) only.
+    const dropout = c.dropout > 0
+      ? { p: c.dropout, key: dropoutHash(c.seed >>> 0, this.step) }
+      : undefined;
     const chunks = this.model.parts.map((_, ci) =>
       this.model.chunk(ci, {
         B,
@@ -396,6 +436,7 @@ export class Engine {
         },
         gradScale: lossScale / (m * dp),
         seqOffset: d * m * B,
+        dropout,
         onLoss: (mb, loss) => be.copy(be.view(stats, mb, 1), loss),
       })
     );
@@ -406,20 +447,17 @@ export class Engine {
       activationSize: this.#actSize(B, T),
       timeoutMs: this.#timeoutMs,
     });
-    const layout = this.model.layout;
-    const grads = this.#store.grads;
-    await syncModelParallelGrads(be, this.#gg, layout, grads);
-    if (dp > 1) {
-      await allReduceT(be, { comm: this.groups.dp, timeoutMs: this.#timeoutMs }, grads);
-    }
+    // Data parallelism first (the buckets' reductions), then the model-parallel sums on the
+    // pieces each rank holds, then the norm over the pieces each rank owns.
+    await zero.finishBackward();
+    await syncModelParallelGrads(be, this.#gg, zero.gradPieces(true));
     const sq = be.view(stats, m, 1);
-    countedSumSquares(be, this.#tp, layout, grads, sq);
+    countedSumSquares(be, this.#tp, zero.gradPieces(), sq);
     const host = await be.read(stats);
     // [loss, sum of squares] over the world: the loss from the ranks that hold it, each
-    // gradient element once (data-parallel replica 0: the replicas agree after the sum).
-    const sums = new Float32Array(2);
+    // gradient element once (every data-parallel rank owns its slice of each bucket).
+    const sums = new Float32Array([0, host[m]!]);
     if (this.#reportsLoss) { for (let i = 0; i < m; i++) sums[0] += host[i]!; }
-    if (d === 0) sums[1] = host[m]!;
     await this.world.allReduce(sums, "sum", this.#opts());
     const loss = sums[0]! / (m * dp);
     const gradNorm = Math.sqrt(sums[1]!) / lossScale;
@@ -432,8 +470,7 @@ export class Engine {
       return { ...base, skipped: true };
     }
     const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
-    if (factor !== 1) be.scale(grads, factor, layout.size);
-    this.optimizer.step(lr);
+    await zero.step(lr, factor);
     return { ...base, skipped: false };
   }
 
@@ -522,15 +559,13 @@ export class Engine {
     );
   }
 
-  /** The state tensors a checkpoint holds besides the parameters, by buffer name. */
-  #stateTensors(): [string, Tensor][] {
-    return Object.entries(this.optimizer.stateTensors());
+  /** The optimizer state buffers a checkpoint holds besides the parameters. */
+  #stateKinds(): readonly string[] {
+    return this.zero.rule.state;
   }
 
-  async #piece(kind: string, slot: ParamSlot): Promise<Float32Array> {
-    if (kind === "params") return await this.#store.read("params", slot.name);
-    const t = this.optimizer.stateTensors()[kind]!;
-    return Float32Array.from(await this.backend.read(this.backend.view(t, slot.offset, slot.size)));
+  #piece(kind: string, slot: ParamSlot): Promise<Float32Array> {
+    return this.zero.read(kind, slot.name);
   }
 
   // Which ranks hold a piece of each saved tensor (data-parallel replica 0, no mirrors), with
@@ -632,7 +667,7 @@ export class Engine {
    * @returns name to serial values on rank 0
    */
   async gatherTensors(state = false): Promise<Map<string, Float32Array> | null> {
-    const kinds = ["params", ...(state ? this.#stateTensors().map(([k]) => k) : [])];
+    const kinds = ["params", ...(state ? this.#stateKinds() : [])];
     const out = new Map<string, Float32Array>();
     await this.#gather(kinds, (name, data) => {
       out.set(name, data);
@@ -656,10 +691,10 @@ export class Engine {
     extraConfig: Record<string, unknown> = {},
   ): Promise<void> {
     const serial = gptParamSpecs(this.config.model);
-    const kinds = ["params", ...this.#stateTensors().map(([k]) => k)];
+    const kinds = ["params", ...this.#stateKinds()];
     const meta: CheckpointMeta = {
       step: this.step,
-      optimizerSteps: this.optimizer.steps,
+      optimizerSteps: this.zero.steps,
       rng: this.rng.getState(),
       lossScaler: this.lossScaler?.getState() ?? null,
       extra,
@@ -670,7 +705,7 @@ export class Engine {
         kinds.flatMap((k) => serial.map((s) => ({ name: prefixOf(k) + s.name, shape: s.shape }))),
         meta,
         this.config.model,
-        this.optimizer.kind,
+        this.zero.rule.kind,
       )
       : null;
     await this.#gather(kinds, (name, data) => writer!.write(name, data));
@@ -686,20 +721,19 @@ export class Engine {
    * @returns the `extra` state saved with it
    */
   async load(dir: string): Promise<Record<string, unknown>> {
-    const r = await openCheckpoint(dir, this.config.model, this.optimizer.kind);
+    const r = await openCheckpoint(dir, this.config.model, this.zero.rule.kind);
     try {
-      const states = this.#stateTensors();
       for (const s of this.model.layout.slots) {
         const full = await r.tensor(s.name, s.full);
-        this.#store.write(s.name, shardTensor(full, s.full, s.split));
-        for (const [key, t] of states) {
+        this.zero.write(s.name, shardTensor(full, s.full, s.split));
+        for (const key of this.#stateKinds()) {
           const v = await r.tensor(`optimizer.${key}.${s.name}`, s.full);
-          this.backend.write(t, shardTensor(v, s.full, s.split), s.offset);
+          this.zero.writeState(key, s.name, shardTensor(v, s.full, s.split));
         }
       }
       const meta = r.meta;
       this.step = meta.step;
-      this.optimizer.steps = meta.optimizerSteps;
+      this.zero.steps = meta.optimizerSteps;
       this.rng.setState(meta.rng);
       if (this.lossScaler && meta.lossScaler) this.lossScaler.setState(meta.lossScaler);
       await this.world.barrier(this.#opts());

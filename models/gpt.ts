@@ -735,9 +735,19 @@ export class GptChunk implements PipelineChunk {
     return s;
   }
 
-  async #run(layer: Layer, phase: "forward" | "backward", f: () => Promise<Tensor | null>) {
+  async #run(
+    i: number,
+    phase: "forward" | "backward",
+    f: () => Promise<Tensor | null>,
+  ): Promise<Tensor | null> {
     const gate = this.#m.gate;
-    if (gate) await gate.acquire(layer, phase);
+    const layer = this.layers[i]!;
+    if (gate) {
+      const next = phase === "forward"
+        ? this.layers.slice(i + 1)
+        : this.layers.slice(0, i).reverse();
+      await gate.acquire(layer, phase, next);
+    }
     const out = await f();
     if (gate) await gate.release(layer, phase);
     return out;
@@ -767,9 +777,9 @@ export class GptChunk implements PipelineChunk {
       be.write(t, input);
       x = t;
     }
-    for (const layer of this.layers) {
-      const inp = x;
-      x = (await this.#run(layer, "forward", () => layer.forward(inp, step)))!;
+    for (let i = 0; i < this.layers.length; i++) {
+      const layer = this.layers[i]!, inp = x;
+      x = (await this.#run(i, "forward", () => layer.forward(inp, step)))!;
     }
     if (this.#opts.eval) this.#release(mb);
     if (this.#last) {
@@ -811,7 +821,7 @@ export class GptChunk implements PipelineChunk {
     }
     for (let i = this.layers.length - 1; i >= 0; i--) {
       const layer = this.layers[i]!, d = dy;
-      dy = await this.#run(layer, "backward", () => layer.backward(d, step));
+      dy = await this.#run(i, "backward", () => layer.backward(d, step));
     }
     this.#release(mb);
     if (this.#first || dy === null) return null;

@@ -6,7 +6,7 @@
  */
 import type { Backend, Tensor } from "../kernels/backend.ts";
 import type { FlatLayout } from "./layout.ts";
-import { type DecayRange, decayRanges, type Optimizer } from "./optimizer.ts";
+import { type DecayRange, decayRanges, type Optimizer, type UpdateRule } from "./optimizer.ts";
 import { checkBuffer, checkNumber } from "./_checks.ts";
 
 /** Hyper-parameters of {@linkcode AdamW} (PyTorch's defaults except `weightDecay`). */
@@ -19,6 +19,30 @@ export interface AdamWOptions {
   eps?: number;
   /** Decoupled weight decay for slots with `decay: true`; default 0.01. */
   weightDecay?: number;
+}
+
+/**
+ * AdamW's update rule (see {@linkcode AdamW}), checked once.
+ *
+ * @param opts hyper-parameters
+ * @returns the rule
+ */
+export function adamwRule(opts: AdamWOptions = {}): UpdateRule {
+  const beta1 = opts.beta1 ?? 0.9;
+  const beta2 = opts.beta2 ?? 0.999;
+  const eps = opts.eps ?? 1e-8;
+  const wd = opts.weightDecay ?? 0.01;
+  checkNumber("AdamW beta1", beta1, 0, 0.999999);
+  checkNumber("AdamW beta2", beta2, 0, 0.999999999);
+  checkNumber("AdamW eps", eps, 0, 1);
+  checkNumber("AdamW weightDecay", wd, 0, 10);
+  return {
+    kind: "adamw",
+    state: ["m", "v"],
+    update(be, p, g, [m, v], n, decay, lr, step) {
+      be.adamw(p, g, m!, v!, n, { lr, beta1, beta2, eps, weightDecay: decay ? wd : 0, step });
+    },
+  };
 }
 
 /**
@@ -50,10 +74,7 @@ export class AdamW implements Optimizer {
   readonly ranges: readonly DecayRange[];
   readonly #backend: Backend;
   readonly #views: { p: Tensor; g: Tensor; m: Tensor; v: Tensor; n: number; decay: boolean }[];
-  readonly #beta1: number;
-  readonly #beta2: number;
-  readonly #eps: number;
-  readonly #wd: number;
+  readonly #rule: UpdateRule;
 
   /**
    * Create the optimizer and its zeroed moments.
@@ -73,14 +94,7 @@ export class AdamW implements Optimizer {
   ) {
     checkBuffer("parameter", params, layout);
     checkBuffer("gradient", grads, layout);
-    this.#beta1 = opts.beta1 ?? 0.9;
-    this.#beta2 = opts.beta2 ?? 0.999;
-    this.#eps = opts.eps ?? 1e-8;
-    this.#wd = opts.weightDecay ?? 0.01;
-    checkNumber("AdamW beta1", this.#beta1, 0, 0.999999);
-    checkNumber("AdamW beta2", this.#beta2, 0, 0.999999999);
-    checkNumber("AdamW eps", this.#eps, 0, 1);
-    checkNumber("AdamW weightDecay", this.#wd, 0, 10);
+    this.#rule = adamwRule(opts);
     this.#backend = backend;
     this.m = backend.alloc(layout.size);
     this.v = backend.alloc(layout.size);
@@ -104,14 +118,7 @@ export class AdamW implements Optimizer {
     checkNumber("AdamW learning rate", lr, 0, Infinity);
     const t = this.steps + 1;
     for (const r of this.#views) {
-      this.#backend.adamw(r.p, r.g, r.m, r.v, r.n, {
-        lr,
-        beta1: this.#beta1,
-        beta2: this.#beta2,
-        eps: this.#eps,
-        weightDecay: r.decay ? this.#wd : 0,
-        step: t,
-      });
+      this.#rule.update(this.#backend, r.p, r.g, [r.m, r.v], r.n, r.decay, lr, t);
     }
     this.steps = t;
   }

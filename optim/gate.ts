@@ -23,8 +23,13 @@ export interface LayerGate {
    *
    * @param layer the layer about to run
    * @param phase which pass
+   * @param next the layers that run after it in this pass, nearest first (to fetch ahead)
    */
-  acquire(layer: GatedLayer, phase: "forward" | "backward"): void | Promise<void>;
+  acquire(
+    layer: GatedLayer,
+    phase: "forward" | "backward",
+    next?: readonly GatedLayer[],
+  ): void | Promise<void>;
   /**
    * After `layer` has run `phase` (its gradients are complete after its last backward).
    *

@@ -15,6 +15,8 @@ export type * from "../kernels/backend.ts";
 export * from "./layout.ts";
 export * from "./gate.ts";
 export * from "./tensor_comm.ts";
+export * from "./zero_layout.ts";
+export * from "./zero.ts";
 export * from "./optimizer.ts";
 export * from "./adamw.ts";
 export * from "./sgd.ts";

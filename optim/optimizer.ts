@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { Tensor } from "../kernels/backend.ts";
+import type { Backend, Tensor } from "../kernels/backend.ts";
 import type { FlatLayout } from "./layout.ts";
 
 /** An optimizer that updates one flat parameter buffer from the flat gradient buffer. */
@@ -20,6 +20,39 @@ export interface Optimizer {
   step(lr: number): void;
   /** The optimizer's state buffers by name (same layout as the parameters), for checkpoints. */
   stateTensors(): Record<string, Tensor>;
+}
+
+/**
+ * An optimizer's element-wise update of one contiguous piece of the parameters, with its state
+ * buffers: what AdamW and SGD share with ZeRO, which applies it to its shard piece by piece.
+ */
+export interface UpdateRule {
+  /** `"adamw"` or `"sgd"`. */
+  readonly kind: string;
+  /** Names of the state buffers, each laid out like the parameters (AdamW: `m`, `v`). */
+  readonly state: readonly string[];
+  /**
+   * Update `n` elements in place.
+   *
+   * @param be the backend
+   * @param p the parameters (float32: the master weights)
+   * @param g their gradients
+   * @param state the state buffers' views, in `state` order
+   * @param n elements
+   * @param decay whether weight decay applies
+   * @param lr the learning rate
+   * @param t the 1-based number of this step
+   */
+  update(
+    be: Backend,
+    p: Tensor,
+    g: Tensor,
+    state: readonly Tensor[],
+    n: number,
+    decay: boolean,
+    lr: number,
+    t: number,
+  ): void;
 }
 
 /** A run of the flat buffer whose parameters all share one weight-decay flag. */

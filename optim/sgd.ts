@@ -5,7 +5,7 @@
  */
 import type { Backend, Tensor } from "../kernels/backend.ts";
 import type { FlatLayout } from "./layout.ts";
-import { type DecayRange, decayRanges, type Optimizer } from "./optimizer.ts";
+import { type DecayRange, decayRanges, type Optimizer, type UpdateRule } from "./optimizer.ts";
 import { checkBuffer, checkNumber } from "./_checks.ts";
 
 /** Hyper-parameters of {@linkcode SGD}. */
@@ -14,6 +14,29 @@ export interface SGDOptions {
   momentum?: number;
   /** L2 weight decay added to the gradient of slots with `decay: true`; default 0. */
   weightDecay?: number;
+}
+
+/**
+ * SGD's update rule (see {@linkcode SGD}), checked once.
+ *
+ * @param opts hyper-parameters
+ * @returns the rule
+ */
+export function sgdRule(opts: SGDOptions = {}): UpdateRule {
+  const mu = opts.momentum ?? 0.9;
+  const wd = opts.weightDecay ?? 0;
+  checkNumber("SGD momentum", mu, 0, 1);
+  checkNumber("SGD weightDecay", wd, 0, 10);
+  return {
+    kind: "sgd",
+    state: ["momentum"],
+    update(be, p, g, [b], n, decay, lr) {
+      be.scale(b!, mu, n);
+      be.axpy(b!, g, 1, n);
+      if (decay && wd > 0) be.axpy(b!, p, wd, n);
+      be.axpy(p, b!, -lr, n);
+    },
+  };
 }
 
 /**
@@ -41,8 +64,7 @@ export class SGD implements Optimizer {
   readonly ranges: readonly DecayRange[];
   readonly #backend: Backend;
   readonly #views: { p: Tensor; g: Tensor; b: Tensor; n: number; decay: boolean }[];
-  readonly #mu: number;
-  readonly #wd: number;
+  readonly #rule: UpdateRule;
 
   /**
    * Create the optimizer and its zeroed momentum buffer.
@@ -62,10 +84,7 @@ export class SGD implements Optimizer {
   ) {
     checkBuffer("parameter", params, layout);
     checkBuffer("gradient", grads, layout);
-    this.#mu = opts.momentum ?? 0.9;
-    this.#wd = opts.weightDecay ?? 0;
-    checkNumber("SGD momentum", this.#mu, 0, 1);
-    checkNumber("SGD weightDecay", this.#wd, 0, 10);
+    this.#rule = sgdRule(opts);
     this.#backend = backend;
     this.momentumBuffer = backend.alloc(layout.size);
     this.ranges = decayRanges(layout);
@@ -85,12 +104,8 @@ export class SGD implements Optimizer {
    */
   step(lr: number): void {
     checkNumber("SGD learning rate", lr, 0, Infinity);
-    const be = this.#backend;
     for (const r of this.#views) {
-      be.scale(r.b, this.#mu, r.n);
-      be.axpy(r.b, r.g, 1, r.n);
-      if (r.decay && this.#wd > 0) be.axpy(r.b, r.p, this.#wd, r.n);
-      be.axpy(r.p, r.b, -lr, r.n);
+      this.#rule.update(this.#backend, r.p, r.g, [r.b], r.n, r.decay, lr, this.steps + 1);
     }
     this.steps++;
   }

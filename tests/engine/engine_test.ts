@@ -43,38 +43,27 @@ Deno.test("trainBatch() over 2 micro-batches of 4 equals one batch of 8", async 
   }
 });
 
-Deno.test("fp16 loss scaling by powers of two leaves the training unchanged", async () => {
-  const task = new AdditionTask({ digits: 2, heldOut: 10 });
-  const cfg = (fp16: boolean): EngineConfig => ({
-    model: { ...model, ctx: task.seqLen },
-    train_batch_size: 16,
-    optimizer: { type: "AdamW", params: { lr: 3e-3 } },
-    fp16: { enabled: fp16, initial_scale_power: 10 },
-  });
-  const plain = await initialize(cfg(false), { backend: createCpuBackend({ gemm: "ts" }) });
-  const scaled = await initialize(cfg(true), { backend: createCpuBackend({ gemm: "ts" }) });
-  const s1 = task.trainBatches(16, 5), s2 = task.trainBatches(16, 5);
-  for (let i = 0; i < 4; i++) {
-    const a = await plain.trainBatch([s1.next()]), b = await scaled.trainBatch([s2.next()]);
-    assert.equal(a.loss, b.loss);
-    assert.equal(b.skipped, false);
-  }
-  assert.deepEqual(await plain.model.getParams(), await scaled.model.getParams());
-  assert.equal(scaled.lossScaler?.scale, 1024);
-});
-
-Deno.test("an overflowing gradient skips the step and halves the loss scale", async () => {
+Deno.test("fp16 overflows skip steps; the scale drops after hysteresis overflows, as DeepSpeed", async () => {
   const task = new AdditionTask({ digits: 1, heldOut: 5 });
   const engine = await initialize({
     model: { ...model, ctx: task.seqLen },
     train_batch_size: 4,
-    // 2^140 overflows float32 in the loss gradient.
-    fp16: { enabled: true, initial_scale_power: 140 },
+    // A loss scale of 2^40 overflows every float16 gradient (the largest is 65504).
+    fp16: { enabled: true, initial_scale_power: 40, hysteresis: 2, loss_scale_window: 2 },
   }, { backend: createCpuBackend({ gemm: "ts" }) });
+  const scaler = engine.lossScaler!;
+  const src = task.trainBatches(4, 1);
   const before = await engine.model.getParams();
-  const r = await engine.trainBatch([task.trainBatches(4, 1).next()]);
-  assert.equal(r.skipped, true);
-  assert.equal(engine.lossScaler?.scale, 2 ** 139);
-  assert.deepEqual(await engine.model.getParams(), before);
-  assert.equal(engine.optimizer.steps, 0);
+  const first = await engine.trainBatch([src.next()]);
+  assert.equal(first.skipped, true);
+  assert.equal(first.lossScale, 2 ** 40);
+  assert.equal(scaler.scale, 2 ** 40, "the first overflow only spends the hysteresis");
+  const second = await engine.trainBatch([src.next()]);
+  assert.equal(second.skipped, true);
+  assert.equal(scaler.scale, 2 ** 39, "the second overflow halves the scale");
+  assert.equal(scaler.skipped, 2);
+  assert.deepEqual(await engine.model.getParams(), before, "skipped steps change nothing");
+  assert.equal(engine.zero.steps, 0);
+  assert.equal(engine.step, 2);
+  assert.equal(engine.currentLr(), first.lr, "the schedule does not advance on skipped steps");
 });
