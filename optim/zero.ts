@@ -76,6 +76,21 @@ export interface ZeroMemory {
   transientPeak: number;
 }
 
+/** What a step's gradient reductions cost and how much of it backward hid (see `commStats`). */
+export interface ZeroCommStats {
+  /** Gradient reductions launched this step. */
+  reductions: number;
+  /** Milliseconds from each reduction's launch to its completion, summed. */
+  reduceMs: number;
+  /** Milliseconds backward stood still waiting for reductions (after it, or in `release`). */
+  waitMs: number;
+  /**
+   * Bytes this rank handed to and took from data-parallel collectives this step (payloads:
+   * gradient reductions and parameter gathers, sent plus received).
+   */
+  wireBytes: number;
+}
+
 /** One contiguous piece of a parameter that this rank updates (or counts). */
 export interface ZeroPiece {
   /** The parameter. */
@@ -128,6 +143,7 @@ export class Zero implements LayerGate {
   #current = new Map<ZeroBucket, Tensor>(); // stage >= 2: the bucket buffer being filled
   #gathered = new Map<ZeroBucket, Gathered>(); // stage 3
   #work: Promise<void>[] = [];
+  #stats: ZeroCommStats = { reductions: 0, reduceMs: 0, waitMs: 0, wireBytes: 0 };
   #micro = 1;
   #views = new Map<string, Tensor>();
   #owned: ZeroPiece[];
@@ -199,6 +215,16 @@ export class Zero implements LayerGate {
     return this.layout.dp;
   }
 
+  /**
+   * This step's gradient reductions: how long they took from launch to completion, and how long
+   * backward waited for them. `1 - waitMs / reduceMs` is the fraction backward hid.
+   *
+   * @returns the figures since the step began
+   */
+  commStats(): ZeroCommStats {
+    return { ...this.#stats };
+  }
+
   /** Bytes this rank holds, by kind, and the peak of what lives only inside a step. */
   memory(): ZeroMemory {
     return { ...this.#bytes };
@@ -221,6 +247,11 @@ export class Zero implements LayerGate {
     if (!list) this.#pool.set(key, list = []);
     list.push(t);
     this.#live -= t.length * BYTES[t.dtype]!;
+  }
+
+  // An all-gather of a bucket: this rank's slice out, the whole bucket in.
+  #countGather(b: ZeroBucket): void {
+    if (this.#dp !== null) this.#stats.wireBytes += (b.shard + b.length) * BYTES[this.dtype]!;
   }
 
   #group() {
@@ -393,6 +424,7 @@ export class Zero implements LayerGate {
     this.#pending.clear();
     this.#work = [];
     this.#gatherCache = null;
+    this.#stats = { reductions: 0, reduceMs: 0, waitMs: 0, wireBytes: 0 };
   }
 
   #index(layer: GatedLayer): number {
@@ -406,6 +438,7 @@ export class Zero implements LayerGate {
     if (!g) {
       const be = this.#be;
       const buf = this.#take(b.length, this.dtype);
+      this.#countGather(b);
       const ready = allGatherT(
         be,
         this.#group(),
@@ -505,15 +538,36 @@ export class Zero implements LayerGate {
       // backward waits for it here.
       const done = this.#reduce(b);
       if (this.#o.overlap ?? true) this.#work.push(done);
-      else await done;
+      else {
+        const t0 = performance.now();
+        await done;
+        this.#stats.waitMs += performance.now() - t0;
+      }
     }
   }
 
   // Reduce a complete bucket over the data-parallel group, in the order buckets complete (the
   // same on every rank).
   #reduce(b: ZeroBucket): Promise<void> {
+    const t0 = performance.now();
+    const st = this.#stats;
+    st.reductions++;
+    const bytes = b.length * BYTES[this.dtype]!;
+    const timed = (p: Promise<void>) =>
+      p.then(() => {
+        st.reduceMs += performance.now() - t0;
+      });
+    return timed(this.#launch(b, bytes));
+  }
+
+  #launch(b: ZeroBucket, bytes: number): Promise<void> {
     const be = this.#be;
     const g = this.#group();
+    // Payload bytes this rank sends and receives: an all-reduce moves the bucket out and the
+    // sum back; a reduce-scatter the bucket out and a slice back.
+    if (this.#dp !== null) {
+      this.#stats.wireBytes += this.stage === 0 ? 2 * bytes : bytes + bytes / this.layout.dp;
+    }
     if (this.stage === 0) {
       return allReduceT(be, g, be.view(this.#grads, b.start, b.length));
     }
@@ -539,7 +593,9 @@ export class Zero implements LayerGate {
    * @returns once reduced
    */
   async finishBackward(): Promise<void> {
+    const t0 = performance.now();
     await Promise.all(this.#work);
+    this.#stats.waitMs += performance.now() - t0;
     this.#work = [];
     if (this.#pending.size > 0 || this.#current.size > 0) {
       throw new Error(
@@ -620,6 +676,7 @@ export class Zero implements LayerGate {
         : this.#persist.get(b);
       if (!whole) continue;
       const mine = this.#take(b.shard, this.dtype);
+      this.#countGather(b);
       be.copy(
         mine,
         be.view(
