@@ -30,6 +30,7 @@ import { RankFailedError } from "./collectives/world.ts";
 import {
   checkParallelLayout,
   type EngineConfig,
+  fillAuto,
   readCheckpointConfig,
   resolveEngineConfig,
   runTraining,
@@ -160,6 +161,35 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "micro-batches per step on each pipeline (default: 4 * --pp with --pp > 1, else " +
       "--accum); --batch must be a multiple of micro-batches * --dp",
   },
+  "zero-stage": {
+    kind: "int",
+    dflt: 0,
+    help: "ZeRO stage over the data-parallel ranks: 1 shards the optimizer state, 2 also the " +
+      "gradients, 3 also the parameters (DeepSpeed's zero_optimization.stage)",
+    saved: true,
+  },
+  precision: {
+    kind: "string",
+    dflt: "fp32",
+    help: "storage of parameters used in compute, activations, gradients and the wire: fp16 " +
+      "(with dynamic loss scaling) and bf16 keep fp32 master weights and optimizer state",
+    choices: ["fp32", "fp16", "bf16"],
+    saved: true,
+  },
+  "checkpoint-activations": {
+    kind: "int",
+    dflt: 0,
+    help: "activation checkpointing: recompute every N-th block in backward (the flag alone " +
+      "means every block; 0: off)",
+    saved: true,
+  },
+  dropout: {
+    kind: "float",
+    dflt: 0,
+    help: "dropout probability on embeddings, attention probabilities and residual branches " +
+      "(masks are a function of position, so every layout drops the same elements)",
+    saved: true,
+  },
   backend: {
     kind: "string",
     dflt: "auto",
@@ -258,9 +288,15 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
   for (const [name, o] of Object.entries(OPTIONS)) {
     spec[name] = { type: o.kind === "bool" ? "boolean" : "string" };
   }
+  // `--checkpoint-activations` alone means every block.
+  const args = argv.flatMap((a, i) =>
+    a === "--checkpoint-activations" && (i + 1 >= argv.length || argv[i + 1]!.startsWith("--"))
+      ? [a, "1"]
+      : [a]
+  );
   let values: Record<string, string | boolean | undefined>;
   try {
-    values = parseArgs({ args: argv, options: spec, strict: true, allowPositionals: false }).values;
+    values = parseArgs({ args, options: spec, strict: true, allowPositionals: false }).values;
   } catch (e) {
     throw new TypeError(`${(e as Error).message}. Run with --help to see the options.`);
   }
@@ -336,6 +372,12 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
   if ((all.warmup as number) >= (all.steps as number) && (all.warmup as number) > 0) {
     throw new RangeError(`--warmup ${all.warmup} must be less than --steps ${all.steps}`);
   }
+  if (![0, 1, 2, 3].includes(all["zero-stage"] as number)) {
+    throw new RangeError(`--zero-stage must be 0, 1, 2 or 3, got ${all["zero-stage"]}`);
+  }
+  if ((all.dropout as number) >= 1) {
+    throw new RangeError(`--dropout must be a probability in [0, 1), got ${all.dropout}`);
+  }
   if ((all["min-lr-ratio"] as number) > 1) {
     throw new RangeError(`--min-lr-ratio must be in [0, 1], got ${all["min-lr-ratio"]}`);
   }
@@ -387,8 +429,30 @@ async function readEngineConfigFile(
       throw new TypeError(`--config ${path}: give the layout with ${flag}, not as "${key}"`);
     }
   }
-  const merged = { ...base, ...json } as EngineConfig;
+  const tpBlock = json.tensor_parallel as Record<string, unknown> | undefined;
+  if (tpBlock?.autotp_size !== undefined && tpBlock.autotp_size !== 1) {
+    throw new TypeError(
+      `--config ${path}: give the tensor-parallel size with --tp, not as ` +
+        `"tensor_parallel.autotp_size"`,
+    );
+  }
+  // The file's batch sizes replace the flags' (DeepSpeed derives the third from two).
+  const batchKeys = [
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+  ] as const;
+  const fromFlags: Record<string, unknown> = { ...base };
+  if (batchKeys.some((k) => json[k] !== undefined && json[k] !== "auto")) {
+    for (const k of batchKeys) if (json[k] === undefined) delete fromFlags[k];
+  }
+  let merged: EngineConfig;
   try {
+    // "auto" (the Hugging Face Trainer's convention) takes the flags' value.
+    merged = fillAuto(
+      { ...fromFlags, ...json } as unknown as EngineConfig,
+      autoValues(base, json),
+    );
     resolveEngineConfig(merged);
   } catch (e) {
     if (e instanceof TypeError) throw new TypeError(`--config ${path}: ${e.message}`);
@@ -396,6 +460,39 @@ async function readEngineConfigFile(
     throw e;
   }
   return merged;
+}
+
+/** What `"auto"` in a --config file means: the value the flags give, by dotted key path. */
+function autoValues(
+  base: EngineConfig,
+  json: Record<string, unknown>,
+): Record<string, number | boolean | string | number[]> {
+  const out: Record<string, number | boolean | string | number[]> = {};
+  const walk = (v: unknown, path: string) => {
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+      for (const [k, x] of Object.entries(v)) walk(x, path ? `${path}.${k}` : k);
+    } else if (["number", "boolean", "string"].includes(typeof v) || Array.isArray(v)) {
+      out[path] = v as number;
+    }
+  };
+  walk(base, "");
+  // The micro-batch the file's accumulation (if it gives one) leaves of the flags' batch.
+  const batch = base.train_batch_size!;
+  const accum = typeof json.gradient_accumulation_steps === "number"
+    ? json.gradient_accumulation_steps
+    : base.gradient_accumulation_steps ?? 1;
+  const dp = base.data_parallel_size ?? 1;
+  const lr = base.optimizer?.params?.lr ?? 1e-3;
+  Object.assign(out, {
+    train_micro_batch_size_per_gpu: batch / (accum * dp),
+    "fp16.enabled": base.fp16?.enabled === true,
+    "bf16.enabled": base.bf16?.enabled === true,
+    "optimizer.params.eps": 1e-8,
+    "optimizer.params.betas": base.optimizer?.params?.betas ?? [0.9, 0.999],
+    "scheduler.params.warmup_min_lr": 0,
+    "scheduler.params.warmup_max_lr": lr,
+  });
+  return out;
 }
 
 /** Bytes the run needs, roughly: parameters, gradients, two moments and the activations. */
@@ -534,6 +631,13 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
       },
     },
     seed: o.seed as number,
+    zero_optimization: { stage: o["zero-stage"] as 0 },
+    ...(o.precision === "fp16" ? { fp16: { enabled: true } } : {}),
+    ...(o.precision === "bf16" ? { bf16: { enabled: true } } : {}),
+    ...((o["checkpoint-activations"] as number) > 0
+      ? { activation_checkpointing: { every_n_blocks: o["checkpoint-activations"] as number } }
+      : {}),
+    ...((o.dropout as number) > 0 ? { dropout: o.dropout as number } : {}),
   };
   const parallel = tp * pp * dp > 1;
   if (parallel) {

@@ -50,6 +50,7 @@ import {
   type GridGroups,
   microBatchCount,
   type PipelineSchedule,
+  type PipelineStats,
   runPipeline,
   type ScheduleName,
   shardTensor,
@@ -81,6 +82,65 @@ export interface TrainStepResult {
    * (1F1B: at most pp - stage; GPipe: all of them).
    */
   peakMicroBatches: number;
+  /** Where this rank's step went, in milliseconds (with `wall_clock_breakdown`). */
+  timings?: StepTimings;
+}
+
+/** Where a step went on this rank, in milliseconds (DeepSpeed's `wall_clock_breakdown`). */
+export interface StepTimings {
+  /** Forward passes of every micro-batch. */
+  forwardMs: number;
+  /** Backward passes (with the gradient reductions they overlapped). */
+  backwardMs: number;
+  /** Waiting for pipeline peers (the bubble and transfers). */
+  pipelineIdleMs: number;
+  /** Gradient reductions left after backward, model-parallel sums and the global norm. */
+  reduceMs: number;
+  /** The optimizer step (with the parameters' all-gathers). */
+  stepMs: number;
+}
+
+/** What one rank holds, in bytes, measured from its allocations. */
+export interface RankMemory {
+  /** Parameters used in compute (what the rank holds between steps). */
+  params_bytes: number;
+  /** Gradients (between steps). */
+  grads_bytes: number;
+  /** Optimizer state: fp32 master weights when separate, and the moments (between steps). */
+  optimizer_bytes: number;
+  /** Every activation buffer its layers allocated (kept per micro-batch in flight, scratch). */
+  activations_peak_bytes: number;
+  /**
+   * Peak of what lives only inside a step: buckets in flight, gathered layers of ZeRO-3,
+   * fp32 copies of gradient slices, the kernels' 16-bit widening scratch, pipeline buffers.
+   */
+  transient_peak_bytes: number;
+  /** The sum. */
+  total_bytes: number;
+}
+
+function breakdown(
+  pipe: PipelineStats,
+  pipeMs: number,
+  reduceMs: number,
+  stepMs: number,
+): StepTimings {
+  let forwardMs = 0, backwardMs = 0;
+  for (const e of pipe.trace ?? []) {
+    if (e.kind === "forward") forwardMs += e.end - e.start;
+    else backwardMs += e.end - e.start;
+  }
+  return {
+    forwardMs,
+    backwardMs,
+    pipelineIdleMs: pipeMs - forwardMs - backwardMs,
+    reduceMs,
+    stepMs,
+  };
+}
+
+function wireBytes(wire: "float32" | "float16" | "bfloat16"): number {
+  return wire === "float32" ? 4 : 2;
 }
 
 /** A checked parallel layout (what {@linkcode checkParallelLayout} returns). */
@@ -221,6 +281,7 @@ export class Engine {
   readonly #stats: Tensor;
   #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
     null;
+  #pipePeak = 0;
 
   private constructor(
     config: EngineConfig,
@@ -440,15 +501,23 @@ export class Engine {
         onLoss: (mb, loss) => be.copy(be.view(stats, mb, 1), loss),
       })
     );
-    await runPipeline({
+    const t0 = performance.now();
+    const pipe = await runPipeline({
       schedule: this.schedule,
+      trace: c.wallClockBreakdown,
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),
+      wire: this.model.wire,
       timeoutMs: this.#timeoutMs,
     });
     // Data parallelism first (the buckets' reductions), then the model-parallel sums on the
     // pieces each rank holds, then the norm over the pieces each rank owns.
+    this.#pipePeak = Math.max(
+      this.#pipePeak,
+      pipe.peakBuffers * this.#actSize(B, T) * wireBytes(this.model.wire),
+    );
+    const t1 = performance.now();
     await zero.finishBackward();
     await syncModelParallelGrads(be, this.#gg, zero.gradPieces(true));
     const sq = be.view(stats, m, 1);
@@ -467,11 +536,17 @@ export class Engine {
     const peakMicroBatches = chunks.reduce((a, ch) => a + ch.peakSlots, 0);
     const base = { step: this.step, loss, lr, gradNorm, tokens, lossScale, peakMicroBatches };
     if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {
-      return { ...base, skipped: true };
+      const timings = c.wallClockBreakdown
+        ? breakdown(pipe, t1 - t0, performance.now() - t1, 0)
+        : undefined;
+      return { ...base, skipped: true, ...(timings ? { timings } : {}) };
     }
     const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
+    const t2 = performance.now();
     await zero.step(lr, factor);
-    return { ...base, skipped: false };
+    const t3 = performance.now();
+    const timings = c.wallClockBreakdown ? breakdown(pipe, t1 - t0, t2 - t1, t3 - t2) : undefined;
+    return { ...base, skipped: false, ...(timings ? { timings } : {}) };
   }
 
   async #forwardOnly(
@@ -496,6 +571,7 @@ export class Engine {
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),
+      wire: this.model.wire,
       timeoutMs: this.#timeoutMs,
     });
     return out;
@@ -557,6 +633,58 @@ export class Engine {
       maxNew,
       opts,
     );
+  }
+
+  /**
+   * What this rank holds, in bytes, from its real allocations.
+   *
+   * @returns the figures
+   */
+  memory(): RankMemory {
+    const z = this.zero.memory();
+    const act = this.model.pool.bytes;
+    const transient = z.transientPeak + (this.backend.scratchBytes?.() ?? 0) + this.#pipePeak;
+    return {
+      params_bytes: z.params,
+      grads_bytes: z.grads,
+      optimizer_bytes: z.optimizer,
+      activations_peak_bytes: act,
+      transient_peak_bytes: transient,
+      total_bytes: z.params + z.grads + z.optimizer + act + transient,
+    };
+  }
+
+  /**
+   * Every rank's {@linkcode Engine.memory}, in world rank order. Collective.
+   *
+   * @returns the figures of each rank
+   */
+  async memoryPerRank(): Promise<(RankMemory & { rank: number })[]> {
+    const keys = [
+      "params_bytes",
+      "grads_bytes",
+      "optimizer_bytes",
+      "activations_peak_bytes",
+      "transient_peak_bytes",
+      "total_bytes",
+    ] as const;
+    const mine = this.memory();
+    // Each count as two float32 halves (of 2^24), exact far beyond float32's 24-bit mantissa.
+    const words = new Float32Array(2 * keys.length);
+    keys.forEach((k, i) => {
+      words[2 * i] = Math.floor(mine[k] / 2 ** 24);
+      words[2 * i + 1] = mine[k] % 2 ** 24;
+    });
+    const all = new Float32Array(words.length * this.world.size);
+    await this.world.allGather(words, all, this.#opts());
+    return Array.from({ length: this.world.size }, (_, r) => {
+      const m = { rank: r } as RankMemory & { rank: number };
+      keys.forEach((k, i) => {
+        const at = r * words.length + 2 * i;
+        m[k] = all[at]! * 2 ** 24 + all[at + 1]!;
+      });
+      return m;
+    });
   }
 
   /** The optimizer state buffers a checkpoint holds besides the parameters. */

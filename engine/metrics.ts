@@ -17,6 +17,20 @@ export interface StepRecord {
   tokens_per_s: number;
   /** Global gradient norm before clipping (when computed). */
   grad_norm?: number;
+  /** The fp16 loss scale the step used. */
+  loss_scale?: number;
+  /** Whether the step was skipped (fp16 overflow). */
+  skipped?: boolean;
+  /** With `wall_clock_breakdown`: milliseconds of forward, backward, pipeline idle, reduce, step. */
+  forward_ms?: number;
+  /** Backward passes. */
+  backward_ms?: number;
+  /** Waiting for pipeline peers. */
+  pipelineIdle_ms?: number;
+  /** Gradient reductions after backward and the norm. */
+  reduce_ms?: number;
+  /** The optimizer step. */
+  step_ms?: number;
 }
 
 /** A logged evaluation. */

@@ -20,7 +20,7 @@ import { type Backend, createCpuBackend } from "../kernels/mod.ts";
 import { createWebGPUBackend, probeWebGPU } from "../kernels/webgpu/mod.ts";
 import type { ScheduleName } from "../parallel/mod.ts";
 import type { EngineConfig } from "./config.ts";
-import { checkParallelLayout, type Engine, initialize } from "./engine.ts";
+import { checkParallelLayout, type Engine, initialize, type RankMemory } from "./engine.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
@@ -95,7 +95,13 @@ export interface TrainSummary {
     sequence_parallel: boolean;
     schedule: string;
     micro_batches: number;
+    zero_stage: number;
+    precision: string;
   };
+  /** The fp16 loss scale at the end and the steps skipped on overflow (null without fp16). */
+  loss_scale: { scale: number; skipped_steps: number } | null;
+  /** What each rank held, measured from its allocations. */
+  memory: { per_rank: (RankMemory & { rank: number })[] };
 }
 
 async function pickBackend(o: RunOptions, ranks: number): Promise<Backend> {
@@ -216,9 +222,26 @@ export async function runTraining(
           `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,
       );
     }
+    const ec = engine.config;
+    if (
+      ec.zero.stage > 0 || ec.precision !== "fp32" || ec.checkpointActivations > 0 || ec.dropout > 0
+    ) {
+      say(
+        `ZeRO stage ${ec.zero.stage}, ${ec.precision}` +
+          (ec.checkpointActivations > 0
+            ? `, activation checkpointing every ${ec.checkpointActivations} block(s)`
+            : "") +
+          (ec.dropout > 0 ? `, dropout ${ec.dropout}` : ""),
+      );
+    }
     for (const note of o.notes ?? []) say(note);
+    if (ec.ignoredKeys.length > 0) {
+      say(`config keys accepted but not acted on here: ${ec.ignoredKeys.join(", ")}`);
+    }
     say(`${engine.step > 0 ? `resuming at step ${engine.step}, ` : ""}writing to ${out}/`);
-    const progress = new Progress(50, !print || quiet);
+    // DeepSpeed's steps_per_print when the configuration gives it; else every 50 steps.
+    const every = o.config.steps_per_print !== undefined ? ec.stepsPerPrint : 50;
+    const progress = new Progress(every, !print || quiet);
 
     let tokensRun = 0;
     const saveRun = async () => {
@@ -250,7 +273,23 @@ export async function runTraining(
         lr: r.lr,
         tokens_per_s: Math.round(tps),
         grad_norm: r.gradNorm,
+        ...(engine.lossScaler ? { loss_scale: r.lossScale, skipped: r.skipped } : {}),
+        ...(r.timings
+          ? Object.fromEntries(
+            Object.entries(r.timings).map((
+              [k, v],
+            ) => [k.replace(/Ms$/, "_ms"), Math.round(v * 100) / 100]),
+          )
+          : {}),
       });
+      if (r.timings && r.step % every === 0) {
+        const t = r.timings;
+        progress.log(
+          `step ${r.step} time (ms): forward ${t.forwardMs.toFixed(1)} | backward ` +
+            `${t.backwardMs.toFixed(1)} | pipeline idle ${t.pipelineIdleMs.toFixed(1)} | reduce ` +
+            `${t.reduceMs.toFixed(1)} | step ${t.stepMs.toFixed(1)}`,
+        );
+      }
       if (!Number.isFinite(r.loss)) {
         throw new RangeError(
           `The loss became ${r.loss} at step ${r.step}: lower --lr (now ${r.lr}) or set --clip`,
@@ -288,6 +327,7 @@ export async function runTraining(
     await saveRun();
     writer?.close();
     const wall = (performance.now() - t0) / 1000;
+    const memory = await engine.memoryPerRank();
     const summary: TrainSummary = {
       steps: engine.step,
       train_loss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
@@ -309,7 +349,13 @@ export async function runTraining(
         sequence_parallel: layout.sequenceParallel,
         schedule: layout.schedule,
         micro_batches: layout.microBatches,
+        zero_stage: ec.zero.stage,
+        precision: ec.precision,
       },
+      loss_scale: engine.lossScaler
+        ? { scale: engine.lossScaler.scale, skipped_steps: engine.lossScaler.skipped }
+        : null,
+      memory: { per_rank: memory },
     };
     // Generation runs through the parallel model on every rank; rank 0 prints it.
     let sample: string | null = null;

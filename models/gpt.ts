@@ -13,7 +13,7 @@
  * @module
  */
 
-import type { Backend, Tensor, TensorDType } from "../kernels/mod.ts";
+import { type Backend, roundHalf, type Tensor, type TensorDType } from "../kernels/mod.ts";
 import type { FlatLayout, LayerGate, ParamSpec } from "../optim/mod.ts";
 import {
   ActivationPool,
@@ -31,6 +31,7 @@ import {
   TransformerBlock,
   VocabParallelEmbedding,
   VocabParallelHead,
+  type WireBuffer,
 } from "../parallel/mod.ts";
 import {
   type GptConfig,
@@ -320,7 +321,6 @@ export class Gpt {
   /** Element type of the activations. */
   readonly dtype: TensorDType;
   #gate: LayerGate | null;
-  #ids = new Map<string, Tensor>();
   #pending: { chunk: GptChunk; step: number } | null = null;
 
   /**
@@ -532,14 +532,10 @@ export class Gpt {
     return out;
   }
 
+  // A reused buffer outside the layers (ids, targets, stage inputs), counted with the
+  // activations.
   #buf(name: string, n: number, dtype: TensorDType): Tensor {
-    const k = `${name}:${dtype}`;
-    let t = this.#ids.get(k);
-    if (!t || t.length !== n) {
-      t = this.backend.alloc(n, dtype);
-      this.#ids.set(k, t);
-    }
-    return t;
+    return this.pool.get(0, `model/${name}`, n, dtype);
   }
 
   /** @internal A tensor of token ids for `slot`, reused. */
@@ -547,6 +543,32 @@ export class Gpt {
     const t = this.#buf(`${what}${slot}`, data.length, "i32");
     this.backend.write(t, data);
     return t;
+  }
+
+  /** The activation type's element type on the wire between pipeline stages. */
+  get wire(): "float32" | "float16" | "bfloat16" {
+    return this.dtype === "f16" ? "float16" : this.dtype === "bf16" ? "bfloat16" : "float32";
+  }
+
+  /** @internal Activations or gradients from another stage, as a tensor of the activation type. */
+  wireTensor(name: string, data: WireBuffer): Tensor {
+    const t = this.#buf(name, data.length, this.dtype);
+    this.backend.write(t, data);
+    return t;
+  }
+
+  /** @internal A tensor's values for another stage, in the activation type. */
+  async toWire(t: Tensor): Promise<WireBuffer> {
+    const be = this.backend;
+    if (this.dtype === "f32") {
+      const v = await be.read(t);
+      return v instanceof Float32Array ? v : Float32Array.from(v);
+    }
+    const live = be.hostView(t);
+    if (live instanceof Uint16Array) return live.slice();
+    const bits = new Uint16Array(t.length);
+    roundHalf(this.dtype as "f16" | "bf16", (await be.read(t)) as Float32Array, bits);
+    return bits;
   }
 
   /**
@@ -677,8 +699,6 @@ export class GptChunk implements PipelineChunk {
   #last: boolean;
   #steps = new Map<number, Step>();
   #used = new Set<number>(); // activation slots held by micro-batches between forward and backward
-  #x = new Map<number, Tensor>();
-  #dy: Tensor | null = null;
 
   /**
    * Wrap layers as a pipeline chunk (see {@linkcode Gpt.chunk}).
@@ -760,7 +780,7 @@ export class GptChunk implements PipelineChunk {
    * @param input activations from the previous chunk, or `null` on the first
    * @returns activations for the next chunk, or `null` on the last (its loss goes to `onLoss`)
    */
-  async forward(mb: number, input: Float32Array | null): Promise<Float32Array | null> {
+  async forward(mb: number, input: WireBuffer | null): Promise<WireBuffer | null> {
     const step = this.#step(mb);
     const be = this.#m.backend;
     const slot = step.slot!;
@@ -769,13 +789,7 @@ export class GptChunk implements PipelineChunk {
       x = this.#m.idsTensor(slot, this.#opts.batch(mb).inputs, "inputs");
     } else {
       if (input === null) throw new TypeError(`Chunk needs activations for micro-batch ${mb}`);
-      let t = this.#x.get(slot);
-      if (!t || t.length !== input.length) {
-        t = be.alloc(input.length, this.#m.dtype);
-        this.#x.set(slot, t);
-      }
-      be.write(t, input);
-      x = t;
+      x = this.#m.wireTensor(`input${slot}`, input);
     }
     for (let i = 0; i < this.layers.length; i++) {
       const layer = this.layers[i]!, inp = x;
@@ -787,8 +801,7 @@ export class GptChunk implements PipelineChunk {
       else this.#opts.onLogits?.(mb, x);
       return null;
     }
-    const out = await be.read(x);
-    return out instanceof Float32Array ? out : Float32Array.from(out);
+    return await this.#m.toWire(x);
   }
 
   #release(mb: number): void {
@@ -805,19 +818,14 @@ export class GptChunk implements PipelineChunk {
    * @param dOutput gradient of this chunk's output, or `null` on the last
    * @returns gradient of its input, or `null` on the first
    */
-  async backward(mb: number, dOutput: Float32Array | null): Promise<Float32Array | null> {
+  async backward(mb: number, dOutput: WireBuffer | null): Promise<WireBuffer | null> {
     const s = this.#steps.get(mb);
     if (!s) throw new RangeError(`Backward of micro-batch ${mb} before its forward`);
     const step: Step = this.gradScale === 1 ? s : { ...s, gradScale: this.gradScale };
-    const be = this.#m.backend;
     let dy: Tensor | null = null;
     if (!this.#last) {
       if (dOutput === null) throw new TypeError(`Chunk needs a gradient for micro-batch ${mb}`);
-      if (!this.#dy || this.#dy.length !== dOutput.length) {
-        this.#dy = be.alloc(dOutput.length, this.#m.dtype);
-      }
-      be.write(this.#dy, dOutput);
-      dy = this.#dy;
+      dy = this.#m.wireTensor("dy", dOutput);
     }
     for (let i = this.layers.length - 1; i >= 0; i--) {
       const layer = this.layers[i]!, d = dy;
@@ -825,7 +833,6 @@ export class GptChunk implements PipelineChunk {
     }
     this.#release(mb);
     if (this.#first || dy === null) return null;
-    const out = await be.read(dy);
-    return out instanceof Float32Array ? out : Float32Array.from(out);
+    return await this.#m.toWire(dy);
   }
 }

@@ -36,7 +36,10 @@ import {
 
 /** What the forward keeps for the backward. */
 export interface VocabParallelSaved {
-  /** Softmax probabilities of this rank's shard `[N, V/tp]`. */
+  /**
+   * Softmax probabilities of this rank's shard `[N, V/tp]` (the head keeps them in its
+   * activation type and passes them back in).
+   */
   readonly probs: Float32Array;
   /** The targets `[N]` (negative = ignored). */
   readonly targets: Int32Array;
@@ -255,7 +258,10 @@ export class VocabParallelHead implements Layer {
       V,
       this.vocabStart,
     );
-    this.#saved[slot] = { h: hf, ce };
+    // The probabilities are an activation kept for backward: stored in the activation type.
+    const probs = a.get(slot, "probs", N * V, dt);
+    be.write(probs, ce.probs);
+    this.#saved[slot] = { h: hf, ce: { ...ce, probs: new Float32Array(0) } };
     let sum = 0;
     for (const l of losses) sum += l;
     be.write(loss, new Float32Array([count > 0 ? sum / count : 0]));
@@ -282,8 +288,10 @@ export class VocabParallelHead implements Layer {
     const count = step.count ?? N;
     const dloss = count > 0 ? (step.gradScale ?? 1) / count : 0;
     const dlogits = a.get(slot, "logits", N * V, dt);
-    if (s.ce) vocabParallelCrossEntropyBackward(be, dlogits, s.ce, dloss);
-    else {
+    if (s.ce) {
+      const probs = Float32Array.from(await be.read(a.get(slot, "probs", N * V, dt)));
+      vocabParallelCrossEntropyBackward(be, dlogits, { ...s.ce, probs }, dloss);
+    } else {
       be.fill(dlogits, 0);
       be.crossEntropyBackward(dlogits, a.get(slot, "probs", N * V, dt), step.targets, dloss, N, V);
     }

@@ -8,11 +8,19 @@
  * @module
  */
 
-import type { Communicator } from "../collectives/mod.ts";
+import type { Communicator, DType } from "../collectives/mod.ts";
 import type { Direction, P2POp } from "./schedules.ts";
+
+/**
+ * Activations or gradients at a stage boundary: float32, or the raw bits of float16 /
+ * bfloat16 values (the pipeline's `dtype` says which), which travel in 16 bits.
+ */
+export type WireBuffer = Float32Array | Uint16Array;
 
 /** A stage's view of its pipeline group. */
 export interface PipeContext {
+  /** What a Uint16Array buffer holds (`"float16"` or `"bfloat16"`); default none. */
+  readonly dtype?: DType;
   /** The pipeline group; rank = this stage. */
   readonly comm: Communicator;
   /** Model chunks per stage. */
@@ -32,7 +40,7 @@ export interface P2PTransfer {
   /** This stage's chunk that produces (send) or consumes (recv) the data. */
   readonly chunk: number;
   /** The data. */
-  readonly buf: Float32Array;
+  readonly buf: WireBuffer;
 }
 
 /**
@@ -66,13 +74,15 @@ export async function exchange(
   ctx: PipeContext,
   transfers: readonly P2PTransfer[],
 ): Promise<void> {
-  const opts = ctx.timeoutMs === undefined ? undefined : { timeoutMs: ctx.timeoutMs };
+  const opts: { timeoutMs?: number; dtype?: DType } = {};
+  if (ctx.timeoutMs !== undefined) opts.timeoutMs = ctx.timeoutMs;
   await Promise.all(transfers.map((t) => {
     const peer = peerOf(ctx, t);
     const tag = p2pTag(ctx, t);
+    const o = t.buf instanceof Uint16Array ? { ...opts, dtype: ctx.dtype } : opts;
     return t.op === "send"
-      ? ctx.comm.send(t.buf, peer, tag, opts)
-      : ctx.comm.recv(t.buf, peer, tag, opts);
+      ? ctx.comm.send(t.buf, peer, tag, o)
+      : ctx.comm.recv(t.buf, peer, tag, o);
   }));
 }
 
@@ -87,7 +97,7 @@ export async function exchange(
  */
 export function sendForward(
   ctx: PipeContext,
-  buf: Float32Array,
+  buf: WireBuffer,
   mb: number,
   chunk = 0,
 ): Promise<void> {
@@ -105,7 +115,7 @@ export function sendForward(
  */
 export function recvForward(
   ctx: PipeContext,
-  buf: Float32Array,
+  buf: WireBuffer,
   mb: number,
   chunk = 0,
 ): Promise<void> {
@@ -123,7 +133,7 @@ export function recvForward(
  */
 export function sendBackward(
   ctx: PipeContext,
-  buf: Float32Array,
+  buf: WireBuffer,
   mb: number,
   chunk = 0,
 ): Promise<void> {
@@ -141,7 +151,7 @@ export function sendBackward(
  */
 export function recvBackward(
   ctx: PipeContext,
-  buf: Float32Array,
+  buf: WireBuffer,
   mb: number,
   chunk = 0,
 ): Promise<void> {
@@ -163,9 +173,9 @@ export function recvBackward(
  */
 export function sendForwardRecvBackward(
   ctx: PipeContext,
-  out: Float32Array,
+  out: WireBuffer,
   outMb: number,
-  grad: Float32Array,
+  grad: WireBuffer,
   gradMb: number,
   outChunk = 0,
   gradChunk = 0,
@@ -191,9 +201,9 @@ export function sendForwardRecvBackward(
  */
 export function sendBackwardRecvForward(
   ctx: PipeContext,
-  grad: Float32Array,
+  grad: WireBuffer,
   gradMb: number,
-  input: Float32Array,
+  input: WireBuffer,
   inMb: number,
   gradChunk = 0,
   inChunk = 0,

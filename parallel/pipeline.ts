@@ -8,7 +8,8 @@
  */
 
 import type { Communicator } from "../collectives/mod.ts";
-import { exchange, type P2PTransfer, type PipeContext } from "./p2p.ts";
+import type { DType } from "../collectives/mod.ts";
+import { exchange, type P2PTransfer, type PipeContext, type WireBuffer } from "./p2p.ts";
 import type { PipelineSchedule } from "./schedules.ts";
 
 /** A Promise or a plain value. */
@@ -27,7 +28,7 @@ export interface PipelineChunk {
    *   the tokens itself)
    * @returns activations for the next virtual stage; `null` on the last (which computes the loss)
    */
-  forward(mb: number, input: Float32Array | null): MaybePromise<Float32Array | null>;
+  forward(mb: number, input: WireBuffer | null): MaybePromise<WireBuffer | null>;
   /**
    * Backward of micro-batch `mb`: adds into the chunk's parameter gradients.
    *
@@ -35,7 +36,7 @@ export interface PipelineChunk {
    * @param dOutput gradient of this chunk's output; `null` on the last virtual stage
    * @returns gradient of this chunk's input; `null` on the first virtual stage
    */
-  backward(mb: number, dOutput: Float32Array | null): MaybePromise<Float32Array | null>;
+  backward(mb: number, dOutput: WireBuffer | null): MaybePromise<WireBuffer | null>;
 }
 
 /** Options of {@linkcode runPipeline}. */
@@ -48,6 +49,11 @@ export interface RunPipelineOptions {
   chunks: readonly PipelineChunk[];
   /** Elements of one micro-batch's activations at a stage boundary (e.g. B * T * C). */
   activationSize: number;
+  /**
+   * What travels between stages: float32 (default), or float16 / bfloat16 in 16 bits (the
+   * chunks then exchange Uint16Arrays of their bits).
+   */
+  wire?: DType;
   /** Timeout of each transfer in milliseconds. */
   timeoutMs?: number;
   /** Record the start and end of every forward and backward in `stats.trace`. */
@@ -115,13 +121,14 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
   if (!Number.isInteger(activationSize) || activationSize < 1) {
     throw new RangeError(`activationSize must be a positive integer, got ${activationSize}`);
   }
+  const half = opts.wire === "float16" || opts.wire === "bfloat16";
   const ctx: PipeContext | null = comm === null || schedule.pp === 1
     ? null
-    : { comm, v: schedule.v, timeoutMs: opts.timeoutMs };
-  const inputs = new Map<string, Float32Array>(); // received activations, by mb:chunk
-  const grads = new Map<string, Float32Array>(); // received output gradients
-  const outputs = new Map<string, Float32Array>(); // activations waiting to be sent
-  const dInputs = new Map<string, Float32Array>(); // input gradients waiting to be sent
+    : { comm, v: schedule.v, timeoutMs: opts.timeoutMs, ...(half ? { dtype: opts.wire } : {}) };
+  const inputs = new Map<string, WireBuffer>(); // received activations, by mb:chunk
+  const grads = new Map<string, WireBuffer>(); // received output gradients
+  const outputs = new Map<string, WireBuffer>(); // activations waiting to be sent
+  const dInputs = new Map<string, WireBuffer>(); // input gradients waiting to be sent
   const id = (mb: number, chunk: number) => `${mb}:${chunk}`;
   let peak = 0;
   const track = () => {
@@ -138,12 +145,12 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
     if (step.kind === "p2p") {
       const transfers: P2PTransfer[] = step.ops.map((o) => {
         const k = id(o.mb, o.chunk);
-        let buf: Float32Array | undefined;
+        let buf: WireBuffer | undefined;
         if (o.op === "send") {
           buf = (o.dir === "forward" ? outputs : dInputs).get(k);
           if (!buf) throw new Error(`Stage ${stage} has nothing to send for ${o.dir} ${k}`);
         } else {
-          buf = new Float32Array(activationSize);
+          buf = half ? new Uint16Array(activationSize) : new Float32Array(activationSize);
           (o.dir === "forward" ? inputs : grads).set(k, buf);
         }
         return { op: o.op, dir: o.dir, mb: o.mb, chunk: o.chunk, buf };

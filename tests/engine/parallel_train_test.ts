@@ -96,6 +96,8 @@ Deno.test("a run stopped on tp=2 x dp=2 with sequence parallelism continues on o
       sequence_parallel: true,
       schedule: "none",
       micro_batches: 1,
+      zero_stage: 0,
+      precision: "fp32",
     });
     await main([...tiny, "--backend", "cpu", "--resume", out], { print: false });
     const steps = (await readMetrics(`${out}/metrics.jsonl`)).filter((r) =>
