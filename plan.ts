@@ -85,6 +85,12 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "activation checkpointing: every N blocks keep only their input (0: off)",
   },
   "sequence-parallel": { kind: "bool", dflt: false, help: "sequence parallelism with --tp" },
+  "persistence-threshold": {
+    kind: "int",
+    dflt: 0,
+    help: "ZeRO-3: parameters below this many elements stay whole on every rank (DeepSpeed's " +
+      "stage3_param_persistence_threshold; 0, as the paper counts)",
+  },
   "micro-batches": {
     kind: "int",
     dflt: null,
@@ -232,6 +238,7 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
         "checkpoint-activations",
         "sequence-parallel",
         "micro-batches",
+        "persistence-threshold",
       ]
     ) {
       if (v[k] !== undefined) {
@@ -258,6 +265,7 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
                 seqLen: (v["seq-len"] as number | undefined) ?? shape.ctx,
                 checkpointActivations: (v["checkpoint-activations"] as number | undefined) ?? 0,
                 sequenceParallel: (v["sequence-parallel"] as boolean | undefined) ?? false,
+                persistenceThreshold: (v["persistence-threshold"] as number | undefined) ?? 0,
                 ...(v["micro-batches"] !== undefined
                   ? { microBatches: v["micro-batches"] as number }
                   : {}),

@@ -108,11 +108,15 @@ export interface RankMemory {
   grads_bytes: number;
   /** Optimizer state: fp32 master weights when separate, and the moments (between steps). */
   optimizer_bytes: number;
-  /** Every activation buffer its layers allocated (kept per micro-batch in flight, scratch). */
+  /**
+   * Every activation buffer its layers allocated in training steps (kept per micro-batch in
+   * flight, the shared recompute and backward scratch).
+   */
   activations_peak_bytes: number;
   /**
    * Peak of what lives only inside a step: buckets in flight, gathered layers of ZeRO-3,
-   * fp32 copies of gradient slices, the kernels' 16-bit widening scratch, pipeline buffers.
+   * fp32 copies of gradient slices, the kernels' 16-bit widening scratch, pipeline buffers,
+   * and the buffers of evaluation passes.
    */
   transient_peak_bytes: number;
   /** The sum. */
@@ -282,6 +286,7 @@ export class Engine {
   #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
     null;
   #pipePeak = 0;
+  #trainActivations = 0;
 
   private constructor(
     config: EngineConfig,
@@ -542,6 +547,7 @@ export class Engine {
       return { ...base, skipped: true, ...(timings ? { timings } : {}) };
     }
     const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
+    this.#trainActivations = Math.max(this.#trainActivations, this.model.pool.bytes);
     const t2 = performance.now();
     await zero.step(lr, factor);
     const t3 = performance.now();
@@ -642,8 +648,12 @@ export class Engine {
    */
   memory(): RankMemory {
     const z = this.zero.memory();
-    const act = this.model.pool.bytes;
-    const transient = z.transientPeak + (this.backend.scratchBytes?.() ?? 0) + this.#pipePeak;
+    // Activations: what training steps allocated; what evaluation added to the same pool lives
+    // only inside an evaluation call, so it counts as transient.
+    const pool = this.model.pool.bytes;
+    const act = this.#trainActivations > 0 ? this.#trainActivations : pool;
+    const transient = z.transientPeak + (this.backend.scratchBytes?.() ?? 0) + this.#pipePeak +
+      (pool - act);
     return {
       params_bytes: z.params,
       grads_bytes: z.grads,

@@ -86,6 +86,11 @@ export interface MemoryLayout {
   sequenceParallel?: boolean;
   /** Micro-batches per step; caps those in flight (default: no cap, 1F1B's pp - s). */
   microBatches?: number;
+  /**
+   * ZeRO-3: parameters below this many elements stay whole on every rank (DeepSpeed's
+   * `stage3_param_persistence_threshold`; needs the shape); default 0, as the paper counts.
+   */
+  persistenceThreshold?: number;
 }
 
 /** Bytes of model state per parameter. */
@@ -156,7 +161,10 @@ export interface ModelStateBytes {
  */
 export function modelStateBytes(
   params: number,
-  layout: Pick<MemoryLayout, "dp" | "zeroStage" | "precision" | "optimizer"> = {},
+  layout: Pick<MemoryLayout, "dp" | "zeroStage" | "precision" | "optimizer"> & {
+    /** ZeRO-3: parameters of the rank kept whole besides their shard. */
+    persistent?: number;
+  } = {},
 ): ModelStateBytes {
   _count("params", params, 0);
   const dp = _count("dp", layout.dp ?? 1);
@@ -164,7 +172,7 @@ export function modelStateBytes(
   _choice("zeroStage", stage, [0, 1, 2, 3]);
   const b = bytesPerParam(layout.precision ?? "fp16", layout.optimizer ?? "adamw");
   const shard = Math.ceil(params / dp);
-  const paramsBytes = b.params * (stage >= 3 ? shard : params);
+  const paramsBytes = b.params * (stage >= 3 ? shard + (layout.persistent ?? 0) : params);
   const gradsBytes = b.grads * (stage >= 2 ? shard : params);
   const optimizerBytes = b.optimizer * (stage >= 1 ? shard : params);
   return {
@@ -230,6 +238,33 @@ export function stageParamCounts(
     counts.push(n);
   }
   return counts;
+}
+
+/**
+ * The parameters below `threshold` elements that one rank of each pipeline stage keeps whole
+ * under ZeRO-3 (besides their shard), as its layers declare them.
+ *
+ * @param shape the model's shape
+ * @param layout tp and pp
+ * @param threshold DeepSpeed's `stage3_param_persistence_threshold`
+ * @returns per stage, the elements kept whole
+ */
+export function stagePersistentCounts(
+  shape: ModelShape,
+  layout: Pick<MemoryLayout, "tp" | "pp">,
+  threshold: number,
+): number[] {
+  const m = _modelLayout(shape, layout);
+  const c = resolveGptConfig({ ...shape, vocab: m.paddedVocab });
+  const tp = layout.tp ?? 1, pp = layout.pp ?? 1;
+  return Array.from({ length: pp }, (_, s) => {
+    let n = 0;
+    for (const p of gptRankSpecs(c, { tp, pp, stage: s })) {
+      const size = p.shape.reduce((a, b) => a * b, 1);
+      if (size < threshold) n += size;
+    }
+    return n;
+  });
 }
 
 /**
@@ -510,15 +545,20 @@ export function estimateMemory(input: EstimateInput): MemoryEstimate {
     checkpointActivations: rest.checkpointActivations ?? 0,
     sequenceParallel: rest.sequenceParallel ?? false,
     microBatches: rest.microBatches ?? null,
+    persistenceThreshold: rest.persistenceThreshold ?? 0,
   };
   bytesPerParam(layout.precision, layout.optimizer);
   _choice("zeroStage", layout.zeroStage, [0, 1, 2, 3]);
   let params: number;
   let counts: number[];
+  let persistent: number[] = [];
   let acts: ActivationBytes | null = null;
   if (shape) {
     params = countParams(shape);
     counts = stageParamCounts(shape, { tp, pp });
+    if (layout.zeroStage === 3 && layout.persistenceThreshold > 0) {
+      persistent = stagePersistentCounts(shape, { tp, pp }, layout.persistenceThreshold);
+    }
     acts = activationBytes(shape, rest);
   } else {
     params = _count("params", given!);
@@ -528,6 +568,7 @@ export function estimateMemory(input: EstimateInput): MemoryEstimate {
       "checkpointActivations",
       "sequenceParallel",
       "microBatches",
+      "persistenceThreshold",
     ];
     for (const k of needShape) {
       if ((rest as Record<string, unknown>)[k] !== undefined) {
@@ -537,7 +578,7 @@ export function estimateMemory(input: EstimateInput): MemoryEstimate {
     counts = Array.from({ length: pp }, () => Math.ceil(params / (tp * pp)));
   }
   const stages: StageMemory[] = counts.map((count, s) => {
-    const modelStates = modelStateBytes(count, rest);
+    const modelStates = modelStateBytes(count, { ...rest, persistent: persistent[s] ?? 0 });
     const activations = acts ? acts.stages[s]! : null;
     const totalBytes = modelStates.totalBytes + (activations?.totalBytes ?? 0);
     return { stage: s, modelStates, activations, totalBytes };
