@@ -1033,6 +1033,13 @@ function resolveZero(c: Obj, pp: number, ignored: string[]): ResolvedEngineConfi
   const size = (names: readonly string[], dflt: number) =>
     int(`${W}.${names.find((n) => z[n] !== undefined) ?? names[0]}`, aliased(W, z, names), 0, dflt);
   const gather = ZERO3_NAMES.gather.find((n) => z[n] !== undefined) ?? ZERO3_NAMES.gather[0];
+  // Read and checked, but they change nothing here: parameters are all-gathered bucket by
+  // bucket (the gradient buckets), reduction is always a reduce-scatter and gathering an
+  // all-gather (the same numbers either way), and a save always gathers every tensor whole
+  // (the fp32 master weights).
+  for (const k of ["allgather_bucket_size", "reduce_scatter", "allgather_partitions", gather]) {
+    if (z[k] !== undefined) ignored.push(`${W}.${k}`);
+  }
   return {
     stage: stage as 0 | 1 | 2 | 3,
     reduceBucketSize: int(`${W}.reduce_bucket_size`, z.reduce_bucket_size, 0, 2 ** 20),

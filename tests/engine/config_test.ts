@@ -292,6 +292,10 @@ Deno.test("resolveEngineConfig() reads zero_optimization with Loom's bucket size
     "zero_optimization.round_robin_gradients",
     "zero_optimization.cpu_offload",
     "zero_optimization.stage3_max_reuse_distance",
+    "zero_optimization.allgather_bucket_size",
+    "zero_optimization.reduce_scatter",
+    "zero_optimization.allgather_partitions",
+    "zero_optimization.stage3_gather_fp16_weights_on_model_save",
   ]);
   for (const block of ["offload_optimizer", "offload_param"]) {
     for (const device of ["cpu", "nvme"]) {
@@ -533,6 +537,9 @@ Deno.test("the transformers ZeRO-2 config is refused for its CPU offload, and re
     "zero_optimization.offload_optimizer.device",
     "zero_optimization.offload_optimizer.pin_memory",
     "zero_optimization.contiguous_gradients",
+    "zero_optimization.allgather_bucket_size",
+    "zero_optimization.reduce_scatter",
+    "zero_optimization.allgather_partitions",
   ]);
 });
 
@@ -571,6 +578,7 @@ Deno.test("the transformers ZeRO-3 config resolves its hidden-size autos from mo
     "zero_optimization.contiguous_gradients",
     "zero_optimization.sub_group_size",
     "zero_optimization.stage3_max_reuse_distance",
+    "zero_optimization.stage3_gather_fp16_weights_on_model_save",
   ]);
 });
 
@@ -613,6 +621,9 @@ Deno.test("the DeepSpeedExamples CIFAR config (fp16, WarmupLR, ZeRO 0) resolves 
     "fp16.fp16_master_weights_and_grads",
     "zero_optimization.contiguous_gradients",
     "zero_optimization.cpu_offload",
+    "zero_optimization.allgather_bucket_size",
+    "zero_optimization.reduce_scatter",
+    "zero_optimization.allgather_partitions",
     "prescale_gradients",
   ]);
 });
@@ -651,7 +662,10 @@ Deno.test("the DeepSpeedExamples AutoTP config (bf16, WarmupDecayLR, autotp_size
   });
   assert.deepEqual(c.zero, { ...zeroDefaults(2), gather16bitWeightsOnModelSave: true });
   assert.deepEqual([c.stepsPerPrint, c.optimizer.weightDecay, c.optimizer.beta2], [1, 0.1, 0.95]);
-  assert.deepEqual(c.ignoredKeys, ["optimizer.params.lr"]);
+  assert.deepEqual(c.ignoredKeys, [
+    "optimizer.params.lr",
+    "zero_optimization.gather_16bit_weights_on_model_save",
+  ]);
 });
 
 Deno.test("the example configs resolve for train.ts's default task", async () => {
