@@ -5,12 +5,15 @@ import { type FlatParams, Gpt } from "../../models/mod.ts";
 import { AdamW, clipGradNorm } from "../../optim/mod.ts";
 import type { ScheduleName } from "../../parallel/mod.ts";
 import {
+  ATOL,
   CFG,
+  LOSS_RTOL,
   LR,
   MAX_NORM,
   MICRO,
   microBatch,
   MICROS,
+  NORM_RTOL,
   SEED,
   STEPS,
   T,
@@ -18,20 +21,7 @@ import {
 } from "./_gpt_data.ts";
 import type { GptRankResult } from "./_gpt_rank.ts";
 
-// Tolerance. Everything is float32. Pipeline parallelism keeps the serial summation order
-// inside every op, so it matches to a few ulps. Tensor parallelism adds the same products in
-// another order (matmuls split by columns or rows, all-reduce and reduce-scatter order), which
-// moves the first step's gradients by about 1e-7 relative; AdamW (update ~ g / sqrt(v)) and
-// clipping amplify such differences a few times per step. For scale: two correct serial runs of
-// this recipe, one on the reference backend and one on the CPU backend (another summation
-// order), differ at step 5 by 6e-5 in the parameters and 4e-5 relative in the gradient norm;
-// every tensor-parallel layout here (tp 2 or 4, with or without sequence parallelism, 3D) stays
-// below 2.5e-5 in the parameters (pipeline-only layouts below 6e-6). Hence: parameters within 5e-5 absolute (they are of order
-// 0.02..1), losses within 1e-5 relative, gradient norms within 5e-5 relative. A wrong slice, a
-// missing all-reduce or a misplaced micro-batch moves values by 1e-3 or more.
-const ATOL = 5e-5;
-const LOSS_RTOL = 1e-5;
-const NORM_RTOL = 5e-5;
+// Tolerances: ATOL, LOSS_RTOL and NORM_RTOL of _gpt_data.ts, which says why.
 
 interface Serial {
   losses: number[];
