@@ -697,6 +697,7 @@ export class GptChunk implements PipelineChunk {
   #opts: ChunkOptions;
   #first: boolean;
   #last: boolean;
+  #chunk: number;
   #steps = new Map<number, Step>();
   #used = new Set<number>(); // activation slots held by micro-batches between forward and backward
 
@@ -721,6 +722,7 @@ export class GptChunk implements PipelineChunk {
     this.#opts = opts;
     this.#first = part.embedding;
     this.#last = part.head;
+    this.#chunk = part.virtualStage;
   }
 
   #step(mb: number): Step {
@@ -789,7 +791,8 @@ export class GptChunk implements PipelineChunk {
       x = this.#m.idsTensor(slot, this.#opts.batch(mb).inputs, "inputs");
     } else {
       if (input === null) throw new TypeError(`Chunk needs activations for micro-batch ${mb}`);
-      x = this.#m.wireTensor(`input${slot}`, input);
+      // Per chunk and slot: a stage's chunks number their slots alike.
+      x = this.#m.wireTensor(`input${this.#chunk}:${slot}`, input);
     }
     for (let i = 0; i < this.layers.length; i++) {
       const layer = this.layers[i]!, inp = x;
@@ -825,7 +828,7 @@ export class GptChunk implements PipelineChunk {
     let dy: Tensor | null = null;
     if (!this.#last) {
       if (dOutput === null) throw new TypeError(`Chunk needs a gradient for micro-batch ${mb}`);
-      dy = this.#m.wireTensor("dy", dOutput);
+      dy = this.#m.wireTensor(`dy${this.#chunk}`, dOutput);
     }
     for (let i = this.layers.length - 1; i >= 0; i--) {
       const layer = this.layers[i]!, d = dy;

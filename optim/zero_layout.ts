@@ -55,7 +55,10 @@ export interface ZeroLayout extends FlatLayout {
 export interface ZeroLayoutOptions {
   /** Data-parallel size. */
   dp: number;
-  /** Elements per gradient bucket (a larger parameter gets a bucket of its own). */
+  /**
+   * Elements per gradient bucket (a larger parameter gets a bucket of its own); 0: one
+   * parameter per bucket.
+   */
   bucketSize: number;
   /** Element alignment of every parameter and slice start; default 64. */
   align?: number;
@@ -98,7 +101,10 @@ export function buildZeroLayout(
   opts: ZeroLayoutOptions,
 ): ZeroLayout {
   const dp = positive("dp", opts.dp);
-  const bucketSize = positive("bucketSize", opts.bucketSize);
+  if (!Number.isInteger(opts.bucketSize) || opts.bucketSize < 0) {
+    throw new RangeError(`bucketSize must be an integer >= 0, got ${opts.bucketSize}`);
+  }
+  const bucketSize = opts.bucketSize;
   const align = positive("align", opts.align ?? 64);
   const threshold = opts.persistenceThreshold ?? 0;
   const size = (s: ParamSpec) => s.shape.reduce((a, b) => a * b, 1);
