@@ -166,11 +166,11 @@ export interface ZeroConfig {
   reduce_scatter?: boolean;
   /** All-gather (true, default) rather than broadcast the updated parameters. */
   allgather_partitions?: boolean;
-  /** Stage 3: elements to fetch ahead of use; default 5e7. */
+  /** Stage 3: elements to fetch ahead of use; Loom's default 2^22. */
   stage3_prefetch_bucket_size?: number;
   /** Stage 3: parameters smaller than this stay whole on every rank; default 1e5. */
   stage3_param_persistence_threshold?: number;
-  /** Stage 3: most parameter elements gathered at once per rank; default 1e9. */
+  /** Stage 3: most parameter elements gathered at once per rank; Loom's default 2^24. */
   stage3_max_live_parameters?: number;
   /** Stage 3: gather whole 16-bit weights when saving the model; default false. */
   stage3_gather_16bit_weights_on_model_save?: boolean;
@@ -326,9 +326,10 @@ export interface ResolvedEngineConfig {
    * fp32), which would make a single bucket of any model Loom trains and so overlap nothing;
    * 2^20 elements (4 MiB of fp32) is large enough that a collective costs more than its
    * latency on shared memory and loopback TCP and small enough to overlap with the backward
-   * pass. The stage-3 values keep DeepSpeed's defaults (prefetch 5e7, persistence threshold
-   * 1e5, max live 1e9). A size of 0 is accepted, as DeepSpeed accepts it: no batching, one
-   * parameter at a time.
+   * pass. For the same reason stage 3 fetches ahead 2^22 elements (a block of a 25M-parameter
+   * GPT) and keeps at most 2^24 gathered, where DeepSpeed's 5e7 and 1e9 would gather a whole
+   * Loom-sized model at once and save nothing; the persistence threshold keeps DeepSpeed's 1e5.
+   * A size of 0 is accepted, as DeepSpeed accepts it: no batching, one parameter at a time.
    */
   zero: {
     stage: 0 | 1 | 2 | 3;
@@ -1048,9 +1049,9 @@ function resolveZero(c: Obj, pp: number, ignored: string[]): ResolvedEngineConfi
     overlapComm: bool(`${W}.overlap_comm`, z.overlap_comm, stage === 3),
     reduceScatter: bool(`${W}.reduce_scatter`, z.reduce_scatter, true),
     allgatherPartitions: bool(`${W}.allgather_partitions`, z.allgather_partitions, true),
-    prefetchBucketSize: size(ZERO3_NAMES.prefetch, 5e7),
+    prefetchBucketSize: size(ZERO3_NAMES.prefetch, 2 ** 22),
     paramPersistenceThreshold: size(ZERO3_NAMES.persistence, 1e5),
-    maxLiveParameters: size(ZERO3_NAMES.maxLive, 1e9),
+    maxLiveParameters: size(ZERO3_NAMES.maxLive, 2 ** 24),
     gather16bitWeightsOnModelSave: bool(
       `${W}.${gather}`,
       aliased(W, z, ZERO3_NAMES.gather),

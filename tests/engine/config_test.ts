@@ -21,9 +21,9 @@ const zeroDefaults = (stage: 0 | 1 | 2 | 3): ResolvedEngineConfig["zero"] => ({
   overlapComm: stage === 3,
   reduceScatter: true,
   allgatherPartitions: true,
-  prefetchBucketSize: 5e7,
+  prefetchBucketSize: 2 ** 22,
   paramPersistenceThreshold: 1e5,
-  maxLiveParameters: 1e9,
+  maxLiveParameters: 2 ** 24,
   gather16bitWeightsOnModelSave: false,
 });
 
