@@ -80,7 +80,10 @@ export interface MemoryLayout {
   microBatch?: number;
   /** Tokens per sequence T; default the shape's ctx. */
   seqLen?: number;
-  /** Activation checkpointing: every N blocks keep only their input (0, the default: off). */
+  /**
+   * Activation checkpointing: every N-th block keeps only its output and recomputes its parts
+   * in backward (0, the default: off).
+   */
   checkpointActivations?: number;
   /** Sequence parallelism (with tp > 1): layernorms and residuals hold T/tp rows. */
   sequenceParallel?: boolean;
@@ -321,7 +324,7 @@ export interface StageActivations {
   /** Bytes per micro-batch in flight (the sum of `perMicroBatch`). */
   perMicroBatchBytes: number;
   /**
-   * Held once, shared by the micro-batches: `recompute` (one checkpointed group's
+   * Held once, shared by the micro-batches: `recompute` (one checkpointed block's
    * activations, RECOMPUTE_SLOT) and `scratch` (backward gradient buffers, GRAD_SLOT).
    */
   once: { recompute: number; scratch: number };
@@ -354,10 +357,11 @@ export interface ActivationBytes {
  *            + c_proj partial N C [+ sp: n C] + residual n C + ln2 (n C + 2n) + [sp: N C]
  *            + mlp hidden N F / tp + gelu N F / tp + c_proj partial N C [+ sp: n C] + output n C
  *            (tp = 1: N (10 C + 2 F + 4) + B H T^2, models/blocks.ts)
- * blocks     blocks * block, or with checkpointing every k blocks: ceil(blocks / k) * n C
+ * blocks     blocks * block; with checkpointing every k-th block (index i, i % k == 0)
+ *            keeps only its output n C instead of its parts
  * head       last stage: N targets + ln_f (n C + 2n) + [sp: N C] + logits N V / tp
  *            + probabilities N V / tp + N per-row losses (or, tp > 1, the targets' copy) + loss 1
- * once       recompute: min(k, blocks) * block; scratch: one block's backward buffers
+ * once       recompute: one block (when any is checkpointed); scratch: one block's backward buffers
  *            (dr n C, dqkv 3 N C / tp, dh N F / tp, the linears' dx N C + N C / tp + N C
  *            + N F / tp, with sp also 2 n C + 2 N C), the head's (N C + 2 n C with sp, else
  *            2 N C), the embedding's N C with sp, the received gradient n C off the last stage
@@ -424,19 +428,27 @@ export function activationBytes(shape: ModelShape, layout: MemoryLayout = {}): A
   const blockScratch = n * C + 3 * N * C / tp + N * F / tp +
     (N * C + N * C / tp + N * C + N * F / tp) + (sp ? 2 * n * C + 2 * N * C : 0);
   const L = m.layersPerChunk;
+  // Checkpointing every k-th block (global index i with i % k == 0), as models/gpt.ts does: such
+  // a block keeps only its output per micro-batch and recomputes its parts, one block at a time,
+  // in the shared recompute slot.
+  const ckpt = Array.from({ length: pp }, (_, s) => {
+    let n = 0;
+    for (let i = s * L; i < (s + 1) * L; i++) if (k > 0 && i % k === 0) n++;
+    return n;
+  });
   const stages: StageActivations[] = [];
   for (let s = 0; s < pp; s++) {
     const first = s === 0, last = s === pp - 1;
     const perMicroBatch = {
       input: first ? 4 * N : e * n * C,
       embedding: first ? e * (N * C + scattered) : 0,
-      blocks: k === 0 ? L * blockBytes : Math.ceil(L / k) * e * n * C,
+      blocks: (L - ckpt[s]!) * blockBytes + ckpt[s]! * e * n * C,
       head: last ? e * (n * C + gathered + 2 * N * V / tp) + 4 * (N + 2 * n + N + 1) : 0,
     };
     const perMicroBatchBytes = Object.values(perMicroBatch).reduce((a, b) => a + b, 0);
     const scratch = e * ((L > 0 ? blockScratch : 0) +
       (last ? (sp ? N * C + 2 * n * C : 2 * N * C) : n * C) + (first && sp ? N * C : 0));
-    const once = { recompute: k === 0 ? 0 : Math.min(k, L) * blockBytes, scratch };
+    const once = { recompute: ckpt[s]! > 0 ? blockBytes : 0, scratch };
     const inFlight = Math.min(pp - s, cap);
     stages.push({
       stage: s,

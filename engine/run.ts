@@ -21,6 +21,7 @@ import { createWebGPUBackend, probeWebGPU } from "../kernels/webgpu/mod.ts";
 import type { ScheduleName } from "../parallel/mod.ts";
 import type { EngineConfig } from "./config.ts";
 import { checkParallelLayout, type Engine, initialize, type RankMemory } from "./engine.ts";
+import { activationBytes } from "./estimate.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
@@ -100,8 +101,11 @@ export interface TrainSummary {
   };
   /** The fp16 loss scale at the end and the steps skipped on overflow (null without fp16). */
   loss_scale: { scale: number; skipped_steps: number } | null;
-  /** What each rank held, measured from its allocations. */
-  memory: { per_rank: (RankMemory & { rank: number })[] };
+  /**
+   * What each rank held, measured from its allocations, and with activation checkpointing the
+   * activation bytes rank 0 saved (against the estimate without it).
+   */
+  memory: { per_rank: (RankMemory & { rank: number })[]; activations_saved_bytes: number | null };
 }
 
 async function pickBackend(o: RunOptions, ranks: number): Promise<Backend> {
@@ -328,6 +332,29 @@ export async function runTraining(
     writer?.close();
     const wall = (performance.now() - t0) / 1000;
     const memory = await engine.memoryPerRank();
+    let saved: number | null = null;
+    if (ec.checkpointActivations > 0) {
+      // What the same step would keep without checkpointing (the estimator counts the layers'
+      // buffers exactly), against what this rank measured.
+      const without = activationBytes(ec.model, {
+        tp: layout.tp,
+        pp: layout.pp,
+        sequenceParallel: layout.sequenceParallel,
+        microBatch: layout.microBatchSize,
+        microBatches: layout.microBatches,
+        seqLen: ds.seqLen,
+        precision: ec.precision,
+      }).stages[engine.groups.coords.pp]!.totalBytes;
+      const mine = memory[world?.rank ?? 0]!.activations_peak_bytes;
+      saved = without - mine;
+      say(
+        `activation checkpointing every ${ec.checkpointActivations} block(s): ` +
+          `${(mine / 2 ** 20).toFixed(1)} MiB of activations on rank 0, ` +
+          `${(without / 2 ** 20).toFixed(1)} MiB without (estimated): ${
+            (saved / 2 ** 20).toFixed(1)
+          } MiB saved`,
+      );
+    }
     const summary: TrainSummary = {
       steps: engine.step,
       train_loss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
@@ -355,7 +382,7 @@ export async function runTraining(
       loss_scale: engine.lossScaler
         ? { scale: engine.lossScaler.scale, skipped_steps: engine.lossScaler.skipped }
         : null,
-      memory: { per_rank: memory },
+      memory: { per_rank: memory, activations_saved_bytes: saved },
     };
     // Generation runs through the parallel model on every rank; rank 0 prints it.
     let sample: string | null = null;
