@@ -584,24 +584,47 @@ export class Engine {
   }
 
   /**
-   * The mean loss of the model on a batch, without touching gradients. Collective; every rank
-   * gets the same value.
+   * The mean loss of the model on a batch, without touching gradients; the data-parallel
+   * replicas share the rows. Collective; every rank gets the same value.
    *
    * @param batch inputs and targets
    * @returns the loss
    */
   async evalBatch(batch: Batch): Promise<number> {
-    const loss = await this.#forwardOnly(batch.inputs, batch.targets, batch.B, batch.T);
-    const v = new Float32Array(1);
-    if (loss !== null && this.#reportsLoss && this.groups.coords.dp === 0) {
-      v[0] = (await this.backend.read(loss))[0]!;
+    // Each data-parallel replica scores its share of the rows; the loss is their mean over
+    // every counted target.
+    const { B, T } = batch;
+    const [start, n] = this.#share(B);
+    const v = new Float32Array(2);
+    if (n > 0) {
+      const targets = batch.targets.subarray(start * T, (start + n) * T);
+      const loss = await this.#forwardOnly(
+        batch.inputs.subarray(start * T, (start + n) * T),
+        targets,
+        n,
+        T,
+      );
+      if (loss !== null && this.#reportsLoss) {
+        let count = 0;
+        for (const t of targets) if (t >= 0) count++;
+        v[0] = (await this.backend.read(loss))[0]! * count;
+        v[1] = count;
+      }
     }
     await this.world.allReduce(v, "sum", this.#opts());
-    return v[0]!;
+    return v[1]! > 0 ? v[0]! / v[1]! : 0;
+  }
+
+  // This data-parallel replica's rows of an evaluation batch of B: [first row, rows].
+  #share(B: number): [number, number] {
+    const per = Math.ceil(B / this.grid.dp);
+    const start = this.groups.coords.dp * per;
+    return [start, Math.max(0, Math.min(per, B - start))];
   }
 
   /**
-   * The model's logits for a batch, on the host of every rank. Collective.
+   * The model's logits for a batch, on the host of every rank; the data-parallel replicas share
+   * the rows. Collective.
    *
    * @param inputs token ids [B, T]
    * @param B sequences
@@ -609,12 +632,30 @@ export class Engine {
    * @returns logits [B, T, V]
    */
   async logits(inputs: Int32Array, B: number, T: number): Promise<Float32Array> {
-    const shard = await this.#forwardOnly(inputs, null, B, T);
-    const out = new Float32Array(B * T * this.config.model.vocab);
-    if (shard !== null) {
-      const full = await this.model.fullLogits(shard, B * T);
-      out.set(await this.backend.read(full));
+    // Each data-parallel replica computes its share of the rows; the last stage gathers them
+    // over the replicas and hands the whole to the other stages.
+    const V = this.config.model.vocab;
+    const [start, n] = this.#share(B);
+    const per = Math.ceil(B / this.grid.dp);
+    const mine = new Float32Array(per * T * V);
+    if (n > 0) {
+      const shard = await this.#forwardOnly(
+        inputs.subarray(start * T, (start + n) * T),
+        null,
+        n,
+        T,
+      );
+      if (shard !== null) {
+        const full = await this.model.fullLogits(shard, n * T);
+        mine.set(await this.backend.read(full));
+      }
     }
+    let all = mine;
+    if (this.grid.dp > 1) {
+      all = new Float32Array(this.grid.dp * mine.length);
+      await this.groups.dp.allGather(mine, all, this.#opts());
+    }
+    const out = all.length === B * T * V ? all : all.slice(0, B * T * V);
     if (this.grid.pp > 1) await this.groups.pp.broadcast(out, this.grid.pp - 1, this.#opts());
     return out;
   }

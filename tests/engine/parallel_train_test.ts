@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readMetrics, type StepRecord } from "../../engine/mod.ts";
+import { type EvalRecord, readMetrics, type StepRecord } from "../../engine/mod.ts";
 import { readSafetensors } from "../../models/mod.ts";
 import { main } from "../../train.ts";
 
@@ -32,6 +32,7 @@ const tiny = [
 
 interface Run {
   steps: StepRecord[];
+  evals: EvalRecord[];
   params: Map<string, Float32Array>;
 }
 
@@ -39,15 +40,15 @@ async function run(args: string[]): Promise<Run> {
   const out = await Deno.makeTempDir();
   try {
     await main([...tiny, ...args, "--out", out], { print: false });
-    const steps = (await readMetrics(`${out}/metrics.jsonl`)).filter((r) =>
-      !("kind" in r)
-    ) as StepRecord[];
+    const records = await readMetrics(`${out}/metrics.jsonl`);
+    const steps = records.filter((r) => !("kind" in r)) as StepRecord[];
+    const evals = records.filter((r) => "kind" in r) as EvalRecord[];
     const file = await readSafetensors(`${out}/checkpoint.safetensors`);
     const params = new Map<string, Float32Array>();
     for (const [name, e] of file.tensors) {
       params.set(name, new Float32Array(e.bytes.slice().buffer));
     }
-    return { steps, params };
+    return { steps, evals, params };
   } finally {
     await Deno.remove(out, { recursive: true });
   }
@@ -64,6 +65,16 @@ function assertSameRun(got: Run, want: Run, what: string): void {
       `${what} step ${r.step}: gradient norm ${r.grad_norm} vs ${w.grad_norm}`,
     );
   });
+  // Evaluation runs through the parallel model (the replicas share its rows): the same scores.
+  assert.equal(got.evals.length, want.evals.length);
+  got.evals.forEach((e, i) => {
+    const w = want.evals[i]!;
+    assert.ok(
+      Math.abs(e.val_loss! / w.val_loss! - 1) < LOSS_RTOL,
+      `${what}: val loss ${e.val_loss}`,
+    );
+    assert.equal(e.heldout_accuracy, w.heldout_accuracy, `${what}: held-out score`);
+  });
   assert.deepEqual([...got.params.keys()].sort(), [...want.params.keys()].sort());
   for (const [name, w] of want.params) {
     const g = got.params.get(name)!;
@@ -77,6 +88,8 @@ const serial = run(["--backend", "cpu", "--steps", "6"]);
 
 Deno.test("train.ts --tp 2 --pp 2 on 4 Workers trains like one rank: losses, norms, checkpoint", async () => {
   const parallel = await run(["--tp", "2", "--pp", "2", "--steps", "6"]);
+  const data = await run(["--dp", "2", "--zero-stage", "3", "--steps", "6"]);
+  assertSameRun(data, await serial, "dp=2 ZeRO-3");
   assertSameRun(parallel, await serial, "tp=2 pp=2");
 });
 
@@ -108,7 +121,13 @@ Deno.test("a run stopped on tp=2 x dp=2 with sequence parallelism continues on o
     for (const [name, e] of file.tensors) {
       params.set(name, new Float32Array(e.bytes.slice().buffer));
     }
-    assertSameRun({ steps, params }, await serial, "tp=2 dp=2 sp, then one rank");
+    const evals = (await readMetrics(`${out}/metrics.jsonl`)).filter((r) =>
+      "kind" in r
+    ) as EvalRecord[];
+    assertSameRun({ steps, evals: evals.slice(-1), params }, {
+      ...(await serial),
+      evals: (await serial).evals.slice(-1),
+    }, "tp=2 dp=2 sp, then one rank");
   } finally {
     await Deno.remove(out, { recursive: true });
   }
