@@ -149,6 +149,8 @@ export class Zero implements LayerGate {
   #owned: ZeroPiece[];
   #all: ZeroPiece[];
   #gatherCache: { bucket: ZeroBucket; kind: string; data: Float32Array } | null = null;
+  #gradPieces = new Map<string, { slot: ParamSlot; grad: Tensor }[]>();
+  #runs: { global: number; local: number; n: number; decay: boolean }[] | null = null;
 
   /**
    * Lay out the parameters and allocate what this rank keeps.
@@ -612,12 +614,33 @@ export class Zero implements LayerGate {
    * @param all every piece this rank holds a gradient for (stage 0: all of them)
    * @returns the pieces, each with a view of its gradient
    */
-  gradPieces(all = false): { slot: ParamSlot; grad: Tensor }[] {
-    const list = all && this.stage === 0 ? this.#all : this.#owned;
-    return list.map((q) => ({
-      slot: q.slot,
-      grad: this.#be.view(this.#grads, this.stage >= 2 ? q.local : q.global, q.n),
-    }));
+  gradPieces(all = false): readonly { slot: ParamSlot; grad: Tensor }[] {
+    const key = all && this.stage === 0 ? "all" : "owned";
+    let pieces = this.#gradPieces.get(key);
+    if (!pieces) {
+      pieces = (key === "all" ? this.#all : this.#owned).map((q) => ({
+        slot: q.slot,
+        grad: this.#be.view(this.#grads, this.stage >= 2 ? q.local : q.global, q.n),
+      }));
+      this.#gradPieces.set(key, pieces);
+    }
+    return pieces;
+  }
+
+  // The runs this rank updates: consecutive pieces of one bucket with one decay flag, merged
+  // across the zero-filled alignment gaps between them (an update leaves zeros as zeros).
+  #updateRuns(): { global: number; local: number; n: number; decay: boolean }[] {
+    if (this.#runs) return this.#runs;
+    const runs: { global: number; local: number; n: number; decay: boolean; b: number }[] = [];
+    for (const q of this.#stage0 ? this.#all : this.#owned) {
+      const b = this.layout.bucketOf(q.slot.name).index;
+      const last = runs.at(-1);
+      if (last && last.b === b && last.decay === q.slot.decay) {
+        last.n = q.global + q.n - last.global;
+      } else runs.push({ global: q.global, local: q.local, n: q.n, decay: q.slot.decay, b });
+    }
+    this.#runs = runs;
+    return runs;
   }
 
   /**
@@ -633,23 +656,21 @@ export class Zero implements LayerGate {
   async step(lr: number, factor: number): Promise<void> {
     const be = this.#be;
     const t = this.steps + 1;
-    const pieces = this.#stage0 ? this.#all : this.#owned;
-    const at = (q: ZeroPiece, full: boolean) => full ? q.global : q.local;
+    const runs = this.#updateRuns();
+    const at = (q: { global: number; local: number }, full: boolean) => full ? q.global : q.local;
     const paramFull = this.stage < 3;
     const stateFull = this.#stage0;
     const gradFull = this.stage <= 1;
     const f32Grads = this.dtype === "f32";
     let scratch: Tensor | null = null;
-    for (const q of pieces) {
+    const longest = runs.reduce((a, r) => Math.max(a, r.n), 0);
+    for (const q of runs) {
       let g = be.view(this.#grads, at(q, gradFull), q.n);
       if (f32Grads) {
         if (factor !== 1) be.scale(g, factor, q.n);
       } else {
         // The 16-bit gradient widened to fp32 (a transient copy), scaled there.
-        if (!scratch || scratch.length < q.n) {
-          if (scratch) this.#give(scratch);
-          scratch = this.#take(Math.max(q.n, this.#maxPiece()), "f32");
-        }
+        scratch ??= this.#take(longest, "f32");
         const s = be.view(scratch, 0, q.n);
         be.copy(s, g);
         if (factor !== 1) be.scale(s, factor, q.n);
@@ -659,7 +680,7 @@ export class Zero implements LayerGate {
         ? be.view(this.#master, at(q, stateFull), q.n)
         : be.view(this.#params, at(q, paramFull), q.n);
       const state = this.#state.map((x) => be.view(x, at(q, stateFull), q.n));
-      this.rule.update(be, master, g, state, q.n, q.slot.decay, lr, t);
+      this.rule.update(be, master, g, state, q.n, q.decay, lr, t);
       if (this.#master) be.copy(be.view(this.#params, at(q, paramFull), q.n), master);
     }
     if (scratch) this.#give(scratch);
@@ -688,15 +709,5 @@ export class Zero implements LayerGate {
       await allGatherT(be, g, whole, mine);
       this.#give(mine);
     }
-  }
-
-  #maxPieceCache = 0;
-  #maxPiece(): number {
-    if (this.#maxPieceCache === 0) {
-      for (const q of this.#stage0 ? this.#all : this.#owned) {
-        this.#maxPieceCache = Math.max(this.#maxPieceCache, q.n);
-      }
-    }
-    return this.#maxPieceCache;
   }
 }

@@ -173,7 +173,11 @@ export function buildZeroLayout(
     // A tied parameter gets a bucket of its own, so that its copies on other stages are
     // bucketed (and sharded) alike and can be summed slice by slice.
     for (const h of own.filter((h) => h.spec.tie !== undefined)) close([h], layer, false);
-    const rest = own.filter((h) => h.spec.tie === undefined);
+    // Within a layer, the parameters that decay first: an update then covers each bucket's
+    // slice in about two runs of one decay flag.
+    const decays = (h: { spec: ParamSpec }) => h.spec.decay ?? h.spec.shape.length >= 2;
+    const rest = own.filter((h) => h.spec.tie === undefined)
+      .sort((a, b) => Number(decays(b)) - Number(decays(a)));
     for (const persistent of threshold > 0 ? [true, false] : [false]) {
       let group: { spec: ParamSpec; uses: number }[] = [];
       let n = 0;
