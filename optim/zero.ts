@@ -82,8 +82,15 @@ export interface ZeroCommStats {
   reductions: number;
   /** Milliseconds from each reduction's launch to its completion, summed. */
   reduceMs: number;
-  /** Milliseconds backward stood still waiting for reductions (after it, or in `release`). */
+  /**
+   * Milliseconds backward stood still waiting for reductions: after it, in `release` without
+   * overlap, or for a free bucket (stage 2 and 3 keep at most two in flight).
+   */
   waitMs: number;
+  /** Stage 3: milliseconds layers waited for their parameters to be gathered. */
+  gatherWaitMs: number;
+  /** Milliseconds the step's all-gather of the updated parameters took. */
+  stepGatherMs: number;
   /**
    * Bytes this rank handed to and took from data-parallel collectives this step (payloads:
    * gradient reductions and parameter gathers, sent plus received).
@@ -104,6 +111,32 @@ export interface ZeroPiece {
 }
 
 const BYTES: Record<string, number> = { f32: 4, i32: 4, f16: 2, bf16: 2 };
+
+const NO_STATS: ZeroCommStats = {
+  reductions: 0,
+  reduceMs: 0,
+  waitMs: 0,
+  gatherWaitMs: 0,
+  stepGatherMs: 0,
+  wireBytes: 0,
+};
+
+// Gradient buckets in flight at once at stage 2 and 3 (each a bucket-sized transient buffer).
+const MAX_IN_FLIGHT = 2;
+
+// One turn of the event loop (a macrotask), so that pending I/O and collectives progress: a
+// message through a fresh channel takes about 30 us (a zero timeout waits about 2 ms here), and
+// closing the channel lets the process exit.
+function yieldToLoop(): Promise<void> {
+  return new Promise((resolve) => {
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      ch.port1.close();
+      resolve();
+    };
+    ch.port2.postMessage(0);
+  });
+}
 
 interface Gathered {
   buf: Tensor;
@@ -143,7 +176,8 @@ export class Zero implements LayerGate {
   #current = new Map<ZeroBucket, Tensor>(); // stage >= 2: the bucket buffer being filled
   #gathered = new Map<ZeroBucket, Gathered>(); // stage 3
   #work: Promise<void>[] = [];
-  #stats: ZeroCommStats = { reductions: 0, reduceMs: 0, waitMs: 0, wireBytes: 0 };
+  #inFlight = new Set<Promise<void>>();
+  #stats: ZeroCommStats = { ...NO_STATS };
   #micro = 1;
   #views = new Map<string, Tensor>();
   #owned: ZeroPiece[];
@@ -426,7 +460,7 @@ export class Zero implements LayerGate {
     this.#pending.clear();
     this.#work = [];
     this.#gatherCache = null;
-    this.#stats = { reductions: 0, reduceMs: 0, waitMs: 0, wireBytes: 0 };
+    this.#stats = { ...NO_STATS };
   }
 
   #index(layer: GatedLayer): number {
@@ -489,11 +523,26 @@ export class Zero implements LayerGate {
         for (const b of more) this.#gather(b);
         budget -= n;
       }
+      const t0 = performance.now();
       await Promise.all(mine.map((g) => g.ready));
+      this.#stats.gatherWaitMs += performance.now() - t0;
     }
-    if (phase === "backward" && this.stage >= 2) {
-      for (const b of buckets) {
-        if (this.#current.has(b)) continue;
+    if (phase !== "backward" || this.#dp === null) return;
+    if (this.#inFlight.size > 0) {
+      // Hand the event loop a turn between layers while reductions are in flight: backward is
+      // synchronous kernel calls, and a collective moves only when its thread's loop runs.
+      await yieldToLoop();
+    }
+    if (this.stage >= 2) {
+      // At most MAX_IN_FLIGHT buckets in flight: a new bucket waits for the oldest, so the
+      // buckets never add up to the whole gradient buffer that stage 2 exists to avoid.
+      const need = buckets.filter((b) => !this.#current.has(b));
+      while (need.length > 0 && this.#inFlight.size >= MAX_IN_FLIGHT) {
+        const t0 = performance.now();
+        await this.#inFlight.values().next().value;
+        this.#stats.waitMs += performance.now() - t0;
+      }
+      for (const b of need) {
         const buf = this.#take(b.length, this.dtype);
         this.#be.fill(buf, 0);
         this.#current.set(b, buf);
@@ -559,7 +608,11 @@ export class Zero implements LayerGate {
       p.then(() => {
         st.reduceMs += performance.now() - t0;
       });
-    return timed(this.#launch(b, bytes));
+    const done = timed(this.#launch(b, bytes));
+    this.#inFlight.add(done);
+    const settle = () => this.#inFlight.delete(done);
+    done.then(settle, settle);
+    return done;
   }
 
   #launch(b: ZeroBucket, bytes: number): Promise<void> {
@@ -690,6 +743,7 @@ export class Zero implements LayerGate {
       return;
     }
     // Every rank's updated slices back into the whole buckets.
+    const t0 = performance.now();
     const g = this.#group();
     for (const b of this.layout.buckets) {
       const whole = this.stage < 3
@@ -709,5 +763,6 @@ export class Zero implements LayerGate {
       await allGatherT(be, g, whole, mine);
       this.#give(mine);
     }
+    this.#stats.stepGatherMs += performance.now() - t0;
   }
 }
