@@ -527,8 +527,8 @@ export class Zero implements LayerGate {
       await Promise.all(mine.map((g) => g.ready));
       this.#stats.gatherWaitMs += performance.now() - t0;
     }
-    if (phase !== "backward" || this.#dp === null) return;
-    if (this.#inFlight.size > 0) {
+    if (phase !== "backward") return;
+    if (this.#inFlight.size > 0 && this.#dp !== null) {
       // Hand the event loop a turn between layers while reductions are in flight: backward is
       // synchronous kernel calls, and a collective moves only when its thread's loop runs.
       await yieldToLoop();
