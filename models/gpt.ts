@@ -784,7 +784,6 @@ export class GptChunk implements PipelineChunk {
    */
   async forward(mb: number, input: WireBuffer | null): Promise<WireBuffer | null> {
     const step = this.#step(mb);
-    const be = this.#m.backend;
     const slot = step.slot!;
     let x: Tensor;
     if (this.#first) {
