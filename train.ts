@@ -27,6 +27,8 @@ import {
   type TokenizerJSON,
 } from "./data/mod.ts";
 import { RankFailedError } from "./collectives/world.ts";
+import { CollectiveError } from "./collectives/communicator.ts";
+import { type LaunchConfig, parseLaunch } from "./collectives/launch.ts";
 import {
   checkParallelLayout,
   type EngineConfig,
@@ -35,6 +37,7 @@ import {
   resolveEngineConfig,
   runTraining,
   type TrainSummary,
+  watchSignals,
 } from "./engine/mod.ts";
 import { SCHEDULE_KINDS } from "./optim/mod.ts";
 import { checkModelLayout, type ScheduleName } from "./parallel/mod.ts";
@@ -137,7 +140,8 @@ const OPTIONS: Record<string, OptionSpec> = {
   dp: {
     kind: "int",
     dflt: 1,
-    help: "data-parallel replicas; the run starts tp * pp * dp ranks as Workers",
+    help: "data-parallel replicas; the run starts tp * pp * dp ranks as Workers (in a job of " +
+      "several processes or nodes: default and must be its ranks / (tp * pp))",
   },
   "virtual-stages": {
     kind: "int",
@@ -226,6 +230,39 @@ const OPTIONS: Record<string, OptionSpec> = {
     kind: "int",
     dflt: 0,
     help: "stop (and checkpoint) after this step, keeping the --steps schedule (0: run to the end)",
+  },
+  nnodes: {
+    kind: "int",
+    dflt: null,
+    help: "nodes of the job: start this same command on each with its --node-rank (torchrun, " +
+      "srun and mpirun set the job from their environment instead)",
+  },
+  "node-rank": { kind: "int", dflt: null, help: "this node's index in 0..nnodes-1" },
+  "nproc-per-node": {
+    kind: "int",
+    dflt: null,
+    help: "ranks per node (Workers of this process over shared memory; nodes talk over TCP)",
+  },
+  "master-addr": {
+    kind: "string",
+    dflt: null,
+    help: "address of node 0 that every node can reach (MASTER_ADDR)",
+  },
+  "master-port": {
+    kind: "int",
+    dflt: null,
+    help: "port global rank 0 listens on (MASTER_PORT; default 29500)",
+  },
+  "max-restarts": {
+    kind: "int",
+    dflt: 0,
+    help: "after a rank fails, start this node's ranks again from the last checkpoint, up to " +
+      "N times (torchrun, srun and mpirun jobs: use the launcher's own restarts)",
+  },
+  timeout: {
+    kind: "float",
+    dflt: 60,
+    help: "seconds a collective waits for a peer before every rank fails naming it",
   },
   quiet: { kind: "bool", dflt: false, help: "print only the summary" },
   help: { kind: "bool", dflt: false, help: "show this help" },
@@ -514,6 +551,56 @@ function defaultOut(o: TrainOptions): string {
 export interface MainOptions {
   /** `false` keeps the run silent (tests); default true. */
   print?: boolean;
+  /** The environment (torchrun's, SLURM's or Open MPI's variables, LOOM_FAULT); default this process's. */
+  env?: Record<string, string | undefined>;
+  /** A shared flag the caller sets to stop the run at the next step boundary (see `RunOptions.stop`). */
+  stop?: Int32Array;
+}
+
+// Where this process sits in the job, and the data-parallel size that fills it.
+function placeInJob(job: LaunchConfig, given: TrainOptions, o: TrainOptions): void {
+  if (job.source === "default") return;
+  const tp = o.tp as number, pp = o.pp as number;
+  const from = job.source === "flags"
+    ? `${job.nnodes} node(s) x --nproc-per-node ${job.nprocPerNode}`
+    : `${job.source}'s world of ${job.worldSize}`;
+  if (given.dp === undefined) {
+    if (job.worldSize % (tp * pp) !== 0) {
+      throw new RangeError(
+        `The job has ${job.worldSize} ranks (${from}), which tp ${tp} x pp ${pp} does not ` +
+          `divide: give --tp and --pp whose product divides ${job.worldSize}`,
+      );
+    }
+    o.dp = job.worldSize / (tp * pp);
+  } else if (tp * pp * (given.dp as number) !== job.worldSize) {
+    throw new RangeError(
+      `tp ${tp} x pp ${pp} x dp ${given.dp} = ${tp * pp * (given.dp as number)} ranks, but the ` +
+        `job has ${job.worldSize} (${from}): drop --dp (it then fills the job) or change it`,
+    );
+  }
+  if (job.nnodes > 1 && job.nprocPerNode % tp !== 0) {
+    throw new RangeError(
+      `Tensor-parallel groups stay inside a node: ${job.nprocPerNode} ranks per node is not a ` +
+        `multiple of --tp ${tp}`,
+    );
+  }
+  if (job.mode === "process" && (o["max-restarts"] as number) > 0) {
+    throw new RangeError(
+      `Under ${job.source} every rank is a process the launcher starts, so it restarts them: ` +
+        `drop --max-restarts and use the launcher's (torchrun --max-restarts N, srun --requeue); ` +
+        `a restarted train.ts continues from its --out`,
+    );
+  }
+}
+
+// "R@S": global rank R fails after step S (tests of restarts and lost ranks).
+function parseFault(v: string | undefined): { rank: number; step: number } | undefined {
+  if (v === undefined || v === "") return undefined;
+  const m = /^(\d+)@(\d+)$/.exec(v.trim());
+  if (m === null) {
+    throw new TypeError(`LOOM_FAULT must look like RANK@STEP (e.g. 1@5), got "${v}"`);
+  }
+  return { rank: Number(m[1]), step: Number(m[2]) };
 }
 
 /**
@@ -528,10 +615,24 @@ export interface MainOptions {
  */
 export async function main(argv: string[], opts: MainOptions = {}): Promise<TrainSummary | null> {
   const print = opts.print ?? true;
-  let { given, all: o } = parseTrainArgs(argv);
+  const env = opts.env ?? Deno.env.toObject();
+  const job = parseLaunch(argv, env);
+  let { given, all: o } = parseTrainArgs(job.rest);
   if (o.help) {
     if (print) console.log(helpText());
     return null;
+  }
+  placeInJob(job, given, o);
+  const fault = parseFault(env.LOOM_FAULT);
+  // A job the launcher restarted (torchrun, srun --requeue) continues from its run directory.
+  const restarts = Number(env.TORCHELASTIC_RESTART_COUNT ?? env.SLURM_RESTART_COUNT ?? 0);
+  if (o.resume === null && restarts > 0 && o.out !== null) {
+    try {
+      await readCheckpointConfig(String(o.out));
+      o.resume = o.out;
+    } catch {
+      // No checkpoint yet: the restarted job starts over.
+    }
   }
 
   // Resuming: saved options fill in what is not given on this command line.
@@ -685,18 +786,27 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     quiet: Boolean(o.quiet),
     saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0 },
     notes: shape.notes,
+    launch: job.source === "default" ? undefined : job,
+    maxRestarts: o["max-restarts"] as number,
+    timeoutMs: Math.round((o.timeout as number) * 1000),
+    stop: opts.stop,
+    fault,
   });
 }
 
 if (import.meta.main) {
+  // SIGINT and SIGTERM: every rank checkpoints at the next step boundary and the run stops; a
+  // second signal exits at once.
+  const signals = await watchSignals();
   try {
-    await main(Deno.args);
+    await main(Deno.args, { stop: signals.stop });
+    signals.close();
   } catch (e) {
     if (e instanceof TypeError || e instanceof RangeError) {
       console.error(`error: ${e.message}`);
       Deno.exit(2);
     }
-    if (e instanceof RankFailedError) {
+    if (e instanceof RankFailedError || e instanceof CollectiveError) {
       // A rank's error (the same on every rank for a bad checkpoint, a diverging loss, ...).
       console.error(`error: ${e.message.split("\n")[0]}`);
       Deno.exit(1);

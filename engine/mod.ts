@@ -23,6 +23,7 @@ export * from "./checkpoint.ts";
 export * from "./metrics.ts";
 export * from "./progress.ts";
 export * from "./run.ts";
+export * from "./signals.ts";
 export * from "./estimate.ts";
 export type * from "../kernels/backend.ts";
 export type { Rng } from "../kernels/rng.ts";

@@ -7,8 +7,9 @@
  *
  * @module
  */
-import type { Communicator } from "../collectives/communicator.ts";
-import { runWorkers } from "../collectives/world.ts";
+import { CollectiveError, type Communicator } from "../collectives/communicator.ts";
+import { launch, type LaunchConfig } from "../collectives/launch.ts";
+import { RankFailedError } from "../collectives/world.ts";
 import {
   type Batch,
   type Dataset,
@@ -21,6 +22,7 @@ import { createWebGPUBackend, probeWebGPU } from "../kernels/webgpu/mod.ts";
 import type { ScheduleName } from "../parallel/mod.ts";
 import type { EngineConfig } from "./config.ts";
 import { checkParallelLayout, type Engine, initialize, type RankMemory } from "./engine.ts";
+import { readCheckpointConfig } from "./checkpoint.ts";
 import { activationBytes } from "./estimate.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
 import { formatDuration, Progress } from "./progress.ts";
@@ -63,6 +65,31 @@ export interface RunOptions {
   saveConfig?: Record<string, unknown>;
   /** Lines to print before training (e.g. that the vocabulary was padded). */
   notes?: readonly string[];
+  /**
+   * Where this process sits in a job of several processes or nodes (from `parseLaunch`);
+   * default: this process runs every rank of the layout as a Worker.
+   */
+  launch?: LaunchConfig;
+  /**
+   * Restart the ranks of this process from the run's last checkpoint after a rank fails, up to
+   * this many times (default 0: the run fails with the lost rank's error). A job of one process
+   * per rank (torchrun, srun, mpirun) is restarted by its launcher instead.
+   */
+  maxRestarts?: number;
+  /** Milliseconds a collective waits for a peer before it fails naming it; default 60 000. */
+  timeoutMs?: number;
+  /**
+   * A flag on shared memory: once nonzero, every rank checkpoints at the next step boundary and
+   * the run stops (what SIGINT and SIGTERM set in train.ts). The ranks agree on the step.
+   */
+  stop?: Int32Array;
+  /**
+   * Fault injection for tests: global rank `rank` fails after step `step` of the first attempt:
+   * its process kills itself (SIGKILL) when it is a process of its own, else its Worker throws.
+   */
+  fault?: { rank: number; step: number };
+  /** Which attempt this is (0, then 1, 2, ... after restarts). */
+  attempt?: number;
 }
 
 /** What a finished run reports (also written as summary.json). */
@@ -99,6 +126,8 @@ export interface TrainSummary {
     zero_stage: number;
     precision: string;
   };
+  /** The signal that stopped the run early (after a checkpoint), or null. */
+  stopped_by: string | null;
   /** The fp16 loss scale at the end and the steps skipped on overflow (null without fp16). */
   loss_scale: { scale: number; skipped_steps: number } | null;
   /**
@@ -141,10 +170,111 @@ async function evaluate(
   return { val, score };
 }
 
+/** The lost rank and why, from a failed job's error (null for any other error). */
+function rankFailure(e: unknown): string | null {
+  if (e instanceof RankFailedError) return e.message.split("\n")[0]!;
+  if (e instanceof CollectiveError) return e.message.split("\n")[0]!;
+  return null;
+}
+
+async function hasCheckpoint(dir: string): Promise<boolean> {
+  try {
+    await readCheckpointConfig(dir);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Start this process's ranks (see runTraining) and restart them after a failure, up to
+// o.maxRestarts times, from the run's last checkpoint.
+async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | null> {
+  const config: LaunchConfig = o.launch ?? {
+    source: "default",
+    mode: "node",
+    nnodes: 1,
+    nodeRank: 0,
+    nprocPerNode: ranks,
+    worldSize: ranks,
+    masterAddr: "127.0.0.1",
+    masterPort: 0,
+    ranks: Array.from({ length: ranks }, (_, r) => r),
+    localRanks: Array.from({ length: ranks }, (_, r) => r),
+    rest: [],
+  };
+  if (config.worldSize !== ranks) {
+    throw new RangeError(
+      `The layout needs ${ranks} ranks but the job has ${config.worldSize} ` +
+        `(${config.nnodes} node(s) x ${config.nprocPerNode}): make tp x pp x dp equal the job's ` +
+        `ranks (or leave --dp out to fill the job)`,
+    );
+  }
+  const max = o.maxRestarts ?? 0;
+  let resume = o.resume ?? null;
+  for (let attempt = o.attempt ?? 0;; attempt++) {
+    try {
+      const results = await launch<TrainSummary | null>(config, {
+        module: new URL("./rank.ts", import.meta.url),
+        data: { ...o, resume, attempt, launch: config },
+        timeoutMs: o.timeoutMs ?? 60_000,
+      });
+      return config.ranks[0] === 0 ? results[0]! : null;
+    } catch (e) {
+      const why = rankFailure(e);
+      if (why === null || attempt >= max) throw e;
+      const saved = await hasCheckpoint(o.out);
+      if (saved) resume = o.out;
+      console.error(
+        `${why}\nrestarting (${attempt + 1} of ${max}) from ` +
+          (saved ? `the last checkpoint in ${o.out}` : "the start: no checkpoint was saved yet"),
+      );
+    }
+  }
+}
+
+/** What a nonzero stop flag means: the signal that set it. */
+export const STOP_REASONS: Readonly<Record<number, string>> = { 1: "SIGINT", 2: "SIGTERM" };
+
+// Whether any rank was asked to stop: every rank answers at the same step boundary.
+async function stopAsked(stop: Int32Array, world: Communicator | undefined): Promise<boolean> {
+  const flag = new Int32Array([Atomics.load(stop, 0)]);
+  if (world !== undefined && world.size > 1) await world.allReduce(flag, "max");
+  if (flag[0]! !== 0) Atomics.store(stop, 0, flag[0]!);
+  return flag[0]! !== 0;
+}
+
+function injectFault(rank: number, step: number, ownProcess: boolean): never {
+  console.error(`fault injection: rank ${rank} fails after step ${step} at ${Date.now()} ms`);
+  if (ownProcess) Deno.kill(Deno.pid, "SIGKILL");
+  throw new Error(`fault injection: rank ${rank} failed after step ${step}`);
+}
+
+function jobShape(l: LaunchConfig | undefined): string {
+  if (l === undefined || (l.mode === "node" && l.nnodes === 1)) return "Workers";
+  if (l.mode === "node") return `${l.nnodes} nodes of ${l.nprocPerNode} Workers`;
+  return `one process each, ${l.nnodes} node(s)`;
+}
+
+// Every rank writes to rank 0's run directory (a default one is named after the clock).
+async function agreeOnOut(o: RunOptions, world: Communicator): Promise<RunOptions> {
+  const bytes = new TextEncoder().encode(o.out);
+  const len = new Int32Array([bytes.length]);
+  await world.broadcast(len, 0);
+  const words = new Int32Array(Math.ceil(len[0]! / 4));
+  if (world.rank === 0) new Uint8Array(words.buffer).set(bytes);
+  await world.broadcast(words, 0);
+  const out = new TextDecoder().decode(new Uint8Array(words.buffer, 0, len[0]!));
+  return out === o.out ? o : { ...o, out, saveConfig: { ...o.saveConfig, out } };
+}
+
 /**
- * Run the training job on this rank, or, without a world and with a layout of several ranks,
- * start them as Workers of this process (each running this same function) and return rank 0's
- * summary.
+ * Run the training job on this rank; or, without a world, start this process's ranks of the
+ * job (Workers over shared memory when the layout has several ranks and `o.launch` says
+ * nothing else; a process of a multi-process or multi-node job joins over TCP), each running
+ * this same function, and return global rank 0's summary when it runs here.
+ *
+ * After a rank fails, every other rank's collectives fail naming it within `o.timeoutMs`; with
+ * `o.maxRestarts` the ranks of this process then start again from the run's last checkpoint.
  *
  * @param o the run
  * @param world the world, when this call is one of the run's ranks
@@ -154,17 +284,12 @@ export async function runTraining(
   o: RunOptions,
   world?: Communicator,
 ): Promise<TrainSummary | null> {
-  const print = o.print ?? true;
   const layout = checkParallelLayout(o.config, { schedule: o.schedule, seqLen: undefined });
-  if (world === undefined && layout.worldSize > 1) {
-    const results = await runWorkers<TrainSummary | null>({
-      size: layout.worldSize,
-      module: new URL("./rank.ts", import.meta.url),
-      data: o,
-      timeoutMs: 60_000,
-    });
-    return results[0]!;
+  if (world === undefined && (layout.worldSize > 1 || (o.launch?.worldSize ?? 1) > 1)) {
+    return await launchRun(o, layout.worldSize);
   }
+  if (world !== undefined && world.size > 1) o = await agreeOnOut(o, world);
+  const print = o.print ?? true;
   const lead = world === undefined || world.rank === 0;
   const quiet = !lead || (o.quiet ?? false);
   const say = (s: string) => {
@@ -220,7 +345,7 @@ export async function runTraining(
     if (layout.worldSize > 1) {
       say(
         `layout: tp ${layout.tp} x pp ${layout.pp} x dp ${layout.dp} = ${layout.worldSize} ` +
-          `ranks (Workers), ${layout.schedule} schedule` +
+          `ranks (${jobShape(o.launch)}), ${layout.schedule} schedule` +
           (layout.virtualStages > 1 ? ` with ${layout.virtualStages} virtual stages` : "") +
           (layout.sequenceParallel ? ", sequence parallel" : "") +
           `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,
@@ -259,6 +384,8 @@ export async function runTraining(
     const recent: number[] = [];
     const stepsStart = engine.step;
     let last: { val: number | null; score: Score | null } = { val: null, score: null };
+    let stoppedBy: string | null = null;
+    const rank = world?.rank ?? 0;
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
       for (let i = 0; i < o.drawAccum; i++) batches.push(src.next());
@@ -326,9 +453,22 @@ export async function runTraining(
         );
       }
       if (o.saveEvery > 0 && r.step % o.saveEvery === 0 && !end) await saveRun();
+      if (o.fault?.rank === rank && o.fault.step === r.step && (o.attempt ?? 0) === 0) {
+        injectFault(rank, r.step, o.launch?.mode === "process");
+      }
+      if (o.stop && !end && await stopAsked(o.stop, world)) {
+        stoppedBy = STOP_REASONS[Atomics.load(o.stop, 0)] ?? "a signal";
+        break;
+      }
     }
     progress.done();
     await saveRun();
+    if (stoppedBy !== null) {
+      say(
+        `stopped by ${stoppedBy} at step ${engine.step}: saved ${out}/; continue with ` +
+          `--resume ${out}`,
+      );
+    }
     writer?.close();
     const wall = (performance.now() - t0) / 1000;
     const memory = await engine.memoryPerRank();
@@ -383,10 +523,11 @@ export async function runTraining(
         ? { scale: engine.lossScaler.scale, skipped_steps: engine.lossScaler.skipped }
         : null,
       memory: { per_rank: memory, activations_saved_bytes: saved },
+      stopped_by: stoppedBy,
     };
     // Generation runs through the parallel model on every rank; rank 0 prints it.
     let sample: string | null = null;
-    if (!last.score) {
+    if (!last.score && stoppedBy === null) {
       const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
       const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
       const [gen] = await engine.generate([prompt], 120);
@@ -415,7 +556,7 @@ export async function runTraining(
             `  ${s.prompt}${s.predicted}  ${s.correct ? "right" : `wrong, ${s.expected}`}`,
           );
         }
-      } else {
+      } else if (sample !== null) {
         console.log("sample (greedy):");
         console.log(sample);
       }

@@ -1,0 +1,219 @@
+// train.ts as a job of several processes or nodes: torchrun's environment, node flags, lost
+// ranks and restarts, signals. Each run is a real `deno run train.ts` process (tiny model, a
+// few seconds), compared with the same layout run as Workers of one process.
+import assert from "node:assert/strict";
+import { main } from "../../train.ts";
+
+const TRAIN = new URL("../../train.ts", import.meta.url).pathname;
+const TINY = ["--dim", "16", "--layers", "2", "--heads", "2", "--batch", "8", "--eval-every", "0"];
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function tmp(): string {
+  return Deno.makeTempDirSync({ prefix: "loom-job-" });
+}
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = l.addr.port;
+  l.close();
+  return p;
+}
+
+/** Start `deno run -A train.ts args` (optionally under `prefix`, e.g. `ip netns exec ns`). */
+function start(args: string[], env: Record<string, string> = {}, prefix: string[] = []) {
+  const cmd = prefix.length > 0 ? prefix[0]! : Deno.execPath();
+  const all = [...prefix.slice(1), ...(prefix.length > 0 ? [Deno.execPath()] : [])]
+    .concat(["run", "-A", TRAIN, "--quiet", ...args]);
+  const child = new Deno.Command(cmd, {
+    args: all,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const done = child.output().then((o): Run => ({
+    code: o.code,
+    stdout: new TextDecoder().decode(o.stdout),
+    stderr: new TextDecoder().decode(o.stderr),
+  }));
+  return { child, done };
+}
+
+async function run(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  return await start(args, env).done;
+}
+
+function losses(dir: string): number[] {
+  return Deno.readTextFileSync(`${dir}/metrics.jsonl`).trim().split("\n").map((l) => JSON.parse(l))
+    .filter((r) => r.kind === undefined).map((r) => r.loss);
+}
+
+function torchrunEnv(rank: number, size: number, port: number): Record<string, string> {
+  return {
+    RANK: String(rank),
+    WORLD_SIZE: String(size),
+    LOCAL_RANK: String(rank),
+    LOCAL_WORLD_SIZE: String(size),
+    MASTER_ADDR: "127.0.0.1",
+    MASTER_PORT: String(port),
+  };
+}
+
+async function expectOk(r: Run, what: string): Promise<void> {
+  assert.equal(r.code, 0, `${what} failed (${r.code}):\n${r.stderr}\n${r.stdout}`);
+  await Promise.resolve();
+}
+
+Deno.test("train.ts under torchrun's environment (2 processes over TCP) equals --dp 2 as Workers", async () => {
+  const dir = tmp();
+  const args = [...TINY, "--steps", "12"];
+  await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/workers`]), "--dp 2");
+  const port = freePort();
+  const ranks = await Promise.all(
+    [0, 1].map((r) => run([...args, "--out", `${dir}/procs`], torchrunEnv(r, 2, port))),
+  );
+  for (const [r, x] of ranks.entries()) await expectOk(x, `rank ${r}`);
+  assert.deepEqual(losses(`${dir}/procs`), losses(`${dir}/workers`));
+  const summary = JSON.parse(Deno.readTextFileSync(`${dir}/procs/summary.json`));
+  assert.equal(summary.layout.dp, 2, "dp fills the job's world");
+  assert.equal(summary.memory.per_rank.length, 2);
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("train.ts on 2 nodes of 2 Workers (node flags, tp 2 inside each node) tracks 4 Workers", async () => {
+  const dir = tmp();
+  const args = [...TINY, "--steps", "10", "--tp", "2"];
+  await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/one`]), "one process");
+  const port = String(freePort());
+  const nodes = await Promise.all([0, 1].map((n) =>
+    run([
+      ...args,
+      "--nnodes=2",
+      `--node-rank=${n}`,
+      "--nproc-per-node=2",
+      "--master-addr=127.0.0.1",
+      `--master-port=${port}`,
+      "--out",
+      `${dir}/nodes`,
+    ])
+  ));
+  for (const [n, x] of nodes.entries()) await expectOk(x, `node ${n}`);
+  const a = losses(`${dir}/one`), b = losses(`${dir}/nodes`);
+  assert.equal(a.length, b.length);
+  // Across nodes the data-parallel sum folds in another order: float32 rounding only.
+  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) < 1e-5, `step ${i + 1}`);
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("a job whose size disagrees with the layout is refused before it starts", async () => {
+  const env = torchrunEnv(0, 2, 29500);
+  await assert.rejects(
+    main([...TINY, "--dp", "3"], { print: false, env }),
+    /tp 1 x pp 1 x dp 3 = 3 ranks, but the job has 2 \(torchrun's world of 2\)/,
+  );
+  await assert.rejects(
+    main([...TINY, "--tp", "4"], { print: false, env }),
+    /The job has 2 ranks .* tp 4 x pp 1 does not divide/,
+  );
+  await assert.rejects(
+    main([...TINY, "--max-restarts", "2"], { print: false, env }),
+    /drop --max-restarts and use the launcher's/,
+  );
+  await assert.rejects(
+    main(
+      [...TINY, "--tp", "2", "--nnodes=2", "--nproc-per-node=3", "--master-addr=127.0.0.1"],
+      { print: false, env: {} },
+    ),
+    /Tensor-parallel groups stay inside a node: 3 ranks per node is not a multiple of --tp 2/,
+  );
+});
+
+Deno.test("a Worker that fails: the job names it, and with --max-restarts continues from the checkpoint to the same losses", async () => {
+  const dir = tmp();
+  const args = [...TINY, "--steps", "16", "--dp", "2", "--save-every", "5"];
+  await expectOk(await run([...args, "--out", `${dir}/clean`]), "clean run");
+  const failed = await run([...args, "--out", `${dir}/failed`], { LOOM_FAULT: "1@7" });
+  assert.equal(failed.code, 1);
+  assert.match(failed.stderr, /error: rank 1 failed: fault injection: rank 1 failed after step 7/);
+  const restarted = await run([...args, "--out", `${dir}/restarted`, "--max-restarts", "1"], {
+    LOOM_FAULT: "1@7",
+  });
+  await expectOk(restarted, "restarted run");
+  assert.match(restarted.stderr, /restarting \(1 of 1\) from the last checkpoint/);
+  assert.deepEqual(losses(`${dir}/restarted`), losses(`${dir}/clean`));
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("a killed process: its peer fails naming it, exits non-zero, and never hangs", async () => {
+  const dir = tmp();
+  const port = freePort();
+  const t0 = performance.now();
+  const ranks = await Promise.all(
+    [0, 1].map((r) =>
+      run([...TINY, "--steps", "200", "--out", dir, "--timeout", "20"], {
+        ...torchrunEnv(r, 2, port),
+        LOOM_FAULT: "1@5",
+      })
+    ),
+  );
+  const elapsed = performance.now() - t0;
+  assert.equal(ranks[1]!.code, 137, "rank 1 killed itself (SIGKILL)");
+  assert.equal(ranks[0]!.code, 1);
+  assert.match(ranks[0]!.stderr, /error: .*peer-lost \(rank 1\)/);
+  assert.ok(elapsed < 20_000, `the survivor failed in ${elapsed} ms, within the timeout`);
+  Deno.removeSync(dir, { recursive: true });
+});
+
+async function waitForSteps(dir: string, n: number, limitMs: number): Promise<void> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < limitMs) {
+    try {
+      if (Deno.readTextFileSync(`${dir}/metrics.jsonl`).split("\n").length > n) return;
+    } catch {
+      // not written yet
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`no ${n} steps in ${dir} within ${limitMs} ms`);
+}
+
+Deno.test("SIGINT checkpoints at the next step boundary on every rank; the resumed run ends as an uninterrupted one", async () => {
+  const dir = tmp();
+  const args = [...TINY, "--steps", "400", "--dp", "2"];
+  await expectOk(await run([...args, "--out", `${dir}/clean`]), "clean run");
+  const p = start([...args, "--out", `${dir}/stopped`]);
+  await waitForSteps(`${dir}/stopped`, 20, 30_000);
+  p.child.kill("SIGINT");
+  const r = await p.done;
+  await expectOk(r, "interrupted run");
+  assert.match(r.stderr, /SIGINT: saving at the next step boundary/);
+  const summary = JSON.parse(Deno.readTextFileSync(`${dir}/stopped/summary.json`));
+  assert.equal(summary.stopped_by, "SIGINT");
+  assert.ok(summary.steps >= 20 && summary.steps < 400, `stopped at step ${summary.steps}`);
+  const logged = losses(`${dir}/stopped`);
+  assert.equal(logged.length, summary.steps, "the checkpoint is of the last step taken");
+  await expectOk(await run(["--resume", `${dir}/stopped`, "--dp", "2"]), "resumed run");
+  assert.deepEqual(losses(`${dir}/stopped`), losses(`${dir}/clean`));
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("a second SIGINT exits at once", async () => {
+  const dir = tmp();
+  // Slow steps (a wider model), so that both signals land inside one step.
+  const p = start([
+    ...["--dim", "256", "--layers", "4", "--heads", "4", "--batch", "64", "--eval-every", "0"],
+    ...["--steps", "1000", "--out", dir],
+  ]);
+  await waitForSteps(dir, 1, 60_000);
+  p.child.kill("SIGINT");
+  await new Promise((r) => setTimeout(r, 20));
+  p.child.kill("SIGINT");
+  const r = await p.done;
+  assert.equal(r.code, 130, r.stderr);
+  Deno.removeSync(dir, { recursive: true });
+});
