@@ -177,6 +177,20 @@ function rankFailure(e: unknown): string | null {
   return null;
 }
 
+// A node's Workers are numbered from 0: name the failed one by its global rank.
+function globalRank(e: unknown, config: LaunchConfig): unknown {
+  if (!(e instanceof RankFailedError)) return e;
+  const global = config.ranks[e.rank];
+  if (global === undefined || global === e.rank) return e;
+  const rest = e.message.replace(/^rank \d+ failed: /, "");
+  return new RankFailedError(global, `(node ${config.nodeRank}) ${rest}`, {
+    name: e.name,
+    message: rest,
+    reason: e.reason,
+    peer: e.peer,
+  });
+}
+
 async function hasCheckpoint(dir: string): Promise<boolean> {
   try {
     await readCheckpointConfig(dir);
@@ -219,7 +233,8 @@ async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | n
         timeoutMs: o.timeoutMs ?? 60_000,
       });
       return config.ranks[0] === 0 ? results[0]! : null;
-    } catch (e) {
+    } catch (caught) {
+      const e = globalRank(caught, config);
       const why = rankFailure(e);
       if (why === null || attempt >= max) throw e;
       const saved = await hasCheckpoint(o.out);
@@ -303,6 +318,7 @@ export async function runTraining(
       backend,
       schedule: o.schedule,
       seqLen: ds.seqLen,
+      timeoutMs: o.timeoutMs,
     });
     const micro = engine.config.batchSize / o.drawAccum;
     if (!Number.isInteger(micro)) {

@@ -287,3 +287,40 @@ Deno.test("train.ts across two hosts (network namespaces joined by a veth pair) 
     for (const n of names) await ip("netns", "del", n);
   }
 });
+
+Deno.test("a host that goes away (its link cut mid-run): the other fails naming it within --timeout", async () => {
+  const tag = String((Deno.pid + 1) % 10000);
+  const { names, why } = await makeHosts(tag);
+  try {
+    if (why !== null) {
+      console.log(`skipped: cannot build two hosts here (needs root and iproute2): ${why}`);
+      return;
+    }
+    const dir = tmp();
+    const nodes = [0, 1].map((n) =>
+      start(
+        [
+          ...TINY,
+          ...["--steps", "1000000", "--timeout", "3", "--nnodes=2", `--node-rank=${n}`],
+          ...["--nproc-per-node=1", "--master-addr=10.231.0.1", "--master-port=29534"],
+          ...["--out", dir],
+        ],
+        { LOOM_SECRET: "two-hosts-test" },
+        ["ip", "netns", "exec", names[n]!],
+      )
+    );
+    await waitForSteps(dir, 20, 30_000);
+    const cut = performance.now();
+    assert.ok((await ip("-n", names[1]!, "link", "del", `lm${tag}b`)).ok, "cut the link");
+    const [a, b] = await Promise.all(nodes.map((n) => n.done));
+    const waited = performance.now() - cut;
+    assert.equal(a!.code, 1, a!.stderr);
+    assert.equal(b!.code, 1, b!.stderr);
+    assert.match(a!.stderr, /error: rank 0 failed: .* timeout \(rank 1\)/);
+    assert.match(b!.stderr, /error: rank 1 failed: \(node 1\) .* timeout \(rank 0\)/);
+    assert.ok(waited < 15_000, `both failed ${waited.toFixed(0)} ms after the cut`);
+    Deno.removeSync(dir, { recursive: true });
+  } finally {
+    for (const n of names) await ip("netns", "del", n);
+  }
+});
