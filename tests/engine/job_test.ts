@@ -324,3 +324,30 @@ Deno.test("a host that goes away (its link cut mid-run): the other fails naming 
     for (const n of names) await ip("netns", "del", n);
   }
 });
+
+Deno.test("train.ts under mpirun -np 2 (Open MPI's environment, over TCP) equals --dp 2 as Workers", async () => {
+  let mpirun = true;
+  try {
+    await new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
+      .output();
+  } catch {
+    mpirun = false;
+  }
+  if (!mpirun) {
+    console.log("skipped: mpirun is not installed (Debian: apt-get install openmpi-bin)");
+    return;
+  }
+  const dir = tmp();
+  const args = [...TINY, "--steps", "12"];
+  await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/workers`]), "--dp 2");
+  const o = await new Deno.Command("mpirun", {
+    args: ["--oversubscribe", "-np", "2", "-x", `MASTER_PORT=${freePort()}`, Deno.execPath()]
+      .concat(["run", "-A", TRAIN, "--quiet", ...args, "--out", `${dir}/mpi`]),
+    env: { OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+  assert.deepEqual(losses(`${dir}/mpi`), losses(`${dir}/workers`));
+  Deno.removeSync(dir, { recursive: true });
+});
