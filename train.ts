@@ -1,11 +1,13 @@
 /**
  * The main job: train a GPT on the embedded default task (multi-digit addition, scored by
  * exact match on held-out problems) or on any UTF-8 text file, on one rank or on many (tensor,
- * sequence, pipeline and data parallel, every rank a Worker of this process).
+ * sequence, pipeline and data parallel): Workers of this process, or a job of several processes
+ * and nodes started with node flags, torchrun, srun or mpirun.
  *
  * ```sh
  * deno run -A train.ts                              # the default: learns 3-digit addition
  * deno run -A train.ts --tp 2 --pp 2                # the same on 4 ranks (tensor x pipeline)
+ * deno run -A train.ts --nnodes 2 --node-rank 0 --nproc-per-node 2 --master-addr 10.0.0.1
  * deno run -A train.ts --data book.txt --ctx 128    # a character-level model of a text
  * deno run -A train.ts --resume runs/add-...        # continue a saved run
  * deno run -A train.ts --help                       # every option, with defaults
