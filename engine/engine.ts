@@ -7,8 +7,8 @@
  * `trainBatch`, `evalBatch`, `logits`, `generate`, `save`, `load`.
  *
  * Every rank of the world calls every method with the same arguments. Evaluation, logits and
- * generation run through the parallel model; saving gathers the serial checkpoint on rank 0
- * one tensor at a time.
+ * generation run through the parallel model; saving streams each rank's own pieces into its
+ * shard of an atomic checkpoint directory, and loading reads them back at any layout.
  *
  * @module
  */
@@ -38,6 +38,7 @@ import {
   sgdRule,
   type TensorSplit,
   Zero,
+  type ZeroPiece,
 } from "../optim/mod.ts";
 import {
   buildForwardSchedule,
@@ -53,13 +54,29 @@ import {
   type PipelineStats,
   runPipeline,
   type ScheduleName,
-  shardTensor,
   syncModelParallelGrads,
   type TensorParallel,
   unshardTensor,
 } from "../parallel/mod.ts";
 import { type EngineConfig, type ResolvedEngineConfig, resolveEngineConfig } from "./config.ts";
-import { type CheckpointMeta, createCheckpointWriter, openCheckpoint } from "./checkpoint.ts";
+import {
+  checkCheckpointModel,
+  CHECKPOINT_FORMAT,
+  type CheckpointFileEntry,
+  type CheckpointIndex,
+  type CheckpointMeta,
+  type CheckpointPiece,
+  CheckpointReader,
+  type CheckpointTensorEntry,
+  checkShardFile,
+  commitCheckpoint,
+  createShardWriter,
+  pendingCheckpoint,
+  prepareCheckpoint,
+  selectCheckpoint,
+  shardFileName,
+  shardProblem,
+} from "./checkpoint.ts";
 
 /** What one optimizer step reports (the same on every rank). */
 export interface TrainStepResult {
@@ -236,6 +253,61 @@ export interface InitializeOptions {
   timeoutMs?: number;
 }
 
+/** Checkpoints kept by default: the one just saved and the one before it. */
+export const DEFAULT_KEEP = 2;
+
+/** Where a save has got to (see {@linkcode SaveOptions.onProgress}). */
+export interface SaveProgress {
+  /**
+   * `"shard"`: this rank has written one more tensor of its shard; `"commit"`: every shard is
+   * fsynced and rank 0 is about to write the index and make the checkpoint visible (rank 0
+   * only).
+   */
+  phase: "shard" | "commit";
+  /** Tensors of this rank's shard written so far. */
+  written: number;
+  /** Tensors in this rank's shard. */
+  total: number;
+}
+
+/** Options of {@linkcode Engine.save}. */
+export interface SaveOptions {
+  /**
+   * Checkpoints to keep in the run directory, this one included (default
+   * {@linkcode DEFAULT_KEEP}; 0 keeps every one). Older ones are deleted once this one and
+   * `latest` are in place.
+   */
+  keep?: number;
+  /**
+   * The real vocabulary, when the model's is padded (e.g. to a multiple of tp): the rows from
+   * here on of `wte` (and an untied head) are recorded as padding, so that the checkpoint
+   * loads at another padding. Default: the model's vocabulary (no padding).
+   */
+  vocab?: number;
+  /** Called as the save proceeds (e.g. to report progress); awaited. */
+  onProgress?: (p: SaveProgress) => void | Promise<void>;
+}
+
+/** Options of {@linkcode Engine.load}. */
+export interface LoadOptions {
+  /**
+   * Given a run directory whose latest checkpoint is damaged, load the newest intact earlier
+   * one instead, with a warning (default true). A checkpoint directory named directly is
+   * never replaced by another.
+   */
+  fallback?: boolean;
+}
+
+// The GPT's tensors whose axis 0 is the vocabulary.
+const VOCAB_TENSORS = new Set(["wte", "lm_head.weight"]);
+
+// What a rank tells rank 0 about its shard once it is on disk.
+interface ShardReport {
+  file: { name: string; entry: CheckpointFileEntry } | null;
+  tensors: [string, Omit<CheckpointTensorEntry, "pieces">][];
+  pieces: [string, CheckpointPiece][];
+}
+
 const SAVE_TAG = 0x3000_0000;
 
 const DTYPES: Record<"fp32" | "fp16" | "bf16", TensorDType> = {
@@ -287,6 +359,8 @@ export class Engine {
     null;
   #pipePeak = 0;
   #trainActivations = 0;
+  /** The checkpoint directory this engine last saved or loaded (null before). */
+  checkpointPath: string | null = null;
 
   private constructor(
     config: EngineConfig,
@@ -855,22 +929,142 @@ export class Engine {
     return this.isLeader ? out : null;
   }
 
+  // Every rank learns whether any rank failed (`err` is this rank's failure): a failing rank
+  // rethrows its error, the others say which ranks failed. Collective.
+  async #agree(err: unknown, what: string): Promise<void> {
+    const v = new Float32Array([err === null ? 0 : 1]);
+    await this.world.allReduce(v, "sum", this.#opts());
+    if (err !== null) throw err;
+    if (v[0]! > 0) {
+      throw new Error(`Saving the checkpoint failed on ${v[0]} other rank(s) (${what})`);
+    }
+  }
+
+  async #sendJson(value: unknown, to: number, tag: number): Promise<void> {
+    const text = new TextEncoder().encode(JSON.stringify(value));
+    const padded = new Uint8Array(Math.ceil(text.length / 4) * 4).fill(32);
+    padded.set(text);
+    const words = new Int32Array(padded.buffer);
+    await this.world.send(new Int32Array([words.length]), to, tag, this.#opts());
+    await this.world.send(words, to, tag - 1, this.#opts());
+  }
+
+  async #recvJson(from: number, tag: number): Promise<unknown> {
+    const len = new Int32Array(1);
+    await this.world.recv(len, from, tag, this.#opts());
+    const words = new Int32Array(len[0]!);
+    await this.world.recv(words, from, tag - 1, this.#opts());
+    return JSON.parse(new TextDecoder().decode(new Uint8Array(words.buffer)).trimEnd());
+  }
+
+  // The pieces this rank writes: at ZeRO 0 data-parallel replica 0 writes its parameters and
+  // state whole; at stages 1-3 every rank writes the slices it owns. A tensor that is not
+  // split comes from the first tensor-parallel rank only, and a mirror (a tied copy held on
+  // another stage) from nowhere: every element of every tensor is written exactly once.
+  #shardPlan(): { kind: string; name: string; piece: ZeroPiece; shape: readonly number[] }[] {
+    const z = this.zero;
+    const c = this.groups.coords;
+    if (z.stage === 0 && c.dp !== 0) return [];
+    const pieces = z.statePieces().filter((q) =>
+      !q.slot.mirror && ((q.slot.split?.parts ?? 1) > 1 || c.tp === 0)
+    );
+    return ["params", ...this.#stateKinds()].flatMap((kind) =>
+      pieces.map((piece) => ({
+        kind,
+        name: prefixOf(kind) + piece.slot.name,
+        piece,
+        shape: piece.n === piece.slot.size ? piece.slot.shape : [piece.n],
+      }))
+    );
+  }
+
+  // Write this rank's shard into `dir` and say what is in it.
+  async #writeShard(dir: string, opts: SaveOptions): Promise<ShardReport> {
+    const plan = this.#shardPlan();
+    const report: ShardReport = { file: null, tensors: [], pieces: [] };
+    if (plan.length === 0) return report;
+    const name = shardFileName(this.world.rank);
+    try {
+      await Deno.stat(dir);
+    } catch {
+      throw new Error(
+        `${dir}, made by rank 0 for this save, is not visible on rank ${this.world.rank}: the ` +
+          `run directory must be on a file system every rank sees`,
+      );
+    }
+    const w = await createShardWriter(`${dir}/${name}`, plan.map((p) => ({ key: p.name, ...p })));
+    let written = 0;
+    try {
+      for (const p of plan) {
+        await w.write(p.name, await this.zero.readPiece(p.kind, p.piece));
+        written++;
+        await opts.onProgress?.({ phase: "shard", written, total: plan.length });
+      }
+    } catch (e) {
+      w.abort();
+      throw e;
+    }
+    const { bytes, sha256 } = await w.finish();
+    const c = this.groups.coords;
+    report.file = { name, entry: { rank: this.world.rank, coords: c, bytes, sha256 } };
+    const z = this.zero;
+    for (const p of plan) {
+      const s = p.piece.slot;
+      const split = (s.split?.parts ?? 1) > 1 ? s.split! : null;
+      report.tensors.push([p.name, {
+        shape: [...s.full],
+        dtype: "F32",
+        split: split && { axis: split.axis, parts: split.parts, blocks: split.blocks ?? 1 },
+        local: [...s.shape],
+        vocabRows: VOCAB_TENSORS.has(s.name),
+      }]);
+      report.pieces.push([p.name, {
+        file: name,
+        key: p.name,
+        part: split?.index ?? 0,
+        start: p.piece.global - s.offset,
+        n: p.piece.n,
+        dpRank: c.dp,
+        bucket: z.layout.bucketOf(s.name).index,
+      }]);
+    }
+    return report;
+  }
+
   /**
-   * Save the serial checkpoint (the one-rank format, so a run continues on any layout) from
-   * rank 0: each tensor (parameters, then each optimizer state buffer) is put together from
-   * the ranks' pieces and written before the next is gathered. Collective.
+   * Save a checkpoint of every rank's state into the run directory `dir`, as
+   * `dir/checkpoints/step-<NNNNNNNN>/` (see `checkpoint.ts`): each rank streams the pieces it
+   * owns (fp32 parameters, the master weights when kept, and each optimizer state buffer) into
+   * its own shard file, in parallel, one tensor at a time, nothing gathered; rank 0 then
+   * writes the index from the ranks' small reports, renames the finished directory into place
+   * and points `dir/latest` at it, and deletes the checkpoints beyond `opts.keep`. A save
+   * interrupted at any point leaves the previous checkpoint and `latest` as they were. It
+   * loads at any layout. Collective.
    *
-   * @param dir the directory (created if needed)
+   * @param dir the run directory (created if needed; it must be on a file system every rank
+   *   sees)
    * @param extra run state to keep with the checkpoint (e.g. the data position)
    * @param extraConfig more configuration to write into config.json
+   * @param opts how many checkpoints to keep, the real vocabulary, a progress hook
+   * @returns the checkpoint directory
    */
   async save(
     dir: string,
     extra: Record<string, unknown> = {},
     extraConfig: Record<string, unknown> = {},
-  ): Promise<void> {
-    const serial = gptParamSpecs(this.config.model);
-    const kinds = ["params", ...this.#stateKinds()];
+    opts: SaveOptions = {},
+  ): Promise<string> {
+    const keep = opts.keep ?? DEFAULT_KEEP;
+    if (!Number.isInteger(keep) || keep < 0) {
+      throw new RangeError(`keep must be an integer >= 0 (0: every checkpoint), got ${keep}`);
+    }
+    const m = this.config.model;
+    const vocab = opts.vocab ?? m.vocab;
+    if (!Number.isInteger(vocab) || vocab < 1 || vocab > m.vocab) {
+      throw new RangeError(
+        `The real vocabulary must be an integer in [1, ${m.vocab}] (the model's), got ${vocab}`,
+      );
+    }
     const meta: CheckpointMeta = {
       step: this.step,
       optimizerSteps: this.zero.steps,
@@ -878,48 +1072,160 @@ export class Engine {
       lossScaler: this.lossScaler?.getState() ?? null,
       extra,
     };
-    const writer = this.isLeader
-      ? await createCheckpointWriter(
-        dir,
-        kinds.flatMap((k) => serial.map((s) => ({ name: prefixOf(k) + s.name, shape: s.shape }))),
-        meta,
-        this.config.model,
-        this.zero.rule.kind,
-      )
-      : null;
-    await this.#gather(kinds, (name, data) => writer!.write(name, data));
-    await writer?.finish({ ...extraConfig, engine: this.rawConfig, layout: this.layout });
-    await this.world.barrier(this.#opts());
+    const pending = pendingCheckpoint(dir, this.step);
+    let err: unknown = null;
+    if (this.isLeader) {
+      try {
+        await prepareCheckpoint(pending);
+      } catch (e) {
+        err = e;
+      }
+    }
+    await this.#agree(err, "making the checkpoint directory");
+    let report: ShardReport | null = null;
+    try {
+      report = await this.#writeShard(pending.tmp, opts);
+    } catch (e) {
+      err = e;
+    }
+    await this.#agree(err, "writing the shards");
+    const tag = SAVE_TAG - 3;
+    if (!this.isLeader) {
+      await this.#sendJson(report, 0, tag);
+    } else {
+      try {
+        const index: CheckpointIndex = {
+          format: CHECKPOINT_FORMAT,
+          step: this.step,
+          meta,
+          model: m,
+          vocab,
+          optimizer: this.zero.rule.kind,
+          state: [...this.#stateKinds()],
+          layout: {
+            worldSize: this.world.size,
+            tp: this.layout.tp,
+            pp: this.layout.pp,
+            dp: this.layout.dp,
+            virtualStages: this.layout.virtualStages,
+            zeroStage: this.zero.stage,
+            precision: this.config.precision,
+          },
+          zero: {
+            stage: this.zero.stage,
+            dp: this.zero.dpSize,
+            reduceBucketSize: this.config.zero.reduceBucketSize,
+          },
+          files: {},
+          tensors: {},
+        };
+        for (let r = 0; r < this.world.size; r++) {
+          const rep = r === 0 ? report! : await this.#recvJson(r, tag) as ShardReport;
+          if (rep.file) index.files[rep.file.name] = rep.file.entry;
+          for (const [name, t] of rep.tensors) index.tensors[name] ??= { ...t, pieces: [] };
+          for (const [name, q] of rep.pieces) index.tensors[name]!.pieces.push(q);
+        }
+        for (const [name, f] of Object.entries(index.files)) {
+          const problem = await shardProblem(pending.tmp, name, f);
+          if (problem !== null) {
+            throw new Error(
+              `The shard of rank ${f.rank} does not check out on rank 0 (${problem}): the run ` +
+                `directory must be on a file system every rank sees`,
+            );
+          }
+        }
+        await opts.onProgress?.({ phase: "commit", written: 0, total: 0 });
+        await commitCheckpoint(
+          pending,
+          index,
+          { ...extraConfig, engine: this.rawConfig, layout: this.layout },
+          keep,
+        );
+      } catch (e) {
+        err = e;
+      }
+    }
+    await this.#agree(err, "committing the checkpoint on rank 0");
+    this.checkpointPath = pending.final;
+    return pending.final;
+  }
+
+  // Check every shard of a checkpoint against its index, the files shared out over the ranks
+  // (each read once, in chunks); every rank learns which files are damaged. Collective.
+  async #verifyShards(dir: string, index: CheckpointIndex): Promise<string | null> {
+    const names = Object.keys(index.files).sort();
+    if (names.length === 0) return null;
+    const w = this.world;
+    const bad = new Float32Array(names.length);
+    let err: unknown = null;
+    for (let i = w.rank; i < names.length; i += w.size) {
+      try {
+        if (await checkShardFile(dir, names[i]!, index.files[names[i]!]!) !== null) bad[i] = 1;
+      } catch (e) {
+        err ??= e;
+        bad[i] = 1;
+      }
+    }
+    await w.allReduce(bad, "sum", this.#opts());
+    const problems: string[] = [];
+    for (let i = 0; i < names.length; i++) {
+      if (bad[i] === 0) continue;
+      const name = names[i]!;
+      // What a look at the file shows (the same on every rank), else its checksum failed.
+      problems.push(
+        (await shardProblem(dir, name, index.files[name]!)) ??
+          `${dir}/${name} fails its SHA-256 check: it is corrupt` +
+            (err !== null && i % w.size === w.rank ? ` (${(err as Error).message})` : ""),
+      );
+    }
+    return problems.length > 0 ? problems.join("; ") : null;
   }
 
   /**
-   * Load a checkpoint saved by {@linkcode Engine.save} at any layout: every rank reads the
-   * tensors it holds a piece of, one at a time, and takes its piece. Collective.
+   * Load a checkpoint saved by {@linkcode Engine.save} at any layout (another dp, tp, pp,
+   * number of virtual stages, ZeRO stage or precision, a vocabulary padded otherwise). `dir`
+   * is a run directory (the checkpoint `latest` names; if it is damaged, with a warning, the
+   * newest intact earlier one unless `opts.fallback` is false) or a checkpoint directory.
+   * Every shard's length and SHA-256 are verified first (the files shared out over the ranks):
+   * nothing of a damaged checkpoint is loaded. Then every rank reads the pieces of the tensors
+   * it holds, one tensor at a time. Collective.
    *
-   * @param dir the directory
+   * @param dir a run directory or a checkpoint directory
+   * @param opts whether to fall back to an earlier checkpoint
    * @returns the `extra` state saved with it
+   * @throws {TypeError} naming the damaged files when there is no intact checkpoint, or what
+   *   differs when it is of another model shape or optimizer
    */
-  async load(dir: string): Promise<Record<string, unknown>> {
-    const r = await openCheckpoint(dir, this.config.model, this.zero.rule.kind);
+  async load(dir: string, opts: LoadOptions = {}): Promise<Record<string, unknown>> {
+    const lead = this.isLeader;
+    const { dir: chosen, index } = await selectCheckpoint(dir, {
+      fallback: opts.fallback,
+      check: (d, idx) => checkCheckpointModel(idx, this.config.model, this.zero.rule.kind, d),
+      verify: (d, idx) => this.#verifyShards(d, idx),
+      warn: (msg) => {
+        if (lead) console.warn(`warning: ${msg}`);
+      },
+    });
+    const r = await CheckpointReader.open(chosen, index);
     try {
       for (const s of this.model.layout.slots) {
-        const full = await r.tensor(s.name, s.full);
-        this.zero.write(s.name, shardTensor(full, s.full, s.split));
+        this.zero.write(s.name, await r.local(s.name, s.full, s.split));
         for (const key of this.#stateKinds()) {
-          const v = await r.tensor(`optimizer.${key}.${s.name}`, s.full);
-          this.zero.writeState(key, s.name, shardTensor(v, s.full, s.split));
+          const v = await r.local(`optimizer.${key}.${s.name}`, s.full, s.split);
+          this.zero.writeState(key, s.name, v);
         }
       }
-      const meta = r.meta;
-      this.step = meta.step;
-      this.zero.steps = meta.optimizerSteps;
-      this.rng.setState(meta.rng);
-      if (this.lossScaler && meta.lossScaler) this.lossScaler.setState(meta.lossScaler);
-      await this.world.barrier(this.#opts());
-      return meta.extra;
     } finally {
       r.close();
     }
+    const meta = index.meta;
+    this.step = meta.step;
+    this.zero.steps = meta.optimizerSteps;
+    this.rng.setState(meta.rng);
+    if (this.lossScaler && meta.lossScaler) this.lossScaler.setState(meta.lossScaler);
+    this.checkpointPath = chosen;
+    await this.world.barrier(this.#opts());
+    return meta.extra;
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * The engine: ONE `Engine` per rank for every layout (`initialize(config, { world, backend })`,
  * DeepSpeed and Megatron config keys, `trainBatch` / `evalBatch` / `logits` / `save` / `load`),
- * safetensors checkpoints gathered tensor by tensor, the training loop of a run (`runTraining`),
+ * sharded, atomic checkpoints that load at any layout, the training loop of a run (`runTraining`),
  * and the run records (metrics.jsonl, progress line).
  *
  * @example

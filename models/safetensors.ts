@@ -230,6 +230,14 @@ export interface SafetensorsReader {
    * @returns its bytes (a new buffer)
    */
   read(name: string): Promise<Uint8Array>;
+  /**
+   * Read one tensor's raw bytes into `into` (which must hold exactly its bytes), without
+   * allocating.
+   *
+   * @param name the tensor
+   * @param into where its bytes go
+   */
+  readInto(name: string, into: Uint8Array): Promise<void>;
   /** Close the file. */
   close(): void;
 }
@@ -268,6 +276,16 @@ export async function openSafetensors(path: string | URL): Promise<SafetensorsRe
         await readFully(file, out, base + e.begin);
         return out;
       },
+      async readInto(name: string, into: Uint8Array): Promise<void> {
+        const e = h.entries.get(name);
+        if (!e) throw new TypeError(`${path} has no tensor "${name}"`);
+        if (into.length !== e.end - e.begin) {
+          throw new RangeError(
+            `Tensor "${name}" of ${path} has ${e.end - e.begin} bytes, the buffer ${into.length}`,
+          );
+        }
+        await readFully(file, into, base + e.begin);
+      },
       close: () => file.close(),
     };
   } catch (e) {
@@ -296,6 +314,15 @@ export interface SafetensorsPlanEntry {
   readonly shape: readonly number[];
 }
 
+/** Options of {@linkcode SafetensorsWriter.create}. */
+export interface SafetensorsWriterOptions {
+  /**
+   * Sees every byte written, in file order, before it is written (e.g. to hash the file
+   * while it streams out).
+   */
+  onBytes?: (bytes: Uint8Array) => void;
+}
+
 /**
  * Writes a safetensors file one tensor at a time, in the order planned, so the whole file is
  * never built in memory: the header first (every name, type and shape is known up front), then
@@ -305,10 +332,17 @@ export class SafetensorsWriter {
   #file: Deno.FsFile;
   #plan: readonly SafetensorsPlanEntry[];
   #next = 0;
+  #bytes = 0;
+  #onBytes: ((bytes: Uint8Array) => void) | undefined;
 
-  private constructor(file: Deno.FsFile, plan: readonly SafetensorsPlanEntry[]) {
+  private constructor(
+    file: Deno.FsFile,
+    plan: readonly SafetensorsPlanEntry[],
+    onBytes: ((bytes: Uint8Array) => void) | undefined,
+  ) {
     this.#file = file;
     this.#plan = plan;
+    this.#onBytes = onBytes;
   }
 
   /**
@@ -317,23 +351,37 @@ export class SafetensorsWriter {
    * @param path the file's path (created or truncated)
    * @param plan the tensors in the order they will be written
    * @param metadata strings stored under `__metadata__`
+   * @param opts a hook that sees every byte written
    * @returns the writer
    */
   static async create(
     path: string | URL,
     plan: readonly SafetensorsPlanEntry[],
     metadata?: Record<string, string>,
+    opts: SafetensorsWriterOptions = {},
   ): Promise<SafetensorsWriter> {
     const header = headerOf(plan.map((p) => [p.name, p.dtype, p.shape] as const), metadata);
     const file = await Deno.open(path, { write: true, create: true, truncate: true });
-    const w = new SafetensorsWriter(file, plan);
-    await w.#put(header);
+    const w = new SafetensorsWriter(file, plan, opts.onBytes);
+    try {
+      await w.#put(header);
+    } catch (e) {
+      file.close();
+      throw e;
+    }
     return w;
   }
 
+  /** Bytes written so far (the file's length once every planned tensor is written). */
+  get bytesWritten(): number {
+    return this.#bytes;
+  }
+
   async #put(b: Uint8Array): Promise<void> {
+    this.#onBytes?.(b);
     let done = 0;
     while (done < b.length) done += await this.#file.write(b.subarray(done));
+    this.#bytes += b.length;
   }
 
   /**
@@ -372,6 +420,15 @@ export class SafetensorsWriter {
       await this.#file.sync();
     } finally {
       this.#file.close();
+    }
+  }
+
+  /** Close the file without finishing it (after an error); what was written stays. */
+  abort(): void {
+    try {
+      this.#file.close();
+    } catch {
+      // already closed
     }
   }
 }

@@ -185,6 +185,7 @@ export class Zero implements LayerGate {
   #gatherCache: { bucket: ZeroBucket; kind: string; data: Float32Array } | null = null;
   #gradPieces = new Map<string, { slot: ParamSlot; grad: Tensor }[]>();
   #runs: { global: number; local: number; n: number; decay: boolean }[] | null = null;
+  #pieceSet: Set<ZeroPiece> | null = null;
 
   /**
    * Lay out the parameters and allocate what this rank keeps.
@@ -439,6 +440,88 @@ export class Zero implements LayerGate {
       const part = piece.subarray(q.global - s.offset, q.global - s.offset + q.n);
       this.#be.write(this.#state[i]!, part, this.#stage0 ? q.global : q.local);
     }
+  }
+
+  /**
+   * The pieces of parameters whose optimizer state (and fp32 master weights, when kept) this
+   * rank keeps, in layout order: at stage 0 every parameter whole; at stages 1-3 its slice of
+   * every bucket, a contiguous range of each parameter the slice meets (at most one piece per
+   * parameter). Over the data-parallel group the slices of stages 1-3 hold every element of
+   * every parameter exactly once. Each piece's range is `[global - slot.offset, + n)` of the
+   * parameter's flat (tensor-parallel) values.
+   *
+   * @returns the pieces
+   */
+  statePieces(): readonly ZeroPiece[] {
+    return this.#stage0 ? this.#all : this.#owned;
+  }
+
+  #checkPiece(q: ZeroPiece): void {
+    this.#pieceSet ??= new Set(this.statePieces());
+    if (!this.#pieceSet.has(q)) {
+      throw new RangeError(
+        `The piece of "${q.slot.name}" at ${q.global} is not one of this rank's statePieces()`,
+      );
+    }
+  }
+
+  #stateIndex(kind: string): number {
+    const i = this.rule.state.indexOf(kind);
+    if (i < 0) throw new RangeError(`No optimizer state "${kind}": ${this.rule.state.join(", ")}`);
+    return i;
+  }
+
+  /**
+   * Read a piece of {@linkcode Zero.statePieces} from this rank alone (no collective): the
+   * fp32 master weights when kept, else the parameters (`"params"`), or an optimizer state
+   * buffer.
+   *
+   * @param kind `"params"` or a state buffer's name
+   * @param q the piece
+   * @returns its values (a new array)
+   */
+  async readPiece(kind: string, q: ZeroPiece): Promise<Float32Array> {
+    this.#checkPiece(q);
+    const be = this.#be;
+    const at = this.#stage0 ? q.global : q.local;
+    let buf: Tensor, off: number;
+    if (kind === "params") {
+      if (this.#master) [buf, off] = [this.#master, at];
+      else [buf, off] = [this.#params, this.stage < 3 ? q.global : q.local];
+    } else [buf, off] = [this.#state[this.#stateIndex(kind)]!, at];
+    const v = await be.read(be.view(buf, off, q.n));
+    return v instanceof Float32Array ? v : Float32Array.from(v);
+  }
+
+  /**
+   * Set a piece of {@linkcode Zero.statePieces} on this rank alone: for `"params"` the fp32
+   * master weights (when kept) and this rank's copy of the range in the compute parameters
+   * (rounded to their type); or an optimizer state buffer. Where every rank keeps the whole
+   * compute parameters (stages 0-2, stage 3's persistent buckets) the other ranks' ranges stay
+   * as they were on this rank: to set whole parameters use {@linkcode Zero.write}.
+   *
+   * @param kind `"params"` or a state buffer's name
+   * @param q the piece
+   * @param values its `q.n` values
+   */
+  writePiece(kind: string, q: ZeroPiece, values: Float32Array): void {
+    this.#checkPiece(q);
+    if (values.length !== q.n) {
+      throw new RangeError(
+        `The piece of "${q.slot.name}" has ${q.n} elements, got ${values.length} values`,
+      );
+    }
+    const be = this.#be;
+    const at = this.#stage0 ? q.global : q.local;
+    if (kind !== "params") {
+      be.write(this.#state[this.#stateIndex(kind)]!, values, at);
+      return;
+    }
+    if (this.#master) be.write(this.#master, values, at);
+    be.write(this.#params, values, this.stage < 3 ? q.global : q.local);
+    const b = this.layout.bucketOf(q.slot.name);
+    const p = this.#persist.get(b);
+    if (p) be.write(p, values, q.global - b.start);
   }
 
   /** Set every gradient to zero (the start of a step). */

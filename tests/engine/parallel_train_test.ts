@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
-import { type EvalRecord, readMetrics, type StepRecord } from "../../engine/mod.ts";
-import { readSafetensors } from "../../models/mod.ts";
+import {
+  type EvalRecord,
+  readCheckpointTensors,
+  readMetrics,
+  type StepRecord,
+} from "../../engine/mod.ts";
 import { main } from "../../train.ts";
 
 // Tolerance, as in tests/parallel/gpt_equivalence_test.ts: float32 and another summation order
@@ -43,11 +47,7 @@ async function run(args: string[]): Promise<Run> {
     const records = await readMetrics(`${out}/metrics.jsonl`);
     const steps = records.filter((r) => !("kind" in r)) as StepRecord[];
     const evals = records.filter((r) => "kind" in r) as EvalRecord[];
-    const file = await readSafetensors(`${out}/checkpoint.safetensors`);
-    const params = new Map<string, Float32Array>();
-    for (const [name, e] of file.tensors) {
-      params.set(name, new Float32Array(e.bytes.slice().buffer));
-    }
+    const params = await readCheckpointTensors(out);
     return { steps, evals, params };
   } finally {
     await Deno.remove(out, { recursive: true });
@@ -116,11 +116,7 @@ Deno.test("a run stopped on tp=2 x dp=2 with sequence parallelism continues on o
     const steps = (await readMetrics(`${out}/metrics.jsonl`)).filter((r) =>
       !("kind" in r)
     ) as StepRecord[];
-    const file = await readSafetensors(`${out}/checkpoint.safetensors`);
-    const params = new Map<string, Float32Array>();
-    for (const [name, e] of file.tensors) {
-      params.set(name, new Float32Array(e.bytes.slice().buffer));
-    }
+    const params = await readCheckpointTensors(out);
     const evals = (await readMetrics(`${out}/metrics.jsonl`)).filter((r) =>
       "kind" in r
     ) as EvalRecord[];

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { readMetrics, type StepRecord } from "../../engine/mod.ts";
+import {
+  listCheckpoints,
+  readCheckpointConfig,
+  readMetrics,
+  shardFileName,
+  type StepRecord,
+} from "../../engine/mod.ts";
 import { helpText, main, parseTrainArgs } from "../../train.ts";
 
 const tiny = ["--digits", "2", "--dim", "32", "--layers", "1", "--heads", "2", "--batch", "32"];
@@ -34,8 +40,9 @@ Deno.test("train.ts trains a tiny model and writes metrics, summary and checkpoi
   ) {
     assert.ok(k in summary, `summary has ${k}`);
   }
-  await Deno.stat(`${out}/checkpoint.safetensors`);
-  const cfg = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
+  assert.equal(await Deno.readTextFile(`${out}/latest`), "checkpoints/step-00000060\n");
+  await Deno.stat(`${out}/checkpoints/step-00000060/${shardFileName(0)}`);
+  const cfg = (await readCheckpointConfig(out)) as { engine: { train_batch_size: number } };
   assert.equal(cfg.engine.train_batch_size, 32);
   await Deno.remove(out, { recursive: true });
 });
@@ -51,7 +58,7 @@ Deno.test("--config sets DeepSpeed keys such as fp16 loss scaling over the flags
     print: false,
   });
   assert.equal(s?.steps, 5);
-  const saved = JSON.parse(await Deno.readTextFile(`${out}/config.json`));
+  const saved = (await readCheckpointConfig(out)) as { engine: Record<string, unknown> };
   assert.deepEqual(saved.engine.fp16, { enabled: true, initial_scale_power: 8 });
   assert.equal(saved.engine.gradient_clipping, 0.5);
   await Deno.remove(out, { recursive: true });
@@ -99,12 +106,21 @@ Deno.test("a run stopped half way and resumed has the same loss curve as a strai
     () => main(["--resume", b, ...cpu], { print: false }),
     /already took 12 steps: raise --steps/,
   );
-  const ckpt = `${b}/checkpoint.safetensors`;
-  await Deno.writeFile(ckpt, (await Deno.readFile(ckpt)).subarray(0, 1000));
-  await assert.rejects(
-    () => main(["--resume", b, "--steps", "20", ...cpu], { print: false }),
-    /Corrupt safetensors file/,
-  );
+  // Every checkpoint of the run damaged: the resume names the files and loads nothing.
+  for (const c of await listCheckpoints(b)) {
+    const shard = `${c.path}/${shardFileName(0)}`;
+    await Deno.writeFile(shard, (await Deno.readFile(shard)).subarray(0, 1000));
+  }
+  const warn = console.warn;
+  console.warn = () => {};
+  try {
+    await assert.rejects(
+      () => main(["--resume", b, "--steps", "20", ...cpu], { print: false }),
+      /No intact checkpoint .*rank-00000\.safetensors is 1000 bytes/,
+    );
+  } finally {
+    console.warn = warn;
+  }
   for (const d of [a, b]) await Deno.remove(d, { recursive: true });
   await Deno.remove(text);
 });
