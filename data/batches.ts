@@ -26,18 +26,54 @@ export interface BatchState {
   rng: number[];
 }
 
-/** An endless deterministic stream of training batches. */
+/**
+ * Rows `[from, to)` of a batch: what one data-parallel replica reads of it (a distributed
+ * sampler's share).
+ */
+export interface RowRange {
+  /** First row. */
+  readonly from: number;
+  /** One past the last row. */
+  readonly to: number;
+}
+
+/**
+ * An endless deterministic stream of training batches. Every rank of a job draws the same
+ * stream, and each reads only the rows it trains on: `next(rows)` moves the stream past a whole
+ * batch (the position is the same on every rank) but builds only the rows asked for.
+ */
 export interface BatchSource {
   /** Batch size. */
   readonly B: number;
   /** Sequence length. */
   readonly T: number;
-  /** The next batch. */
-  next(): Batch;
+  /**
+   * The next batch, or only its rows `rows` (a batch of `rows.to - rows.from` rows).
+   *
+   * @param rows the rows to build; default all `B`
+   */
+  next(rows?: RowRange): Batch;
   /** The position, to save. */
   getState(): BatchState;
   /** Go back to a saved position. */
   setState(s: BatchState): void;
+}
+
+/**
+ * Check a row range against a batch of `B` rows (all rows when absent).
+ *
+ * @param rows the range
+ * @param B the batch's rows
+ * @returns the range
+ * @throws {RangeError} when it is not inside `[0, B]`
+ */
+export function checkRows(rows: RowRange | undefined, B: number): RowRange {
+  if (rows === undefined) return { from: 0, to: B };
+  const { from, to } = rows;
+  if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > B || from > to) {
+    throw new RangeError(`Rows [${from}, ${to}) are not a range of a batch of ${B} rows`);
+  }
+  return rows;
 }
 
 /**
@@ -83,21 +119,24 @@ export class WindowSampler implements BatchSource {
   }
 
   /**
-   * The next batch.
+   * The next batch, or only some of its rows.
    *
+   * @param rows the rows to build; default all
    * @returns inputs and targets
    */
-  next(): Batch {
-    const { B, T } = this;
-    const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+  next(rows?: RowRange): Batch {
+    const { T } = this;
+    const { from, to } = checkRows(rows, this.B);
+    const inputs = new Int32Array((to - from) * T), targets = new Int32Array((to - from) * T);
     const span = this.#tokens.length - T;
-    for (let b = 0; b < B; b++) {
+    for (let b = 0; b < this.B; b++) {
       const start = this.#rng.int(span);
-      inputs.set(this.#tokens.subarray(start, start + T), b * T);
-      targets.set(this.#tokens.subarray(start + 1, start + T + 1), b * T);
+      if (b < from || b >= to) continue;
+      inputs.set(this.#tokens.subarray(start, start + T), (b - from) * T);
+      targets.set(this.#tokens.subarray(start + 1, start + T + 1), (b - from) * T);
     }
     this.#batches++;
-    return { inputs, targets, B, T };
+    return { inputs, targets, B: to - from, T };
   }
 
   /**

@@ -8,7 +8,13 @@
  * @module
  */
 import { Rng } from "../kernels/rng.ts";
-import type { Batch, BatchSource, BatchState } from "./batches.ts";
+import {
+  type Batch,
+  type BatchSource,
+  type BatchState,
+  checkRows,
+  type RowRange,
+} from "./batches.ts";
 import type { Dataset, LogitsFn, Sample, Score } from "./dataset.ts";
 import { CharTokenizer } from "./tokenizers.ts";
 
@@ -141,18 +147,19 @@ export class AdditionTask implements Dataset {
     return {
       B,
       T,
-      next: (): Batch => {
-        const inputs = new Int32Array(B * T), targets = new Int32Array(B * T);
+      next: (rows?: RowRange): Batch => {
+        const { from, to } = checkRows(rows, B);
+        const inputs = new Int32Array((to - from) * T), targets = new Int32Array((to - from) * T);
         for (let r = 0; r < B; r++) {
           let a: number, b: number;
           do {
             a = rng.int(this.#limit);
             b = rng.int(this.#limit);
           } while (this.isHeldOut(a, b));
-          this.#writeRow(a, b, inputs, targets, r);
+          if (r >= from && r < to) this.#writeRow(a, b, inputs, targets, r - from);
         }
         batches++;
-        return { inputs, targets, B, T };
+        return { inputs, targets, B: to - from, T };
       },
       getState: (): BatchState => ({ batches, rng: rng.getState() }),
       setState: (s: BatchState): void => {
