@@ -11,6 +11,27 @@
  * the mesh like everything else; every rank of a group makes the same choice (see
  * {@linkcode openLanes}).
  *
+ * Opening a lane between a lower rank O (it listens) and a higher rank T (it connects), with
+ * `T1`..`T4` the lane control frames over their mesh connection:
+ *
+ * ```
+ * O -> T   mesh  T1  the port O listens on (0: no lane); with a secret, O's nonce No
+ * T -> O   lane      T's rank and the job id; with a secret, T's nonce Nt and
+ *                    HMAC(secret, "LOOMAUTH" v lane C n J T O Nt No)
+ * T -> O   mesh  T2  whether T connected
+ * O -> T   lane      with a secret, HMAC(secret, "LOOMAUTH" v lane A n J T O Nt No)
+ * O -> T   mesh  T3  whether O accepted a connection that proved itself
+ * T -> O   mesh  T4  with a secret, whether O's tag on the lane was right
+ * ```
+ *
+ * The lane's sockets are driven synchronously through libc, so the tags are computed with Web
+ * Crypto between those steps: T computes both of its tags before it connects, O checks T's once
+ * the hello has arrived. The mesh connection is already authenticated, so No reaches T from O
+ * and no one else; Nt is fresh, so O's tag cannot be replayed to T. The tags are the mesh
+ * handshake's ({@link ./_wire_auth.ts}) with the lane's role. O takes only connections from T's
+ * address, refuses (and logs) any other until one proves itself or 5 s have passed, and the
+ * pair has a lane only when both ends say so (T3, and T4 with a secret).
+ *
  * @module
  */
 import {
@@ -23,6 +44,15 @@ import {
   writeAll,
 } from "./frame.ts";
 import type { Link, Mesh } from "./rendezvous.ts";
+import {
+  type AuthContext,
+  AuthRole,
+  AuthSide,
+  newNonce,
+  NONCE_BYTES,
+  sameBytes,
+  TAG_BYTES,
+} from "./_wire_auth.ts";
 
 const AF_INET = 2, SOCK_STREAM = 1, SOCK_NONBLOCK = 0x800, SOL_SOCKET = 1, SO_ERROR = 4;
 const IPPROTO_TCP = 6, TCP_NODELAY = 1;
@@ -33,7 +63,7 @@ const SYMBOLS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   listen: { parameters: ["i32", "i32"], result: "i32" },
-  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "buffer", "buffer", "i32"], result: "i32" },
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
@@ -275,24 +305,31 @@ export function waitLanes(lanes: Lane[], ms: number): void {
 // ---- opening lanes --------------------------------------------------------------------------
 
 const HANDSHAKE_MS = 5000;
+/** Bytes of a lane hello: rank and job id, then (with a secret) the nonce and the tag. */
+const PLAIN_HELLO = 8, SECRET_HELLO = 8 + NONCE_BYTES + TAG_BYTES;
 
 function laneHeader(src: number, arg: number, tag: number): FrameHeader {
   return { op: FrameOp.lane, kind: 0, src, group: 0, tag, seq: 0, total: 0, arg, length: 0 };
 }
 
-async function sendControl(link: Link, h: FrameHeader): Promise<void> {
-  const out = new Uint8Array(HEADER_BYTES);
-  encodeHeader(out, h);
+async function sendControl(link: Link, h: FrameHeader, payload?: Uint8Array): Promise<void> {
+  const out = new Uint8Array(HEADER_BYTES + (payload?.length ?? 0));
+  encodeHeader(out, { ...h, length: payload?.length ?? 0 });
+  if (payload) out.set(payload, HEADER_BYTES);
   await writeAll(link.conn, out);
 }
 
-async function readControl(reader: FrameReader, peer: number, tag: number): Promise<number> {
+async function readControl(
+  reader: FrameReader,
+  peer: number,
+  tag: number,
+): Promise<{ arg: number; payload: Uint8Array }> {
   const f = await reader.next();
   if (f === null) throw new Error(`rank ${peer} closed its connection while opening a lane`);
   if (f.header.op !== FrameOp.lane || f.header.tag !== tag) {
     throw new Error(`rank ${peer} sent op ${f.header.op} while opening a lane (step ${tag})`);
   }
-  return f.header.arg;
+  return { arg: f.header.arg, payload: f.payload };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -308,10 +345,83 @@ async function ready(c: Libc, fd: number, events: number, ms: number): Promise<n
   }
 }
 
+/** Read exactly `n` bytes from `fd` before `end` (a `performance.now()` time); null if not. */
+async function readExactly(
+  c: Libc,
+  fd: number,
+  n: number,
+  end: number,
+): Promise<Uint8Array | null> {
+  const buf = new Uint8Array(n);
+  let have = 0;
+  while (have < n && performance.now() < end) {
+    const k = Number(c.recv(fd, buf.subarray(have), BigInt(n - have), MSG_DONTWAIT));
+    if (k > 0) have += k;
+    else if (k === 0) return null;
+    else await ready(c, fd, POLLIN, Math.min(100, end - performance.now()));
+  }
+  return have === n ? buf : null;
+}
+
+/** Write all of `data` to a fresh socket (it fits in the socket buffer); false if not. */
+function sendAll(c: Libc, fd: number, data: Uint8Array): boolean {
+  return Number(c.send(fd, data, BigInt(data.length), MSG_NOSIGNAL)) === data.length;
+}
+
 /** A lane on a connected socket. */
 function connected(c: Libc, fd: number, peer: number, maxPayload: number): Lane {
   c.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int1, 4);
   return new Lane(c, fd, peer, maxPayload);
+}
+
+/** What the tags of a lane between `taker` and `offerer` cover. */
+function laneContext(mesh: Mesh, taker: number, offerer: number): AuthContext {
+  return {
+    role: AuthRole.lane,
+    size: mesh.size,
+    jobId: mesh.jobId,
+    connector: taker,
+    acceptor: offerer,
+  };
+}
+
+/** The IPv4 address in a sockaddr_in, as text. */
+function sockaddrHost(a: Uint8Array): string {
+  return `${a[4]}.${a[5]}.${a[6]}.${a[7]}`;
+}
+
+/**
+ * Check a connection on a lane listener: it must come from the peer's address and send the
+ * peer's hello (with a secret, a tag that proves it). Returns why not, or undefined.
+ */
+async function checkHello(
+  c: Libc,
+  fd: number,
+  mesh: Mesh,
+  peer: number,
+  nonce: Uint8Array | null,
+  end: number,
+): Promise<string | undefined> {
+  const key = mesh.key;
+  const hello = await readExactly(c, fd, key ? SECRET_HELLO : PLAIN_HELLO, end);
+  if (hello === null) return "it did not send a whole lane hello in time";
+  const v = new DataView(hello.buffer);
+  if (v.getInt32(0, true) !== peer) return `it says it is rank ${v.getInt32(0, true)}`;
+  if (v.getUint32(4, true) !== mesh.jobId >>> 0) {
+    return `it belongs to another job (job id ${v.getUint32(4, true)}, this job is ${mesh.jobId})`;
+  }
+  if (key && nonce) {
+    const nt = hello.subarray(8, 8 + NONCE_BYTES);
+    const tag = hello.subarray(8 + NONCE_BYTES);
+    const ctx = laneContext(mesh, peer, mesh.rank);
+    if (!await key.check(AuthSide.connector, ctx, nt, nonce, tag)) {
+      return "authentication failed: its proof does not match this job's secret";
+    }
+    if (!sendAll(c, fd, await key.tag(AuthSide.acceptor, ctx, nt, nonce))) {
+      return "it did not take this rank's proof";
+    }
+  }
+  return undefined;
 }
 
 /** The lower rank of a pair: listen, offer the port, accept the peer, confirm. */
@@ -326,41 +436,47 @@ async function offerLane(
   try {
     let port = 0;
     const host = (link.conn.localAddr as Deno.NetAddr).hostname;
+    const peerHost = (link.conn.remoteAddr as Deno.NetAddr).hostname;
     const addr = c === null ? null : sockaddr(host, 0);
     if (c !== null && addr !== null) {
       lfd = c.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-      if (lfd >= 0 && c.bind(lfd, addr, 16) === 0 && c.listen(lfd, 1) === 0) {
+      if (lfd >= 0 && c.bind(lfd, addr, 16) === 0 && c.listen(lfd, 8) === 0) {
         const got = new Uint8Array(16), len = new Uint8Array(new Uint32Array([16]).buffer);
         if (c.getsockname(lfd, got, len) === 0) port = new DataView(got.buffer).getUint16(2);
       }
     }
-    await sendControl(link, laneHeader(mesh.rank, port, 1));
-    const peerUp = await readControl(link.reader, peer, 2);
+    const nonce = mesh.key ? newNonce() : null;
+    await sendControl(link, laneHeader(mesh.rank, port, 1), nonce ?? undefined);
+    const peerUp = (await readControl(link.reader, peer, 2)).arg;
     let ok = 0;
     if (peerUp === 1 && c !== null && lfd >= 0) {
-      if ((await ready(c, lfd, POLLIN, HANDSHAKE_MS) & POLLIN) !== 0) {
-        fd = c.accept4(lfd, null, null, SOCK_NONBLOCK);
-      }
-      if (fd >= 0) {
-        // The peer's hello: its rank and the job id, so that a stray connection is refused.
-        const hello = new Uint8Array(8);
-        let have = 0;
-        const end = performance.now() + HANDSHAKE_MS;
-        while (have < 8 && performance.now() < end) {
-          const k = Number(c.recv(fd, hello.subarray(have), BigInt(8 - have), MSG_DONTWAIT));
-          if (k > 0) have += k;
-          else if (k === 0) break;
-          else await ready(c, fd, POLLIN, 100);
-        }
-        const v = new DataView(hello.buffer);
-        if (
-          have === 8 && v.getInt32(0, true) === peer && v.getUint32(4, true) === mesh.jobId >>> 0
-        ) {
+      // Take connections until one is the peer's: a stranger that got in first is dropped.
+      const end = performance.now() + HANDSHAKE_MS;
+      while (ok === 0 && performance.now() < end) {
+        if ((await ready(c, lfd, POLLIN, end - performance.now()) & POLLIN) === 0) break;
+        const from = new Uint8Array(16), len = new Uint8Array(new Uint32Array([16]).buffer);
+        const cfd = c.accept4(lfd, from, len, SOCK_NONBLOCK);
+        if (cfd < 0) continue;
+        const fromHost = sockaddrHost(from);
+        const who = `${fromHost}:${new DataView(from.buffer).getUint16(2)}`;
+        const why = fromHost !== peerHost
+          ? `it comes from ${fromHost}, not from rank ${peer} (${peerHost})`
+          : await checkHello(c, cfd, mesh, peer, nonce, Math.min(end, performance.now() + 1000));
+        if (why === undefined) {
+          fd = cfd;
           ok = 1;
+        } else {
+          console.error(
+            `loom lanes: rank ${mesh.rank} dropped a lane connection from ${who} meant for ` +
+              `rank ${peer}: ${why}`,
+          );
+          c.close(cfd);
         }
       }
     }
     await sendControl(link, laneHeader(mesh.rank, ok, 3));
+    // With a secret, the peer says whether this rank's tag convinced it.
+    if (mesh.key && (await readControl(link.reader, peer, 4)).arg !== 1) ok = 0;
     if (ok !== 1) return null;
     const lane = connected(c!, fd, peer, maxPayload);
     fd = -1;
@@ -381,9 +497,27 @@ async function takeLane(
 ): Promise<Lane | null> {
   let fd = -1;
   try {
-    const port = await readControl(link.reader, peer, 1);
+    const offer = await readControl(link.reader, peer, 1);
+    const port = offer.arg;
+    const key = mesh.key;
+    if (key && offer.payload.length !== NONCE_BYTES) {
+      throw new Error(`rank ${peer} offered a lane without a nonce: does it run without a secret?`);
+    }
     const host = (link.conn.remoteAddr as Deno.NetAddr).hostname;
     const addr = port > 0 && c !== null ? sockaddr(host, port) : null;
+    // The hello and the tag expected back are computed before the synchronous part.
+    const hello = new Uint8Array(key ? SECRET_HELLO : PLAIN_HELLO);
+    const v = new DataView(hello.buffer);
+    v.setInt32(0, mesh.rank, true);
+    v.setUint32(4, mesh.jobId >>> 0, true);
+    let expected: Uint8Array | null = null;
+    if (key) {
+      const nt = newNonce();
+      const ctx = laneContext(mesh, mesh.rank, peer);
+      hello.set(nt, 8);
+      hello.set(await key.tag(AuthSide.connector, ctx, nt, offer.payload), 8 + NONCE_BYTES);
+      expected = await key.tag(AuthSide.acceptor, ctx, nt, offer.payload);
+    }
     let isUp = 0;
     if (addr !== null && c !== null) {
       fd = c.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -393,19 +527,27 @@ async function takeLane(
         const err = new Uint8Array(4), len = new Uint8Array(new Uint32Array([4]).buffer);
         if (
           (re & POLLOUT) !== 0 && c.getsockopt(fd, SOL_SOCKET, SO_ERROR, err, len) === 0 &&
-          new DataView(err.buffer).getInt32(0, true) === 0
-        ) {
-          const hello = new Uint8Array(8);
-          const v = new DataView(hello.buffer);
-          v.setInt32(0, mesh.rank, true);
-          v.setUint32(4, mesh.jobId >>> 0, true);
-          if (Number(c.send(fd, hello, 8n, MSG_NOSIGNAL)) === 8) isUp = 1;
-        }
+          new DataView(err.buffer).getInt32(0, true) === 0 && sendAll(c, fd, hello)
+        ) isUp = 1;
       }
     }
     await sendControl(link, laneHeader(mesh.rank, isUp, 2));
-    const ok = await readControl(link.reader, peer, 3);
-    if (ok !== 1 || isUp !== 1) return null;
+    const ok = (await readControl(link.reader, peer, 3)).arg;
+    let proven = ok === 1 && isUp === 1;
+    if (key) {
+      if (proven) {
+        const got = await readExactly(c!, fd, TAG_BYTES, performance.now() + HANDSHAKE_MS);
+        proven = got !== null && sameBytes(got, expected!);
+        if (!proven) {
+          console.error(
+            `loom lanes: rank ${mesh.rank} dropped its lane to rank ${peer}: the far end did ` +
+              `not prove that it knows the job secret`,
+          );
+        }
+      }
+      await sendControl(link, laneHeader(mesh.rank, proven ? 1 : 0, 4));
+    }
+    if (!proven) return null;
     const lane = connected(c!, fd, peer, maxPayload);
     fd = -1;
     return lane;
@@ -417,7 +559,8 @@ async function takeLane(
 /**
  * Open a lane to every peer that can take one. Both ends of a pair learn the same outcome (the
  * handshake's last message says whether it took), so a group's ranks agree on whether all its
- * pairs have lanes. Runs right after the rendezvous, before anything else reads the mesh.
+ * pairs have lanes. Runs right after the rendezvous, before anything else reads the mesh. With
+ * a job secret (`mesh.key`), each lane proves it both ways, as the mesh connections did.
  *
  * @param mesh the connected mesh
  * @param maxPayload largest payload a lane frame may carry

@@ -151,6 +151,8 @@ export class TcpTransport {
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #watchAt = Infinity;
   readonly readers: Promise<void>[] = [];
+  /** Rank 0's listener, refusing late connections until the world closes. */
+  readonly #gate: { close(): Promise<void> } | null;
   closing = false;
 
   constructor(
@@ -164,6 +166,7 @@ export class TcpTransport {
     this.rank = mesh.rank;
     this.size = mesh.size;
     this.links = mesh.links;
+    this.#gate = mesh.gate;
     // Each map keeps a never-used entry: a map that empties reallocates its table every op.
     this.channels = mesh.links.map(() => new Map([[IDLE_KEY, { frames: [], waiters: [] }]]));
     this.chains = mesh.links.map(() => Promise.resolve());
@@ -417,6 +420,7 @@ export class TcpTransport {
     clearTimeout(this.#watchdog);
     this.#watchAt = -Infinity; // no more timers
     this.closing = true;
+    const gate = this.#gate?.close();
     for (const l of this.lanes) l?.close();
     for (const l of this.links) {
       try {
@@ -425,5 +429,6 @@ export class TcpTransport {
     }
     await Promise.allSettled(this.readers);
     await Promise.allSettled(this.chains);
+    await gate;
   }
 }

@@ -17,6 +17,10 @@
  *     32     4  length   payload bytes that follow the header
  * ```
  *
+ * The control ops (`hello`, `table`, `peerHello`, `error`, `auth`) are the rendezvous's and the
+ * handshake's, described in {@link ./rendezvous.ts}; `lane` frames open lanes
+ * ({@link ./_tcp_lane.ts}); `bye` and `abort` end a connection or a group.
+ *
  * {@linkcode FrameReader} parses frames off a connection with a buffered reader, reading large
  * payloads straight into a destination the consumer posted; {@linkcode writeAll} loops until a
  * buffer is fully written (Deno's `Conn.write` writes partially).
@@ -47,6 +51,11 @@ export const PROTOCOL_VERSION = 1;
 export const HEADER_BYTES = 36;
 /** Default largest payload accepted in one frame (bigger messages travel as several frames). */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024;
+/**
+ * Largest payload accepted from a connection that has not yet been accepted into the job (its
+ * handshake and hello): control frames are small, and a stranger must not make a rank allocate.
+ */
+export const CONTROL_FRAME_BYTES = 4096;
 
 /** What a frame carries. Collectives use the op they belong to; the rest are control frames. */
 export const FrameOp = {
@@ -66,6 +75,7 @@ export const FrameOp = {
   bye: 20,
   abort: 21,
   lane: 22,
+  auth: 23,
 } as const;
 
 /** Numeric op code of a frame. */
@@ -273,7 +283,8 @@ export class FrameReader {
   #buf: Uint8Array;
   #start = 0;
   #end = 0;
-  #max: number;
+  /** Largest payload accepted; a handshake raises it once the peer has been accepted. */
+  maxFrameBytes: number;
 
   /**
    * @param r the connection
@@ -282,7 +293,7 @@ export class FrameReader {
    */
   constructor(r: ByteReader, maxFrameBytes = DEFAULT_MAX_FRAME_BYTES, bufferBytes = 256 * 1024) {
     this.#r = r;
-    this.#max = maxFrameBytes;
+    this.maxFrameBytes = maxFrameBytes;
     this.#buf = new Uint8Array(bufferBytes);
   }
 
@@ -323,7 +334,7 @@ export class FrameReader {
       this.#end = n;
     }
     if (this.#end - this.#start < HEADER_BYTES && !await this.#fill(HEADER_BYTES)) return null;
-    const header = decodeHeader(this.#buf, this.#start, this.#max);
+    const header = decodeHeader(this.#buf, this.#start, this.maxFrameBytes);
     this.#start += HEADER_BYTES;
     const len = header.length;
     let dest = pick?.(header);

@@ -30,6 +30,7 @@ import { currentArena, type SharedArena } from "./arena.ts";
 import { type ArenaFold, arenaFold } from "./_shm_fold.ts";
 import { type Lane, LaneError, laneKey, openLanes, waitLanes } from "./_tcp_lane.ts";
 import {
+  DEFAULT_MAX_FRAME_BYTES,
   describeKind,
   encodeHeader,
   type Frame,
@@ -82,18 +83,38 @@ export interface TcpOptions extends RendezvousOptions {
 /**
  * Join a TCP world and return its communicator (group name `"world"`).
  *
+ * Pass the same `secret` to every rank (or set `LOOM_SECRET` in every rank's environment): then
+ * every connection of the job, to rank 0, between ranks and for lanes, proves knowledge of it
+ * both ways (an HMAC-SHA-256 challenge-response) before anything else is accepted, and
+ * connections that cannot are refused and logged while the job goes on. **Without a secret,
+ * anyone who can reach a rank's port can join the job**: keep such jobs on loopback or a private
+ * network (a rank that listens beyond loopback without a secret warns once). The secret
+ * authenticates connections; it does not encrypt the traffic. Rank 0 listens on `listenAddr`,
+ * by default the master address itself, and keeps listening until the world closes, refusing
+ * late connections with a reason.
+ *
  * @example Two ranks on one machine
  * ```ts ignore
  * import { connectTcp } from "./tcp.ts";
  * const rank = Number(Deno.env.get("RANK"));
- * const comm = await connectTcp({ rank, size: 2, masterAddr: "127.0.0.1", masterPort: 29500 });
+ * const comm = await connectTcp({
+ *   rank,
+ *   size: 2,
+ *   masterAddr: "127.0.0.1",
+ *   masterPort: 29500,
+ *   secret: Deno.env.get("JOB_SECRET"), // the same on both ranks; LOOM_SECRET is read by default
+ * });
  * const x = new Float32Array([rank + 1]);
  * await comm.allReduce(x); // x[0] === 3 on both ranks
  * await comm.close();
  * ```
  *
- * @param opts who this rank is, where rank 0 listens, and tuning
+ * @param opts who this rank is, where rank 0 listens, the job secret, and tuning
  * @returns the world communicator
+ * @throws {RangeError} on bad options, or when rank 0 refuses this rank (a taken rank, another
+ *   world size, a job already running)
+ * @throws {CollectiveError} when the rendezvous times out (reason `"timeout"`), or a secret is
+ *   wrong or missing on one side (reason `"protocol"`)
  */
 export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -106,14 +127,21 @@ export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
     throw new RangeError(`smallBytes must be in 0..${EAGER_COPY_BYTES}, got ${smallBytes}`);
   }
   checkTimeout(opTimeoutMs);
-  const mesh = await rendezvous(opts);
-  if (mesh.maxFrameBytes < Math.max(chunkBytes, EAGER_COPY_BYTES)) {
-    for (const l of mesh.links) l?.conn.close();
+  const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  if (maxFrameBytes < Math.max(chunkBytes, EAGER_COPY_BYTES)) {
     throw new RangeError(
-      `maxFrameBytes (${mesh.maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
+      `maxFrameBytes (${maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
     );
   }
-  const lanes = await openLanes(mesh, EAGER_COPY_BYTES, opts.lanes ?? true);
+  const mesh = await rendezvous(opts);
+  let lanes: (Lane | null)[];
+  try {
+    lanes = await openLanes(mesh, EAGER_COPY_BYTES, opts.lanes ?? true);
+  } catch (e) {
+    for (const l of mesh.links) l?.conn.close();
+    await mesh.gate?.close();
+    throw e;
+  }
   const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes);
   const members = Array.from({ length: t.size }, (_, i) => i);
   return new TcpComm(t, 0, "world", members, t.rank);
