@@ -1,7 +1,8 @@
 /**
  * WebAssembly SIMD folds over a {@link ./arena.ts} memory, for the shared-memory transport:
  * `dst = a op b` and, for two ranks, `a = b = a op b` in one pass (read two streams, write two:
- * the traffic of a plain copy). Generated here byte by byte; one instance per thread and arena.
+ * the traffic of a plain copy). Generated at start-up with the encoder of `wasm/encode.ts`; one
+ * instance per thread and arena.
  *
  * Results equal the JavaScript folds of reduce.ts bit for bit: a float32 add, max, min or divide
  * computed in double and rounded once to float32 equals the float32 operation, and
@@ -12,207 +13,64 @@
 import type { CollectiveBuffer, DType, ReduceOp } from "./communicator.ts";
 import { finishAvg, reduceTo } from "./reduce.ts";
 import type { SharedArena } from "./arena.ts";
+import { Code, F32, I32, ModuleBuilder, V128 } from "../wasm/encode.ts";
 
-function uleb(out: number[], n: number): void {
-  do {
-    let b = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) b |= 0x80;
-    out.push(b);
-  } while (n !== 0);
-}
-
-function vec(out: number[], bytes: number[]): void {
-  uleb(out, bytes.length);
-  out.push(...bytes);
-}
-
-function str(out: number[], s: string): void {
-  vec(out, [...new TextEncoder().encode(s)]);
-}
-
-const I32 = 0x7f, F32 = 0x7d, V128 = 0x7b;
-const SIMD = 0xfd;
-// Local indices: params first.
-const get = (i: number) => [0x20, i], set = (i: number) => [0x21, i];
-const load = [SIMD, 0x00, 0x00, 0x00]; // v128.load align=1 offset=0
-const store = [SIMD, 0x0b, 0x00, 0x00];
-const add = [0x6a]; // i32.add
-const i32c = (v: number) => {
-  const o = [0x41];
-  // small non-negative constants only
-  uleb(o, v);
-  return o;
+/** Vector op per dtype and reduction. */
+const OPS: Record<string, (c: Code) => Code> = {
+  f32sum: (c) => c.f32x4Add(),
+  f32max: (c) => c.f32x4Max(),
+  f32min: (c) => c.f32x4Min(),
+  i32sum: (c) => c.i32x4Add(),
+  i32max: (c) => c.i32x4MaxS(),
+  i32min: (c) => c.i32x4MinS(),
 };
 
-/** Vector op bytes per dtype and reduction. */
-const OPS: Record<string, number[]> = {
-  f32sum: [SIMD, 0xe4, 0x01],
-  f32max: [SIMD, 0xe9, 0x01],
-  f32min: [SIMD, 0xe8, 0x01],
-  i32sum: [SIMD, 0xae, 0x01],
-  i32max: [SIMD, 0xb8, 0x01],
-  i32min: [SIMD, 0xb6, 0x01],
-};
+/** `v128.load` of the vector at local `base` plus local `i`, with no alignment hint. */
+const load = (c: Code, base: number, i: number) => c.get(base).get(i).add().v128Load(0, 0);
 
-/** `for (i = 0; i < nbytes; i += 16) body(i)` with i in local `i`, nbytes in local `n`. */
-function loop(i: number, n: number, body: number[]): number[] {
-  return [
-    0x02,
-    0x40, // block
-    0x03,
-    0x40, // loop
-    ...get(i),
-    ...get(n),
-    0x4f,
-    0x0d,
-    0x01, // i32.ge_u; br_if 1
-    ...body,
-    ...get(i),
-    ...i32c(16),
-    ...add,
-    ...set(i),
-    0x0c,
-    0x00, // br 0
-    0x0b,
-    0x0b, // end loop, end block
-  ];
+/** `for (i = 0; i < nbytes; i += 16) body()` with i in local `i`, nbytes in local `n`. */
+function loop(c: Code, i: number, n: number, body: () => void): Code {
+  c.block().loop().get(i).get(n).geU().brIf(1);
+  body();
+  return c.get(i).i32(16).add().set(i).br(0).end().end();
 }
 
-interface Fn {
-  name: string;
-  params: number[];
-  locals: number[];
-  body: number[];
-}
-
-function functions(): Fn[] {
-  const fns: Fn[] = [];
+function moduleBytes(maxPages: number): Uint8Array<ArrayBuffer> {
+  const m = new ModuleBuilder().importMemory("m", "memory", {
+    initial: 1,
+    maximum: maxPages,
+    shared: true,
+  });
   for (const [key, op] of Object.entries(OPS)) {
     // to(dst, a, b, nbytes): dst = a op b. Locals: 4 = i.
-    fns.push({
-      name: `${key}_to`,
-      params: [I32, I32, I32, I32],
-      locals: [I32],
-      body: loop(4, 3, [
-        ...get(0),
-        ...get(4),
-        ...add,
-        ...get(1),
-        ...get(4),
-        ...add,
-        ...load,
-        ...get(2),
-        ...get(4),
-        ...add,
-        ...load,
-        ...op,
-        ...store,
-      ]),
+    const to = new Code();
+    loop(to, 4, 3, () => {
+      to.get(0).get(4).add();
+      op(load(load(to, 1, 4), 2, 4)).v128Store(0, 0);
     });
+    m.add({ exportName: `${key}_to`, params: [I32, I32, I32, I32], locals: [I32], body: to.bytes });
     // both(a, b, nbytes): a = b = a op b. Locals: 3 = i, 4 = t.
-    fns.push({
-      name: `${key}_both`,
+    const both = new Code();
+    loop(both, 3, 2, () => {
+      op(load(load(both, 0, 3), 1, 3)).set(4);
+      both.get(0).get(3).add().get(4).v128Store(0, 0);
+      both.get(1).get(3).add().get(4).v128Store(0, 0);
+    });
+    m.add({
+      exportName: `${key}_both`,
       params: [I32, I32, I32],
       locals: [I32, V128],
-      body: loop(3, 2, [
-        ...get(0),
-        ...get(3),
-        ...add,
-        ...load,
-        ...get(1),
-        ...get(3),
-        ...add,
-        ...load,
-        ...op,
-        ...set(4),
-        ...get(0),
-        ...get(3),
-        ...add,
-        ...get(4),
-        ...store,
-        ...get(1),
-        ...get(3),
-        ...add,
-        ...get(4),
-        ...store,
-      ]),
+      body: both.bytes,
     });
   }
   // f32div(dst, nbytes, k): dst /= k. Locals: 3 = i, 4 = splat(k).
-  fns.push({
-    name: "f32div",
-    params: [I32, I32, F32],
-    locals: [I32, V128],
-    body: [
-      ...get(2),
-      SIMD,
-      0x13,
-      ...set(4), // f32x4.splat
-      ...loop(3, 1, [
-        ...get(0),
-        ...get(3),
-        ...add,
-        ...get(0),
-        ...get(3),
-        ...add,
-        ...load,
-        ...get(4),
-        SIMD,
-        0xe7,
-        0x01, // f32x4.div
-        ...store,
-      ]),
-    ],
+  const div = new Code().get(2).f32x4Splat().set(4);
+  loop(div, 3, 1, () => {
+    div.get(0).get(3).add();
+    load(div, 0, 3).get(4).f32x4Div().v128Store(0, 0);
   });
-  return fns;
-}
-
-function moduleBytes(maxPages: number): Uint8Array {
-  const fns = functions();
-  const out = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-  const section = (id: number, body: number[]) => {
-    out.push(id);
-    vec(out, body);
-  };
-  const types: number[] = [];
-  uleb(types, fns.length);
-  for (const f of fns) {
-    types.push(0x60);
-    vec(types, f.params);
-    types.push(0x00);
-  }
-  section(1, types);
-  const imports: number[] = [1];
-  str(imports, "m");
-  str(imports, "memory");
-  imports.push(0x02, 0x03); // memory, limits: shared with maximum
-  uleb(imports, 1);
-  uleb(imports, maxPages);
-  section(2, imports);
-  const funcs: number[] = [];
-  uleb(funcs, fns.length);
-  fns.forEach((_, i) => uleb(funcs, i));
-  section(3, funcs);
-  const exports: number[] = [];
-  uleb(exports, fns.length);
-  fns.forEach((f, i) => {
-    str(exports, f.name);
-    exports.push(0x00);
-    uleb(exports, i);
-  });
-  section(7, exports);
-  const code: number[] = [];
-  uleb(code, fns.length);
-  for (const f of fns) {
-    const body: number[] = [];
-    uleb(body, f.locals.length);
-    for (const t of f.locals) body.push(1, t);
-    body.push(...f.body, 0x0b);
-    vec(code, body);
-  }
-  section(10, code);
-  return new Uint8Array(out);
+  m.add({ exportName: "f32div", params: [I32, I32, F32], locals: [I32, V128], body: div.bytes });
+  return m.bytes();
 }
 
 type To = (dst: number, a: number, b: number, nbytes: number) => void;
@@ -245,7 +103,7 @@ export class ArenaFold {
 
   constructor(arena: SharedArena) {
     // An import declared with the largest maximum accepts every arena.
-    const mod = new WebAssembly.Module(moduleBytes(65536) as BufferSource);
+    const mod = new WebAssembly.Module(moduleBytes(65536));
     const inst = new WebAssembly.Instance(mod, { m: { memory: arena.memory } });
     const ex = inst.exports as Record<string, unknown>;
     this.#to = {};

@@ -11,8 +11,9 @@
  * @module
  */
 
-import { Code } from "./_wasm_code.ts";
-import { I32, ModuleBuilder, V128 } from "./_wasm_encode.ts";
+import { Code, I32, ModuleBuilder, V128 } from "../../wasm/encode.ts";
+
+export { hasRelaxedSimd } from "../../wasm/encode.ts";
 
 /** Shape and instruction choices of a generated GEMM module. */
 export interface GemmModuleConfig {
@@ -52,7 +53,7 @@ function microKernel(
   const step = (u: number) => {
     for (let j = 0; j < nv; j++) c.get(B).v128Load(u * nr * 4 + 16 * j).set(BV + j);
     for (let r = 0; r < mr; r++) {
-      c.get(A).load32Splat(u * mr * 4 + 4 * r).set(AV);
+      c.get(A).v128Load32Splat(u * mr * 4 + 4 * r).set(AV);
       for (let j = 0; j < nv; j++) madd(c, fma, acc(r, j), AV, BV + j);
     }
   };
@@ -65,7 +66,7 @@ function microKernel(
   };
   // END = b + kc * nr * 4; END_U = b + (kc & -unroll) * nr * 4.
   c.get(B).get(KC).i32(nr * 4).mul().add().set(END);
-  c.get(B).get(KC).i32(-unroll).i32And().i32(nr * 4).mul().add().set(END_U);
+  c.get(B).get(KC).i32(-unroll).and().i32(nr * 4).mul().add().set(END_U);
   if (unroll > 1) loop(unroll, END_U);
   loop(1, END);
   const store = (add: boolean) => {
@@ -121,27 +122,13 @@ export function buildGemmModule(cfg: GemmModuleConfig): Uint8Array {
   if (cfg.nr % 4 !== 0 || cfg.mr < 1 || (cfg.unroll & (cfg.unroll - 1)) !== 0) {
     throw new RangeError(`Bad GEMM tile ${cfg.mr}x${cfg.nr}/${cfg.unroll}`);
   }
-  const m = new ModuleBuilder(1);
-  const micro = m.add({ results: [], ...microKernel(cfg) });
+  const m = new ModuleBuilder().defineMemory({ initial: 1 }, "memory");
+  const micro = m.add(microKernel(cfg));
   m.add({
     exportName: "macro",
     params: new Array(8).fill(I32),
-    results: [],
     locals: new Array(8).fill(I32),
     body: macroKernel(cfg, micro),
   });
   return m.bytes();
 }
-
-/** Whether this engine validates `f32x4.relaxed_madd` (the relaxed SIMD proposal). */
-export function hasRelaxedSimd(): boolean {
-  if (relaxed === undefined) {
-    const m = new ModuleBuilder(1);
-    const c = new Code().get(0).get(0).get(0).f32x4RelaxedMadd();
-    m.add({ params: [V128], results: [V128], locals: [], body: c.bytes });
-    relaxed = WebAssembly.validate(m.bytes() as Uint8Array<ArrayBuffer>);
-  }
-  return relaxed;
-}
-
-let relaxed: boolean | undefined;
