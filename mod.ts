@@ -19,3 +19,4 @@ export * as parallel from "./parallel/mod.ts";
 export * as models from "./models/mod.ts";
 export * as data from "./data/mod.ts";
 export * as engine from "./engine/mod.ts";
+export * as wasm from "./wasm/mod.ts";

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createWasmGemm } from "../../kernels/cpu/wasm_gemm.ts";
 import { hasRelaxedSimd } from "../../kernels/cpu/_wasm_gemm_module.ts";
 import type { Gemm } from "../../kernels/cpu/gemm.ts";
-import { sleb, uleb } from "../../kernels/cpu/_wasm_encode.ts";
+import { sleb, uleb } from "../../wasm/encode.ts";
 
 /** Deterministic values in [-1, 1). */
 function filled(n: number, seed: number): Float32Array {
