@@ -827,6 +827,25 @@ export async function checkpointCandidates(path: string): Promise<CheckpointCand
   );
 }
 
+/**
+ * The run directory a path belongs to: for a checkpoint directory `<run>/checkpoints/step-N`,
+ * `<run>`; for anything else, the path itself.
+ *
+ * @param path a run directory or a checkpoint directory
+ * @returns the run directory
+ */
+export async function checkpointRunDir(path: string): Promise<string> {
+  const parts = path.replace(/\/+$/, "").split("/");
+  if (
+    parts.length >= 3 && parts.at(-2) === CHECKPOINTS_DIR && STEP_DIR.test(parts.at(-1)!) &&
+    await exists(join(path, INDEX_FILE))
+  ) {
+    const run = parts.slice(0, -2).join("/");
+    return run === "" ? (path.startsWith("/") ? "/" : ".") : run;
+  }
+  return path;
+}
+
 /** Options of {@linkcode selectCheckpoint}. */
 export interface SelectOptions {
   /** Check every shard of a candidate: null when intact, else what is wrong. */

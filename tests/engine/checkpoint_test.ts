@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { AdditionTask } from "../../data/mod.ts";
 import {
   CheckpointReader,
+  checkpointRunDir,
   type EngineConfig,
   initialize,
   listCheckpoints,
@@ -61,6 +62,10 @@ Deno.test("8 steps straight equal 4 steps, save, load into a new engine, 4 steps
   assert.equal(cfg.note, "half way");
   assert.equal(cfg.engine.seed, 7);
   assert.deepEqual(await readCheckpointConfig(dir), cfg, "the run directory follows latest");
+  assert.deepEqual(await readCheckpointConfig(path), cfg);
+  assert.equal(await checkpointRunDir(path), dir);
+  assert.equal(await checkpointRunDir(`${path}/`), dir);
+  assert.equal(await checkpointRunDir(dir), dir);
   await Deno.remove(dir, { recursive: true });
 });
 
@@ -338,4 +343,41 @@ Deno.test("a checkpoint of the earlier single-file format still loads", async ()
   assert.deepEqual(await r.serial("wpe"), tensors.get("wpe"));
   r.close();
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("Zero's pieces: every element once, read and written on the rank alone", async () => {
+  for (const stage of [0, 1, 3] as const) {
+    const engine = await trained(1, {
+      ...config,
+      zero_optimization: { stage, reduce_bucket_size: 500 },
+      bf16: { enabled: true },
+    });
+    const z = engine.zero;
+    const whole = (await engine.gatherTensors(true))!;
+    const count = new Map<string, number>();
+    for (const q of z.statePieces()) {
+      count.set(q.slot.name, (count.get(q.slot.name) ?? 0) + q.n);
+      const at = q.global - q.slot.offset;
+      for (const kind of ["params", "m", "v"]) {
+        const name = kind === "params" ? q.slot.name : `optimizer.${kind}.${q.slot.name}`;
+        assert.deepEqual(
+          await z.readPiece(kind, q),
+          whole.get(name)!.slice(at, at + q.n),
+          `stage ${stage}: ${name}`,
+        );
+      }
+    }
+    for (const s of z.layout.slots) assert.equal(count.get(s.name), s.size, s.name);
+    const q = z.statePieces()[0]!;
+    z.writePiece("v", q, new Float32Array(q.n).fill(0.25));
+    assert.ok((await z.readPiece("v", q)).every((x) => x === 0.25));
+    z.writePiece("params", q, new Float32Array(q.n).fill(0.5));
+    assert.ok((await z.readPiece("params", q)).every((x) => x === 0.5), "fp32 master weights");
+    assert.throws(
+      () => z.writePiece("m", { ...q }, new Float32Array(q.n)),
+      /not one of this rank's statePieces/,
+    );
+    assert.throws(() => z.writePiece("m", q, new Float32Array(1)), /elements, got 1 values/);
+    await assert.rejects(() => z.readPiece("momentum", q), /No optimizer state "momentum"/);
+  }
 });

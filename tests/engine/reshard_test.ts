@@ -1,6 +1,6 @@
 // A checkpoint saved at one layout loads at another and training continues on the same loss
 // curve: dp 2 -> 4, tp 2 -> 1, pp 2 x 2 virtual stages -> pp 4, ZeRO 3 -> 1 (with tp 1 -> 2),
-// bf16 -> fp32, and a vocabulary padded for tp 2 loaded at tp 1. Each job trains the recipe of
+// ZeRO 0 over dp 2 -> one rank, bf16 -> fp32, and a vocabulary padded for tp 2 loaded at tp 1. Each job trains the recipe of
 // _ckpt_rank.ts for 2 steps at the first layout, saves, and the second layout loads and trains
 // steps 2-4.
 //
@@ -88,7 +88,7 @@ Deno.test("checkpoints reshard: dp 2 -> 4, tp 2 -> 1, pp 2 x v 2 -> pp 4, ZeRO 3
     const tail = { losses: ref.losses.slice(2), norms: ref.norms.slice(2) };
 
     // At 2 ranks: five layouts save after 2 steps; one loads the bf16 checkpoint at tp 2 fp32.
-    const [dp2, pp2v2, zero3, tp2, bf16, bf16ToTp2, padded] = await world(2, [
+    const [dp2, pp2v2, zero3, tp2, bf16, bf16ToTp2, padded, dp2z0] = await world(2, [
       { zero: 2, steps: [0, 2], save: dir("dp2") },
       { pp: 2, v: 2, steps: [0, 2], save: dir("pp2v2") },
       { zero: 3, steps: [0, 2], save: dir("zero3") },
@@ -96,6 +96,7 @@ Deno.test("checkpoints reshard: dp 2 -> 4, tp 2 -> 1, pp 2 x v 2 -> pp 4, ZeRO 3
       { zero: 2, precision: "bf16", steps: [0, 2], save: dir("bf16") },
       { tp: 2, steps: [2, STEPS], resume: dir("bf16") },
       { tp: 2, vocab: 16, realVocab: 15, steps: [0, 2], save: dir("padded") },
+      { steps: [0, 2], save: dir("dp2z0") },
     ]);
     for (
       const [r, what] of [[dp2, "dp 2 ZeRO 2"], [pp2v2, "pp 2 x v 2"], [zero3, "ZeRO 3"], [
@@ -142,6 +143,14 @@ Deno.test("checkpoints reshard: dp 2 -> 4, tp 2 -> 1, pp 2 x v 2 -> pp 4, ZeRO 3
       ["rank-00000.safetensors", 0, 0, 512],
       ["rank-00001.safetensors", 1, 512, 512],
     ]);
+
+    // ZeRO 0 over dp 2: replica 0 writes every tensor whole, replica 1 nothing.
+    const z0 = await readCheckpointIndex(dp2z0!.checkpoint!);
+    assert.deepEqual(Object.keys(z0.files), ["rank-00000.safetensors"]);
+    assert.ok(Object.values(z0.tensors).every((t) => t.pieces.length === 1));
+    const one = await serialRun({ steps: [2, STEPS], resume: dir("dp2z0") });
+    assertSameState(one.loaded, dp2z0!.saved, "dp 2 ZeRO 0 -> one rank");
+    assertCurve(one, tail, "dp 2 ZeRO 0 -> one rank");
 
     // The padded vocabulary of tp 2 (16 rows, 15 tokens) at tp 1 with 15 rows.
     const p1 = await serialRun({ vocab: 15, steps: [2, STEPS], resume: dir("padded") });
