@@ -20,6 +20,8 @@ export interface NodeRankData {
   masterAddr: string;
   masterPort: number;
   timeoutMs?: number;
+  /** The job secret; default `LOOM_SECRET` from the environment (see `connectTcp`). */
+  secret?: string;
 }
 
 /**
@@ -36,6 +38,7 @@ export async function main(local: Communicator, d: NodeRankData): Promise<unknow
     masterAddr: d.masterAddr,
     masterPort: d.masterPort,
     opTimeoutMs: d.timeoutMs,
+    secret: d.secret,
   });
   const comm = await createHierarchical(local, tcp);
   try {

@@ -20,6 +20,11 @@
  * Every rank must be a member of both `global` (all ranks of the job) and `local` (the ranks of its
  * node, local rank 0 being the node's leader).
  *
+ * Only `global` crosses machines: give its `connectTcp` the job secret (`secret`, or
+ * `LOOM_SECRET` in every node's environment, which the node ranks `launch` starts read by
+ * default), and every connection between nodes is authenticated; the leaders' group is a split of
+ * `global` and travels over the same authenticated connections.
+ *
  * @module
  */
 import {
