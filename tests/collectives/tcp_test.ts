@@ -28,12 +28,18 @@ function freePort(): number {
   return port;
 }
 
-function spawn(scenario: string, rank: number, size: number, port: number): Deno.ChildProcess {
+function spawn(
+  scenario: string,
+  rank: number,
+  size: number,
+  port: number,
+  env: Record<string, string> = {},
+): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", RANK, scenario, String(rank), String(size), String(port)],
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   }).spawn();
 }
 
@@ -46,9 +52,13 @@ async function report(child: Deno.ChildProcess, what: string): Promise<Report> {
   return JSON.parse(last) as Report;
 }
 
-async function runWorld(scenario: string, size: number): Promise<Report[]> {
+async function runWorld(
+  scenario: string,
+  size: number,
+  env: Record<string, string> = {},
+): Promise<Report[]> {
   const port = freePort();
-  const children = Array.from({ length: size }, (_, r) => spawn(scenario, r, size, port));
+  const children = Array.from({ length: size }, (_, r) => spawn(scenario, r, size, port, env));
   return await Promise.all(children.map((c, r) => report(c, `rank ${r} of ${size}`)));
 }
 
@@ -80,6 +90,22 @@ Deno.test({
     const worlds = await Promise.all([2, 4].map((n) => runWorld("ops-mesh", n)));
     checkOps(worlds[0]!, 2);
     checkOps(worlds[1]!, 4);
+  },
+});
+
+Deno.test({
+  name: "with a job secret (LOOM_SECRET), every op over TCP still matches the serial reference",
+  ...opts,
+  async fn() {
+    const env = { LOOM_SECRET: "a secret shared by every rank of this job" };
+    const worlds = await Promise.all([
+      runWorld("ops", 2, env),
+      runWorld("ops", 3, env),
+      runWorld("ops-mesh", 3, env),
+    ]);
+    checkOps(worlds[0]!, 2);
+    checkOps(worlds[1]!, 3);
+    checkOps(worlds[2]!, 3);
   },
 });
 
