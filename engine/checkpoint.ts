@@ -1005,11 +1005,16 @@ export class CheckpointReader {
    *
    * @param name the tensor
    * @param part the part (0 for a tensor that is not split)
+   * @param into a buffer to read into instead of a new one (the result is its first elements)
    * @returns its values, of the part's shape (`local` in the index)
    */
-  async part(name: string, part: number): Promise<Float32Array> {
+  async part(name: string, part: number, into?: Float32Array): Promise<Float32Array> {
     const e = this.#entry(name);
-    const out = new Float32Array(numel(e.local));
+    const size = numel(e.local);
+    if (into && into.length < size) {
+      throw new RangeError(`"${name}" has ${size} elements per part, the buffer ${into.length}`);
+    }
+    const out = into ? into.subarray(0, size) : new Float32Array(size);
     for (const q of e.pieces) {
       if (q.part !== part) continue;
       const f = await this.#file(q.file);
@@ -1021,7 +1026,7 @@ export class CheckpointReader {
             `index says F32 of ${q.n} elements`,
         );
       }
-      await f.readInto(q.key, new Uint8Array(out.buffer, q.start * 4, q.n * 4));
+      await f.readInto(q.key, new Uint8Array(out.buffer, out.byteOffset + q.start * 4, q.n * 4));
     }
     return out;
   }
@@ -1048,6 +1053,8 @@ export class CheckpointReader {
    * @param name the tensor
    * @param full the serial shape wanted
    * @param split this rank's piece of it (absent: whole)
+   * @param into a buffer to read into when the tensor was saved with this split (the result
+   *   is then its first elements); otherwise the result is new
    * @returns the piece's values
    * @throws {TypeError} when the saved tensor has another shape
    */
@@ -1055,10 +1062,11 @@ export class CheckpointReader {
     name: string,
     full: readonly number[],
     split: TensorSplit | undefined,
+    into?: Float32Array,
   ): Promise<Float32Array> {
     const e = this.#entry(name);
     if (sameShape(e.shape, full) && sameSplit(e.split, split)) {
-      return await this.part(name, (split?.parts ?? 1) > 1 ? split!.index : 0);
+      return await this.part(name, (split?.parts ?? 1) > 1 ? split!.index : 0, into);
     }
     let data = await this.serial(name);
     let shape = e.shape;

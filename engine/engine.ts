@@ -994,9 +994,12 @@ export class Engine {
     }
     const w = await createShardWriter(`${dir}/${name}`, plan.map((p) => ({ key: p.name, ...p })));
     let written = 0;
+    // One buffer for every piece: nothing else is allocated while the shard streams out.
+    const scratch = new Float32Array(plan.reduce((a, p) => Math.max(a, p.piece.n), 0));
     try {
       for (const p of plan) {
-        await w.write(p.name, await this.zero.readPiece(p.kind, p.piece));
+        await this.zero.readPieceInto(p.kind, p.piece, scratch);
+        await w.write(p.name, scratch.subarray(0, p.piece.n));
         written++;
         await opts.onProgress?.({ phase: "shard", written, total: plan.length });
       }
@@ -1207,11 +1210,14 @@ export class Engine {
       },
     });
     const r = await CheckpointReader.open(chosen, index);
+    // One buffer for every tensor saved at this rank's split (the rest are put together anew).
+    const slots = this.model.layout.slots;
+    const scratch = new Float32Array(slots.reduce((a, s) => Math.max(a, s.size), 0));
     try {
-      for (const s of this.model.layout.slots) {
-        this.zero.write(s.name, await r.local(s.name, s.full, s.split));
+      for (const s of slots) {
+        this.zero.write(s.name, await r.local(s.name, s.full, s.split, scratch));
         for (const key of this.#stateKinds()) {
-          const v = await r.local(`optimizer.${key}.${s.name}`, s.full, s.split);
+          const v = await r.local(`optimizer.${key}.${s.name}`, s.full, s.split, scratch);
           this.zero.writeState(key, s.name, v);
         }
       }

@@ -481,7 +481,24 @@ export class Zero implements LayerGate {
    * @returns its values (a new array)
    */
   async readPiece(kind: string, q: ZeroPiece): Promise<Float32Array> {
+    const out = new Float32Array(q.n);
+    await this.readPieceInto(kind, q, out);
+    return out;
+  }
+
+  /**
+   * {@linkcode Zero.readPiece} into a buffer of the caller's (e.g. one reused for every piece
+   * of a checkpoint): on a host-memory backend nothing is allocated.
+   *
+   * @param kind `"params"` or a state buffer's name
+   * @param q the piece
+   * @param out where its `q.n` values go (its first `q.n` elements)
+   */
+  async readPieceInto(kind: string, q: ZeroPiece, out: Float32Array): Promise<void> {
     this.#checkPiece(q);
+    if (out.length < q.n) {
+      throw new RangeError(`The piece of "${q.slot.name}" has ${q.n} elements, out ${out.length}`);
+    }
     const be = this.#be;
     const at = this.#stage0 ? q.global : q.local;
     let buf: Tensor, off: number;
@@ -489,8 +506,9 @@ export class Zero implements LayerGate {
       if (this.#master) [buf, off] = [this.#master, at];
       else [buf, off] = [this.#params, this.stage < 3 ? q.global : q.local];
     } else [buf, off] = [this.#state[this.#stateIndex(kind)]!, at];
-    const v = await be.read(be.view(buf, off, q.n));
-    return v instanceof Float32Array ? v : Float32Array.from(v);
+    const v = be.view(buf, off, q.n);
+    const live = v.dtype === "f32" ? be.hostView(v) : null;
+    out.set(live instanceof Float32Array ? live : await be.read(v));
   }
 
   /**
