@@ -930,7 +930,7 @@ export class Engine {
   }
 
   // Every rank learns whether any rank failed (`err` is this rank's failure): a failing rank
-  // rethrows its error, the others say which ranks failed. Collective.
+  // rethrows its error, the others say how many ranks failed. Collective.
   async #agree(err: unknown, what: string): Promise<void> {
     const v = new Float32Array([err === null ? 0 : 1]);
     await this.world.allReduce(v, "sum", this.#opts());

@@ -269,6 +269,11 @@ Deno.test("keep K deletes the oldest checkpoints once the new one is in place; 0
   assert.deepEqual(await fresh.load(dir), { again: true });
   await assert.rejects(() => engine.save(dir, {}, {}, { keep: -1 }), /keep must be an integer/);
   await assert.rejects(() => engine.save(dir, {}, {}, { vocab: 13 }), /real vocabulary/);
+  // A run directory that cannot be made: the save fails and leaves the run as it was.
+  const file = await Deno.makeTempFile();
+  await assert.rejects(() => engine.save(file), /Not a directory/);
+  await Deno.remove(file);
+  assert.equal(await Deno.readTextFile(`${dir}/latest`), "checkpoints/step-00000007\n");
   await Deno.remove(dir, { recursive: true });
 });
 
