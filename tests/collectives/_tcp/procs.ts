@@ -27,6 +27,7 @@ export class RankProcess {
   stderr = "";
   readonly #streams: Promise<void>;
   #waiters: { re: RegExp; resolve: () => void }[] = [];
+  #stdinOpen: boolean;
 
   constructor(
     scenario: string,
@@ -45,6 +46,7 @@ export class RankProcess {
       // An empty LOOM_SECRET counts as none: a secret in this shell does not leak into the job.
       env: { NO_COLOR: "1", LOOM_SECRET: "", ...env },
     }).spawn();
+    this.#stdinOpen = opts.stdin === true;
     const pump = async (s: ReadableStream<Uint8Array>, err: boolean) => {
       for await (const text of s.pipeThrough(new TextDecoderStream())) {
         if (err) this.stderr += text;
@@ -88,6 +90,7 @@ export class RankProcess {
 
   /** Write a line to its stdin and close it. */
   async say(line: string): Promise<void> {
+    this.#stdinOpen = false;
     const w = this.proc.stdin.getWriter();
     await w.write(new TextEncoder().encode(line + "\n"));
     await w.close();
@@ -95,6 +98,10 @@ export class RankProcess {
 
   /** Wait for it to end (killing it after `ms`) and return its exit code and report. */
   async finish(ms = 60_000): Promise<{ code: number; report: RankReport | null }> {
+    if (this.#stdinOpen) {
+      this.#stdinOpen = false;
+      await this.proc.stdin.close().catch(() => {});
+    }
     let timer: ReturnType<typeof setTimeout> | undefined;
     const killer = new Promise<void>((r) => {
       timer = setTimeout(() => {
