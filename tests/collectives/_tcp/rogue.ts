@@ -88,6 +88,7 @@ export interface Reply {
   op: number;
   tag: number;
   src: number;
+  arg: number;
   payload: Uint8Array;
 }
 
@@ -109,6 +110,7 @@ export class Replies {
             op: v.getUint8(6),
             src: v.getUint32(8, true),
             tag: v.getInt32(16, true),
+            arg: v.getUint32(28, true),
             payload: this.#buf.slice(HEADER, HEADER + len),
           };
           this.#buf = this.#buf.slice(HEADER + len);
