@@ -58,10 +58,19 @@ export function resolveSecret(given: string | undefined): string | undefined {
     }
     return given;
   }
+  return readEnv(SECRET_ENV);
+}
+
+/**
+ * An environment variable when it is set, non-empty and readable; undefined otherwise (without
+ * the env permission it counts as unset: it is queried, never prompted for).
+ */
+export function readEnv(name: string): string | undefined {
   try {
-    const q = Deno.permissions.querySync({ name: "env", variable: SECRET_ENV });
-    if (q.state !== "granted") return undefined;
-    const v = Deno.env.get(SECRET_ENV);
+    if (Deno.permissions.querySync({ name: "env", variable: name }).state !== "granted") {
+      return undefined;
+    }
+    const v = Deno.env.get(name);
     return v === undefined || v.length === 0 ? undefined : v;
   } catch {
     return undefined;

@@ -56,9 +56,10 @@
  *
  * ## Where ranks listen
  *
- * Rank 0 listens on `listenAddr`, by default the master address itself; the other ranks on
- * `listenAddr`, else `host`, else the address of their own side of the connection to rank 0
- * (the interface that reaches the master).
+ * Rank 0 listens on `listenAddr` (or `LOOM_LISTEN_ADDR`), by default the master address itself,
+ * never every interface unless asked (`"0.0.0.0"`); the other ranks on `listenAddr`, else
+ * `host`, else the address of their own side of the connection to rank 0 (the interface that
+ * reaches the master).
  *
  * @module
  */
@@ -81,6 +82,7 @@ import {
   newJobId,
   printable,
   readClaim,
+  readEnv,
   refusalError,
   Refused,
   resolveSecret,
@@ -103,8 +105,9 @@ export interface RendezvousOptions {
    */
   host?: string;
   /**
-   * Interface to listen on. Default: the master address on rank 0; on the other ranks `host`,
-   * else the local address of their connection to rank 0. `"0.0.0.0"` listens everywhere.
+   * Interface to listen on. Default: `LOOM_LISTEN_ADDR` from the environment when it is set,
+   * else the master address on rank 0, and on the other ranks `host`, else the local address of
+   * their connection to rank 0. `"0.0.0.0"` listens on every interface.
    */
   listenAddr?: string;
   /**
@@ -339,7 +342,8 @@ function listenOn(hostname: string, port: number, o: RendezvousOptions, secret: 
     if (e instanceof Deno.errors.AddrNotAvailable) {
       throw new RangeError(
         `Rank ${o.rank} cannot listen on ${hostname}: it is not an address of this machine; ` +
-          `pass listenAddr (an address of this machine, or "0.0.0.0" for every interface)`,
+          `pass listenAddr or set LOOM_LISTEN_ADDR (an address of this machine, or "0.0.0.0" ` +
+          `for every interface)`,
       );
     }
     if (e instanceof Deno.errors.AddrInUse) {
@@ -516,6 +520,7 @@ export async function rendezvous(opts: RendezvousOptions): Promise<Mesh> {
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const secret = resolveSecret(opts.secret);
   const timeoutMs = opts.timeoutMs ?? 60_000;
+  const listenAddr = opts.listenAddr ?? readEnv("LOOM_LISTEN_ADDR");
   const links: (Link | null)[] = new Array(size).fill(null);
   if (size === 1) return { rank, size, links, jobId: 0, maxFrameBytes, key: null, gate: null };
   const key = secret === undefined ? null : await WireKey.from(secret);
@@ -530,7 +535,7 @@ export async function rendezvous(opts: RendezvousOptions): Promise<Mesh> {
   try {
     if (rank === 0) {
       const jobId = newJobId();
-      listener = listenOn(opts.listenAddr ?? opts.masterAddr, opts.masterPort, opts, !!key);
+      listener = listenOn(listenAddr ?? opts.masterAddr, opts.masterPort, opts, !!key);
       const gate = await masterRendezvous(listener, opts, key, jobId, links, dl, refusals, (s) => {
         waitingFor = s;
       });
@@ -550,7 +555,7 @@ export async function rendezvous(opts: RendezvousOptions): Promise<Mesh> {
     // Ranks 1..size-2 accept connections from higher ranks, on the interface that reaches rank 0.
     if (rank < size - 1) {
       const local = (master.conn.localAddr as Deno.NetAddr).hostname;
-      listener = listenOn(opts.listenAddr ?? opts.host ?? local, 0, opts, !!key);
+      listener = listenOn(listenAddr ?? opts.host ?? local, 0, opts, !!key);
     }
     const hello: Hello = { rank, size, host: opts.host, port: listener?.addr.port ?? 0 };
     await dl.race(writeFrame(master.conn, control(FrameOp.hello, rank), json(hello)));
