@@ -388,6 +388,71 @@ Deno.test({
 });
 
 Deno.test({
+  name: "rank 0 listens on the master address itself, not on every interface",
+  ...opts,
+  async fn() {
+    const hook = listenHook();
+    const r0 = rank(0, 2, 0, { masterAddr: "127.0.0.2", onListen: hook.onListen });
+    const port = await hook.port;
+    await assert.rejects(
+      () => Deno.connect({ hostname: "127.0.0.1", port }),
+      Deno.errors.ConnectionRefused,
+      "nothing listens on the port at another address",
+    );
+    const r1 = rank(1, 2, port, { masterAddr: "127.0.0.2" });
+    await checkJob(await Promise.all([r0, r1]));
+  },
+});
+
+Deno.test({
+  name: "a rank that listens beyond loopback without a secret warns once",
+  ...opts,
+  async fn() {
+    const warnings: string[] = [];
+    const original = console.warn;
+    console.warn = (...a: unknown[]) => warnings.push(a.join(" "));
+    try {
+      for (const secret of [SECRET, undefined, undefined]) {
+        const hook = listenHook();
+        const every = { listenAddr: "0.0.0.0", secret }; // traffic stays on loopback
+        const r0 = rank(0, 3, 0, { ...every, onListen: hook.onListen });
+        const port = await hook.port;
+        const comms = await Promise.all([r0, rank(1, 3, port, every), rank(2, 3, port, every)]);
+        await checkJob(comms);
+        if (secret) assert.equal(warnings.length, 0, warnings.join("\n"));
+      }
+    } finally {
+      console.warn = original;
+    }
+    assert.equal(warnings.length, 1, warnings.join("\n"));
+    assert.match(
+      warnings[0]!,
+      /rank 0 listens on 0\.0\.0\.0:\d+ without a job secret: anyone who can reach this port can join/,
+    );
+  },
+});
+
+Deno.test({
+  name: "without the env permission, LOOM_SECRET counts as unset and nothing prompts",
+  ...opts,
+  async fn() {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--no-prompt",
+        "--allow-net",
+        new URL("./_tcp/no_env.ts", import.meta.url).pathname,
+      ],
+      env: { LOOM_SECRET: SECRET, NO_COLOR: "1" },
+      stdin: "null",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 0, text);
+    assert.equal(new TextDecoder().decode(out.stdout).trim(), "none");
+  },
+});
+
+Deno.test({
   name: "an empty secret is refused before anything connects",
   ...opts,
   async fn() {
