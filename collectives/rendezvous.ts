@@ -80,7 +80,6 @@ import {
   authConnect,
   AuthRole,
   newJobId,
-  printable,
   readClaim,
   readEnv,
   refusalError,
@@ -88,6 +87,17 @@ import {
   resolveSecret,
   WireKey,
 } from "./_wire_auth.ts";
+import {
+  addrOf,
+  closeQuietly,
+  Gate,
+  isLoopback,
+  Refusals,
+  refuse,
+  sendError,
+  sleep,
+  within,
+} from "./_tcp_gate.ts";
 
 /** Where and how a rank joins a TCP world. */
 export interface RendezvousOptions {
@@ -168,8 +178,6 @@ interface TableEntry {
 
 /** Longest time a connection may take over its handshake and hello. */
 const HANDSHAKE_MS = 10_000;
-/** Most connections in their handshake at once, per listener. */
-const MAX_PENDING = 64;
 /** How long past `timeoutMs` a rank that joined waits for rank 0's verdict. */
 const VERDICT_GRACE_MS = 2_000;
 
@@ -182,12 +190,6 @@ function json(x: unknown): Uint8Array {
 
 function control(op: number, src: number) {
   return { op, kind: 0, src, group: 0, tag: 0, seq: 0, total: 0, arg: 0 };
-}
-
-/** Tell a peer why it is refused (best effort: it may be gone already). */
-function sendError(conn: Deno.Conn, message: string, reason?: string): Promise<void> {
-  return within(writeFrame(conn, control(FrameOp.error, 0), json({ message, reason })), 1000)
-    .catch(() => {});
 }
 
 function parseJson(f: Frame): Record<string, unknown> {
@@ -218,15 +220,6 @@ function parseHello(f: Frame): Hello {
   }
   if (b.host !== undefined && !isHost(b.host)) throw new FrameError("its hello has a bad host");
   return { rank: b.rank as number, size: b.size as number, host: b.host, port: b.port };
-}
-
-function isLoopback(host: string): boolean {
-  return host === "localhost" || host.startsWith("127.") || host === "::1";
-}
-
-function addrOf(a: Deno.Addr): string {
-  const n = a as Deno.NetAddr;
-  return n.hostname.includes(":") ? `[${n.hostname}]:${n.port}` : `${n.hostname}:${n.port}`;
 }
 
 function checkOptions(o: RendezvousOptions): void {
@@ -279,28 +272,6 @@ class Deadline {
   clear(): void {
     clearTimeout(this.#timer);
   }
-}
-
-/** `p`, or a rejection when it takes longer than `ms`. */
-function within<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Refused(`it did not finish its handshake within ${ms} ms`, "protocol")),
-      ms,
-    );
-  });
-  return Promise.race([p, late]).finally(() => clearTimeout(timer));
-}
-
-function closeQuietly(c: { close(): void }): void {
-  try {
-    c.close();
-  } catch { /* already closed */ }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 async function connectRetry(
@@ -371,91 +342,6 @@ function listenOn(hostname: string, port: number, o: RendezvousOptions, secret: 
   }
   o.onListen?.(l.addr.port);
   return l;
-}
-
-/** The connections a listener refused, for the log and for a failed rendezvous's message. */
-class Refusals {
-  count = 0;
-  #last: string[] = [];
-  constructor(private readonly who: string) {}
-  note(from: string, why: string): void {
-    this.count++;
-    const text = printable(why);
-    console.error(`loom rendezvous: ${this.who}dropped connection from ${from}: ${text}`);
-    this.#last.push(`${from}: ${text}`);
-    if (this.#last.length > 3) this.#last.shift();
-  }
-  summary(): string {
-    if (this.count === 0) return "";
-    return `; refused ${this.count} connection(s), the last: ${this.#last.join("; ")}`;
-  }
-}
-
-/** Log a refused connection, tell the peer why, close it. */
-async function refuse(conn: Deno.TcpConn, from: string, e: unknown, log: Refusals) {
-  const why = printableError(e);
-  log.note(from, why);
-  const reason = e instanceof Refused ? e.reason : "protocol";
-  await sendError(conn, why, reason);
-  closeQuietly(conn);
-}
-
-function printableError(e: unknown): string {
-  return printable(e instanceof Error ? e.message : String(e));
-}
-
-/**
- * Accepts connections on a listener and runs a handshake on each, at most {@link MAX_PENDING}
- * at once; `close()` stops it and drops the connections still in their handshake.
- */
-class Gate {
-  readonly #pending = new Map<Deno.TcpConn, Promise<void>>();
-  readonly #loop: Promise<void>;
-  /** True once closing: handshakes that fail then were cut short, not refused. */
-  closing = false;
-
-  constructor(
-    readonly listener: Deno.TcpListener,
-    handle: (conn: Deno.TcpConn, from: string) => Promise<void>,
-    log: Refusals,
-  ) {
-    this.#loop = (async () => {
-      while (!this.closing) {
-        let conn: Deno.TcpConn;
-        try {
-          conn = await listener.accept();
-        } catch (e) {
-          if (this.closing || e instanceof Deno.errors.BadResource) return;
-          await sleep(50); // e.g. out of file descriptors: try again
-          continue;
-        }
-        const from = addrOf(conn.remoteAddr);
-        if (this.closing) {
-          closeQuietly(conn);
-          return;
-        }
-        if (this.#pending.size >= MAX_PENDING) {
-          log.note(from, `more than ${MAX_PENDING} connections are in their handshake`);
-          closeQuietly(conn);
-          continue;
-        }
-        const p = handle(conn, from).catch(() => closeQuietly(conn)).finally(() =>
-          this.#pending.delete(conn)
-        );
-        this.#pending.set(conn, p);
-      }
-    })();
-  }
-
-  /** Stop accepting and drop the connections still in their handshake. */
-  async close(): Promise<void> {
-    if (this.closing) return;
-    this.closing = true;
-    closeQuietly(this.listener);
-    await this.#loop;
-    for (const c of this.#pending.keys()) closeQuietly(c);
-    await Promise.all(this.#pending.values());
-  }
 }
 
 /**
@@ -667,7 +553,7 @@ async function masterRendezvous(
           `${size}: pass the same world size (--nnodes x --nproc-per-node, or WORLD_SIZE) to ` +
           `every process`;
         fatal ??= new RangeError(`Rendezvous failed: ${problem}`);
-        await sendError(conn, `Rendezvous failed: ${problem}`);
+        await sendError(conn, 0, `Rendezvous failed: ${problem}`);
         closeQuietly(conn);
         wake();
         return;
@@ -695,7 +581,7 @@ async function masterRendezvous(
         closeQuietly(conn); // the rendezvous is over: not this connection's doing
         return;
       }
-      await refuse(conn, from, e, refusals);
+      await refuse(conn, 0, from, e, refusals);
     }
   };
   const gate = new Gate(listener, handle, refusals);
@@ -705,13 +591,13 @@ async function masterRendezvous(
   } catch (e) {
     await gate.close();
     const message = (e as Error).message;
-    await Promise.all(links.map((l) => l ? sendError(l.conn, message, "timeout") : undefined));
+    await Promise.all(links.map((l) => l ? sendError(l.conn, 0, message, "timeout") : undefined));
     throw e;
   }
   if (fatal) {
     await gate.close();
     const message = fatal.message;
-    await Promise.all(links.map((l) => l ? sendError(l.conn, message) : undefined));
+    await Promise.all(links.map((l) => l ? sendError(l.conn, 0, message) : undefined));
     throw fatal;
   }
   running = true;
@@ -800,7 +686,7 @@ async function buildMesh(
         closeQuietly(conn);
         return;
       }
-      await refuse(conn, from, e, refusals);
+      await refuse(conn, rank, from, e, refusals);
     }
   };
   const gate = listener ? new Gate(listener, handle, refusals) : null;
