@@ -13,8 +13,9 @@
  * deno run -A train.ts --help                       # every option, with defaults
  * ```
  *
- * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, and the checkpoint
- * (`checkpoint.safetensors`, `config.json`).
+ * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, and its checkpoints
+ * (`checkpoints/step-<N>/`, one shard per rank, the last `--keep` of them, and `latest` naming
+ * the newest).
  *
  * @module
  */
@@ -33,6 +34,7 @@ import { CollectiveError } from "./collectives/communicator.ts";
 import { type LaunchConfig, parseLaunch } from "./collectives/launch.ts";
 import {
   checkParallelLayout,
+  checkpointRunDir,
   type EngineConfig,
   fillAuto,
   readCheckpointConfig,
@@ -228,6 +230,7 @@ const OPTIONS: Record<string, OptionSpec> = {
     dflt: 0,
     help: "also checkpoint every N steps (0: only at the end)",
   },
+  keep: { kind: "int", dflt: 2, help: "checkpoints to keep in --out (0: every one)" },
   "stop-after": {
     kind: "int",
     dflt: 0,
@@ -657,7 +660,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
         );
       }
     }
-    if (merged.out === null) merged.out = o.resume;
+    if (merged.out === null) merged.out = await checkpointRunDir(String(o.resume));
     savedTokenizer = (cfg.tokenizer as TokenizerJSON | undefined) ?? null;
     given = { ...given };
     o = merged;
@@ -789,6 +792,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0 },
     notes: shape.notes,
     launch: job.source === "default" ? undefined : job,
+    keep: o.keep as number,
     maxRestarts: o["max-restarts"] as number,
     timeoutMs: Math.round((o.timeout as number) * 1000),
     stop: opts.stop,

@@ -3,7 +3,7 @@
 // each rank's engine measured.
 import type { Communicator } from "../collectives/mod.ts";
 import { runWorkers } from "../collectives/world.ts";
-import { AdditionTask } from "../data/mod.ts";
+import { AdditionTask, replicaShare } from "../data/mod.ts";
 import { type EngineConfig, initialize, type RankMemory } from "../engine/mod.ts";
 import { createCpuBackend } from "../kernels/mod.ts";
 
@@ -21,7 +21,9 @@ export async function main(world: Communicator | undefined, run: MemoryRun): Pro
   });
   const task = new AdditionTask({ digits: 3 });
   const src = task.trainBatches(engine.config.batchSize, 1);
-  for (let i = 0; i < run.steps; i++) await engine.trainBatch([src.next()]);
+  for (let i = 0; i < run.steps; i++) {
+    await engine.trainBatch(replicaShare([src.next()], engine.groups.coords.dp, engine.layout.dp));
+  }
   return engine.memory();
 }
 

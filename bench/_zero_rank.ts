@@ -19,7 +19,7 @@
  * @module
  */
 import { type Communicator, connectTcp, soloCommunicator } from "../collectives/mod.ts";
-import { WindowSampler } from "../data/mod.ts";
+import { replicaShare, WindowSampler } from "../data/mod.ts";
 import { initialize } from "../engine/mod.ts";
 import { createCpuBackend, Rng } from "../kernels/mod.ts";
 
@@ -132,7 +132,9 @@ export async function main(comm: Communicator, spec: ZeroRankSpec): Promise<Zero
       const batch = src.next();
       await comm.barrier({ timeoutMs: spec.timeoutMs });
       const t0 = performance.now();
-      const r = await engine.trainBatch([batch]);
+      const r = await engine.trainBatch(
+        replicaShare([batch], engine.groups.coords.dp, engine.layout.dp),
+      );
       const ms = performance.now() - t0;
       if (i === 0) out.loss[0] = r.loss;
       out.loss[1] = r.loss;

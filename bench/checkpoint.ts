@@ -18,7 +18,7 @@
 import { parseArgs } from "node:util";
 import type { Communicator } from "../collectives/mod.ts";
 import { runWorkers } from "../collectives/world.ts";
-import { AdditionTask } from "../data/mod.ts";
+import { AdditionTask, replicaShare } from "../data/mod.ts";
 import { type EngineConfig, initialize } from "../engine/mod.ts";
 import { createCpuBackend } from "../kernels/mod.ts";
 
@@ -76,7 +76,9 @@ export async function main(world: Communicator | undefined, run: ChildRun): Prom
   });
   const task = new AdditionTask({ digits: 3 });
   const src = task.trainBatches(engine.config.batchSize, 1);
-  for (let i = 0; i < run.steps; i++) await engine.trainBatch([src.next()]);
+  for (let i = 0; i < run.steps; i++) {
+    await engine.trainBatch(replicaShare([src.next()], engine.groups.coords.dp, engine.layout.dp));
+  }
   const lead = engine.isLeader;
   const sync = () => engine.world.barrier({ timeoutMs: 600_000 });
   await sync();

@@ -196,3 +196,76 @@ function checkBT(B: number, T: number): void {
     throw new RangeError(`Sequence length must be an integer >= 1, got ${T}`);
   }
 }
+
+/**
+ * Where data-parallel replica `replica` of `replicas` finds its rows when the global batch is
+ * drawn as `draws` batches of `rows` rows each: the replica trains on the global rows
+ * `[replica * n, (replica + 1) * n)`, n = draws x rows / replicas, and this gives that range's
+ * part of each drawn batch (empty where it has none). Pass each to `BatchSource.next` so that
+ * the replica builds only its own rows.
+ *
+ * @example Four draws of 2 rows over two replicas
+ * ```ts
+ * import { replicaRows } from "./batches.ts";
+ * const r = replicaRows(2, 4, 1, 2);
+ * console.assert(r[0]!.to === r[0]!.from && r[2]!.from === 0 && r[3]!.to === 2);
+ * ```
+ *
+ * @param rows rows per drawn batch
+ * @param draws batches drawn per step
+ * @param replica this replica, 0 <= replica < replicas
+ * @param replicas the data-parallel size
+ * @returns one row range per drawn batch
+ * @throws {RangeError} when the global batch does not split evenly over the replicas
+ */
+export function replicaRows(
+  rows: number,
+  draws: number,
+  replica: number,
+  replicas: number,
+): RowRange[] {
+  const total = rows * draws;
+  if (total % replicas !== 0 || !(replica >= 0 && replica < replicas)) {
+    throw new RangeError(
+      `A global batch of ${draws} x ${rows} rows does not split over ${replicas} data-parallel ` +
+        `replicas (or replica ${replica} is out of range)`,
+    );
+  }
+  const n = total / replicas, lo = replica * n, hi = lo + n;
+  return Array.from({ length: draws }, (_, i) => {
+    const from = Math.min(Math.max(lo - i * rows, 0), rows);
+    const to = Math.max(Math.min(hi - i * rows, rows), from);
+    return { from, to };
+  });
+}
+
+/**
+ * Cut a replica's share out of the whole global batch (what {@linkcode replicaRows} builds
+ * directly): the batches `Engine.trainBatch` takes on that replica's ranks.
+ *
+ * @param batches the global batch, as drawn
+ * @param replica this replica
+ * @param replicas the data-parallel size
+ * @returns the replica's rows, as batches (empty ones left out)
+ */
+export function replicaShare(
+  batches: readonly Batch[],
+  replica: number,
+  replicas: number,
+): Batch[] {
+  if (replicas === 1) return [...batches];
+  const B = batches[0]?.B ?? 0;
+  if (batches.some((b) => b.B !== B)) {
+    throw new RangeError("replicaShare needs batches of one size");
+  }
+  return replicaRows(B, batches.length, replica, replicas).flatMap((r, i) => {
+    if (r.to === r.from) return [];
+    const b = batches[i]!;
+    return [{
+      inputs: b.inputs.slice(r.from * b.T, r.to * b.T),
+      targets: b.targets.slice(r.from * b.T, r.to * b.T),
+      B: r.to - r.from,
+      T: b.T,
+    }];
+  });
+}

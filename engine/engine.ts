@@ -513,12 +513,14 @@ export class Engine {
   }
 
   /**
-   * One optimizer step over the global batch, given as any number of batches of whole
-   * sequences (e.g. as a one-rank run draws them): their rows are split into the layout's
-   * micro-batches, `microBatchSize` rows each, data-parallel replica `d` taking micro-batches
-   * `[d * m, (d + 1) * m)`. Every rank passes the same batches. Collective.
+   * One optimizer step over the global batch. Each rank passes its data-parallel replica's share
+   * of it (`batchSize / dp` sequences, as any number of batches: what `replicaRows` lets a
+   * sampler build, or `replicaShare` cuts out of the whole batch), the same on every rank of the
+   * replica; at dp 1 that is the whole batch. Its rows are split into the layout's micro-batches,
+   * `microBatchSize` rows each: replica `d` trains on the global batch's micro-batches
+   * `[d * m, (d + 1) * m)`. Collective.
    *
-   * @param batches the global batch
+   * @param batches this replica's share of the global batch
    * @returns the step's figures (the same on every rank)
    */
   async trainBatch(batches: readonly Batch[]): Promise<TrainStepResult> {
@@ -539,9 +541,12 @@ export class Engine {
           `sequence length must be a multiple of tp`,
       );
     }
-    if (rows !== c.batchSize) {
+    const share = c.batchSize / this.layout.dp;
+    if (rows !== share) {
       throw new RangeError(
-        `trainBatch needs the global batch of ${c.batchSize} sequences, got ${rows}`,
+        `trainBatch needs this data-parallel replica's share of the global batch: ` +
+          `${c.batchSize} / dp ${this.layout.dp} = ${share} sequences, got ${rows} ` +
+          `(replicaShare cuts it out of the whole batch)`,
       );
     }
     const inputs = new Int32Array(rows * T), targets = new Int32Array(rows * T);
@@ -567,13 +572,10 @@ export class Engine {
       this.model.chunk(ci, {
         B,
         T,
-        batch: (mb) => {
-          const j = d * m + mb;
-          return {
-            inputs: inputs.subarray(j * n, (j + 1) * n),
-            targets: targets.subarray(j * n, (j + 1) * n),
-          };
-        },
+        batch: (mb) => ({
+          inputs: inputs.subarray(mb * n, (mb + 1) * n),
+          targets: targets.subarray(mb * n, (mb + 1) * n),
+        }),
         gradScale: lossScale / (m * dp),
         seqOffset: d * m * B,
         dropout,
@@ -611,7 +613,7 @@ export class Engine {
     const gradNorm = Math.sqrt(sums[1]!) / lossScale;
     const lr = this.currentLr();
     this.step++;
-    const tokens = rows * T;
+    const tokens = rows * T * this.layout.dp;
     const peakMicroBatches = chunks.reduce((a, ch) => a + ch.peakSlots, 0);
     const base = { step: this.step, loss, lr, gradNorm, tokens, lossScale, peakMicroBatches };
     if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {

@@ -15,6 +15,7 @@ import {
   type Dataset,
   type DatasetDescriptor,
   openDataset,
+  replicaRows,
   type Score,
 } from "../data/mod.ts";
 import { type Backend, createCpuBackend } from "../kernels/mod.ts";
@@ -41,6 +42,8 @@ export interface RunOptions {
   evalEvery: number;
   /** Also checkpoint every N steps (0: only at the end). */
   saveEvery: number;
+  /** Checkpoints to keep in the run directory; default 2, 0 keeps every one. */
+  keep?: number;
   /** Batches drawn per step, as a one-rank run with this accumulation draws them. */
   drawAccum: number;
   /** Seed of the data order. */
@@ -327,6 +330,9 @@ export async function runTraining(
       );
     }
     const src = ds.trainBatches(micro, o.dataSeed);
+    // A distributed sampler: every rank draws the serial stream and builds only its replica's
+    // rows of it.
+    const rowsOf = replicaRows(micro, o.drawAccum, engine.groups.coords.dp, layout.dp);
     const out = o.out;
     let tokensBefore = 0;
     if (o.resume) {
@@ -393,7 +399,7 @@ export async function runTraining(
       await engine.save(out, { data: src.getState(), tokens: tokensBefore + tokensRun }, {
         run: o.saveConfig ?? {},
         tokenizer: ds.tokenizer.toJSON(),
-      });
+      }, { keep: o.keep, vocab: ds.tokenizer.vocabSize });
     };
     const t0 = performance.now();
     const window: { t: number; tokens: number }[] = [{ t: t0, tokens: 0 }];
@@ -404,7 +410,10 @@ export async function runTraining(
     const rank = world?.rank ?? 0;
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
-      for (let i = 0; i < o.drawAccum; i++) batches.push(src.next());
+      for (const rows of rowsOf) {
+        const b = src.next(rows);
+        if (b.B > 0) batches.push(b);
+      }
       const r = await engine.trainBatch(batches);
       tokensRun += r.tokens;
       const now = performance.now();
@@ -576,7 +585,7 @@ export async function runTraining(
         console.log("sample (greedy):");
         console.log(sample);
       }
-      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/checkpoint.safetensors`);
+      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${engine.checkpointPath}/`);
     }
     return summary;
   } finally {

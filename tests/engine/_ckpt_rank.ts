@@ -4,6 +4,7 @@
 
 import type { Communicator } from "../../collectives/mod.ts";
 import { type Engine, type EngineConfig, initialize } from "../../engine/mod.ts";
+import { replicaShare } from "../../data/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
 import { CFG, LR, MAX_NORM, MICRO, MICROS, SEED, T, WEIGHT_DECAY } from "../parallel/_gpt_data.ts";
 
@@ -104,9 +105,11 @@ export async function runJob(engine: Engine, j: Job): Promise<JobResult> {
   const vocab = j.realVocab ?? engine.config.model.vocab;
   const losses: number[] = [], norms: number[] = [];
   for (let step = j.steps[0]; step < j.steps[1]; step++) {
-    const r = await engine.trainBatch(
+    const r = await engine.trainBatch(replicaShare(
       Array.from({ length: MICROS }, (_, k) => microBatch(step, k, vocab)),
-    );
+      engine.groups.coords.dp,
+      engine.layout.dp,
+    ));
     losses.push(r.loss);
     norms.push(r.gradNorm);
   }

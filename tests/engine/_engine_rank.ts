@@ -3,7 +3,7 @@
 // memory from the allocations, wire bytes per step).
 
 import type { Communicator } from "../../collectives/mod.ts";
-import { AdditionTask, type Batch } from "../../data/mod.ts";
+import { AdditionTask, type Batch, replicaShare } from "../../data/mod.ts";
 import { type EngineConfig, initialize, type RankMemory } from "../../engine/mod.ts";
 import { createCpuBackend } from "../../kernels/mod.ts";
 
@@ -38,7 +38,9 @@ export async function main(
       const T = batch.T;
       batch.targets.fill(-1, d.ignoreRank * rows * T, (d.ignoreRank + 1) * rows * T);
     }
-    const r = await engine.trainBatch([batch]);
+    const r = await engine.trainBatch(
+      replicaShare([batch], engine.groups.coords.dp, engine.layout.dp),
+    );
     losses.push(r.loss);
     skipped.push(r.skipped);
     scales.push(r.lossScale);

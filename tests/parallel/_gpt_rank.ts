@@ -3,6 +3,7 @@
 
 import type { Communicator } from "../../collectives/mod.ts";
 import { type EngineConfig, initialize } from "../../engine/mod.ts";
+import { replicaShare } from "../../data/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
 import type { ScheduleName } from "../../parallel/mod.ts";
 import {
@@ -85,7 +86,9 @@ export async function main(
       B: MICRO,
       T,
     }));
-    const r = await engine.trainBatch(batches);
+    const r = await engine.trainBatch(
+      replicaShare(batches, engine.groups.coords.dp, engine.layout.dp),
+    );
     losses.push(r.loss);
     norms.push(r.gradNorm);
     peaks.push(r.peakMicroBatches);

@@ -4,6 +4,7 @@
 
 import type { Communicator } from "../../collectives/mod.ts";
 import { type Engine, type EngineConfig, initialize, type ZeroConfig } from "../../engine/mod.ts";
+import { replicaShare } from "../../data/mod.ts";
 import { createReferenceBackend } from "../../kernels/mod.ts";
 import type { ScheduleName } from "../../parallel/mod.ts";
 import {
@@ -120,7 +121,9 @@ export async function train(engine: Engine, c: Case): Promise<CaseResult> {
       B: MICRO,
       T,
     }));
-    const r = await engine.trainBatch(batches);
+    const r = await engine.trainBatch(
+      replicaShare(batches, engine.groups.coords.dp, engine.layout.dp),
+    );
     losses.push(r.loss);
     norms.push(r.gradNorm);
   }
