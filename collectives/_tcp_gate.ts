@@ -12,16 +12,30 @@ import { printable, Refused } from "./_wire_auth.ts";
 /** Most connections in their handshake at once, per listener. */
 export const MAX_PENDING = 64;
 
-/** `p`, or a {@linkcode Refused} rejection when it takes longer than `ms`. */
-export function within<T>(p: Promise<T>, ms: number): Promise<T> {
+/** `p`, or a {@linkcode Refused} rejection saying `why` when it takes longer than `ms`. */
+export function within<T>(
+  p: Promise<T>,
+  ms: number,
+  why = `it took more than ${ms} ms`,
+): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Refused(`it did not finish its handshake within ${ms} ms`, "protocol")),
-      ms,
-    );
+    timer = setTimeout(() => reject(new Refused(why, "protocol")), Math.max(0, ms));
   });
   return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Bounds for the steps of one connection's handshake: each step races the rendezvous deadline
+ * (`race`) and what is left of `ms` for the whole handshake.
+ */
+export function handshakeBudget(
+  race: <T>(p: Promise<T>) => Promise<T>,
+  ms: number,
+): <T>(p: Promise<T>) => Promise<T> {
+  const end = performance.now() + ms;
+  const why = `it did not finish its handshake within ${ms} ms`;
+  return <T>(p: Promise<T>) => race(within(p, end - performance.now(), why));
 }
 
 /** Close, ignoring an already closed resource. */

@@ -91,12 +91,12 @@ import {
   addrOf,
   closeQuietly,
   Gate,
+  handshakeBudget,
   isLoopback,
   Refusals,
   refuse,
   sendError,
   sleep,
-  within,
 } from "./_tcp_gate.ts";
 
 /** Where and how a rank joins a TCP world. */
@@ -176,7 +176,7 @@ interface TableEntry {
   port: number;
 }
 
-/** Longest time a connection may take over its handshake and hello. */
+/** Longest time a connection may take over its whole handshake and hello. */
 const HANDSHAKE_MS = 10_000;
 /** How long past `timeoutMs` a rank that joined waits for rank 0's verdict. */
 const VERDICT_GRACE_MS = 2_000;
@@ -521,7 +521,7 @@ async function masterRendezvous(
 
   const handle = async (conn: Deno.TcpConn, from: string) => {
     const link = open(conn);
-    const race = <T>(p: Promise<T>) => dl.race(within(p, HANDSHAKE_MS));
+    const race = handshakeBudget(dl.race, HANDSHAKE_MS);
     try {
       const { frame: f, claim } = await acceptOpening(
         link,
@@ -635,7 +635,7 @@ async function buildMesh(
   if (expectHigher === 0) wake();
   const handle = async (conn: Deno.TcpConn, from: string) => {
     const link = open(conn);
-    const race = <T>(p: Promise<T>) => dl.race(within(p, HANDSHAKE_MS));
+    const race = handshakeBudget(dl.race, HANDSHAKE_MS);
     const screen = (c: AuthClaim) => {
       if (c.jobId !== jobId) {
         throw new Refused(
