@@ -29,7 +29,12 @@
  * no tag at all; the connector checks auth 4 before it sends anything else, so both ends know the
  * other holds the secret. Fresh nonces on both sides keep a recorded exchange from being replayed,
  * and the side letter keeps one side's tag from serving as the other's. After the handshake the
- * usual hello follows, and must repeat the rank and size of auth 1.
+ * usual hello follows, and must repeat the rank and size of auth 1. J tells jobs apart and is no
+ * secret (auth 2 shows it to whoever asks); the tags are what a stranger cannot make.
+ *
+ * Lanes are driven through libc synchronously, so they run the same tags (role lane) with the
+ * nonces carried over their pair's mesh connection, which is authenticated already, and the tags
+ * computed between the synchronous steps ({@link ./_tcp_lane.ts}).
  *
  * The connecting side speaks first with and without a secret (auth 1, or its hello), so when
  * only one side has a secret the acceptor sees the wrong first frame at once, and both sides fail
@@ -47,8 +52,8 @@
  * id, another protocol version, bytes that are not frames, a frame larger than
  * `CONTROL_FRAME_BYTES` before it is accepted, a rank outside the world or one that has already
  * joined: each is logged with its address and reason, told why in an error frame, and closed;
- * the rendezvous goes on and the real ranks join. Only a rank that authenticated and reports
- * another world size ends the rendezvous at once (a launch mistake). At most 64 connections may
+ * the rendezvous goes on and the real ranks join. Only a rank that reports another world size
+ * (after proving the secret, when there is one) ends the rendezvous at once: a launch mistake. At most 64 connections may
  * be in their handshake at once, each for at most 10 s. Rank 0 keeps listening until the world
  * closes and refuses whoever connects then, so a late rank learns at once that the job is running.
  * When the rendezvous fails, rank 0 tells the ranks that joined why (who never came, what it
