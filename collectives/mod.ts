@@ -6,6 +6,10 @@
  * Allocate the buffers you reduce with {@linkcode sharedArray}: in a world's shared arena,
  * reductions fold in WebAssembly SIMD straight between the ranks' buffers.
  *
+ * Over TCP, give every rank the same job secret (`LOOM_SECRET`, or {@linkcode connectTcp}'s
+ * `secret`): every connection then proves it before anything else is accepted. Without one,
+ * anyone who can reach a rank's port can join the job.
+ *
  * @module
  */
 export * from "./communicator.ts";
