@@ -359,6 +359,12 @@ export interface LaunchOptions {
   /** Default timeout of every collective, in milliseconds. */
   timeoutMs?: number;
   /**
+   * The job secret every TCP connection proves it knows (see `connectTcp`); default
+   * `LOOM_SECRET` from the environment. Without one, anyone who can reach the master port can
+   * join the job.
+   */
+  secret?: string;
+  /**
    * Node mode: microseconds a Worker rank spins before sleeping while it waits for a local peer.
    * Default: the shared-memory communicator's adaptive budget on one node; 20 with several nodes,
    * where a local wait often spans a TCP exchange and spinning would steal the leader's core.
@@ -405,6 +411,7 @@ export async function launch<T = unknown>(config: LaunchConfig, opts: LaunchOpti
       masterAddr: config.masterAddr,
       masterPort: config.masterPort,
       opTimeoutMs: opts.timeoutMs,
+      secret: opts.secret,
     });
     try {
       const mod = await import(module);
@@ -436,6 +443,7 @@ export async function launch<T = unknown>(config: LaunchConfig, opts: LaunchOpti
       masterAddr: config.masterAddr,
       masterPort: config.masterPort,
       timeoutMs: opts.timeoutMs,
+      secret: opts.secret,
     },
   });
 }
