@@ -69,21 +69,38 @@ async function expectOk(r: Run, what: string): Promise<void> {
   await Promise.resolve();
 }
 
-Deno.test("train.ts under torchrun's environment (2 processes over TCP) equals --dp 2 as Workers", async () => {
-  const dir = tmp();
-  const args = [...TINY, "--steps", "12"];
-  await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/workers`]), "--dp 2");
-  const port = freePort();
-  const ranks = await Promise.all(
-    [0, 1].map((r) => run([...args, "--out", `${dir}/procs`], torchrunEnv(r, 2, port))),
-  );
-  for (const [r, x] of ranks.entries()) await expectOk(x, `rank ${r}`);
-  assert.deepEqual(losses(`${dir}/procs`), losses(`${dir}/workers`));
-  const summary = JSON.parse(Deno.readTextFileSync(`${dir}/procs/summary.json`));
-  assert.equal(summary.layout.dp, 2, "dp fills the job's world");
-  assert.equal(summary.memory.per_rank.length, 2);
-  Deno.removeSync(dir, { recursive: true });
-});
+function slurmEnv(rank: number, size: number, port: number): Record<string, string> {
+  return {
+    SLURM_PROCID: String(rank),
+    SLURM_NTASKS: String(size),
+    SLURM_LOCALID: String(rank),
+    SLURM_NODEID: "0",
+    SLURM_NNODES: "1",
+    SLURM_STEP_TASKS_PER_NODE: String(size),
+    SLURM_STEP_NODELIST: "localhost",
+    MASTER_PORT: String(port),
+  };
+}
+
+for (
+  const [launcher, envOf] of [["torchrun", torchrunEnv], ["srun (SLURM)", slurmEnv]] as const
+) {
+  Deno.test(`train.ts under ${launcher}'s environment (2 processes over TCP) equals --dp 2 as Workers`, async () => {
+    const dir = tmp();
+    const args = [...TINY, "--steps", "12"];
+    await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/workers`]), "--dp 2");
+    const port = freePort();
+    const ranks = await Promise.all(
+      [0, 1].map((r) => run([...args, "--out", `${dir}/procs`], envOf(r, 2, port))),
+    );
+    for (const [r, x] of ranks.entries()) await expectOk(x, `rank ${r}`);
+    assert.deepEqual(losses(`${dir}/procs`), losses(`${dir}/workers`));
+    const summary = JSON.parse(Deno.readTextFileSync(`${dir}/procs/summary.json`));
+    assert.equal(summary.layout.dp, 2, "dp fills the job's world");
+    assert.equal(summary.memory.per_rank.length, 2);
+    Deno.removeSync(dir, { recursive: true });
+  });
+}
 
 Deno.test("train.ts on 2 nodes of 2 Workers (node flags, tp 2 inside each node) tracks 4 Workers", async () => {
   const dir = tmp();
