@@ -283,7 +283,8 @@ export type TrainOptions = Record<string, string | number | boolean | null>;
  */
 export function helpText(): string {
   const lines = [
-    "Train a GPT with Loom on one rank, or on tp * pp * dp ranks (Workers of this process).",
+    "Train a GPT with Loom on one rank, or on tp * pp * dp ranks: Workers of this process, or a",
+    "job of several processes and nodes (node flags below, or torchrun, srun or mpirun).",
     "",
     "Usage: deno run -A train.ts [options]",
     "",
