@@ -1,7 +1,8 @@
 /**
  * Collectives: a {@linkcode Communicator} with all-reduce, reduce-scatter, all-gather,
  * broadcast, reduce, all-to-all, send/recv, barrier and sub-groups, over shared memory
- * (Worker ranks in one process), TCP (processes and nodes) or both (hierarchical).
+ * (Worker ranks in one process), TCP (processes and nodes), both (hierarchical), or the
+ * system's MPI library under `mpirun` ({@linkcode connectMpi}).
  *
  * Allocate the buffers you reduce with {@linkcode sharedArray}: in a world's shared arena,
  * reductions fold in WebAssembly SIMD straight between the ranks' buffers.
@@ -21,4 +22,11 @@ export * from "./arena.ts";
 export { connectTcp, type TcpOptions } from "./tcp.ts";
 export type { RendezvousOptions } from "./rendezvous.ts";
 export { createHierarchical } from "./hierarchical.ts";
+export {
+  connectMpi,
+  launchedByMpirun,
+  mpiAvailable,
+  MpiLoadError,
+  type MpiOptions,
+} from "./mpi.ts";
 export * from "./launch.ts";
