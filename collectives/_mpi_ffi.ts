@@ -114,7 +114,7 @@ let loaded: { path: string; dylib: Deno.DynamicLibrary<typeof MPI_SYMBOLS> } | u
  * its components as plugins, and a build whose plugins are not linked against `libmpi` finds
  * the symbols they need only there. Best effort: nothing happens where libc has no `dlopen`.
  */
-function promoteGlobal(path: string): void {
+export function promoteGlobal(path: string): void {
   if (Deno.build.os !== "linux") return;
   try {
     const libc = Deno.dlopen("libc.so.6", { dlopen: { parameters: ["buffer", "i32"], result: P } });
@@ -178,7 +178,6 @@ export function loadMpi(library?: string): { lib: MpiLib; path: string } {
       why.push(`${name}: ${msg}`);
       continue;
     }
-    promoteGlobal(name);
     loaded = { path: name, dylib };
     return { lib: dylib.symbols, path: name };
   }

@@ -88,6 +88,7 @@ import {
   mpiErrorString,
   type MpiLib,
   mpiLibraryVersion,
+  promoteGlobal,
   STATUS_BYTES,
   STATUS_ERROR,
 } from "./_mpi_ffi.ts";
@@ -455,6 +456,7 @@ function start(opts: MpiOptions): Communicator {
   lib.MPI_Initialized(flag);
   const ownsInit = flag[0] === 0;
   if (ownsInit) {
+    promoteGlobal(path);
     const provided = new Int32Array(1);
     const rc = lib.MPI_Init_thread(null, null, MPI_THREAD_FUNNELED, provided);
     if (rc !== MPI_SUCCESS) {
