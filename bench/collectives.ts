@@ -8,11 +8,18 @@
  * ping-pong between ranks 0 and 1: its time is one way (half a round trip), its bus factor 1, and
  * it also reports the median one-way time of single round trips (`p50_us`).
  *
+ * The `mpi` transport runs the ranks under Open MPI's `mpirun` (included by default when
+ * `mpirun` and `libmpi` are installed). Its baseline (`mpi wait`) times a float32 all-reduce of
+ * each size three ways straight on `libmpi`, with 2 ranks: `MPI_Iallreduce` polled with
+ * `MPI_Test` as the transport does, the blocking `MPI_Allreduce` on an FFI thread, and the
+ * blocking call on the JavaScript thread (bench/_mpi_wait.ts).
+ *
  * ```sh
  * deno run -A bench/collectives.ts                       # default sweep, a table
  * deno run -A bench/collectives.ts --json                # one JSON object per line
  * deno run -A bench/collectives.ts --transport shm --ops allReduce --ranks 2,4 --sizes 4K,64M
  * deno run -A bench/collectives.ts --transport shm --buffers plain   # not in the arena
+ * deno run -A bench/collectives.ts --transport mpi,tcp,shm --ops allReduce --sizes 4K,16M
  * ```
  *
  * The size of a row is nccl-tests' size: the buffer of all-reduce, broadcast and reduce, the
@@ -22,9 +29,11 @@
  */
 import {
   type Communicator,
+  connectMpi,
   connectTcp,
   freeShared,
   launch,
+  mpiAvailable,
   parseLaunch,
   runWorkers,
   sharedArray,
@@ -32,8 +41,19 @@ import {
 
 const OPS = ["allReduce", "reduceScatter", "allGather", "broadcast", "reduce", "sendrecv"] as const;
 type Op = typeof OPS[number];
-const TRANSPORTS = ["shm", "tcp", "hierarchical"] as const;
+const TRANSPORTS = ["shm", "tcp", "hierarchical", "mpi"] as const;
 type Transport = typeof TRANSPORTS[number];
+
+/** Whether `mpirun` runs and Open MPI's `libmpi` loads: then the default sweep includes mpi. */
+function mpiRunnable(): boolean {
+  if (!mpiAvailable()) return false;
+  try {
+    return new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
 
 interface RankSpec {
   ops: Op[];
@@ -236,7 +256,7 @@ function parseSize(s: string): number {
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     json: false,
-    transports: [...TRANSPORTS],
+    transports: TRANSPORTS.filter((t) => t !== "mpi" || mpiRunnable()),
     ops: null,
     ranks: null,
     sizes: null,
@@ -476,9 +496,70 @@ async function tcpRank(arg: string): Promise<void> {
   if (rank === 0) console.log(JSON.stringify(rows));
 }
 
+/** `mpirun` for `ranks` processes of `args` (as root too, and with more ranks than cores). */
+function mpirun(ranks: number, args: string[]): Deno.Command {
+  const root = Deno.uid() === 0;
+  return new Deno.Command("mpirun", {
+    args: [
+      ...(root ? ["--allow-run-as-root"] : []),
+      "--oversubscribe",
+      "-np",
+      String(ranks),
+      Deno.execPath(),
+      "run",
+      "-A",
+      ...args,
+    ],
+    env: root ? { OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1" } : {},
+    stdout: "piped",
+    stderr: "inherit",
+  });
+}
+
+/** Start `ranks` processes under mpirun that run {@linkcode main} over MPI; rank 0's rows. */
+async function runMpi(ranks: number, spec: RankSpec): Promise<Row[]> {
+  const out = await mpirun(ranks, [
+    new URL(import.meta.url).href,
+    "--mpi-rank",
+    JSON.stringify(spec),
+  ])
+    .output();
+  if (!out.success) throw new Error(`mpirun exited with code ${out.code}`);
+  const lines = new TextDecoder().decode(out.stdout).trim().split("\n");
+  return JSON.parse(lines.findLast((l) => l.startsWith("[")) ?? "[]") as Row[];
+}
+
+async function mpiRank(arg: string): Promise<void> {
+  const spec = JSON.parse(arg) as RankSpec;
+  const comm = await connectMpi({ opTimeoutMs: 120_000 });
+  const rows = await main(comm, spec);
+  await comm.close();
+  if (comm.rank === 0) console.log(JSON.stringify(rows));
+}
+
+/** The `mpi wait` baseline: per size, polled, FFI-thread and blocking all-reduce times (us). */
+async function mpiWaitBaseline(
+  sizes: number[],
+  seconds: number,
+): Promise<{ bytes: number; polled_us: number; thread_us: number; blocking_us: number }[]> {
+  const helper = new URL("./_mpi_wait.ts", import.meta.url).href;
+  const out = await mpirun(2, [helper, sizes.join(","), String(seconds)]).output();
+  if (!out.success) throw new Error(`mpirun exited with code ${out.code}`);
+  return new TextDecoder().decode(out.stdout).trim().split("\n")
+    .filter((l) => l.startsWith("{")).map((l) => JSON.parse(l));
+}
+
 /** The default sweep: a few minutes at most on 2 cores. */
 function defaultPlan(t: Transport): { ops: Op[]; ranks: number[]; sizes: number[] }[] {
   const K = 1024, M = 1024 * 1024;
+  if (t === "mpi") {
+    return [
+      { ops: ["allReduce"], ranks: [2], sizes: [4 * K, 64 * K, M, 16 * M, 64 * M] },
+      { ops: ["reduceScatter", "allGather", "broadcast"], ranks: [2], sizes: [4 * K, 16 * M] },
+      { ops: ["sendrecv"], ranks: [2], sizes: [64, M] },
+      { ops: ["allReduce"], ranks: [4], sizes: [4 * K, 16 * M] },
+    ];
+  }
   if (t === "shm") {
     return [
       { ops: ["allReduce"], ranks: [2], sizes: [4 * K, 64 * K, M, 16 * M, 64 * M] },
@@ -513,6 +594,7 @@ async function cli(args: Args): Promise<void> {
     );
   };
   const allSizes = new Set<number>();
+  const mpiAllReduceSizes = new Set<number>();
   for (const transport of args.transports) {
     const custom = args.ops !== null || args.ranks !== null || args.sizes !== null;
     const K = 1024, M = 1024 * 1024;
@@ -538,6 +620,8 @@ async function cli(args: Args): Promise<void> {
             }))[0]!
             : transport === "tcp"
             ? await runTcp(ranks, spec)
+            : transport === "mpi"
+            ? await runMpi(ranks, spec)
             : await runHierarchical(ranks, spec);
         } catch (e) {
           // One transport failing must not cost the figures of the others.
@@ -551,6 +635,9 @@ async function cli(args: Args): Promise<void> {
         }
         for (const r of rows) {
           allSizes.add(r.bytes);
+          if (transport === "mpi" && r.op === "allReduce" && ranks === 2) {
+            mpiAllReduceSizes.add(r.bytes);
+          }
           const algbw = r.bytes / (r.time_us * 1e-6) / 1e9;
           const busbw = algbw * busFactor(r.op, ranks);
           if (args.json) {
@@ -593,6 +680,30 @@ async function cli(args: Args): Promise<void> {
       else console.log(`# tcp  ${fmtSize(bytes).padStart(6)}: ${line.gbps.toFixed(2)} GB/s`);
     }
   }
+  if (mpiAllReduceSizes.size > 0) {
+    const sizes = [...mpiAllReduceSizes].sort((a, b) => a - b);
+    try {
+      if (!args.json) {
+        console.log(
+          "# mpi wait (2 ranks, float32 all-reduce): polled = MPI_Iallreduce + MPI_Test (the " +
+            "transport's way); thread = MPI_Allreduce on an FFI thread; blocking = MPI_Allreduce " +
+            "on the JS thread",
+        );
+      }
+      for (const w of await mpiWaitBaseline(sizes, args.rowSeconds)) {
+        if (args.json) console.log(JSON.stringify({ baseline: "mpi-wait", ...w }));
+        else {
+          console.log(
+            `# mpi wait ${fmtSize(w.bytes).padStart(6)}: polled ${w.polled_us.toFixed(1)} us, ` +
+              `thread ${w.thread_us.toFixed(1)} us, blocking ${w.blocking_us.toFixed(1)} us`,
+          );
+        }
+      }
+    } catch (e) {
+      const msg = `# mpi wait baseline failed: ${(e as Error).message}`;
+      (args.json ? console.error : console.log)(msg);
+    }
+  }
 }
 
 if (import.meta.main) {
@@ -600,5 +711,6 @@ if (import.meta.main) {
   if (argv[0] === "--tcp-sink") await tcpSink(Number(argv[1]), Number(argv[2]));
   else if (argv[0] === "--tcp-rank") await tcpRank(argv[1]!);
   else if (argv[0] === "--hier-node") await hierNode(argv[1]!);
+  else if (argv[0] === "--mpi-rank") await mpiRank(argv[1]!);
   else await cli(parseArgs(argv));
 }
