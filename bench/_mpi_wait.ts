@@ -4,14 +4,17 @@
  * it for its MPI baselines). Three ways, in interleaved rounds:
  *
  * - `polled`: `MPI_Iallreduce`, then `MPI_Test` in a 50 us spin, then once per turn of the
- *   event loop (a `MessageChannel` message): what the MPI transport does.
+ *   event loop (a `MessageChannel` message), with libnbc's ring algorithm: what the MPI
+ *   transport does with 2 ranks.
+ * - `polled_default`: the same with libnbc's own choice of algorithm (a binomial tree with
+ *   fewer than 4 ranks).
  * - `thread`: the blocking `MPI_Allreduce` run on another thread by FFI's `nonblocking: true`
  *   (needs `MPI_THREAD_MULTIPLE`); the event loop stays free.
  * - `blocking`: the blocking `MPI_Allreduce` on the JavaScript thread, which freezes the event
  *   loop: the floor both others are held to.
  *
- * Rank 0 prints one JSON line per size: `{ bytes, polled_us, thread_us, blocking_us }`, each
- * the median of the rounds' mean times.
+ * Rank 0 prints one JSON line per size: `{ bytes, polled_us, polled_default_us, thread_us,
+ * blocking_us }`, each the median of the rounds' mean times.
  *
  * @module
  */
@@ -26,6 +29,11 @@ const SYMBOLS = {
   MPI_Bcast: { parameters: [B, I, P, I, P], result: I },
   MPI_Iallreduce: { parameters: [P, B, I, P, P, P, B], result: I },
   MPI_Test: { parameters: [B, B, P], result: I },
+  MPI_T_init_thread: { parameters: [I, B], result: I },
+  MPI_T_finalize: { parameters: [], result: I },
+  MPI_T_cvar_get_index: { parameters: [B, B], result: I },
+  MPI_T_cvar_handle_alloc: { parameters: [I, P, B, B], result: I },
+  MPI_T_cvar_write: { parameters: [P, B], result: I },
   MPI_Allreduce: { parameters: [P, B, I, P, P, P], result: I },
   MPI_Allreduce_thread: {
     name: "MPI_Allreduce",
@@ -65,6 +73,14 @@ const rankBuf = new Int32Array(1);
 m.MPI_Comm_rank(world, rankBuf);
 const rank = rankBuf[0]!;
 
+// libnbc's all-reduce algorithm, set per call through the tools interface: 0 its own, 1 ring.
+m.MPI_T_init_thread(MPI_THREAD_MULTIPLE, new Int32Array(1));
+const cvar = new Int32Array(1), cvarHandle = new BigUint64Array(1);
+m.MPI_T_cvar_get_index(new TextEncoder().encode("coll_libnbc_iallreduce_algorithm\0"), cvar);
+m.MPI_T_cvar_handle_alloc(cvar[0]!, null, cvarHandle, new Int32Array(1));
+const algorithm = (a: number) =>
+  m.MPI_T_cvar_write(Deno.UnsafePointer.create(cvarHandle[0]!), new Int32Array([a]));
+
 const req = new BigUint64Array(1), flag = new Int32Array(1);
 const channel = new MessageChannel();
 let wake: (() => void) | null = null;
@@ -91,7 +107,14 @@ async function polled(buf: Float32Array): Promise<void> {
 }
 
 const ways: Record<string, (b: Float32Array) => Promise<unknown> | unknown> = {
-  polled,
+  polled: (b) => {
+    algorithm(1);
+    return polled(b);
+  },
+  polled_default: (b) => {
+    algorithm(0);
+    return polled(b);
+  },
   thread: (b) => m.MPI_Allreduce_thread(MPI_IN_PLACE, b, b.length, f32, sum, world),
   blocking: (b) => m.MPI_Allreduce(MPI_IN_PLACE, b, b.length, f32, sum, world),
 };
@@ -114,7 +137,12 @@ const median = (xs: number[]) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.
 
 for (const bytes of sizes) {
   const buf = new Float32Array(bytes / 4);
-  const times: Record<string, number[]> = { polled: [], thread: [], blocking: [] };
+  const times: Record<string, number[]> = {
+    polled: [],
+    polled_default: [],
+    thread: [],
+    blocking: [],
+  };
   const iters: Record<string, number> = {};
   for (const [name, way] of Object.entries(ways)) {
     for (let i = 0; i < 5; i++) await way(buf);
@@ -131,10 +159,12 @@ for (const bytes of sizes) {
     console.log(JSON.stringify({
       bytes,
       polled_us: +median(times.polled!).toFixed(2),
+      polled_default_us: +median(times.polled_default!).toFixed(2),
       thread_us: +median(times.thread!).toFixed(2),
       blocking_us: +median(times.blocking!).toFixed(2),
     }));
   }
 }
 channel.port1.close();
+m.MPI_T_finalize();
 m.MPI_Finalize();

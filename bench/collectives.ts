@@ -10,9 +10,10 @@
  *
  * The `mpi` transport runs the ranks under Open MPI's `mpirun` (included by default when
  * `mpirun` and `libmpi` are installed). Its baseline (`mpi wait`) times a float32 all-reduce of
- * each size three ways straight on `libmpi`, with 2 ranks: `MPI_Iallreduce` polled with
- * `MPI_Test` as the transport does, the blocking `MPI_Allreduce` on an FFI thread, and the
- * blocking call on the JavaScript thread (bench/_mpi_wait.ts).
+ * each size straight on `libmpi`, with 2 ranks: `MPI_Iallreduce` polled with `MPI_Test` as the
+ * transport does (libnbc's ring), the same with libnbc's own algorithm, the blocking
+ * `MPI_Allreduce` on an FFI thread, and the blocking call on the JavaScript thread
+ * (bench/_mpi_wait.ts).
  *
  * ```sh
  * deno run -A bench/collectives.ts                       # default sweep, a table
@@ -541,7 +542,15 @@ async function mpiRank(arg: string): Promise<void> {
 async function mpiWaitBaseline(
   sizes: number[],
   seconds: number,
-): Promise<{ bytes: number; polled_us: number; thread_us: number; blocking_us: number }[]> {
+): Promise<
+  {
+    bytes: number;
+    polled_us: number;
+    polled_default_us: number;
+    thread_us: number;
+    blocking_us: number;
+  }[]
+> {
   const helper = new URL("./_mpi_wait.ts", import.meta.url).href;
   const out = await mpirun(2, [helper, sizes.join(","), String(seconds)]).output();
   if (!out.success) throw new Error(`mpirun exited with code ${out.code}`);
@@ -685,9 +694,10 @@ async function cli(args: Args): Promise<void> {
     try {
       if (!args.json) {
         console.log(
-          "# mpi wait (2 ranks, float32 all-reduce): polled = MPI_Iallreduce + MPI_Test (the " +
-            "transport's way); thread = MPI_Allreduce on an FFI thread; blocking = MPI_Allreduce " +
-            "on the JS thread",
+          "# mpi wait (2 ranks, float32 all-reduce): polled = MPI_Iallreduce + MPI_Test with " +
+            "libnbc's ring (the transport's way), default = the same with libnbc's own " +
+            "algorithm; thread = MPI_Allreduce on an FFI thread; blocking = MPI_Allreduce on " +
+            "the JS thread",
         );
       }
       for (const w of await mpiWaitBaseline(sizes, args.rowSeconds)) {
@@ -695,7 +705,8 @@ async function cli(args: Args): Promise<void> {
         else {
           console.log(
             `# mpi wait ${fmtSize(w.bytes).padStart(6)}: polled ${w.polled_us.toFixed(1)} us, ` +
-              `thread ${w.thread_us.toFixed(1)} us, blocking ${w.blocking_us.toFixed(1)} us`,
+              `default ${w.polled_default_us.toFixed(1)} us, thread ${w.thread_us.toFixed(1)} ` +
+              `us, blocking ${w.blocking_us.toFixed(1)} us`,
           );
         }
       }

@@ -67,6 +67,14 @@ export const MPI_SYMBOLS = {
   // (buf, count, datatype, peer, tag, comm, request)
   MPI_Isend: { parameters: [P, I, P, I, I, P, B], result: I },
   MPI_Irecv: { parameters: [P, I, P, I, I, P, B], result: I },
+  // The tools interface, to choose libnbc's all-reduce algorithm per call (optional: absent
+  // from libraries older than MPI 3.1).
+  MPI_T_init_thread: { parameters: [I, B], result: I, optional: true },
+  MPI_T_finalize: { parameters: [], result: I, optional: true },
+  MPI_T_cvar_get_index: { parameters: [B, B], result: I, optional: true },
+  MPI_T_cvar_handle_alloc: { parameters: [I, P, B, B], result: I, optional: true },
+  MPI_T_cvar_handle_free: { parameters: [B], result: I, optional: true },
+  MPI_T_cvar_write: { parameters: [P, B], result: I, optional: true },
   ompi_mpi_comm_world: { type: P },
   ompi_mpi_comm_null: { type: P },
   ompi_mpi_float: { type: P },

@@ -15,19 +15,27 @@
  * burst every millisecond. Open MPI makes progress only inside MPI calls, so an op moves while
  * the event loop turns, not during a long synchronous computation (like the TCP transport).
  * The alternative, the blocking call (`MPI_Allreduce`) run on a separate thread by FFI's
- * `nonblocking: true`, was measured against it (2 ranks on this 2-core machine, Open MPI 4.1.4,
- * shared memory, the machine shared with other work; one run each, in us per all-reduce):
+ * `nonblocking: true`, was measured against it with bench/_mpi_wait.ts (2 ranks on a 2-core
+ * machine shared with other work, Open MPI 4.1.4 over shared memory; medians of 3 interleaved
+ * rounds, us per float32 all-reduce):
  *
- * | float32 all-reduce | polled `MPI_Iallreduce` | `MPI_Allreduce` on a thread |
- * | ------------------ | ----------------------- | --------------------------- |
- * | 4 KiB              | 6.9                     | 10.7                        |
- * | 16 MiB             | 6150                    | 3440                        |
+ * | size   | polled, libnbc's ring | polled, libnbc's default | on an FFI thread | blocking |
+ * | ------ | --------------------- | ------------------------ | ---------------- | -------- |
+ * | 4 KiB  | 6.3                   | 9.4                      | 9.4              | 3.2      |
+ * | 64 KiB | 22.5                  | 28.8                     | 25.6             | 20.8     |
+ * | 1 MiB  | 163                   | 363                      | 177              | 161      |
+ * | 16 MiB | 2374                  | 5695                     | 3054             | 2309     |
  *
- * Small ops are faster polled (no hand-over to a thread and back); large ones are faster on
- * a thread because Open MPI's blocking all-reduce uses better algorithms than its
- * non-blocking one. But a call blocked on a thread cannot time out (MPI cannot cancel it, and
- * MPI cannot be finalized while a thread is inside it), it needs `MPI_THREAD_MULTIPLE`, and it
- * allows one call at a time per communicator (no overlapped ops): every op here is polled.
+ * ("blocking" is `MPI_Allreduce` on the JavaScript thread, which freezes the event loop: the
+ * floor.) Polling is the faster of the two that keep the event loop free, at every size, once
+ * Open MPI's non-blocking all-reduce (libnbc) runs its ring: its own choice with fewer than 4
+ * ranks, a binomial tree, is 2.4x slower for large messages. So all-reduces of more than
+ * 64 KiB, and all of them with 2 ranks, set libnbc's `coll_libnbc_iallreduce_algorithm` to the
+ * ring for the call (through MPI's tools interface, `MPI_T_cvar_write`); setting
+ * `OMPI_MCA_coll_libnbc_iallreduce_algorithm` yourself (or `mpirun --mca`) turns that off.
+ * A call blocked on a thread also could not time out (MPI cannot cancel it, MPI cannot be
+ * finalized while a thread is inside it, and the pending call keeps the process alive), and
+ * needs `MPI_THREAD_MULTIPLE`.
  *
  * Semantics, as the other transports:
  * - Argument checks and their errors are those of the TCP transport. Tags go up to the
@@ -181,6 +189,12 @@ const BUSY_MS = 1000;
 const BURST_MS = 0.2;
 /** The message channel that schedules the loop closes after being unused this long. */
 const IDLE_CLOSE_MS = 1000;
+/** The MCA variable of Open MPI's non-blocking all-reduce algorithm (libnbc). */
+const NBC_ALLREDUCE_VAR = "coll_libnbc_iallreduce_algorithm";
+/** Its values: libnbc's own choice (a binomial tree with fewer than 4 ranks), and the ring. */
+const NBC_DEFAULT = 0, NBC_RING = 1;
+/** All-reduces above this size (and all of them with 2 ranks) take libnbc's ring. */
+const RING_ABOVE_BYTES = 64 * 1024;
 /** Magic number of a point-to-point header ("LOOM"). */
 const P2P_MAGIC = 0x4c4f4f4d;
 const DTYPES: readonly DType[] = ["float32", "int32", "float16", "bfloat16"];
@@ -251,6 +265,8 @@ class Session {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #channel: MessageChannel | null = null;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The tools-interface handle of {@linkcode NBC_ALLREDUCE_VAR}, and the value last set. */
+  #algo: { handle: BigUint64Array; current: number } | null;
 
   constructor(
     lib: MpiLib,
@@ -274,6 +290,60 @@ class Session {
     };
     this.requestNull = BigInt(Deno.UnsafePointer.value(lib.ompi_request_null));
     this.commNull = BigInt(Deno.UnsafePointer.value(lib.ompi_mpi_comm_null));
+    this.#algo = this.#tuning();
+  }
+
+  /**
+   * A handle to set libnbc's all-reduce algorithm per call, unless the user chose one
+   * (`OMPI_MCA_coll_libnbc_iallreduce_algorithm`, or `mpirun --mca`) or the library lacks it.
+   */
+  #tuning(): { handle: BigUint64Array; current: number } | null {
+    const lib = this.lib;
+    try {
+      if (Deno.env.get(`OMPI_MCA_${NBC_ALLREDUCE_VAR}`) !== undefined) return null;
+    } catch {
+      return null; // no permission to read the environment: leave MPI's defaults alone
+    }
+    if (
+      lib.MPI_T_init_thread === null || lib.MPI_T_cvar_get_index === null ||
+      lib.MPI_T_cvar_handle_alloc === null || lib.MPI_T_cvar_write === null ||
+      lib.MPI_T_finalize === null
+    ) return null;
+    if (lib.MPI_T_init_thread(MPI_THREAD_FUNNELED, new Int32Array(1)) !== MPI_SUCCESS) return null;
+    const index = new Int32Array(1), count = new Int32Array(1), handle = new BigUint64Array(1);
+    const name = new TextEncoder().encode(NBC_ALLREDUCE_VAR + "\0");
+    if (
+      lib.MPI_T_cvar_get_index(name, index) !== MPI_SUCCESS ||
+      lib.MPI_T_cvar_handle_alloc(index[0]!, null, handle, count) !== MPI_SUCCESS ||
+      count[0] !== 1
+    ) {
+      lib.MPI_T_finalize();
+      return null;
+    }
+    return { handle, current: -1 };
+  }
+
+  /**
+   * Before an all-reduce of `bytes` in a group of `size`: libnbc's ring for large messages and
+   * pairs (its default binomial tree is 2.4x slower at 16 MiB here), its own choice otherwise.
+   * Every rank makes the same choice for the same call.
+   */
+  chooseAllReduce(bytes: number, size: number): void {
+    const a = this.#algo;
+    if (a === null) return;
+    const want = size === 2 || bytes > RING_ABOVE_BYTES ? NBC_RING : NBC_DEFAULT;
+    if (want === a.current) return;
+    if (this.lib.MPI_T_cvar_write!(handleAt(a.handle), new Int32Array([want])) === MPI_SUCCESS) {
+      a.current = want;
+    }
+  }
+
+  /** Release the tools interface (before finalizing MPI). */
+  endTuning(): void {
+    if (this.#algo === null) return;
+    this.lib.MPI_T_cvar_handle_free?.(this.#algo.handle);
+    this.lib.MPI_T_finalize?.();
+    this.#algo = null;
   }
 
   /** -1 while pending; else MPI's return code (0 when done without error). */
@@ -966,8 +1036,9 @@ class MpiComm implements Communicator {
       const lib = this.#s.lib, h = this.#handle, n = buf.length;
       return this.#submit(base, {
         keep: [buf, l.data],
-        post: (reqs) =>
-          lib.MPI_Iallreduce(
+        post: (reqs) => {
+          this.#s.chooseAllReduce(l.data.byteLength, this.size);
+          return lib.MPI_Iallreduce(
             MPI_IN_PLACE,
             addressOf(l.data),
             n,
@@ -975,7 +1046,8 @@ class MpiComm implements Communicator {
             this.#mpiOp(l.op),
             h,
             reqs,
-          ),
+          );
+        },
         finish: () => {
           l.back(l.data, buf);
           if (op === "avg") finishAvg(buf, this.size, dtype);
@@ -1353,6 +1425,7 @@ class MpiComm implements Communicator {
     for (const c of [...s.comms]) await c.close();
     await s.drainSends(s.timeoutMs);
     s.closeChannel();
+    s.endTuning();
     s.finalized = true;
     session = undefined;
     if (s.ownsInit) {
