@@ -37,12 +37,6 @@ export interface TcpGroup {
 /** Payloads up to this size are copied into the frame when sent, so the caller may reuse them. */
 export const EAGER_COPY_BYTES = 64 * 1024;
 
-export function checkTimeout(ms: number): void {
-  if (!(ms > 0) || !Number.isFinite(ms)) {
-    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
-  }
-}
-
 export function isData(op: number): boolean {
   return op >= FrameOp.allReduce && op <= FrameOp.split;
 }

@@ -71,6 +71,7 @@
  *
  * @module
  */
+import { checkGatherShape, checkOp, checkScatterShape, checkTimeout, sameType } from "./_args.ts";
 import {
   type CollectiveBuffer,
   CollectiveError,
@@ -711,30 +712,7 @@ function resultLike(l: Lowered, n: number): Buf {
   return new Int32Array(n);
 }
 
-// ---- argument checks (the TCP transport's) --------------------------------------------------
-
-const REDUCE_OPS = new Set(["sum", "max", "min", "avg"]);
-
-function checkOp(op: ReduceOp): void {
-  if (!REDUCE_OPS.has(op)) {
-    throw new TypeError(`Unknown reduce op "${op}": use "sum", "max", "min" or "avg"`);
-  }
-}
-
-function checkTimeout(ms: number): void {
-  if (!(ms > 0) || !Number.isFinite(ms)) {
-    throw new RangeError(`timeoutMs must be a positive number of milliseconds, got ${ms}`);
-  }
-}
-
-function sameType(a: CollectiveBuffer, b: CollectiveBuffer, op: string): void {
-  if (a.constructor !== b.constructor) {
-    throw new TypeError(
-      `${op}: input is a ${a.constructor.name} but output is a ${b.constructor.name}: ` +
-        `use the same array type for both`,
-    );
-  }
-}
+// ---- argument checks of MPI's own ----------------------------------------------------------
 
 const MAX_COUNT = 0x7fffffff;
 
@@ -1078,12 +1056,7 @@ class MpiComm implements Communicator {
     sameType(input, output, "reduceScatter");
     checkOp(op);
     const m = output.length;
-    if (input.length !== m * this.size) {
-      throw new RangeError(
-        `reduceScatter: input has ${input.length} elements but needs size x output = ` +
-          `${this.size} x ${m} = ${this.size * m}: pad the input or size the output to input/size`,
-      );
-    }
+    checkScatterShape(input, m, this.size);
     checkCount(input.length, "reduceScatter");
     const base = this.#begin("reduceScatter", opts, true);
     // MPI wants distinct send and receive buffers: copy an input that overlaps the output.
@@ -1124,12 +1097,7 @@ class MpiComm implements Communicator {
     const dtype = dtypeOf(input, opts?.dtype);
     sameType(input, output, "allGather");
     const m = input.length;
-    if (output.length !== m * this.size) {
-      throw new RangeError(
-        `allGather: output has ${output.length} elements but needs size x input = ` +
-          `${this.size} x ${m} = ${this.size * m}`,
-      );
-    }
+    checkGatherShape(output, m, this.size);
     checkCount(output.length, "allGather");
     const base = this.#begin("allGather", opts, true);
     const lib = this.#s.lib, h = this.#handle;

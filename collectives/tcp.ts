@@ -16,6 +16,14 @@
  * @module
  */
 import {
+  checkGatherShape,
+  checkOp,
+  checkScatterShape,
+  checkTag,
+  checkTimeout,
+  sameType,
+} from "./_args.ts";
+import {
   type CollectiveBuffer,
   CollectiveError,
   type CollectiveOptions,
@@ -42,7 +50,6 @@ import {
 } from "./frame.ts";
 import { rendezvous, type RendezvousOptions } from "./rendezvous.ts";
 import {
-  checkTimeout,
   EAGER_COPY_BYTES,
   type Expect,
   keyOf,
@@ -207,14 +214,6 @@ function fnv(...parts: number[]): number {
     }
   }
   return h === 0 ? 1 : h;
-}
-
-const REDUCE_OPS = new Set(["sum", "max", "min", "avg"]);
-
-function checkOp(op: ReduceOp): void {
-  if (!REDUCE_OPS.has(op)) {
-    throw new TypeError(`Unknown reduce op "${op}": use "sum", "max", "min" or "avg"`);
-  }
 }
 
 /** A group of ranks over the shared TCP mesh. */
@@ -999,12 +998,7 @@ class TcpComm implements Communicator {
     sameType(input, output, "reduceScatter");
     checkOp(op);
     const m = output.length;
-    if (input.length !== m * this.size) {
-      throw new RangeError(
-        `reduceScatter: input has ${input.length} elements but needs size x output = ` +
-          `${this.size} x ${m} = ${this.size * m}: pad the input or size the output to input/size`,
-      );
-    }
+    checkScatterShape(input, m, this.size);
     const expect = { op: FrameOp.reduceScatter, kind: packKind(dtype, op), total: m, arg: 0 };
     const segs = Array.from({ length: this.size }, (_, i) => ({ offset: i * m, length: m }));
     await this.#run("reduceScatter", expect, opts, true, async (ctx) => {
@@ -1046,12 +1040,7 @@ class TcpComm implements Communicator {
     const dtype = dtypeOf(input, opts?.dtype);
     sameType(input, output, "allGather");
     const m = input.length;
-    if (output.length !== m * this.size) {
-      throw new RangeError(
-        `allGather: output has ${output.length} elements but needs size x input = ` +
-          `${this.size} x ${m} = ${this.size * m}`,
-      );
-    }
+    checkGatherShape(output, m, this.size);
     const expect = { op: FrameOp.allGather, kind: packKind(dtype), total: m, arg: 0 };
     await this.#run("allGather", expect, opts, true, (ctx) => this.#allGather(ctx, input, output));
   }
@@ -1332,19 +1321,4 @@ class TcpComm implements Communicator {
 function describeCall(h: { op: number; total: number; kind: number; arg: number }): string {
   return `${frameOpName(h.op)} of ${h.total} ${describeKind(h.kind)}` +
     (h.op === FrameOp.broadcast || h.op === FrameOp.reduce ? ` root ${h.arg}` : "");
-}
-
-function checkTag(tag: number): void {
-  if (!Number.isInteger(tag) || tag < 0 || tag > 0x7fffffff) {
-    throw new RangeError(`tag must be an integer in 0..2^31-1, got ${tag}`);
-  }
-}
-
-function sameType(a: CollectiveBuffer, b: CollectiveBuffer, op: string): void {
-  if (a.constructor !== b.constructor) {
-    throw new TypeError(
-      `${op}: input is a ${a.constructor.name} but output is a ${b.constructor.name}: ` +
-        `use the same array type for both`,
-    );
-  }
 }
