@@ -2,10 +2,10 @@
 // (every rank a Worker of this process), then print this process's peak resident set and what
 // each rank's engine measured.
 import type { Communicator } from "../collectives/mod.ts";
-import { runWorkers } from "../collectives/world.ts";
 import { AdditionTask, replicaShare } from "../data/mod.ts";
 import { type EngineConfig, initialize, type RankMemory } from "../engine/mod.ts";
 import { createCpuBackend } from "../kernels/mod.ts";
+import { onEveryRank } from "./_child.ts";
 
 /** The run a child makes. */
 export interface MemoryRun {
@@ -29,15 +29,7 @@ export async function main(world: Communicator | undefined, run: MemoryRun): Pro
 
 if (import.meta.main) {
   const run: MemoryRun = JSON.parse(Deno.args[0]!);
-  const c = run.config;
-  const size = (c.tensor_model_parallel_size ?? 1) * (c.pipeline_model_parallel_size ?? 1) *
-    (c.data_parallel_size ?? 1);
-  const perRank = size === 1 ? [await main(undefined, run)] : await runWorkers<RankMemory>({
-    size,
-    module: new URL(import.meta.url),
-    data: run,
-    timeoutMs: 600_000,
-  });
+  const perRank = await onEveryRank(run.config, new URL(import.meta.url), run, main);
   const status = await Deno.readTextFile("/proc/self/status");
   const hwm = status.split("\n").find((l) => l.startsWith("VmHWM"))!;
   console.log(JSON.stringify({ vmhwm_kib: Number(hwm.split(/\s+/)[1]), perRank }));

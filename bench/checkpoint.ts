@@ -17,10 +17,10 @@
  */
 import { parseArgs } from "node:util";
 import type { Communicator } from "../collectives/mod.ts";
-import { runWorkers } from "../collectives/world.ts";
 import { AdditionTask, replicaShare } from "../data/mod.ts";
 import { type EngineConfig, initialize } from "../engine/mod.ts";
 import { createCpuBackend } from "../kernels/mod.ts";
+import { onEveryRank, runChild } from "./_child.ts";
 
 const LAYOUTS: [string, Partial<EngineConfig>][] = [
   ["one rank", {}],
@@ -108,20 +108,12 @@ export async function main(world: Communicator | undefined, run: ChildRun): Prom
   };
 }
 
-async function child(run: ChildRun): Promise<Figures> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL(import.meta.url).pathname, "--child", JSON.stringify(run)],
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const r = await cmd.output();
-  const line = new TextDecoder().decode(r.stdout).trim().split("\n").at(-1) ?? "";
-  if (r.code !== 0 || !line.startsWith("{")) {
-    throw new Error(
-      `the ${JSON.stringify(run.config)} run failed:\n${new TextDecoder().decode(r.stderr)}`,
-    );
-  }
-  return JSON.parse(line);
+function child(run: ChildRun): Promise<Figures> {
+  return runChild(
+    new URL(import.meta.url),
+    ["--child", JSON.stringify(run)],
+    JSON.stringify(run.config),
+  );
 }
 
 async function parent(): Promise<void> {
@@ -190,15 +182,7 @@ if (import.meta.main) {
   if (at < 0) await parent();
   else {
     const run: ChildRun = JSON.parse(Deno.args[at + 1]!);
-    const c = run.config;
-    const size = (c.tensor_model_parallel_size ?? 1) * (c.pipeline_model_parallel_size ?? 1) *
-      (c.data_parallel_size ?? 1);
-    const figs = size === 1 ? [await main(undefined, run)] : await runWorkers<Figures>({
-      size,
-      module: new URL(import.meta.url),
-      data: run,
-      timeoutMs: 600_000,
-    });
+    const figs = await onEveryRank(run.config, new URL(import.meta.url), run, main);
     console.log(JSON.stringify(figs[0]));
   }
 }

@@ -18,6 +18,7 @@
 import { parseArgs } from "node:util";
 import type { EngineConfig, RankMemory } from "../engine/mod.ts";
 import type { MemoryRun } from "./_memory_child.ts";
+import { runChild } from "./_child.ts";
 
 const LAYOUTS: [string, Partial<EngineConfig>][] = [
   ["one rank", {}],
@@ -41,24 +42,11 @@ interface Row {
 }
 
 async function child(run: MemoryRun): Promise<{ rss: number; perRank: RankMemory[] }> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("./_memory_child.ts", import.meta.url).pathname,
-      JSON.stringify(run),
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const r = await cmd.output();
-  const line = new TextDecoder().decode(r.stdout).trim().split("\n").at(-1) ?? "";
-  if (r.code !== 0 || !line.startsWith("{")) {
-    throw new Error(
-      `the ${JSON.stringify(run.config)} run failed:\n${new TextDecoder().decode(r.stderr)}`,
-    );
-  }
-  const out = JSON.parse(line);
+  const out = await runChild<{ vmhwm_kib: number; perRank: RankMemory[] }>(
+    new URL("./_memory_child.ts", import.meta.url),
+    [JSON.stringify(run)],
+    JSON.stringify(run.config),
+  );
   return { rss: out.vmhwm_kib * 1024, perRank: out.perRank };
 }
 
