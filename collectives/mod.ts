@@ -19,6 +19,7 @@ export * from "./shm.ts";
 export * from "./world.ts";
 export * from "./solo.ts";
 export * from "./arena.ts";
+export * from "./json.ts";
 export { connectTcp, type TcpOptions } from "./tcp.ts";
 export type { RendezvousOptions } from "./rendezvous.ts";
 export { createHierarchical } from "./hierarchical.ts";

@@ -12,7 +12,13 @@
  *
  * @module
  */
-import { type Communicator, sharedArray, soloCommunicator } from "../collectives/mod.ts";
+import {
+  type Communicator,
+  recvJson,
+  sendJson,
+  sharedArray,
+  soloCommunicator,
+} from "../collectives/mod.ts";
 import type { Batch } from "../data/mod.ts";
 import {
   type Backend,
@@ -850,20 +856,11 @@ export class Engine {
       for (const r of holders) {
         if (r === 0) add(0, mine);
         else {
-          const len = new Int32Array(1);
-          await w.recv(len, r, SAVE_TAG - 1, this.#opts());
-          const bytes = new Int32Array(len[0]!);
-          await w.recv(bytes, r, SAVE_TAG - 2, this.#opts());
-          add(r, JSON.parse(new TextDecoder().decode(new Uint8Array(bytes.buffer)).trimEnd()));
+          add(r, await recvJson(w, r, SAVE_TAG - 1, this.#opts()) as typeof mine);
         }
       }
     } else if (holders.includes(w.rank)) {
-      const text = new TextEncoder().encode(JSON.stringify(mine));
-      const padded = new Uint8Array(Math.ceil(text.length / 4) * 4).fill(32);
-      padded.set(text);
-      const words = new Int32Array(padded.buffer);
-      await w.send(new Int32Array([words.length]), 0, SAVE_TAG - 1, this.#opts());
-      await w.send(words, 0, SAVE_TAG - 2, this.#opts());
+      await sendJson(w, mine, 0, SAVE_TAG - 1, this.#opts());
     }
     this.#manifest = manifest;
   }
@@ -940,23 +937,6 @@ export class Engine {
     if (v[0]! > 0) {
       throw new Error(`Saving the checkpoint failed on ${v[0]} other rank(s) (${what})`);
     }
-  }
-
-  async #sendJson(value: unknown, to: number, tag: number): Promise<void> {
-    const text = new TextEncoder().encode(JSON.stringify(value));
-    const padded = new Uint8Array(Math.ceil(text.length / 4) * 4).fill(32);
-    padded.set(text);
-    const words = new Int32Array(padded.buffer);
-    await this.world.send(new Int32Array([words.length]), to, tag, this.#opts());
-    await this.world.send(words, to, tag - 1, this.#opts());
-  }
-
-  async #recvJson(from: number, tag: number): Promise<unknown> {
-    const len = new Int32Array(1);
-    await this.world.recv(len, from, tag, this.#opts());
-    const words = new Int32Array(len[0]!);
-    await this.world.recv(words, from, tag - 1, this.#opts());
-    return JSON.parse(new TextDecoder().decode(new Uint8Array(words.buffer)).trimEnd());
   }
 
   // The pieces this rank writes: at ZeRO 0 data-parallel replica 0 writes its parameters and
@@ -1096,7 +1076,7 @@ export class Engine {
     await this.#agree(err, "writing the shards");
     const tag = SAVE_TAG - 3;
     if (!this.isLeader) {
-      await this.#sendJson(report, 0, tag);
+      await sendJson(this.world, report, 0, tag, this.#opts());
     } else {
       try {
         const index: CheckpointIndex = {
@@ -1125,7 +1105,9 @@ export class Engine {
           tensors: {},
         };
         for (let r = 0; r < this.world.size; r++) {
-          const rep = r === 0 ? report! : await this.#recvJson(r, tag) as ShardReport;
+          const rep = r === 0
+            ? report!
+            : await recvJson(this.world, r, tag, this.#opts()) as ShardReport;
           if (rep.file) index.files[rep.file.name] = rep.file.entry;
           for (const [name, t] of rep.tensors) index.tensors[name] ??= { ...t, pieces: [] };
           for (const [name, q] of rep.pieces) index.tensors[name]!.pieces.push(q);

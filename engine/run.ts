@@ -8,7 +8,8 @@
  * @module
  */
 import { CollectiveError, type Communicator } from "../collectives/communicator.ts";
-import { launch, type LaunchConfig } from "../collectives/launch.ts";
+import { broadcastJson } from "../collectives/json.ts";
+import { launch, type LaunchConfig, parseLaunch } from "../collectives/launch.ts";
 import { RankFailedError } from "../collectives/world.ts";
 import {
   type Batch,
@@ -175,9 +176,8 @@ async function evaluate(
 
 /** The lost rank and why, from a failed job's error (null for any other error). */
 function rankFailure(e: unknown): string | null {
-  if (e instanceof RankFailedError) return e.message.split("\n")[0]!;
-  if (e instanceof CollectiveError) return e.message.split("\n")[0]!;
-  return null;
+  const lost = e instanceof RankFailedError || e instanceof CollectiveError;
+  return lost ? e.message.split("\n")[0]! : null;
 }
 
 // A node's Workers are numbered from 0: name the failed one by its global rank.
@@ -206,19 +206,7 @@ async function hasCheckpoint(dir: string): Promise<boolean> {
 // Start this process's ranks (see runTraining) and restart them after a failure, up to
 // o.maxRestarts times, from the run's last checkpoint.
 async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | null> {
-  const config: LaunchConfig = o.launch ?? {
-    source: "default",
-    mode: "node",
-    nnodes: 1,
-    nodeRank: 0,
-    nprocPerNode: ranks,
-    worldSize: ranks,
-    masterAddr: "127.0.0.1",
-    masterPort: 0,
-    ranks: Array.from({ length: ranks }, (_, r) => r),
-    localRanks: Array.from({ length: ranks }, (_, r) => r),
-    rest: [],
-  };
+  const config = o.launch ?? parseLaunch([`--nproc-per-node=${ranks}`], {});
   if (config.worldSize !== ranks) {
     throw new RangeError(
       `The layout needs ${ranks} ranks but the job has ${config.worldSize} ` +
@@ -254,8 +242,12 @@ async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | n
 export const STOP_REASONS: Readonly<Record<number, string>> = { 1: "SIGINT", 2: "SIGTERM" };
 
 // Whether any rank was asked to stop: every rank answers at the same step boundary.
-async function stopAsked(stop: Int32Array, world: Communicator | undefined): Promise<boolean> {
-  const flag = new Int32Array([Atomics.load(stop, 0)]);
+async function stopAsked(
+  stop: Int32Array,
+  world: Communicator | undefined,
+  flag: Int32Array,
+): Promise<boolean> {
+  flag[0] = Atomics.load(stop, 0);
   if (world !== undefined && world.size > 1) await world.allReduce(flag, "max");
   if (flag[0]! !== 0) Atomics.store(stop, 0, flag[0]!);
   return flag[0]! !== 0;
@@ -275,13 +267,7 @@ function jobShape(l: LaunchConfig | undefined): string {
 
 // Every rank writes to rank 0's run directory (a default one is named after the clock).
 async function agreeOnOut(o: RunOptions, world: Communicator): Promise<RunOptions> {
-  const bytes = new TextEncoder().encode(o.out);
-  const len = new Int32Array([bytes.length]);
-  await world.broadcast(len, 0);
-  const words = new Int32Array(Math.ceil(len[0]! / 4));
-  if (world.rank === 0) new Uint8Array(words.buffer).set(bytes);
-  await world.broadcast(words, 0);
-  const out = new TextDecoder().decode(new Uint8Array(words.buffer, 0, len[0]!));
+  const out = await broadcastJson(world, o.out, 0) as string;
   return out === o.out ? o : { ...o, out, saveConfig: { ...o.saveConfig, out } };
 }
 
@@ -407,6 +393,7 @@ export async function runTraining(
     const stepsStart = engine.step;
     let last: { val: number | null; score: Score | null } = { val: null, score: null };
     let stoppedBy: string | null = null;
+    const stopFlag = new Int32Array(1);
     const rank = world?.rank ?? 0;
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
@@ -481,7 +468,7 @@ export async function runTraining(
       if (o.fault?.rank === rank && o.fault.step === r.step && (o.attempt ?? 0) === 0) {
         injectFault(rank, r.step, o.launch?.mode === "process");
       }
-      if (o.stop && !end && await stopAsked(o.stop, world)) {
+      if (o.stop && !end && await stopAsked(o.stop, world, stopFlag)) {
         stoppedBy = STOP_REASONS[Atomics.load(o.stop, 0)] ?? "a signal";
         break;
       }
