@@ -31,7 +31,7 @@ import {
 } from "./data/mod.ts";
 import { RankFailedError } from "./collectives/world.ts";
 import { CollectiveError } from "./collectives/communicator.ts";
-import { type LaunchConfig, parseLaunch } from "./collectives/launch.ts";
+import { chooseTransport, type LaunchConfig, parseLaunch } from "./collectives/launch.ts";
 import {
   checkParallelLayout,
   checkpointRunDir,
@@ -257,6 +257,12 @@ const OPTIONS: Record<string, OptionSpec> = {
     kind: "int",
     dflt: null,
     help: "port global rank 0 listens on (MASTER_PORT; default 29500)",
+  },
+  transport: {
+    kind: "string",
+    dflt: null,
+    help: "what the ranks of a job of one process per rank talk over: tcp or mpi (default: mpi " +
+      "under mpirun when libmpi loads, else tcp)",
   },
   "max-restarts": {
     kind: "int",
@@ -629,6 +635,7 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     return null;
   }
   placeInJob(job, given, o);
+  const transport = chooseTransport(job, env, (o.transport as string | null) ?? undefined);
   const fault = parseFault(env.LOOM_FAULT);
   // A job the launcher restarted (torchrun, srun --requeue) continues from its run directory.
   const restarts = Number(env.TORCHELASTIC_RESTART_COUNT ?? env.SLURM_RESTART_COUNT ?? 0);
@@ -790,9 +797,10 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     schedule,
     print,
     quiet: Boolean(o.quiet),
-    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0 },
+    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0, transport: null },
     notes: shape.notes,
     launch: job.source === "default" ? undefined : job,
+    transport,
     keep: o.keep as number,
     maxRestarts: o["max-restarts"] as number,
     timeoutMs: Math.round((o.timeout as number) * 1000),

@@ -40,7 +40,7 @@ export interface Communicator {
   readonly size: number;
   /** Human-readable group label used in errors, e.g. `"world"` or `"world/split(1)"`. */
   readonly name: string;
-  /** Name of the transport: `"shm"`, `"tcp"` or `"hierarchical"`. */
+  /** Name of the transport: `"shm"`, `"tcp"`, `"hierarchical"`, `"mpi"` or `"solo"`. */
   readonly transport: string;
 
   /** Reduce `buf` element-wise across all ranks; every rank ends with the result in `buf`. */

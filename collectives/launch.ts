@@ -8,20 +8,24 @@
  *   uses shared memory; several nodes use the hierarchical communicator (shared memory inside a
  *   node, TCP between nodes).
  *   `deno run -A train.ts --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr 10.0.0.1`
- * - **process mode** (torchrun, SLURM `srun`, Open MPI `mpirun`): one process per rank, all over
- *   TCP.
+ * - **process mode** (torchrun, SLURM `srun`, Open MPI `mpirun`): one process per rank, over
+ *   TCP, or over the system's MPI library (`transport: "mpi"`, the default under `mpirun` when
+ *   `libmpi` loads).
  *
  * ```sh
  * deno run -A train.ts --nproc-per-node 4                        # one node, 4 Worker ranks
  * deno run -A train.ts --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr 10.0.0.1
  * torchrun --nproc-per-node 4 --no-python deno run -A train.ts   # process mode
  * srun -N 2 --ntasks-per-node 4 deno run -A train.ts              # process mode
- * mpirun -np 8 -x MASTER_ADDR=node0 deno run -A train.ts          # process mode
+ * mpirun -np 8 deno run -A train.ts                               # process mode, over MPI
+ * mpirun -np 8 -x MASTER_ADDR=node0 deno run -A train.ts --transport tcp
  * ```
  *
  * @module
  */
 import type { Communicator } from "./communicator.ts";
+import { loadMpi } from "./_mpi_ffi.ts";
+import { connectMpi, launchedByMpirun, mpiAvailable } from "./mpi.ts";
 import { connectTcp } from "./tcp.ts";
 import { runWorkers } from "./world.ts";
 
@@ -365,11 +369,62 @@ export interface LaunchOptions {
    */
   secret?: string;
   /**
+   * Process mode: what the ranks talk over, `"tcp"` or `"mpi"` (the system's MPI library, see
+   * `connectMpi`); default `"mpi"` when `mpirun` started the process and `libmpi` loads, else
+   * `"tcp"`. Node mode is always shared memory, plus TCP between nodes.
+   */
+  transport?: Transport;
+  /**
    * Node mode: microseconds a Worker rank spins before sleeping while it waits for a local peer.
    * Default: the shared-memory communicator's adaptive budget on one node; 20 with several nodes,
    * where a local wait often spans a TCP exchange and spinning would steal the leader's core.
    */
   spinUs?: number;
+}
+
+/** What the ranks of a process-mode job talk over. */
+export type Transport = "tcp" | "mpi";
+
+/**
+ * The transport a job will use, checked before anything starts: `asked` if given (an error
+ * says how to fix a job that cannot use it), else MPI under `mpirun` when `libmpi` loads, else
+ * TCP.
+ *
+ * @example
+ * ```ts
+ * import { chooseTransport, parseLaunch } from "./launch.ts";
+ * const job = parseLaunch([], { RANK: "0", WORLD_SIZE: "2", MASTER_ADDR: "127.0.0.1" });
+ * console.assert(chooseTransport(job, {}) === "tcp");
+ * ```
+ *
+ * @param config from {@linkcode parseLaunch}
+ * @param env the environment
+ * @param asked the transport asked for, if any
+ * @returns the transport
+ * @throws {TypeError} when MPI is asked for a job that is not one process per rank under an MPI
+ *   launcher, or when `libmpi` does not load
+ */
+export function chooseTransport(config: LaunchConfig, env: LaunchEnv, asked?: string): Transport {
+  if (asked !== undefined && asked !== "tcp" && asked !== "mpi") {
+    throw new TypeError(`Unknown transport '${asked}': use tcp or mpi`);
+  }
+  if (asked === "tcp") return "tcp";
+  const underMpi = config.mode === "process" && launchedByMpirun(env);
+  if (asked === undefined) return underMpi && mpiAvailable() ? "mpi" : "tcp";
+  if (!underMpi) {
+    throw new TypeError(
+      `The MPI transport needs one process per rank started by an MPI launcher ` +
+        `(mpirun -np N deno run -A ...), but this job is ${
+          config.mode === "node" ? `${config.nnodes} node(s) of Worker ranks` : config.source
+        }: start it with mpirun, or leave the transport out`,
+    );
+  }
+  try {
+    loadMpi();
+  } catch (e) {
+    throw new TypeError(`The MPI transport cannot start: ${(e as Error).message}`);
+  }
+  return "mpi";
 }
 
 /** Shape of a rank module's entry point. */
@@ -405,14 +460,17 @@ function moduleHref(module: string | URL): string {
 export async function launch<T = unknown>(config: LaunchConfig, opts: LaunchOptions): Promise<T[]> {
   const module = moduleHref(opts.module);
   if (config.mode === "process") {
-    const comm = await connectTcp({
-      rank: config.ranks[0]!,
-      size: config.worldSize,
-      masterAddr: config.masterAddr,
-      masterPort: config.masterPort,
-      opTimeoutMs: opts.timeoutMs,
-      secret: opts.secret,
-    });
+    const transport = opts.transport ?? chooseTransport(config, Deno.env.toObject());
+    const comm = transport === "mpi"
+      ? await connectMpiAs(config, opts.timeoutMs)
+      : await connectTcp({
+        rank: config.ranks[0]!,
+        size: config.worldSize,
+        masterAddr: config.masterAddr,
+        masterPort: config.masterPort,
+        opTimeoutMs: opts.timeoutMs,
+        secret: opts.secret,
+      });
     try {
       const mod = await import(module);
       return [await (mod.main as RankMain<T>)(comm, opts.data)];
@@ -446,6 +504,20 @@ export async function launch<T = unknown>(config: LaunchConfig, opts: LaunchOpti
       secret: opts.secret,
     },
   });
+}
+
+// MPI's world, checked against the place the launcher's environment gave this process.
+async function connectMpiAs(config: LaunchConfig, timeoutMs?: number): Promise<Communicator> {
+  const comm = await connectMpi({ opTimeoutMs: timeoutMs });
+  if (comm.rank !== config.ranks[0] || comm.size !== config.worldSize) {
+    const got = `rank ${comm.rank} of ${comm.size}`;
+    await comm.close();
+    throw new RangeError(
+      `MPI says this process is ${got}, but the environment says rank ${config.ranks[0]} of ` +
+        `${config.worldSize}: start the job with one mpirun (not inside torchrun or srun)`,
+    );
+  }
+  return comm;
 }
 
 /** Options of {@linkcode runProcesses}. */

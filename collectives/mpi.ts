@@ -4,10 +4,9 @@
  * Omni-Path): start the ranks with `mpirun`, call {@linkcode connectMpi} in each.
  *
  * ```sh
+ * mpirun -np 2 deno run -A train.ts            # train.ts picks this transport under mpirun
  * deno test -A tests/collectives/mpi_test.ts   # starts its rank programs under mpirun
  * ```
- *
- * (`train.ts` under `mpirun` joins over TCP for now: it does not yet select this transport.)
  *
  * How it waits. Every op is MPI's non-blocking call (`MPI_Iallreduce`, `MPI_Ibcast`,
  * `MPI_Isend`, `MPI_Ibarrier`, ...) polled with `MPI_Test` from the JavaScript thread: a spin of

@@ -9,7 +9,7 @@
  */
 import { CollectiveError, type Communicator } from "../collectives/communicator.ts";
 import { broadcastJson } from "../collectives/json.ts";
-import { launch, type LaunchConfig, parseLaunch } from "../collectives/launch.ts";
+import { launch, type LaunchConfig, parseLaunch, type Transport } from "../collectives/launch.ts";
 import { RankFailedError } from "../collectives/world.ts";
 import {
   type Batch,
@@ -74,6 +74,8 @@ export interface RunOptions {
    * default: this process runs every rank of the layout as a Worker.
    */
   launch?: LaunchConfig;
+  /** What the ranks of a job of one process per rank talk over (see `launch`). */
+  transport?: Transport;
   /**
    * Restart the ranks of this process from the run's last checkpoint after a rank fails, up to
    * this many times (default 0: the run fails with the lost rank's error). A job of one process
@@ -222,6 +224,7 @@ async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | n
         module: new URL("./rank.ts", import.meta.url),
         data: { ...o, resume, attempt, launch: config },
         timeoutMs: o.timeoutMs ?? 60_000,
+        transport: o.transport,
       });
       return config.ranks[0] === 0 ? results[0]! : null;
     } catch (caught) {
@@ -259,10 +262,10 @@ function injectFault(rank: number, step: number, ownProcess: boolean): never {
   throw new Error(`fault injection: rank ${rank} failed after step ${step}`);
 }
 
-function jobShape(l: LaunchConfig | undefined): string {
+function jobShape(l: LaunchConfig | undefined, transport: string | undefined): string {
   if (l === undefined || (l.mode === "node" && l.nnodes === 1)) return "Workers";
   if (l.mode === "node") return `${l.nnodes} nodes of ${l.nprocPerNode} Workers`;
-  return `one process each, ${l.nnodes} node(s)`;
+  return `one process each, ${l.nnodes} node(s), over ${transport === "mpi" ? "MPI" : "TCP"}`;
 }
 
 // Every rank writes to rank 0's run directory (a default one is named after the clock).
@@ -353,7 +356,7 @@ export async function runTraining(
     if (layout.worldSize > 1) {
       say(
         `layout: tp ${layout.tp} x pp ${layout.pp} x dp ${layout.dp} = ${layout.worldSize} ` +
-          `ranks (${jobShape(o.launch)}), ${layout.schedule} schedule` +
+          `ranks (${jobShape(o.launch, world?.transport)}), ${layout.schedule} schedule` +
           (layout.virtualStages > 1 ? ` with ${layout.virtualStages} virtual stages` : "") +
           (layout.sequenceParallel ? ", sequence parallel" : "") +
           `, ${layout.microBatches} micro-batches of ${layout.microBatchSize}`,

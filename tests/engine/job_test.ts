@@ -2,6 +2,8 @@
 // ranks and restarts, signals. Each run is a real `deno run train.ts` process (tiny model, a
 // few seconds), compared with the same layout run as Workers of one process.
 import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mpiAvailable } from "../../collectives/mpi.ts";
 import { main } from "../../train.ts";
 
 const TRAIN = new URL("../../train.ts", import.meta.url).pathname;
@@ -342,7 +344,7 @@ Deno.test("a host that goes away (its link cut mid-run): the other fails naming 
   }
 });
 
-Deno.test("train.ts under mpirun -np 2 (Open MPI's environment, over TCP) equals --dp 2 as Workers", async () => {
+Deno.test("train.ts under mpirun -np 2, over MPI (its default there) and over TCP, equals --dp 2 as Workers; tp 2 over MPI equals tp 2 as Workers", async () => {
   let mpirun = true;
   try {
     await new Deno.Command("mpirun", { args: ["--version"], stdout: "null", stderr: "null" })
@@ -350,21 +352,50 @@ Deno.test("train.ts under mpirun -np 2 (Open MPI's environment, over TCP) equals
   } catch {
     mpirun = false;
   }
-  if (!mpirun) {
-    console.log("skipped: mpirun is not installed (Debian: apt-get install openmpi-bin)");
+  if (!mpirun || !mpiAvailable()) {
+    console.log("skipped: mpirun or libmpi is not installed (Debian: apt-get install openmpi-bin)");
     return;
   }
   const dir = tmp();
   const args = [...TINY, "--steps", "12"];
+  const underMpirun = async (extra: string[], out: string) => {
+    const o = await new Deno.Command("mpirun", {
+      args: ["--oversubscribe", "-np", "2", "-x", `MASTER_PORT=${freePort()}`, Deno.execPath()]
+        .concat(["run", "-A", TRAIN, ...args, ...extra, "--out", out]),
+      env: { OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(o.stdout);
+    assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+    return stdout;
+  };
   await expectOk(await run([...args, "--dp", "2", "--out", `${dir}/workers`]), "--dp 2");
-  const o = await new Deno.Command("mpirun", {
-    args: ["--oversubscribe", "-np", "2", "-x", `MASTER_PORT=${freePort()}`, Deno.execPath()]
-      .concat(["run", "-A", TRAIN, "--quiet", ...args, "--out", `${dir}/mpi`]),
-    env: { OMPI_ALLOW_RUN_AS_ROOT: "1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: "1", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(o.code, 0, new TextDecoder().decode(o.stderr));
+  const mpi = await underMpirun([], `${dir}/mpi`);
+  assert.match(mpi, /one process each, 1 node\(s\), over MPI/);
   assert.deepEqual(losses(`${dir}/mpi`), losses(`${dir}/workers`));
+  const tcp = await underMpirun(["--transport", "tcp"], `${dir}/tcp`);
+  assert.match(tcp, /over TCP/);
+  assert.deepEqual(losses(`${dir}/tcp`), losses(`${dir}/workers`));
+  await expectOk(await run([...args, "--tp", "2", "--out", `${dir}/tp-workers`]), "--tp 2");
+  await underMpirun(["--tp", "2"], `${dir}/tp-mpi`);
+  const [a, b] = [losses(`${dir}/tp-mpi`), losses(`${dir}/tp-workers`)];
+  assert.equal(a.length, b.length);
+  a.forEach((x, i) => assert.ok(Math.abs(x - b[i]!) <= 1e-5, `step ${i + 1}: ${x} vs ${b[i]}`));
+  Deno.removeSync(dir, { recursive: true });
+});
+
+Deno.test("--transport mpi outside mpirun, or an unknown transport, is refused before any work", async () => {
+  const dir = tmp();
+  const mpi = await run([...TINY, "--steps", "2", "--transport", "mpi", "--out", dir]);
+  assert.notEqual(mpi.code, 0);
+  assert.match(
+    mpi.stderr,
+    /The MPI transport needs one process per rank started by an MPI launcher/,
+  );
+  const bad = await run([...TINY, "--steps", "2", "--transport", "ib", "--out", dir]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /Unknown transport 'ib': use tcp or mpi/);
+  assert.equal(existsSync(`${dir}/metrics.jsonl`), false);
   Deno.removeSync(dir, { recursive: true });
 });
