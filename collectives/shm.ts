@@ -33,9 +33,9 @@
  *
  * The pieces, a file each: the op lifecycle ({@link ./_shm_op.ts}), rounds and waits
  * ({@link ./_shm_wait.ts}), fault handling ({@link ./_shm_faults.ts}), the staging slots
- * ({@link ./_shm_slots.ts}), buffers read in place ({@link ./_shm_peer_buffers.ts}) and the
- * point-to-point channels ({@link ./_shm_p2p.ts}); this file holds the group spec and the
- * algorithm of every op.
+ * ({@link ./_shm_slots.ts}), buffers read in place ({@link ./_shm_peer_buffers.ts}), the
+ * point-to-point channels ({@link ./_shm_p2p.ts}) and all-reduce and reduce
+ * ({@link ./_shm_reduce.ts}); this file holds the group spec and the other ops' algorithms.
  *
  * @module
  */
@@ -56,20 +56,19 @@ import { ShmRounds } from "./_shm_wait.ts";
 import { ShmOps } from "./_shm_op.ts";
 import { ShmSlots } from "./_shm_slots.ts";
 import { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
+import { ShmReduce } from "./_shm_reduce.ts";
 import { currentArena, type SharedArena } from "./arena.ts";
-import { ArenaFold, arenaFold } from "./_shm_fold.ts";
+import { arenaFold } from "./_shm_fold.ts";
 import {
   bytesOf,
   CH_STRIDE,
   checkOp,
   checkTimeout,
   CTRL_STRIDE,
-  type Ctx,
   D_A,
   D_B,
   DESC,
   DTYPES,
-  FOLD_CHUNK,
   type OpName,
   OPS,
   overlaps,
@@ -229,6 +228,8 @@ export class ShmCommunicator implements Communicator {
   #slots: ShmSlots;
   /** Buffers read in place. */
   #buffers: ShmPeerBuffers;
+  /** All-reduce and reduce. */
+  #reduce: ShmReduce;
   #channels: ShmChannels;
 
   /**
@@ -260,6 +261,14 @@ export class ShmCommunicator implements Communicator {
     this.#slots = new ShmSlots(spec);
     this.#ops = new ShmOps(this.#faults, this.#rounds, this.#slots);
     this.#buffers = new ShmPeerBuffers(this.#ctrl, spec, link, this.#rounds, this.#faults);
+    this.#reduce = new ShmReduce(
+      rank,
+      spec.size,
+      this.#smallBytes,
+      this.#slots,
+      this.#rounds,
+      this.#buffers,
+    );
     this.#channels = new ShmChannels(spec, rank, {
       wait: (...a) => this.#rounds.wait(...a),
       problem: (ctx, peer) => this.#faults.problem(ctx, peer),
@@ -289,7 +298,10 @@ export class ShmCommunicator implements Communicator {
     } catch (e) {
       return Promise.reject(e);
     }
-    return this.#ops.enqueue("allReduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, -1));
+    return this.#ops.enqueue("allReduce", ms, (ctx) => {
+      const desc = this.#desc("allReduce", buf.length, dtype, op, -1);
+      return this.#reduce.run(ctx, desc, buf, op, dtype, -1);
+    });
   }
 
   /** Reduce `buf` across ranks into rank `root`'s `buf`; other ranks' buffers are unchanged. */
@@ -303,7 +315,10 @@ export class ShmCommunicator implements Communicator {
     checkOp(op);
     this.#checkRank(root, "root");
     const ms = this.#timeout(opts);
-    await this.#ops.enqueue("reduce", ms, (ctx) => this.#reduceOp(ctx, buf, op, dtype, root));
+    await this.#ops.enqueue("reduce", ms, (ctx) => {
+      const desc = this.#desc("reduce", buf.length, dtype, op, root);
+      return this.#reduce.run(ctx, desc, buf, op, dtype, root);
+    });
   }
 
   /** Reduce `input` (size x output.length) and leave chunk `rank` of the result in `output`. */
@@ -611,10 +626,7 @@ export class ShmCommunicator implements Communicator {
   close(): Promise<void> {
     if (!this.#faults.closed) {
       this.#buffers.close();
-      const scratch = this.#scratch;
-      this.#scratch = undefined;
-      const arena = currentArena();
-      if (scratch !== undefined && arena?.owns(scratch)) arena.free(scratch);
+      this.#reduce.close(currentArena());
       this.#faults.close();
     }
     return Promise.resolve();
@@ -665,8 +677,9 @@ export class ShmCommunicator implements Communicator {
     return dtype;
   }
 
-  // ---- machinery --------------------------------------------------------------------------
+  // ---- the op descriptor -------------------------------------------------------------------
 
+  /** What every rank publishes in an op's first round, for the others to compare. */
   #desc(op: OpName, count: number, dtype: DType, red: ReduceOp | null, root: number): number[] {
     return [
       OPS.indexOf(op),
@@ -677,176 +690,4 @@ export class ShmCommunicator implements Communicator {
       this.#ops.seq,
     ];
   }
-
-  async #reduceOp(
-    ctx: Ctx,
-    buf: CollectiveBuffer,
-    op: ReduceOp,
-    dtype: DType,
-    root: number,
-  ): Promise<void> {
-    const opName: OpName = root < 0 ? "allReduce" : "reduce";
-    const n = this.size, m = buf.length, r = this.rank;
-    const es = bytesOf(dtype);
-    const desc = this.#desc(opName, m, dtype, op, root);
-    if (m * es <= this.#smallBytes || n === 1) {
-      // One round per chunk: every rank (or the root) folds all slots in rank order.
-      const per = Math.floor(this.#slots.bytes / es);
-      let first = true;
-      for (let a = 0; first || a < m; a += per) {
-        const b = Math.min(m, a + per);
-        const h = this.#slots.nextHalf();
-        this.#slots.views(dtype, r, h).set(sub(buf, a, b));
-        const w = this.#rounds.round(ctx, first ? desc : null);
-        if (w !== undefined) await w;
-        first = false;
-        if (root >= 0 && r !== root) continue;
-        const dst = sub(buf, a, b);
-        const src = (p: number) => this.#slots.slot(dtype, p, h, 0, b - a);
-        // SIMD pays from a few hundred elements (below, the JavaScript loop is cheaper).
-        const fold = n > 1 && b - a >= 256 ? arenaFold(this.#slots.arena, dtype, op) : undefined;
-        if (fold !== undefined) {
-          // SIMD over the slots into arena scratch, then one copy out.
-          const scratch = this.#arenaScratch(this.#slots.arena!, dtype);
-          for (let s = 0; s < b - a; s += FOLD_CHUNK) {
-            const e = Math.min(b - a, s + FOLD_CHUNK);
-            const t = sub(scratch, 0, e - s);
-            fold.to(t, sub(src(0), s, e), sub(src(1), s, e), op, dtype);
-            for (let p = 2; p < n; p++) fold.to(t, t, sub(src(p), s, e), op, dtype);
-            if (op === "avg") fold.finishAvg(t, n, dtype);
-            dst.set(t, s);
-          }
-          continue;
-        }
-        if (n > 1) {
-          reduceTo(dst, src(0), src(1), op, dtype);
-          for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
-        }
-        if (op === "avg") finishAvg(dst, n, dtype);
-      }
-      return;
-    }
-    const peers = await this.#buffers.locate(ctx, desc, buf, -1);
-    if (peers !== null) return this.#reduceInPlace(ctx, buf, peers, op, dtype, root);
-    // Two rounds per chunk: reduce-scatter straight from the peers' slots, then all-gather.
-    const per = Math.floor(this.#slots.bytes / es);
-    for (let a = 0; a < m; a += per) {
-      const b = Math.min(m, a + per), len = b - a;
-      const h = this.#slots.nextHalf();
-      this.#slots.views(dtype, r, h).set(sub(buf, a, b));
-      await this.#rounds.round(ctx, null);
-      const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
-      if (hi > lo) {
-        const dst = this.#slots.slot(dtype, r, h, lo, hi);
-        // Rank r >= 2 overwrites its own slot slice before folding it in: read it from buf.
-        const src = (p: number) =>
-          p === r && r >= 2 ? sub(buf, a + lo, a + hi) : this.#slots.slot(dtype, p, h, lo, hi);
-        reduceTo(dst, src(0), src(1), op, dtype);
-        for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
-        if (op === "avg") finishAvg(dst, n, dtype);
-      }
-      await this.#rounds.round(ctx, null);
-      if (root >= 0 && r !== root) continue;
-      for (let p = 0; p < n; p++) {
-        const plo = Math.floor(p * len / n), phi = Math.floor((p + 1) * len / n);
-        if (phi > plo) buf.set(this.#slots.slot(dtype, p, h, plo, phi), a + plo);
-      }
-    }
-  }
-
-  /**
-   * Zero-copy all-reduce (or reduce) when every rank's buffer lives on a SharedArrayBuffer its
-   * peers know: rank r folds slice r of every rank's buffer, chunk by chunk and in rank order,
-   * and writes the result straight into slice r of every rank's buffer (for reduce: of the
-   * root's only). Each element is read and then written
-   * by its slice's owner alone, so no rank can see a half-reduced value; the last round keeps
-   * every buffer untouched until nobody reads or writes it any more.
-   */
-  async #reduceInPlace(
-    ctx: Ctx,
-    buf: CollectiveBuffer,
-    peers: CollectiveBuffer[],
-    op: ReduceOp,
-    dtype: DType,
-    root: number,
-  ): Promise<void> {
-    const n = this.size, m = buf.length, r = this.rank;
-    const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
-    const arena = this.#buffers.opArena;
-    if (arena !== undefined && ArenaFold.supports(dtype, op)) {
-      return this.#reduceInArena(ctx, arena, peers, lo, hi, op, dtype, root);
-    }
-    const chunk = Math.min(Math.floor(this.#slots.bytes / bytesOf(dtype)), FOLD_CHUNK);
-    // Fold in place into the owner's buffer when it is rank 0 or 1 (an operand of the first
-    // step, element by element); a later owner would lose its values before they are folded in.
-    const owner = root < 0 ? r : root;
-    const inPlace = owner < 2;
-    for (let s = lo; s < hi; s += chunk) {
-      const e = Math.min(hi, s + chunk);
-      const t = inPlace ? sub(peers[owner]!, s, e) : this.#slots.slot(dtype, r, 0, 0, e - s);
-      reduceTo(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
-      for (let p = 2; p < n; p++) reduceTo(t, t, sub(peers[p]!, s, e), op, dtype);
-      if (op === "avg") finishAvg(t, n, dtype);
-      for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
-        if (!(inPlace && p === owner)) peers[p]!.set(t, s);
-      }
-    }
-    await this.#rounds.round(ctx, null);
-  }
-
-  /**
-   * {@linkcode ShmCommunicator.#reduceInPlace} when every buffer lives in this process's arena:
-   * the same slices and order, folded with WebAssembly SIMD. Two ranks of an all-reduce fold
-   * and write both buffers in one pass; otherwise the fold runs chunk by chunk into the owner's
-   * buffer (ranks 0 and 1) or an arena scratch, which is then copied out.
-   */
-  async #reduceInArena(
-    ctx: Ctx,
-    arena: SharedArena,
-    peers: CollectiveBuffer[],
-    lo: number,
-    hi: number,
-    op: ReduceOp,
-    dtype: DType,
-    root: number,
-  ): Promise<void> {
-    const n = this.size;
-    const fold = arenaFold(arena, dtype, op)!;
-    if (n === 2 && root < 0) {
-      if (hi > lo) fold.both(sub(peers[0]!, lo, hi), sub(peers[1]!, lo, hi), op, dtype);
-    } else {
-      const owner = root < 0 ? this.rank : root;
-      const inPlace = owner < 2;
-      const chunk = FOLD_CHUNK;
-      let scratch: CollectiveBuffer | undefined;
-      if (!inPlace) {
-        scratch = this.#arenaScratch(arena, dtype);
-      }
-      for (let s = lo; s < hi; s += chunk) {
-        const e = Math.min(hi, s + chunk);
-        const t = inPlace ? sub(peers[owner]!, s, e) : sub(scratch!, 0, e - s);
-        fold.to(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
-        for (let p = 2; p < n; p++) fold.to(t, t, sub(peers[p]!, s, e), op, dtype);
-        if (op === "avg") fold.finishAvg(t, n, dtype);
-        for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
-          if (!(inPlace && p === owner)) peers[p]!.set(t, s);
-        }
-      }
-    }
-    await this.#rounds.round(ctx, null);
-  }
-
-  #scratch: Float32Array | undefined;
-
-  /** FOLD_CHUNK elements of arena scratch for this thread's folds. */
-  #arenaScratch(arena: SharedArena, dtype: DType): CollectiveBuffer {
-    let s = this.#scratch;
-    if (s === undefined || !arena.owns(s)) {
-      s = this.#scratch = arena.alloc(Float32Array, FOLD_CHUNK);
-      this.#scratchI32 = new Int32Array(s.buffer, s.byteOffset, s.length);
-    }
-    return dtype === "int32" ? this.#scratchI32! : s;
-  }
-
-  #scratchI32: Int32Array | undefined;
 }

@@ -1,0 +1,222 @@
+/**
+ * All-reduce and reduce over shared memory. Small messages take one round per chunk through the
+ * staging slots: every rank (or the root) folds all slots in rank order. Large ones spend two
+ * rounds per chunk: each rank reduces its own slice of the chunk straight from its peers' slots
+ * (reduce-scatter), publishes, and every rank copies the reduced slices out (all-gather). When
+ * every rank's buffer can be read in place ({@link ./_shm_peer_buffers.ts}), rank r folds slice
+ * r of every buffer and writes it into every buffer, in WebAssembly SIMD when they all live in
+ * the arena. Folds always run in rank order, so every rank ends bit-identical.
+ *
+ * @module
+ */
+import type { CollectiveBuffer, DType, ReduceOp } from "./communicator.ts";
+import { finishAvg, reduceTo } from "./reduce.ts";
+import type { SharedArena } from "./arena.ts";
+import { ArenaFold, arenaFold } from "./_shm_fold.ts";
+import { bytesOf, type Ctx, FOLD_CHUNK, sub } from "./_shm_layout.ts";
+import type { ShmSlots } from "./_shm_slots.ts";
+import type { ShmRounds } from "./_shm_wait.ts";
+import type { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
+
+/** One rank's all-reduces and reduces. */
+export class ShmReduce {
+  readonly #rank: number;
+  readonly #size: number;
+  readonly #smallBytes: number;
+  readonly #slots: ShmSlots;
+  readonly #rounds: ShmRounds;
+  readonly #buffers: ShmPeerBuffers;
+  #scratch: Float32Array | undefined;
+  #scratchI32: Int32Array | undefined;
+
+  constructor(
+    rank: number,
+    size: number,
+    smallBytes: number,
+    slots: ShmSlots,
+    rounds: ShmRounds,
+    buffers: ShmPeerBuffers,
+  ) {
+    this.#rank = rank;
+    this.#size = size;
+    this.#smallBytes = smallBytes;
+    this.#slots = slots;
+    this.#rounds = rounds;
+    this.#buffers = buffers;
+  }
+
+  /** Free the fold scratch (the group closed). */
+  close(arena: SharedArena | undefined): void {
+    const scratch = this.#scratch;
+    this.#scratch = undefined;
+    if (scratch !== undefined && arena?.owns(scratch)) arena.free(scratch);
+  }
+
+  /** All-reduce `buf` (root < 0), or reduce it to `root`; `desc` is the op descriptor. */
+  async run(
+    ctx: Ctx,
+    desc: number[],
+    buf: CollectiveBuffer,
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const n = this.#size, m = buf.length, r = this.#rank;
+    const es = bytesOf(dtype);
+    if (m * es <= this.#smallBytes || n === 1) {
+      // One round per chunk: every rank (or the root) folds all slots in rank order.
+      const per = Math.floor(this.#slots.bytes / es);
+      let first = true;
+      for (let a = 0; first || a < m; a += per) {
+        const b = Math.min(m, a + per);
+        const h = this.#slots.nextHalf();
+        this.#slots.views(dtype, r, h).set(sub(buf, a, b));
+        const w = this.#rounds.round(ctx, first ? desc : null);
+        if (w !== undefined) await w;
+        first = false;
+        if (root >= 0 && r !== root) continue;
+        const dst = sub(buf, a, b);
+        const src = (p: number) => this.#slots.slot(dtype, p, h, 0, b - a);
+        // SIMD pays from a few hundred elements (below, the JavaScript loop is cheaper).
+        const fold = n > 1 && b - a >= 256 ? arenaFold(this.#slots.arena, dtype, op) : undefined;
+        if (fold !== undefined) {
+          // SIMD over the slots into arena scratch, then one copy out.
+          const scratch = this.#arenaScratch(this.#slots.arena!, dtype);
+          for (let s = 0; s < b - a; s += FOLD_CHUNK) {
+            const e = Math.min(b - a, s + FOLD_CHUNK);
+            const t = sub(scratch, 0, e - s);
+            fold.to(t, sub(src(0), s, e), sub(src(1), s, e), op, dtype);
+            for (let p = 2; p < n; p++) fold.to(t, t, sub(src(p), s, e), op, dtype);
+            if (op === "avg") fold.finishAvg(t, n, dtype);
+            dst.set(t, s);
+          }
+          continue;
+        }
+        if (n > 1) {
+          reduceTo(dst, src(0), src(1), op, dtype);
+          for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+        }
+        if (op === "avg") finishAvg(dst, n, dtype);
+      }
+      return;
+    }
+    const peers = await this.#buffers.locate(ctx, desc, buf, -1);
+    if (peers !== null) return this.#inPlace(ctx, buf, peers, op, dtype, root);
+    // Two rounds per chunk: reduce-scatter straight from the peers' slots, then all-gather.
+    const per = Math.floor(this.#slots.bytes / es);
+    for (let a = 0; a < m; a += per) {
+      const b = Math.min(m, a + per), len = b - a;
+      const h = this.#slots.nextHalf();
+      this.#slots.views(dtype, r, h).set(sub(buf, a, b));
+      await this.#rounds.round(ctx, null);
+      const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
+      if (hi > lo) {
+        const dst = this.#slots.slot(dtype, r, h, lo, hi);
+        // Rank r >= 2 overwrites its own slot slice before folding it in: read it from buf.
+        const src = (p: number) =>
+          p === r && r >= 2 ? sub(buf, a + lo, a + hi) : this.#slots.slot(dtype, p, h, lo, hi);
+        reduceTo(dst, src(0), src(1), op, dtype);
+        for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+        if (op === "avg") finishAvg(dst, n, dtype);
+      }
+      await this.#rounds.round(ctx, null);
+      if (root >= 0 && r !== root) continue;
+      for (let p = 0; p < n; p++) {
+        const plo = Math.floor(p * len / n), phi = Math.floor((p + 1) * len / n);
+        if (phi > plo) buf.set(this.#slots.slot(dtype, p, h, plo, phi), a + plo);
+      }
+    }
+  }
+
+  /**
+   * Zero-copy all-reduce (or reduce) when every rank's buffer lives on a SharedArrayBuffer its
+   * peers know: rank r folds slice r of every rank's buffer, chunk by chunk and in rank order,
+   * and writes the result straight into slice r of every rank's buffer (for reduce: of the
+   * root's only). Each element is read and then written
+   * by its slice's owner alone, so no rank can see a half-reduced value; the last round keeps
+   * every buffer untouched until nobody reads or writes it any more.
+   */
+  async #inPlace(
+    ctx: Ctx,
+    buf: CollectiveBuffer,
+    peers: CollectiveBuffer[],
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const n = this.#size, m = buf.length, r = this.#rank;
+    const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
+    const arena = this.#buffers.opArena;
+    if (arena !== undefined && ArenaFold.supports(dtype, op)) {
+      return this.#inArena(ctx, arena, peers, lo, hi, op, dtype, root);
+    }
+    const chunk = Math.min(Math.floor(this.#slots.bytes / bytesOf(dtype)), FOLD_CHUNK);
+    // Fold in place into the owner's buffer when it is rank 0 or 1 (an operand of the first
+    // step, element by element); a later owner would lose its values before they are folded in.
+    const owner = root < 0 ? r : root;
+    const inPlace = owner < 2;
+    for (let s = lo; s < hi; s += chunk) {
+      const e = Math.min(hi, s + chunk);
+      const t = inPlace ? sub(peers[owner]!, s, e) : this.#slots.slot(dtype, r, 0, 0, e - s);
+      reduceTo(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
+      for (let p = 2; p < n; p++) reduceTo(t, t, sub(peers[p]!, s, e), op, dtype);
+      if (op === "avg") finishAvg(t, n, dtype);
+      for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
+        if (!(inPlace && p === owner)) peers[p]!.set(t, s);
+      }
+    }
+    await this.#rounds.round(ctx, null);
+  }
+
+  /**
+   * {@linkcode ShmReduce.#inPlace} when every buffer lives in this process's arena:
+   * the same slices and order, folded with WebAssembly SIMD. Two ranks of an all-reduce fold
+   * and write both buffers in one pass; otherwise the fold runs chunk by chunk into the owner's
+   * buffer (ranks 0 and 1) or an arena scratch, which is then copied out.
+   */
+  async #inArena(
+    ctx: Ctx,
+    arena: SharedArena,
+    peers: CollectiveBuffer[],
+    lo: number,
+    hi: number,
+    op: ReduceOp,
+    dtype: DType,
+    root: number,
+  ): Promise<void> {
+    const n = this.#size;
+    const fold = arenaFold(arena, dtype, op)!;
+    if (n === 2 && root < 0) {
+      if (hi > lo) fold.both(sub(peers[0]!, lo, hi), sub(peers[1]!, lo, hi), op, dtype);
+    } else {
+      const owner = root < 0 ? this.#rank : root;
+      const inPlace = owner < 2;
+      const chunk = FOLD_CHUNK;
+      let scratch: CollectiveBuffer | undefined;
+      if (!inPlace) {
+        scratch = this.#arenaScratch(arena, dtype);
+      }
+      for (let s = lo; s < hi; s += chunk) {
+        const e = Math.min(hi, s + chunk);
+        const t = inPlace ? sub(peers[owner]!, s, e) : sub(scratch!, 0, e - s);
+        fold.to(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
+        for (let p = 2; p < n; p++) fold.to(t, t, sub(peers[p]!, s, e), op, dtype);
+        if (op === "avg") fold.finishAvg(t, n, dtype);
+        for (let p = root < 0 ? 0 : root; p < (root < 0 ? n : root + 1); p++) {
+          if (!(inPlace && p === owner)) peers[p]!.set(t, s);
+        }
+      }
+    }
+    await this.#rounds.round(ctx, null);
+  }
+
+  /** FOLD_CHUNK elements of arena scratch for this thread's folds. */
+  #arenaScratch(arena: SharedArena, dtype: DType): CollectiveBuffer {
+    let s = this.#scratch;
+    if (s === undefined || !arena.owns(s)) {
+      s = this.#scratch = arena.alloc(Float32Array, FOLD_CHUNK);
+      this.#scratchI32 = new Int32Array(s.buffer, s.byteOffset, s.length);
+    }
+    return dtype === "int32" ? this.#scratchI32! : s;
+  }
+}
