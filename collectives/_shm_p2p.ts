@@ -22,7 +22,7 @@ import {
   type Ctx,
   DTYPES,
 } from "./_shm_layout.ts";
-import type { ShmGroupSpec } from "./shm.ts";
+import type { ShmGroupSpec } from "./_shm_group.ts";
 
 /** How a channel waits: the communicator's spin-then-sleep wait and its liveness checks. */
 export interface Waiter {

@@ -8,7 +8,7 @@
 import type { CollectiveBuffer, DType } from "./communicator.ts";
 import { currentArena, type SharedArena } from "./arena.ts";
 import { bytesOf, DTYPES } from "./_shm_layout.ts";
-import type { ShmGroupSpec } from "./shm.ts";
+import type { ShmGroupSpec } from "./_shm_group.ts";
 
 /** One rank's view of its group's staging slots. */
 export class ShmSlots {
