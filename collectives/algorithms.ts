@@ -8,7 +8,9 @@
  *   then all-gather, `2 (n-1)/n` of the buffer per rank), pipelined in chunks so a rank forwards
  *   chunk k while chunk k+1 is still on the wire.
  *
- * Every algorithm reduces each element in one fixed order, so all ranks end bit-identical.
+ * Every algorithm reduces each element in one fixed order, so all ranks end bit-identical. The
+ * algorithms themselves are written once against a peer exchange ({@link ./_exchange.ts}):
+ * {@link ./_ring.ts}, {@link ./_recursive_doubling.ts} and {@link ./_direct.ts}.
  *
  * @module
  */

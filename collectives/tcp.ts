@@ -162,8 +162,6 @@ function fnv(...parts: number[]): number {
 class TcpComm implements Communicator {
   readonly transport = "tcp";
   readonly size: number;
-  /** Who is in the group, and how its ops fail. */
-  readonly #g: TcpGroupFaults;
   /** The op lifecycle. */
   readonly #ops: TcpOps;
   /** The group's sends and receives, which the algorithms run over. */
@@ -182,11 +180,12 @@ class TcpComm implements Communicator {
     readonly rank: number,
   ) {
     this.size = members.length;
-    this.#g = new TcpGroupFaults(t, id, name, members, rank);
-    this.#ops = new TcpOps(t, this.#g);
-    this.#x = new TcpExchange(t, this.#g, rank);
-    this.#lanes = new LaneOps(t, this.#g);
-    t.groups.set(id, this.#g);
+    // Who is in the group and how its ops fail, which the transport reports faults to.
+    const g = new TcpGroupFaults(t, id, name, members, rank);
+    this.#ops = new TcpOps(t, g);
+    this.#x = new TcpExchange(t, g, rank);
+    this.#lanes = new LaneOps(t, g);
+    t.groups.set(id, g);
   }
 
   // ---- the Communicator ------------------------------------------------------------------
