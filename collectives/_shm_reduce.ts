@@ -1,11 +1,13 @@
 /**
- * All-reduce and reduce over shared memory. Small messages take one round per chunk through the
- * staging slots: every rank (or the root) folds all slots in rank order. Large ones spend two
- * rounds per chunk: each rank reduces its own slice of the chunk straight from its peers' slots
- * (reduce-scatter), publishes, and every rank copies the reduced slices out (all-gather). When
- * every rank's buffer can be read in place ({@link ./_shm_peer_buffers.ts}), rank r folds slice
- * r of every buffer and writes it into every buffer, in WebAssembly SIMD when they all live in
- * the arena. Folds always run in rank order, so every rank ends bit-identical.
+ * The reductions over shared memory: all-reduce, reduce and reduce-scatter. A small all-reduce
+ * or reduce takes one round per chunk through the staging slots: every rank (or the root) folds
+ * all slots in rank order. A large one spends two rounds per chunk: each rank reduces its own
+ * slice of the chunk straight from its peers' slots (reduce-scatter), publishes, and every rank
+ * copies the reduced slices out (all-gather). A reduce-scatter writes every block to its slot
+ * and folds its own block from every rank's slot. When every rank's buffer can be read in place
+ * ({@link ./_shm_peer_buffers.ts}), rank r folds slice (or block) r of every buffer directly,
+ * in WebAssembly SIMD when they all live in the arena. Folds always run in rank order, so every
+ * rank ends bit-identical.
  *
  * @module
  */
@@ -13,12 +15,12 @@ import type { CollectiveBuffer, DType, ReduceOp } from "./communicator.ts";
 import { finishAvg, reduceTo } from "./reduce.ts";
 import type { SharedArena } from "./arena.ts";
 import { ArenaFold, arenaFold } from "./_shm_fold.ts";
-import { bytesOf, type Ctx, FOLD_CHUNK, sub } from "./_shm_layout.ts";
+import { bytesOf, type Ctx, FOLD_CHUNK, overlaps, sub } from "./_shm_layout.ts";
 import type { ShmSlots } from "./_shm_slots.ts";
 import type { ShmRounds } from "./_shm_wait.ts";
 import type { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
 
-/** One rank's all-reduces and reduces. */
+/** One rank's reductions. */
 export class ShmReduce {
   readonly #rank: number;
   readonly #size: number;
@@ -53,7 +55,7 @@ export class ShmReduce {
   }
 
   /** All-reduce `buf` (root < 0), or reduce it to `root`; `desc` is the op descriptor. */
-  async run(
+  async reduce(
     ctx: Ctx,
     desc: number[],
     buf: CollectiveBuffer,
@@ -218,5 +220,74 @@ export class ShmReduce {
       this.#scratchI32 = new Int32Array(s.buffer, s.byteOffset, s.length);
     }
     return dtype === "int32" ? this.#scratchI32! : s;
+  }
+
+  /** Reduce `input` (size x output.length); `output` gets block `rank` of the result. */
+  async reduceScatter(
+    ctx: Ctx,
+    desc: number[],
+    input: CollectiveBuffer,
+    output: CollectiveBuffer,
+    op: ReduceOp,
+    dtype: DType,
+  ): Promise<void> {
+    const m = output.length, n = this.#size, r = this.#rank;
+    const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype) / n));
+    let first = true;
+    if (n > 1 && input.byteLength > this.#smallBytes) {
+      const peers = await this.#buffers.locate(ctx, desc, input, -1);
+      first = false;
+      if (peers !== null) {
+        // Fold block r straight from every rank's input. When output is this rank's own block
+        // of input and r >= 2, save each piece first (the fold would overwrite it too early).
+        const own = sub(input, r * m, (r + 1) * m);
+        const alias = r >= 2 && overlaps(output, own);
+        const step = alias ? Math.floor(this.#slots.bytes / bytesOf(dtype)) : Math.max(1, m);
+        // SIMD when every input and the output live in the arena (and so does the staging
+        // slot, when a piece must be saved there).
+        const arena = this.#buffers.opArena;
+        const fold = arena !== undefined && (!alias || this.#slots.arena === arena)
+          ? arenaFold(arena, dtype, op, output)
+          : undefined;
+        const to = (d: CollectiveBuffer, x: CollectiveBuffer, y: CollectiveBuffer) =>
+          fold !== undefined ? fold.to(d, x, y, op, dtype) : reduceTo(d, x, y, op, dtype);
+        for (let s = 0; s < m; s += step) {
+          const e = Math.min(m, s + step);
+          const dst = sub(output, s, e);
+          let mine = sub(own, s, e);
+          if (alias) {
+            const saved = this.#slots.slot(dtype, r, 0, 0, e - s);
+            saved.set(mine);
+            mine = saved;
+          }
+          const src = (p: number) => (p === r ? mine : sub(peers[p]!, r * m + s, r * m + e));
+          to(dst, src(0), src(1));
+          for (let p = 2; p < n; p++) to(dst, dst, src(p));
+          if (op === "avg") {
+            fold !== undefined ? fold.finishAvg(dst, n, dtype) : finishAvg(dst, n, dtype);
+          }
+        }
+        await this.#rounds.round(ctx, null);
+        return;
+      }
+    }
+    for (let a = 0; first || a < m; a += per) {
+      const b = Math.min(m, a + per), len = b - a;
+      const h = this.#slots.nextHalf();
+      const mine = this.#slots.views(dtype, this.#rank, h);
+      for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
+      await this.#rounds.round(ctx, first ? desc : null);
+      first = false;
+      if (len === 0) continue;
+      const lo = this.#rank * len, hi = lo + len;
+      const dst = output.subarray(a, b);
+      const src = (p: number) => this.#slots.slot(dtype, p, h, lo, hi);
+      if (n === 1) dst.set(src(0));
+      else {
+        reduceTo(dst, src(0), src(1), op, dtype);
+        for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
+      }
+      if (op === "avg") finishAvg(dst, n, dtype);
+    }
   }
 }

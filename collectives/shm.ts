@@ -34,9 +34,10 @@
  * The pieces, a file each: the group's shared memory ({@link ./_shm_group.ts}), the op
  * lifecycle ({@link ./_shm_op.ts}), rounds and waits ({@link ./_shm_wait.ts}), fault handling
  * ({@link ./_shm_faults.ts}), the staging slots ({@link ./_shm_slots.ts}), buffers read in
- * place ({@link ./_shm_peer_buffers.ts}), the point-to-point channels ({@link ./_shm_p2p.ts})
- * and all-reduce and reduce ({@link ./_shm_reduce.ts}); this file holds the communicator and
- * the other ops' algorithms.
+ * place ({@link ./_shm_peer_buffers.ts}), the reductions ({@link ./_shm_reduce.ts}), the ops
+ * that move data ({@link ./_shm_move.ts}) and the point-to-point channels
+ * ({@link ./_shm_p2p.ts}). This file holds the communicator that composes them: argument
+ * checks, the op descriptor, split and close.
  *
  * @module
  */
@@ -49,7 +50,6 @@ import {
   dtypeOf,
   type ReduceOp,
 } from "./communicator.ts";
-import { finishAvg, reduceTo } from "./reduce.ts";
 import { ShmLink } from "./_shm_link.ts";
 import { createShmGroupSpec, type ShmGroupSpec } from "./_shm_group.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
@@ -59,10 +59,9 @@ import { ShmOps } from "./_shm_op.ts";
 import { ShmSlots } from "./_shm_slots.ts";
 import { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
 import { ShmReduce } from "./_shm_reduce.ts";
+import { ShmMoves } from "./_shm_move.ts";
 import { currentArena } from "./arena.ts";
-import { arenaFold } from "./_shm_fold.ts";
 import {
-  bytesOf,
   checkOp,
   checkTimeout,
   CTRL_STRIDE,
@@ -72,9 +71,7 @@ import {
   DTYPES,
   type OpName,
   OPS,
-  overlaps,
   REDS,
-  sub,
 } from "./_shm_layout.ts";
 
 export { ShmLink };
@@ -138,8 +135,10 @@ export class ShmCommunicator implements Communicator {
   #slots: ShmSlots;
   /** Buffers read in place. */
   #buffers: ShmPeerBuffers;
-  /** All-reduce and reduce. */
+  /** All-reduce, reduce and reduce-scatter. */
   #reduce: ShmReduce;
+  /** All-gather, broadcast and all-to-all. */
+  #moves: ShmMoves;
   #channels: ShmChannels;
 
   /**
@@ -171,14 +170,16 @@ export class ShmCommunicator implements Communicator {
     this.#slots = new ShmSlots(spec);
     this.#ops = new ShmOps(this.#faults, this.#rounds, this.#slots);
     this.#buffers = new ShmPeerBuffers(this.#ctrl, spec, link, this.#rounds, this.#faults);
-    this.#reduce = new ShmReduce(
+    const parts = [
       rank,
       spec.size,
       this.#smallBytes,
       this.#slots,
       this.#rounds,
       this.#buffers,
-    );
+    ] as const;
+    this.#reduce = new ShmReduce(...parts);
+    this.#moves = new ShmMoves(...parts);
     this.#channels = new ShmChannels(spec, rank, {
       wait: (...a) => this.#rounds.wait(...a),
       problem: (ctx, peer) => this.#faults.problem(ctx, peer),
@@ -210,7 +211,7 @@ export class ShmCommunicator implements Communicator {
     }
     return this.#ops.enqueue("allReduce", ms, (ctx) => {
       const desc = this.#desc("allReduce", buf.length, dtype, op, -1);
-      return this.#reduce.run(ctx, desc, buf, op, dtype, -1);
+      return this.#reduce.reduce(ctx, desc, buf, op, dtype, -1);
     });
   }
 
@@ -227,7 +228,7 @@ export class ShmCommunicator implements Communicator {
     const ms = this.#timeout(opts);
     await this.#ops.enqueue("reduce", ms, (ctx) => {
       const desc = this.#desc("reduce", buf.length, dtype, op, root);
-      return this.#reduce.run(ctx, desc, buf, op, dtype, root);
+      return this.#reduce.reduce(ctx, desc, buf, op, dtype, root);
     });
   }
 
@@ -241,66 +242,9 @@ export class ShmCommunicator implements Communicator {
     const dtype = this.#checkPair(input, output, opts, "reduceScatter", "input", "output");
     checkOp(op);
     const ms = this.#timeout(opts);
-    await this.#ops.enqueue("reduceScatter", ms, async (ctx) => {
-      const m = output.length, n = this.size, r = this.rank;
-      const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype) / n));
-      const desc = this.#desc("reduceScatter", m, dtype, op, -1);
-      let first = true;
-      if (n > 1 && input.byteLength > this.#smallBytes) {
-        const peers = await this.#buffers.locate(ctx, desc, input, -1);
-        first = false;
-        if (peers !== null) {
-          // Fold block r straight from every rank's input. When output is this rank's own block
-          // of input and r >= 2, save each piece first (the fold would overwrite it too early).
-          const own = sub(input, r * m, (r + 1) * m);
-          const alias = r >= 2 && overlaps(output, own);
-          const step = alias ? Math.floor(this.#slots.bytes / bytesOf(dtype)) : Math.max(1, m);
-          // SIMD when every input and the output live in the arena (and so does the staging
-          // slot, when a piece must be saved there).
-          const arena = this.#buffers.opArena;
-          const fold = arena !== undefined && (!alias || this.#slots.arena === arena)
-            ? arenaFold(arena, dtype, op, output)
-            : undefined;
-          const to = (d: CollectiveBuffer, x: CollectiveBuffer, y: CollectiveBuffer) =>
-            fold !== undefined ? fold.to(d, x, y, op, dtype) : reduceTo(d, x, y, op, dtype);
-          for (let s = 0; s < m; s += step) {
-            const e = Math.min(m, s + step);
-            const dst = sub(output, s, e);
-            let mine = sub(own, s, e);
-            if (alias) {
-              const saved = this.#slots.slot(dtype, r, 0, 0, e - s);
-              saved.set(mine);
-              mine = saved;
-            }
-            const src = (p: number) => (p === r ? mine : sub(peers[p]!, r * m + s, r * m + e));
-            to(dst, src(0), src(1));
-            for (let p = 2; p < n; p++) to(dst, dst, src(p));
-            if (op === "avg") {
-              fold !== undefined ? fold.finishAvg(dst, n, dtype) : finishAvg(dst, n, dtype);
-            }
-          }
-          await this.#rounds.round(ctx, null);
-          return;
-        }
-      }
-      for (let a = 0; first || a < m; a += per) {
-        const b = Math.min(m, a + per), len = b - a;
-        const h = this.#slots.nextHalf();
-        const mine = this.#slots.views(dtype, this.rank, h);
-        for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
-        await this.#rounds.round(ctx, first ? desc : null);
-        first = false;
-        if (len === 0) continue;
-        const lo = this.rank * len, hi = lo + len;
-        const dst = output.subarray(a, b);
-        const src = (p: number) => this.#slots.slot(dtype, p, h, lo, hi);
-        if (n === 1) dst.set(src(0));
-        else {
-          reduceTo(dst, src(0), src(1), op, dtype);
-          for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
-        }
-        if (op === "avg") finishAvg(dst, n, dtype);
-      }
+    await this.#ops.enqueue("reduceScatter", ms, (ctx) => {
+      const desc = this.#desc("reduceScatter", output.length, dtype, op, -1);
+      return this.#reduce.reduceScatter(ctx, desc, input, output, op, dtype);
     });
   }
 
@@ -312,32 +256,9 @@ export class ShmCommunicator implements Communicator {
   ): Promise<void> {
     const dtype = this.#checkPair(output, input, opts, "allGather", "output", "input");
     const ms = this.#timeout(opts);
-    await this.#ops.enqueue("allGather", ms, async (ctx) => {
-      const m = input.length, n = this.size;
-      const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype)));
-      const desc = this.#desc("allGather", m, dtype, null, -1);
-      let first = true;
-      if (n > 1 && output.byteLength > this.#smallBytes) {
-        const peers = await this.#buffers.locate(ctx, desc, input, -1);
-        first = false;
-        if (peers !== null) {
-          for (let p = 0; p < n; p++) output.set(peers[p]!, p * m);
-          await this.#rounds.round(ctx, null);
-          return;
-        }
-      }
-      for (let a = 0; first || a < m; a += per) {
-        const b = Math.min(m, a + per), len = b - a;
-        const h = this.#slots.nextHalf();
-        this.#slots.views(dtype, this.rank, h).set(sub(input, a, b));
-        await this.#rounds.round(ctx, first ? desc : null);
-        first = false;
-        for (let p = 0; p < n; p++) {
-          const src = p === this.rank ? input : this.#slots.views(dtype, p, h);
-          const off = p === this.rank ? a : 0;
-          output.set(src.subarray(off, off + len), p * m + a);
-        }
-      }
+    await this.#ops.enqueue("allGather", ms, (ctx) => {
+      const desc = this.#desc("allGather", input.length, dtype, null, -1);
+      return this.#moves.allGather(ctx, desc, input, output, dtype);
     });
   }
 
@@ -350,28 +271,9 @@ export class ShmCommunicator implements Communicator {
     const dtype = dtypeOf(buf, opts.dtype);
     this.#checkRank(root, "root");
     const ms = this.#timeout(opts);
-    await this.#ops.enqueue("broadcast", ms, async (ctx) => {
-      const m = buf.length;
-      const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype)));
-      const desc = this.#desc("broadcast", m, dtype, null, root);
-      let first = true;
-      if (this.size > 1 && buf.byteLength > this.#smallBytes) {
-        const peers = await this.#buffers.locate(ctx, desc, buf, root);
-        first = false;
-        if (peers !== null) {
-          if (this.rank !== root) buf.set(peers[root]!);
-          await this.#rounds.round(ctx, null);
-          return;
-        }
-      }
-      for (let a = 0; first || a < m; a += per) {
-        const b = Math.min(m, a + per);
-        const h = this.#slots.nextHalf();
-        if (this.rank === root) this.#slots.views(dtype, root, h).set(sub(buf, a, b));
-        await this.#rounds.round(ctx, first ? desc : null);
-        first = false;
-        if (this.rank !== root) buf.set(this.#slots.slot(dtype, root, h, 0, b - a), a);
-      }
+    await this.#ops.enqueue("broadcast", ms, (ctx) => {
+      const desc = this.#desc("broadcast", buf.length, dtype, null, root);
+      return this.#moves.broadcast(ctx, desc, buf, root, dtype);
     });
   }
 
@@ -393,23 +295,9 @@ export class ShmCommunicator implements Communicator {
       );
     }
     const ms = this.#timeout(opts);
-    await this.#ops.enqueue("allToAll", ms, async (ctx) => {
-      const m = input.length / n;
-      const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype) / n));
-      let first = true;
-      for (let a = 0; first || a < m; a += per) {
-        const b = Math.min(m, a + per), len = b - a;
-        const h = this.#slots.nextHalf();
-        const mine = this.#slots.views(dtype, this.rank, h);
-        for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
-        await this.#rounds.round(ctx, first ? this.#desc("allToAll", m, dtype, null, -1) : null);
-        first = false;
-        const r = this.rank;
-        for (let p = 0; p < n; p++) {
-          const src = this.#slots.slot(dtype, p, h, r * len, r * len + len);
-          output.set(src, p * m + a);
-        }
-      }
+    await this.#ops.enqueue("allToAll", ms, (ctx) => {
+      const desc = this.#desc("allToAll", input.length / this.size, dtype, null, -1);
+      return this.#moves.allToAll(ctx, desc, input, output, dtype);
     });
   }
 
