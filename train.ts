@@ -13,7 +13,8 @@
  * deno run -A train.ts --help                       # every option, with defaults
  * ```
  *
- * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, and its checkpoints
+ * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, `report.html` (see
+ * engine/report.ts; `ranks.jsonl` holds what it draws of every rank), and its checkpoints
  * (`checkpoints/step-<N>/`, one shard per rank, the last `--keep` of them, and `latest` naming
  * the newest).
  *

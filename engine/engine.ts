@@ -14,6 +14,7 @@
  */
 import {
   type Communicator,
+  gatherJson,
   recvJson,
   sendJson,
   sharedArray,
@@ -65,6 +66,7 @@ import {
   unshardTensor,
 } from "../parallel/mod.ts";
 import { type EngineConfig, type ResolvedEngineConfig, resolveEngineConfig } from "./config.ts";
+import type { PipelineSnapshot, StageTrace } from "./report.ts";
 import {
   checkCheckpointModel,
   CHECKPOINT_FORMAT,
@@ -364,6 +366,7 @@ export class Engine {
   #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
     null;
   #pipePeak = 0;
+  #lastPipe: { step: number; stats: PipelineStats } | null = null;
   #trainActivations = 0;
   /** The checkpoint directory this engine last saved or loaded (null before). */
   checkpointPath: string | null = null;
@@ -591,7 +594,7 @@ export class Engine {
     const t0 = performance.now();
     const pipe = await runPipeline({
       schedule: this.schedule,
-      trace: c.wallClockBreakdown,
+      trace: c.wallClockBreakdown || this.grid.pp > 1,
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),
@@ -605,6 +608,7 @@ export class Engine {
       pipe.peakBuffers * this.#actSize(B, T) * wireBytes(this.model.wire),
     );
     const t1 = performance.now();
+    this.#lastPipe = { step: this.step + 1, stats: pipe };
     await zero.finishBackward();
     await syncModelParallelGrads(be, this.#gg, zero.gradPieces(true));
     const sq = be.view(stats, m, 1);
@@ -784,6 +788,44 @@ export class Engine {
       activations_peak_bytes: act,
       transient_peak_bytes: transient,
       total_bytes: z.params + z.grads + z.optimizer + act + transient,
+    };
+  }
+
+  /**
+   * The pipeline's last training step as every stage ran it: each forward and backward with its
+   * times (from the ranks of data-parallel and tensor-parallel index 0), on world rank 0; null
+   * elsewhere, with one stage, or before a step. Collective over the world.
+   *
+   * @returns on rank 0, the stages' traces
+   */
+  async pipelineTrace(): Promise<PipelineSnapshot | null> {
+    if (this.grid.pp === 1) return null;
+    const last = this.#lastPipe;
+    const { tp, dp, pp } = this.groups.coords;
+    const mine: StageTrace | null = last !== null && tp === 0 && dp === 0
+      ? {
+        rank: this.world.rank,
+        stage: pp,
+        wall_ms: last.stats.wallMs,
+        entries: (last.stats.trace ?? []).map((e) => [
+          e.kind === "forward" ? "f" : "b",
+          e.mb,
+          e.chunk,
+          Math.round(e.start * 1000) / 1000,
+          Math.round(e.end * 1000) / 1000,
+        ]),
+      }
+      : null;
+    const all = await gatherJson(this.world, mine, 0, this.#opts()) as (StageTrace | null)[] | null;
+    if (all === null || last === null) return null;
+    const stages = all.filter((s): s is StageTrace => s !== null).sort((a, b) => a.stage - b.stage);
+    return {
+      schedule: this.schedule.name,
+      pp: this.grid.pp,
+      virtual_stages: this.layout.virtualStages,
+      micro_batches: this.layout.microBatches,
+      step: last.step,
+      stages,
     };
   }
 

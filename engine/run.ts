@@ -27,6 +27,7 @@ import { checkParallelLayout, type Engine, initialize, type RankMemory } from ".
 import { readCheckpointConfig } from "./checkpoint.ts";
 import { activationBytes } from "./estimate.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
+import { type RanksRecord, writeReport } from "./report.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
 /** What a run is: the engine's configuration, the data, the cadence and where it goes. */
@@ -241,6 +242,16 @@ async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | n
   }
 }
 
+// The machine's peak FLOP/s for MFU, when LOOM_PEAK_TFLOPS gives it.
+function peakFlops(): number | null {
+  const v = Deno.permissions.querySync({ name: "env", variable: "LOOM_PEAK_TFLOPS" }).state ===
+      "granted"
+    ? Deno.env.get("LOOM_PEAK_TFLOPS")
+    : undefined;
+  const t = v === undefined ? NaN : Number(v);
+  return Number.isFinite(t) && t > 0 ? t * 1e12 : null;
+}
+
 /** What a nonzero stop flag means: the signal that set it. */
 export const STOP_REASONS: Readonly<Record<number, string>> = { 1: "SIGINT", 2: "SIGTERM" };
 
@@ -346,6 +357,18 @@ export async function runTraining(
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       }
     }
+    const ranksPath = `${out}/ranks.jsonl`;
+    if (o.resume && lead) {
+      // The same for the per-rank records of evaluations.
+      try {
+        const kept = (await Deno.readTextFile(ranksPath)).split("\n").filter((l) =>
+          l.trim() !== "" && (JSON.parse(l) as RanksRecord).step <= engine.step
+        );
+        await Deno.writeTextFile(ranksPath, kept.map((l) => l + "\n").join(""));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
     const writer = lead ? await MetricsWriter.open(metricsPath, Boolean(o.resume)) : null;
     const m = engine.config.model;
     say(
@@ -398,6 +421,37 @@ export async function runTraining(
     let stoppedBy: string | null = null;
     const stopFlag = new Int32Array(1);
     const rank = world?.rank ?? 0;
+    const layoutRecord = {
+      tp: layout.tp,
+      pp: layout.pp,
+      dp: layout.dp,
+      virtual_stages: layout.virtualStages,
+      sequence_parallel: layout.sequenceParallel,
+      schedule: layout.schedule,
+      micro_batches: layout.microBatches,
+      zero_stage: ec.zero.stage,
+      precision: ec.precision,
+    };
+    // What every rank measured, for the report: all ranks take part, rank 0 writes.
+    let reported = -1;
+    const report = async () => {
+      reported = engine.step;
+      const memory = await engine.memoryPerRank();
+      const pipeline = await engine.pipelineTrace();
+      if (!lead) return;
+      const rec: RanksRecord = {
+        step: engine.step,
+        layout: layoutRecord,
+        config: o.saveConfig ?? {},
+        params: engine.model.fullParams,
+        flops_per_token: 6 * engine.model.fullParams + 12 * m.layers * ds.seqLen * m.dim,
+        peak_flops: peakFlops(),
+        memory,
+        pipeline,
+      };
+      await Deno.writeTextFile(ranksPath, JSON.stringify(rec) + "\n", { append: true });
+      await writeReport(out);
+    };
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
       for (const rows of rowsOf) {
@@ -418,6 +472,7 @@ export async function runTraining(
         loss: r.loss,
         lr: r.lr,
         tokens_per_s: Math.round(tps),
+        tokens: tokensBefore + tokensRun,
         grad_norm: r.gradNorm,
         ...(engine.lossScaler ? { loss_scale: r.lossScale, skipped: r.skipped } : {}),
         ...(r.timings
@@ -466,6 +521,7 @@ export async function runTraining(
                 `(${(100 * last.score.accuracy).toFixed(1)}%)`
               : ""),
         );
+        await report();
       }
       if (o.saveEvery > 0 && r.step % o.saveEvery === 0 && !end) await saveRun();
       if (o.fault?.rank === rank && o.fault.step === r.step && (o.attempt ?? 0) === 0) {
@@ -478,6 +534,7 @@ export async function runTraining(
     }
     progress.done();
     await saveRun();
+    if (reported !== engine.step) await report();
     if (stoppedBy !== null) {
       say(
         `stopped by ${stoppedBy} at step ${engine.step}: saved ${out}/; continue with ` +
@@ -523,17 +580,7 @@ export async function runTraining(
       backend: backend.description,
       data: ds.name,
       out,
-      layout: {
-        tp: layout.tp,
-        pp: layout.pp,
-        dp: layout.dp,
-        virtual_stages: layout.virtualStages,
-        sequence_parallel: layout.sequenceParallel,
-        schedule: layout.schedule,
-        micro_batches: layout.microBatches,
-        zero_stage: ec.zero.stage,
-        precision: ec.precision,
-      },
+      layout: layoutRecord,
       loss_scale: engine.lossScaler
         ? { scale: engine.lossScaler.scale, skipped_steps: engine.lossScaler.skipped }
         : null,
@@ -575,7 +622,10 @@ export async function runTraining(
         console.log("sample (greedy):");
         console.log(sample);
       }
-      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${engine.checkpointPath}/`);
+      console.log(
+        `wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/report.html, ` +
+          `${engine.checkpointPath}/`,
+      );
     }
     return summary;
   } finally {
