@@ -211,7 +211,11 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "CPU matrix-product path",
     choices: ["auto", "blas", "wasm", "ts"],
   },
-  threads: { kind: "int", dflt: 1, help: "BLAS threads of the CPU backend" },
+  threads: {
+    kind: "int",
+    dflt: 0,
+    help: "BLAS threads of each rank (0: the machine's cores shared between the ranks on it)",
+  },
   config: {
     kind: "string",
     dflt: null,
@@ -398,7 +402,6 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
       "accum",
       "steps",
       "digits",
-      "threads",
       "tp",
       "pp",
       "dp",
@@ -406,6 +409,9 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
     ]
   ) {
     if ((all[k] as number) < 1) throw new RangeError(`--${k} must be at least 1, got ${all[k]}`);
+  }
+  if ((all.threads as number) < 0) {
+    throw new RangeError(`--threads must be 0 (every core) or more, got ${all.threads}`);
   }
   if (given.ctx !== undefined && (given.ctx as number) < 1) {
     throw new RangeError(`--ctx must be at least 1, got ${given.ctx}`);

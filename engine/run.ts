@@ -58,7 +58,10 @@ export interface RunOptions {
   backend?: "auto" | "cpu" | "webgpu";
   /** CPU matrix-product path. */
   gemm?: "auto" | "blas" | "wasm" | "ts";
-  /** BLAS threads of the CPU backend. */
+  /**
+   * BLAS threads of each rank's CPU backend; default (or 0): the machine's cores divided
+   * between the ranks on it (see {@linkcode threadsPerRank}).
+   */
   threads?: number;
   /** A pipeline schedule instead of the default. */
   schedule?: ScheduleName;
@@ -144,8 +147,24 @@ export interface TrainSummary {
   memory: { per_rank: (RankMemory & { rank: number })[]; activations_saved_bytes: number | null };
 }
 
+/**
+ * BLAS threads for each rank when none are asked for: the machine's cores divided between the
+ * ranks that share it, at least one, so that one rank uses every core and several do not
+ * oversubscribe them.
+ *
+ * @param ranksHere ranks running on this machine
+ * @param cores the machine's cores; default `navigator.hardwareConcurrency`
+ * @returns threads per rank
+ */
+export function threadsPerRank(ranksHere: number, cores = navigator.hardwareConcurrency): number {
+  return Math.max(1, Math.floor((cores || 1) / Math.max(1, ranksHere)));
+}
+
 async function pickBackend(o: RunOptions, ranks: number): Promise<Backend> {
-  const cpu = () => createCpuBackend({ gemm: o.gemm ?? "auto", threads: o.threads ?? 1 });
+  // Ranks on this machine: its node's (a job of several), else the whole layout's.
+  const here = o.launch?.nprocPerNode ?? ranks;
+  const threads = o.threads || threadsPerRank(here);
+  const cpu = () => createCpuBackend({ gemm: o.gemm ?? "auto", threads });
   if (ranks > 1) return cpu();
   // auto: WebGPU only on a hardware adapter, probed without opening a device.
   const probe = (o.backend ?? "auto") === "auto" ? await probeWebGPU() : null;

@@ -5,6 +5,7 @@ import {
   readMetrics,
   shardFileName,
   type StepRecord,
+  threadsPerRank,
 } from "../../engine/mod.ts";
 import { helpText, main, parseTrainArgs } from "../../train.ts";
 
@@ -178,4 +179,22 @@ Deno.test("--help lists every option with its default", () => {
     ]
   ) assert.ok(h.includes(flag), `--help mentions ${flag}`);
   assert.match(h, /--steps INT\s+total optimizer steps of the run \(default: 2500\)/);
+});
+
+Deno.test("by default one rank uses every core, and the ranks of one machine share them", async () => {
+  assert.equal(threadsPerRank(1, 2), 2);
+  assert.equal(threadsPerRank(2, 2), 1);
+  assert.equal(threadsPerRank(4, 2), 1);
+  assert.equal(threadsPerRank(2, 8), 4);
+  assert.equal(threadsPerRank(3, 8), 2);
+  const out = await Deno.makeTempDir();
+  const s = await main(
+    ["--dim", "16", "--layers", "1", "--heads", "2", "--steps", "2", "--backend", "cpu"]
+      .concat(["--eval-every", "0", "--out", out]),
+    { print: false },
+  );
+  const n = navigator.hardwareConcurrency;
+  // BLAS threads (the WebAssembly path, without OpenBLAS, runs on one).
+  if (s!.backend.includes("OpenBLAS")) assert.match(s!.backend, new RegExp(`, ${n} threads?$`));
+  await Deno.remove(out, { recursive: true });
 });
