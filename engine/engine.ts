@@ -111,6 +111,24 @@ export interface TrainStepResult {
   timings?: StepTimings;
 }
 
+/** Mean milliseconds per training step of one rank, by phase (see `Engine.phasesPerRank`). */
+export interface RankPhases {
+  /** Global rank. */
+  rank: number;
+  /** Steps averaged over. */
+  steps: number;
+  /** Forward passes (with the tensor-parallel all-reduces inside them). */
+  forward_ms: number;
+  /** Backward passes (with the reductions they overlap). */
+  backward_ms: number;
+  /** Waiting for pipeline peers: the bubble and the transfers. */
+  pipeline_idle_ms: number;
+  /** Gradient reductions after backward, model-parallel sums and the norm. */
+  reduce_ms: number;
+  /** The optimizer step (with ZeRO's all-gathers). */
+  step_ms: number;
+}
+
 /** Where a step went on this rank, in milliseconds (DeepSpeed's `wall_clock_breakdown`). */
 export interface StepTimings {
   /** Forward passes of every micro-batch. */
@@ -367,6 +385,14 @@ export class Engine {
     null;
   #pipePeak = 0;
   #lastPipe: { step: number; stats: PipelineStats } | null = null;
+  readonly #phases = {
+    steps: 0,
+    forwardMs: 0,
+    backwardMs: 0,
+    pipelineIdleMs: 0,
+    reduceMs: 0,
+    stepMs: 0,
+  };
   #trainActivations = 0;
   /** The checkpoint directory this engine last saved or loaded (null before). */
   checkpointPath: string | null = null;
@@ -594,7 +620,7 @@ export class Engine {
     const t0 = performance.now();
     const pipe = await runPipeline({
       schedule: this.schedule,
-      trace: c.wallClockBreakdown || this.grid.pp > 1,
+      trace: true,
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),
@@ -627,18 +653,16 @@ export class Engine {
     const peakMicroBatches = chunks.reduce((a, ch) => a + ch.peakSlots, 0);
     const base = { step: this.step, loss, lr, gradNorm, tokens, lossScale, peakMicroBatches };
     if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {
-      const timings = c.wallClockBreakdown
-        ? breakdown(pipe, t1 - t0, performance.now() - t1, 0)
-        : undefined;
-      return { ...base, skipped: true, ...(timings ? { timings } : {}) };
+      const t = this.#addPhases(breakdown(pipe, t1 - t0, performance.now() - t1, 0));
+      return { ...base, skipped: true, ...(c.wallClockBreakdown ? { timings: t } : {}) };
     }
     const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
     this.#trainActivations = Math.max(this.#trainActivations, this.model.pool.bytes);
     const t2 = performance.now();
     await zero.step(lr, factor);
     const t3 = performance.now();
-    const timings = c.wallClockBreakdown ? breakdown(pipe, t1 - t0, t2 - t1, t3 - t2) : undefined;
-    return { ...base, skipped: false, ...(timings ? { timings } : {}) };
+    const t = this.#addPhases(breakdown(pipe, t1 - t0, t2 - t1, t3 - t2));
+    return { ...base, skipped: false, ...(c.wallClockBreakdown ? { timings: t } : {}) };
   }
 
   async #forwardOnly(
@@ -789,6 +813,39 @@ export class Engine {
       transient_peak_bytes: transient,
       total_bytes: z.params + z.grads + z.optimizer + act + transient,
     };
+  }
+
+  #addPhases(t: StepTimings): StepTimings {
+    const p = this.#phases;
+    p.steps++;
+    p.forwardMs += t.forwardMs;
+    p.backwardMs += t.backwardMs;
+    p.pipelineIdleMs += t.pipelineIdleMs;
+    p.reduceMs += t.reduceMs;
+    p.stepMs += t.stepMs;
+    return t;
+  }
+
+  /**
+   * Where every rank's training steps went, on world rank 0 (null elsewhere): the mean
+   * milliseconds per step this engine ran of forward, backward, waiting for pipeline peers,
+   * gradient reductions and the optimizer step. Collective over the world.
+   *
+   * @returns on rank 0, one entry per rank
+   */
+  async phasesPerRank(): Promise<(RankPhases)[] | null> {
+    const p = this.#phases, n = Math.max(1, p.steps);
+    const round = (v: number) => Math.round(v / n * 1000) / 1000;
+    const mine: RankPhases = {
+      rank: this.world.rank,
+      steps: p.steps,
+      forward_ms: round(p.forwardMs),
+      backward_ms: round(p.backwardMs),
+      pipeline_idle_ms: round(p.pipelineIdleMs),
+      reduce_ms: round(p.reduceMs),
+      step_ms: round(p.stepMs),
+    };
+    return await gatherJson(this.world, mine, 0, this.#opts()) as RankPhases[] | null;
   }
 
   /**

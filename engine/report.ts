@@ -2,7 +2,7 @@
  * The run report: `report.html` in a run directory, one self-contained page (inline SVG, a
  * little inline script, no network) drawn from the run's records: `metrics.jsonl` (steps and
  * evaluations) and `ranks.jsonl` (what every rank measured at each evaluation: memory by kind,
- * the pipeline as it ran, the layout and the configuration). `runTraining` writes it at every
+ * where a step's time went, the pipeline as it ran, the layout and the configuration). `runTraining` writes it at every
  * evaluation and at the end; `tools/report.ts` rebuilds it, and overlays several runs.
  *
  * ```sh
@@ -14,6 +14,7 @@
  *
  * @module
  */
+import type { RankPhases } from "./engine.ts";
 import type { EvalRecord, StepRecord } from "./metrics.ts";
 
 /** One rank's memory, in bytes, by kind (as `Engine.memoryPerRank` reports it). */
@@ -80,6 +81,8 @@ export interface RanksRecord {
   memory: RankMemoryRow[];
   /** The pipeline's last step (null with one stage). */
   pipeline: PipelineSnapshot | null;
+  /** Every rank's mean time per step by phase (absent in older runs). */
+  phases?: RankPhases[] | null;
 }
 
 /** One run, as the report draws it. */
@@ -268,30 +271,47 @@ function lineChart(
   return frame(id, title, count, body);
 }
 
-const MEMORY_KINDS = [
+const MEMORY_KINDS: readonly Kind<RankMemoryRow>[] = [
   ["params_bytes", "parameters", "#1f77b4"],
   ["grads_bytes", "gradients", "#ff7f0e"],
   ["optimizer_bytes", "optimizer", "#2ca02c"],
   ["activations_peak_bytes", "activations", "#d62728"],
   ["transient_peak_bytes", "transient", "#9467bd"],
-] as const;
+];
 
-function memoryChart(run: ReportRun, id: string): string {
-  const rows = run.ranks?.memory ?? [];
-  const title = `memory per rank, by kind (MiB)${run.ranks ? ` at step ${run.ranks.step}` : ""}`;
+const PHASE_KINDS: readonly Kind<RankPhases>[] = [
+  ["forward_ms", "forward", "#3182bd"],
+  ["backward_ms", "backward", "#e6550d"],
+  ["pipeline_idle_ms", "pipeline wait", "#bdbdbd"],
+  ["reduce_ms", "reductions", "#756bb1"],
+  ["step_ms", "optimizer", "#31a354"],
+];
+
+/** A field of a per-rank row, its label and its colour. */
+type Kind<Row> = readonly [keyof Row & string, string, string];
+
+/** Bars per rank, stacked by kind; `scale` turns a field into the axis's unit. */
+function stackedBars<Row extends { rank: number }>(
+  id: string,
+  title: string,
+  rows: readonly Row[],
+  kinds: readonly Kind<Row>[],
+  unit: string,
+  scale: number,
+  empty: string,
+): string {
   if (rows.length === 0) {
     return frame(
       id,
       title,
       0,
-      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">` +
-        `no per-rank measurements yet</text>`,
+      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">${esc(empty)}</text>`,
     );
   }
-  const mib = 2 ** 20;
+  const value = (r: Row, k: keyof Row) => Number(r[k]) / scale;
   // Headroom above the tallest bar for the legend.
   const top = 1.15 *
-    Math.max(...rows.map((r) => MEMORY_KINDS.reduce((a, [k]) => a + r[k], 0))) / mib;
+    Math.max(1e-9, ...rows.map((r) => kinds.reduce((a, [k]) => a + value(r, k), 0)));
   const bw = (W - L - R) / rows.length;
   const py = (v: number) => H - B - v / top * (H - T - B);
   let body = `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" class="plot"/>`;
@@ -305,16 +325,16 @@ function memoryChart(run: ReportRun, id: string): string {
   rows.forEach((r, i) => {
     let acc = 0;
     const x = L + i * bw + bw * 0.15;
-    for (const [k, label, color] of MEMORY_KINDS) {
-      const v = r[k] / mib;
+    for (const [k, label, color] of kinds) {
+      const v = value(r, k);
       const y1 = py(acc), y2 = py(acc + v);
       acc += v;
       count++;
-      body += `<rect data-kind="${label}" x="${x.toFixed(1)}" y="${y2.toFixed(1)}" width="${
-        (bw * 0.7).toFixed(1)
-      }" height="${
-        Math.max(0, y1 - y2).toFixed(1)
-      }" fill="${color}"><title>rank ${r.rank} ${label}: ${v.toFixed(2)} MiB</title></rect>`;
+      body +=
+        `<rect data-kind="${label}" x="${x.toFixed(1)}" y="${y2.toFixed(1)}" width="${
+          (bw * 0.7).toFixed(1)
+        }" height="${Math.max(0, y1 - y2).toFixed(1)}" fill="${color}"><title>rank ${r.rank} ` +
+        `${label}: ${v.toFixed(2)} ${unit}</title></rect>`;
     }
     if (rows.length <= 16) {
       body += `<text x="${(x + bw * 0.35).toFixed(1)}" y="${
@@ -323,10 +343,37 @@ function memoryChart(run: ReportRun, id: string): string {
     }
   });
   body += `<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">rank</text>`;
-  MEMORY_KINDS.forEach(([, label, color], i) => {
+  kinds.forEach(([, label, color], i) => {
     body += `<text x="${L + 8 + i * 76}" y="${T + 12}" style="fill:${color}">${label}</text>`;
   });
   return frame(id, title, count, body);
+}
+
+function memoryChart(run: ReportRun, id: string): string {
+  const at = run.ranks ? ` at step ${run.ranks.step}` : "";
+  return stackedBars(
+    id,
+    `memory per rank, by kind (MiB)${at}`,
+    run.ranks?.memory ?? [],
+    MEMORY_KINDS,
+    "MiB",
+    2 ** 20,
+    "no per-rank measurements yet",
+  );
+}
+
+function phasesChart(run: ReportRun, id: string): string {
+  const rows = run.ranks?.phases ?? [];
+  const steps = rows[0]?.steps ?? 0;
+  return stackedBars(
+    id,
+    `where a step goes, per rank (ms, mean of ${steps} step${steps === 1 ? "" : "s"})`,
+    rows,
+    PHASE_KINDS,
+    "ms",
+    1,
+    "no per-rank timings yet",
+  );
 }
 
 /**
@@ -554,7 +601,9 @@ export function renderReport(runs: ReportRun[]): string {
   const perRun = runs.map((r, i) =>
     `<section><h2 style="color:${colorOf(i)}">${esc(r.name)}</h2><div class="grid">${
       memoryChart(r, many ? `memory-${i}` : "memory")
-    }${pipelineChart(r, many ? `pipeline-${i}` : "pipeline")}</div>${table(r)}</section>`
+    }${phasesChart(r, many ? `phases-${i}` : "phases")}${
+      pipelineChart(r, many ? `pipeline-${i}` : "pipeline")
+    }</div>${table(r)}</section>`
   ).join("");
   const title = `Loom run report: ${runs.map((r) => r.name).join(", ")}`;
   const last = runs.map((r) => r.steps.at(-1)?.step ?? 0);

@@ -457,6 +457,7 @@ export async function runTraining(
       reported = engine.step;
       const memory = await engine.memoryPerRank();
       const pipeline = await engine.pipelineTrace();
+      const phases = await engine.phasesPerRank();
       if (!lead) return;
       const rec: RanksRecord = {
         step: engine.step,
@@ -467,6 +468,7 @@ export async function runTraining(
         peak_flops: peakFlops(),
         memory,
         pipeline,
+        phases,
       };
       await Deno.writeTextFile(ranksPath, JSON.stringify(rec) + "\n", { append: true });
       await writeReport(out);

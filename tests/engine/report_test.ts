@@ -36,6 +36,7 @@ function expectedPoints(runs: ReportRun[], perRun: boolean): Record<string, numb
   runs.forEach((r, i) => {
     const sfx = perRun ? `-${i}` : "";
     want[`memory${sfx}`] = 5 * (r.ranks?.memory.length ?? 0);
+    want[`phases${sfx}`] = 5 * (r.ranks?.phases?.length ?? 0);
     const p = r.ranks?.pipeline;
     want[`pipeline${sfx}`] = p ? p.pp * 2 * p.micro_batches * p.virtual_stages : 0;
   });
@@ -186,6 +187,10 @@ Deno.test("in a headless browser: the reports of a tp 2 x pp 2 run, a ZeRO-2 bf1
     const a = await readRun(tppp);
     assert.equal(a.ranks?.memory.length, 4);
     assert.equal(a.ranks?.pipeline?.stages.length, 2);
+    assert.equal(a.ranks?.phases?.length, 4);
+    assert.ok(
+      a.ranks!.phases!.every((p) => p.steps === 16 && p.forward_ms > 0 && p.backward_ms > 0),
+    );
     await checkInBrowser(chromium, `${tppp}/report.html`, expectedPoints([a], false));
     const b = await readRun(zero);
     assert.equal(b.ranks?.layout.zero_stage, 2);
