@@ -263,6 +263,11 @@ const OPTIONS: Record<string, OptionSpec> = {
     dflt: null,
     help: "port global rank 0 listens on (MASTER_PORT; default 29500)",
   },
+  dashboard: {
+    kind: "int",
+    dflt: null,
+    help: "serve the live report on http://127.0.0.1:PORT/ while the run trains (0: any free port)",
+  },
   transport: {
     kind: "string",
     dflt: null,
@@ -409,6 +414,11 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
     ]
   ) {
     if ((all[k] as number) < 1) throw new RangeError(`--${k} must be at least 1, got ${all[k]}`);
+  }
+  if (
+    all.dashboard !== null && ((all.dashboard as number) < 0 || (all.dashboard as number) > 65535)
+  ) {
+    throw new RangeError(`--dashboard must be a TCP port (0..65535), got ${all.dashboard}`);
   }
   if ((all.threads as number) < 0) {
     throw new RangeError(`--threads must be 0 (every core) or more, got ${all.threads}`);
@@ -804,10 +814,11 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     schedule,
     print,
     quiet: Boolean(o.quiet),
-    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0, transport: null },
+    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0, transport: null, dashboard: null },
     notes: shape.notes,
     launch: job.source === "default" ? undefined : job,
     transport,
+    dashboard: o.dashboard as number | null,
     keep: o.keep as number,
     maxRestarts: o["max-restarts"] as number,
     timeoutMs: Math.round((o.timeout as number) * 1000),

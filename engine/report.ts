@@ -138,6 +138,34 @@ function jsonLines(text: string): unknown[] {
 }
 
 /**
+ * Serve a run's report on loopback while it trains (`train.ts --dashboard PORT`): every request
+ * renders the records as they are now, and the page updates itself every second.
+ *
+ * @param dir the run directory
+ * @param port the port (0: a free one)
+ * @returns the server (close it with `shutdown()`) and its port
+ */
+export function serveReport(
+  dir: string,
+  port: number,
+): { port: number; shutdown(): Promise<void> } {
+  const server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, async (req) => {
+    if (new URL(req.url).pathname !== "/") return new Response("not found", { status: 404 });
+    try {
+      const html = renderReport([await readRun(dir)], { live: true });
+      return new Response(html, {
+        headers: { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" },
+      });
+    } catch (e) {
+      const body = `<!doctype html><meta http-equiv="refresh" content="2"><p>waiting for the ` +
+        `run's first records (${esc((e as Error).message)})</p>`;
+      return new Response(body, { status: 503, headers: { "content-type": "text/html" } });
+    }
+  });
+  return { port: (server.addr as Deno.NetAddr).port, shutdown: () => server.shutdown() };
+}
+
+/**
  * Write `report.html` into a run directory from its records, atomically (a temporary file
  * renamed over the old report).
  *
@@ -481,14 +509,24 @@ function colorOf(i: number): string {
   return COLORS[i % COLORS.length]!;
 }
 
+/** How often a live page asks for the report again. */
+const LIVE_MS = 1000;
+
+/** Options of {@linkcode renderReport}. */
+export interface RenderOptions {
+  /** A page served while the run trains: it fetches itself again every second and updates. */
+  live?: boolean;
+}
+
 /**
  * The report page for one run, or several overlaid (their curves in one chart each; memory,
  * pipeline and configuration per run).
  *
  * @param runs the runs, e.g. from {@linkcode readRun}
+ * @param opts a live page
  * @returns a self-contained HTML page
  */
-export function renderReport(runs: ReportRun[]): string {
+export function renderReport(runs: ReportRun[], opts: RenderOptions = {}): string {
   if (runs.length === 0) throw new RangeError("renderReport needs at least one run");
   const many = runs.length > 1;
   const label = (r: ReportRun, what: string) => many ? `${r.name} ${what}` : what;
@@ -609,6 +647,7 @@ export function renderReport(runs: ReportRun[]): string {
   const last = runs.map((r) => r.steps.at(-1)?.step ?? 0);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>${esc(title)}</title>
+<link rel="icon" href="data:,">
 <style>
 body{font:13px system-ui,sans-serif;margin:16px;color:#222}
 h1{font-size:18px}h2{font-size:15px;margin:18px 0 4px}
@@ -625,27 +664,49 @@ table{border-collapse:collapse;margin-top:8px}th,td{padding:1px 8px;text-align:l
 th{font-weight:500;color:#555}caption{font-weight:600;text-align:left}
 #hover{position:fixed;pointer-events:none;background:#222;color:#fff;padding:2px 6px;border-radius:3px;display:none}
 </style></head><body>
+<main id="report">
 <h1>${esc(title)}</h1>
-<p>${runs.map((r, i) => `${esc(r.name)}: ${last[i]} steps logged`).join("; ")}</p>
+<p>${runs.map((r, i) => `${esc(r.name)}: ${last[i]} steps logged`).join("; ")}${
+    opts.live ? " (live: updated as metrics arrive)" : ""
+  }</p>
 <div class="grid">${charts.join("")}</div>
 ${perRun}
+</main>
 <div id="hover"></div>
 <script>
-// Hovering a chart names the nearest point of a line.
 (() => {
+  // Hovering a chart's line, bar or box shows its title.
   const tip = document.getElementById("hover");
-  for (const svg of document.querySelectorAll("svg[data-chart]")) {
-    svg.addEventListener("mousemove", (ev) => {
-      const t = ev.target.closest("title") ?? ev.target.querySelector?.("title");
-      if (!t) { tip.style.display = "none"; return; }
-      tip.textContent = t.textContent;
-      tip.style.left = ev.clientX + 12 + "px";
-      tip.style.top = ev.clientY + 12 + "px";
-      tip.style.display = "block";
-    });
-    svg.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+  document.addEventListener("mousemove", (ev) => {
+    const t = ev.target.closest?.("svg[data-chart]") ? ev.target.querySelector?.("title") : null;
+    if (!t) { tip.style.display = "none"; return; }
+    tip.textContent = t.textContent;
+    tip.style.left = ev.clientX + 12 + "px";
+    tip.style.top = ev.clientY + 12 + "px";
+    tip.style.display = "block";
+  });
+  const count = () => {
+    document.body.dataset.charts = String(document.querySelectorAll("svg[data-chart]").length);
+  };
+  count();
+  ${
+    opts.live
+      ? `// Live: fetch the page again every ${LIVE_MS} ms and swap in what changed.
+  let updates = 0;
+  setInterval(async () => {
+    try {
+      const text = await (await fetch(location.href, { cache: "no-store" })).text();
+      const next = new DOMParser().parseFromString(text, "text/html").getElementById("report");
+      const cur = document.getElementById("report");
+      if (next && cur && next.innerHTML !== cur.innerHTML) {
+        cur.replaceWith(next);
+        count();
+        document.body.dataset.updates = String(++updates);
+      }
+    } catch { /* the run ended: keep the last page */ }
+  }, ${LIVE_MS});`
+      : ""
   }
-  document.body.dataset.charts = String(document.querySelectorAll("svg[data-chart]").length);
 })();
 </script>
 </body></html>

@@ -27,7 +27,7 @@ import { checkParallelLayout, type Engine, initialize, type RankMemory } from ".
 import { readCheckpointConfig } from "./checkpoint.ts";
 import { activationBytes } from "./estimate.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
-import { type RanksRecord, writeReport } from "./report.ts";
+import { type RanksRecord, serveReport, writeReport } from "./report.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
 /** What a run is: the engine's configuration, the data, the cadence and where it goes. */
@@ -86,6 +86,8 @@ export interface RunOptions {
    * per rank (torchrun, srun, mpirun) is restarted by its launcher instead.
    */
   maxRestarts?: number;
+  /** Serve the live report on this loopback port while the run trains (rank 0; 0: any port). */
+  dashboard?: number | null;
   /** Milliseconds a collective waits for a peer before it fails naming it; default 60 000. */
   timeoutMs?: number;
   /**
@@ -334,6 +336,7 @@ export async function runTraining(
   };
   const ds = await openDataset(o.data);
   const backend = await pickBackend(o, layout.worldSize);
+  let dashboard: { port: number; shutdown(): Promise<void> } | null = null;
   try {
     const engine = await initialize(o.config, {
       world,
@@ -389,6 +392,15 @@ export async function runTraining(
       }
     }
     const writer = lead ? await MetricsWriter.open(metricsPath, Boolean(o.resume)) : null;
+    if (lead && o.dashboard !== undefined && o.dashboard !== null) {
+      try {
+        dashboard = serveReport(out, o.dashboard);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.AddrInUse)) throw e;
+        throw new RangeError(`--dashboard ${o.dashboard}: the port is in use; pick another`);
+      }
+      say(`live report: http://127.0.0.1:${dashboard.port}/`);
+    }
     const m = engine.config.model;
     say(
       `Loom: ${ds.name}, ${engine.model.fullParams.toLocaleString("en-US")} parameters ` +
@@ -650,6 +662,7 @@ export async function runTraining(
     }
     return summary;
   } finally {
+    await dashboard?.shutdown();
     backend.dispose();
   }
 }

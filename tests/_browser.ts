@@ -28,7 +28,8 @@ export interface PageVisit<T> {
  *
  * @param chromium the browser's path
  * @param url the page
- * @param expression JavaScript evaluated in the page (its value must be JSON)
+ * @param expression JavaScript evaluated in the page (its value, or what its promise resolves
+ *   to, must be JSON)
  * @param timeoutMs the whole visit's limit
  * @returns the value, the screenshot and the page's errors
  */
@@ -83,7 +84,11 @@ export async function visit<T>(
       const loaded = cdp.once("Page.loadEventFired");
       await cdp.call("Page.navigate", { url });
       await loaded;
-      const r = await cdp.call("Runtime.evaluate", { expression, returnByValue: true }) as {
+      const r = await cdp.call("Runtime.evaluate", {
+        expression,
+        returnByValue: true,
+        awaitPromise: true,
+      }) as {
         result: { value: T };
         exceptionDetails?: { text: string };
       };

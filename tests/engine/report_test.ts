@@ -212,3 +212,72 @@ Deno.test("in a headless browser: the reports of a tp 2 x pp 2 run, a ZeRO-2 bf1
     for (const d of [tppp, zero, fp16]) await Deno.remove(d, { recursive: true });
   }
 });
+
+Deno.test("--dashboard serves the live report on loopback while the run trains, and the page updates itself", async () => {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const out = await Deno.makeTempDir({ prefix: "loom-dash-" });
+  // A long run, stopped (as by SIGINT) once the page has been seen to update.
+  const stop = new Int32Array(new SharedArrayBuffer(4));
+  const run = main(
+    [
+      ...TINY,
+      "--steps",
+      "100000",
+      "--eval-every",
+      "500",
+      "--dashboard",
+      String(port),
+      "--out",
+      out,
+    ],
+    { print: false, stop },
+  );
+  const url = `http://127.0.0.1:${port}/`;
+  const lrPoints = async () => {
+    const r = await fetch(url);
+    const html = await r.text();
+    return r.ok ? declared(html)["lr"] ?? -1 : -1;
+  };
+  try {
+    let first = -1;
+    for (let i = 0; i < 200 && first <= 0; i++) {
+      first = await lrPoints().catch(() => -1);
+      if (first <= 0) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.ok(first > 0, "the dashboard answered with logged steps");
+    const chromium = findChromium();
+    if (chromium !== null) {
+      // The open page fetches itself again and swaps in the newer charts.
+      const v = await visit<{ updates: number; charts: number }>(
+        chromium,
+        url,
+        `new Promise((done) => {
+          const t0 = Date.now();
+          const poll = () => {
+            const u = Number(document.body.dataset.updates ?? 0);
+            if (u >= 1 || Date.now() - t0 > 15000) {
+              done({ updates: u, charts: Number(document.body.dataset.charts) });
+            } else setTimeout(poll, 100);
+          };
+          poll();
+        })`,
+      );
+      assert.deepEqual(v.errors, []);
+      assert.ok(v.value.updates >= 1, "the live page updated itself");
+      assert.equal(v.value.charts, 11);
+    }
+    const later = await lrPoints();
+    assert.ok(later > first, `the served curves grow (${first} then ${later} steps)`);
+  } finally {
+    Atomics.store(stop, 0, 1);
+    await run;
+  }
+  const summary = JSON.parse(await Deno.readTextFile(`${out}/summary.json`));
+  assert.equal(summary.stopped_by, "SIGINT");
+  const report = declared(await Deno.readTextFile(`${out}/report.html`));
+  assert.equal(report["lr"], summary.steps, "the last report has every step");
+  await assert.rejects(fetch(url), "the dashboard closes with the run");
+  await Deno.remove(out, { recursive: true });
+});
