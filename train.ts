@@ -263,6 +263,16 @@ const OPTIONS: Record<string, OptionSpec> = {
     dflt: null,
     help: "port global rank 0 listens on (MASTER_PORT; default 29500)",
   },
+  temperature: {
+    kind: "float",
+    dflt: 0,
+    help: "the end-of-run sample of a --data run: 0 takes the most likely token, above 0 samples",
+  },
+  "top-k": {
+    kind: "int",
+    dflt: 0,
+    help: "with --temperature, sample among the k most likely tokens (0: all of them)",
+  },
   dashboard: {
     kind: "int",
     dflt: null,
@@ -819,6 +829,11 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     launch: job.source === "default" ? undefined : job,
     transport,
     dashboard: o.dashboard as number | null,
+    sampling: {
+      temperature: o.temperature as number,
+      ...((o["top-k"] as number) > 0 ? { topK: o["top-k"] as number } : {}),
+      seed: o.seed as number,
+    },
     keep: o.keep as number,
     maxRestarts: o["max-restarts"] as number,
     timeoutMs: Math.round((o.timeout as number) * 1000),

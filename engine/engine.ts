@@ -29,13 +29,7 @@ import {
   type Tensor,
   type TensorDType,
 } from "../kernels/mod.ts";
-import {
-  type GenerateOptions,
-  Gpt,
-  gptParamSpecs,
-  greedyDecode,
-  stageParts,
-} from "../models/mod.ts";
+import { decode, type GenerateOptions, Gpt, gptParamSpecs, stageParts } from "../models/mod.ts";
 import {
   adamwRule,
   clipFactor,
@@ -670,12 +664,14 @@ export class Engine {
     targets: Int32Array | null,
     B: number,
     T: number,
+    past?: number,
   ): Promise<Tensor | null> {
     let out: Tensor | null = null;
     const chunks = this.model.parts.map((_, ci) =>
       this.model.chunk(ci, {
         B,
         T,
+        past,
         eval: true,
         batch: () => ({ inputs, targets }),
         onLoss: (_, t) => out = t,
@@ -739,9 +735,14 @@ export class Engine {
    * @param inputs token ids [B, T]
    * @param B sequences
    * @param T tokens per sequence
+   * @param past decoding: positions of every row already in the key/value cache, the inputs
+   *   following them (0 starts new rows)
    * @returns logits [B, T, V]
    */
-  async logits(inputs: Int32Array, B: number, T: number): Promise<Float32Array> {
+  async logits(inputs: Int32Array, B: number, T: number, past?: number): Promise<Float32Array> {
+    if (past !== undefined && this.model.tp.sequenceParallel) {
+      return await this.#logitsFromHistory(inputs, B, T, past);
+    }
     // Each data-parallel replica computes its share of the rows; the last stage gathers them
     // over the replicas and hands the whole to the other stages.
     const V = this.config.model.vocab;
@@ -754,6 +755,7 @@ export class Engine {
         null,
         n,
         T,
+        past,
       );
       if (shard !== null) {
         const full = await this.model.fullLogits(shard, n * T);
@@ -770,12 +772,47 @@ export class Engine {
     return out;
   }
 
+  // Sequence parallelism splits every sequence over the tensor group, which a cache of one
+  // token at a time cannot: decoding then runs the whole prefix each pass (padded to a multiple
+  // of tp; causal attention leaves the earlier positions alone), remembered here.
+  #history: Int32Array | null = null;
+  async #logitsFromHistory(
+    inputs: Int32Array,
+    B: number,
+    T: number,
+    past: number,
+  ): Promise<Float32Array> {
+    const { ctx, vocab: V } = this.config.model;
+    const tp = this.grid.tp;
+    if (past === 0 || this.#history === null || this.#history.length !== B * ctx) {
+      this.#history = new Int32Array(B * ctx);
+    }
+    const h = this.#history;
+    for (let b = 0; b < B; b++) h.set(inputs.subarray(b * T, (b + 1) * T), b * ctx + past);
+    const n = past + T, L = Math.ceil(n / tp) * tp;
+    if (L > ctx) {
+      throw new RangeError(
+        `Decoding ${n} positions with sequence parallelism needs ${L} (a multiple of tp ${tp}), ` +
+          `more than the model's ctx ${ctx}`,
+      );
+    }
+    const ids = new Int32Array(B * L);
+    for (let b = 0; b < B; b++) ids.set(h.subarray(b * ctx, b * ctx + n), b * L);
+    const all = await this.logits(ids, B, L);
+    const out = new Float32Array(B * T * V);
+    for (let b = 0; b < B; b++) {
+      out.set(all.subarray((b * L + past) * V, (b * L + n) * V), b * T * V);
+    }
+    return out;
+  }
+
   /**
-   * Greedy decoding through the parallel model (see {@linkcode greedyDecode}). Collective.
+   * Decoding through the parallel model, with a key/value cache on every stage, greedy or
+   * sampled (see {@linkcode decode}). Collective.
    *
    * @param prompts token ids per row
    * @param maxNew the most tokens to add per row
-   * @param opts a stop token
+   * @param opts a stop token, temperature, top-k and seed
    * @returns the generated tokens per row
    */
   generate(
@@ -783,8 +820,8 @@ export class Engine {
     maxNew: number,
     opts: GenerateOptions = {},
   ): Promise<number[][]> {
-    return greedyDecode(
-      (ids, B, T) => this.logits(ids, B, T),
+    return decode(
+      (ids, B, T, past) => this.logits(ids, B, T, past),
       this.config.model,
       prompts,
       maxNew,

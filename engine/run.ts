@@ -86,6 +86,8 @@ export interface RunOptions {
    * per rank (torchrun, srun, mpirun) is restarted by its launcher instead.
    */
   maxRestarts?: number;
+  /** How the end-of-run sample of a text run is drawn (default greedy). */
+  sampling?: { temperature?: number; topK?: number; seed?: number };
   /** Serve the live report on this loopback port while the run trains (rank 0; 0: any port). */
   dashboard?: number | null;
   /** Milliseconds a collective waits for a peer before it fails naming it; default 60 000. */
@@ -193,7 +195,7 @@ async function evaluate(
   for (const b of batches) sum += await engine.evalBatch(b);
   const val = batches.length > 0 ? sum / batches.length : null;
   const score = ds.score
-    ? await ds.score((inputs, b, t) => engine.logits(inputs, b, t), B, limit)
+    ? await ds.score((inputs, b, t, past) => engine.logits(inputs, b, t, past), B, limit)
     : null;
   return { val, score };
 }
@@ -625,7 +627,7 @@ export async function runTraining(
     if (!last.score && stoppedBy === null) {
       const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
       const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
-      const [gen] = await engine.generate([prompt], 120);
+      const [gen] = await engine.generate([prompt], 120, o.sampling ?? {});
       sample = `  ${ds.tokenizer.decode(prompt)}|${ds.tokenizer.decode(gen!)}`;
     }
     if (!lead) return null;
@@ -652,7 +654,10 @@ export async function runTraining(
           );
         }
       } else if (sample !== null) {
-        console.log("sample (greedy):");
+        const t = o.sampling?.temperature ?? 0, k = o.sampling?.topK;
+        console.log(
+          t > 0 ? `sample (temperature ${t}${k ? `, top-k ${k}` : ""}):` : "sample (greedy):",
+        );
         console.log(sample);
       }
       console.log(

@@ -198,3 +198,32 @@ Deno.test("by default one rank uses every core, and the ranks of one machine sha
   if (s!.backend.includes("OpenBLAS")) assert.match(s!.backend, new RegExp(`, ${n} threads?$`));
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("--temperature and --top-k sample the end-of-run text of a --data run, seeded; bad values are refused", async () => {
+  const text = await Deno.makeTempFile({ suffix: ".txt" });
+  await Deno.writeTextFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(200));
+  const run = async (extra: string[]) => {
+    const out = await Deno.makeTempDir();
+    const lines: string[] = [];
+    const log = console.log;
+    console.log = (m: string) => lines.push(String(m));
+    try {
+      await main(
+        ["--data", text, "--dim", "16", "--layers", "1", "--heads", "2", "--ctx", "16"]
+          .concat(["--steps", "8", "--eval-every", "0", "--out", out, "--quiet", ...extra]),
+      );
+    } finally {
+      console.log = log;
+      await Deno.remove(out, { recursive: true });
+    }
+    const at = lines.findIndex((l) => l.startsWith("sample ("));
+    return [lines[at]!, lines[at + 1]!];
+  };
+  const [head, sample] = await run(["--temperature", "1.5", "--top-k", "4"]);
+  assert.equal(head, "sample (temperature 1.5, top-k 4):");
+  assert.deepEqual(await run(["--temperature", "1.5", "--top-k", "4"]), [head, sample]);
+  assert.equal((await run([]))[0], "sample (greedy):");
+  assert.throws(() => parseTrainArgs(["--temperature=-1"]), /--temperature must not be negative/);
+  assert.throws(() => parseTrainArgs(["--top-k=-2"]), /--top-k must not be negative/);
+  await Deno.remove(text);
+});
