@@ -26,6 +26,7 @@ export * from "./progress.ts";
 export * from "./run.ts";
 export * from "./signals.ts";
 export * from "./estimate.ts";
+export * from "./step_time.ts";
 export type * from "../kernels/backend.ts";
 export type { Rng } from "../kernels/rng.ts";
 export type * from "../models/mod.ts";

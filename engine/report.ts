@@ -16,6 +16,7 @@
  */
 import type { RankPhases } from "./engine.ts";
 import type { EvalRecord, StepRecord } from "./metrics.ts";
+import { theoreticalBubble } from "./step_time.ts";
 
 /** One rank's memory, in bytes, by kind (as `Engine.memoryPerRank` reports it). */
 export interface RankMemoryRow {
@@ -402,19 +403,6 @@ function phasesChart(run: ReportRun, id: string): string {
     1,
     "no per-rank timings yet",
   );
-}
-
-/**
- * The theoretical bubble of a schedule, as a fraction of the step: (p - 1) / (m + p - 1) for
- * GPipe and 1F1B, (p - 1) / (v m + p - 1) interleaved over v virtual stages.
- *
- * @param pp stages
- * @param microBatches micro-batches per step
- * @param virtualStages chunks per rank
- * @returns the idle fraction of each stage in a perfectly balanced pipeline
- */
-export function theoreticalBubble(pp: number, microBatches: number, virtualStages = 1): number {
-  return (pp - 1) / (virtualStages * microBatches + pp - 1);
 }
 
 /**

@@ -8,8 +8,8 @@ import {
   readRun,
   renderReport,
   type ReportRun,
-  theoreticalBubble,
 } from "../../engine/report.ts";
+import { theoreticalBubble } from "../../engine/step_time.ts";
 import type { EvalRecord, StepRecord } from "../../engine/metrics.ts";
 import { main } from "../../train.ts";
 import { main as reportMain } from "../../tools/report.ts";
