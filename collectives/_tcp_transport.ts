@@ -45,6 +45,12 @@ export function keyOf(group: number, op: number, seq: number, tag: number): stri
   return op === FrameOp.send ? `${group}:t${tag}` : `${group}:${seq}`;
 }
 
+/**
+ * How long a connection whose write failed, or whose lane broke, may still deliver what it
+ * holds (a peer's bye, or its word that another rank died first) before the peer is named lost.
+ */
+export const SUSPECT_MS = 250;
+
 /** Key of the entry every channel map keeps (never a real key). */
 export const IDLE_KEY = "";
 
@@ -145,6 +151,8 @@ export class TcpTransport {
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #watchAt = Infinity;
   readonly readers: Promise<void>[] = [];
+  /** When each peer's reader loop has ended. */
+  readonly #readerEnd: Promise<void>[] = [];
   /** Rank 0's listener, refusing late connections until the world closes. */
   readonly #gate: { close(): Promise<void> } | null;
   closing = false;
@@ -170,10 +178,11 @@ export class TcpTransport {
     });
     this.#sentFailed = mesh.links.map((_, peer) => (e: Error) => {
       this.#queued[peer]!--;
-      if (!this.closing) this.gone(peer, `writing to it failed: ${e.message}`);
+      if (!this.closing) this.suspect(peer, `writing to it failed: ${e.message}`);
     });
     mesh.links.forEach((l, peer) => {
-      if (l) this.readers.push(this.#readLoop(peer, l));
+      this.#readerEnd[peer] = l ? this.#readLoop(peer, l) : Promise.resolve();
+      if (l) this.readers.push(this.#readerEnd[peer]!);
     });
   }
 
@@ -229,7 +238,18 @@ export class TcpTransport {
       try {
         link.conn.close();
       } catch { /* already closed */ }
-      this.gone(peer, bad ? `it sent a bad frame (${msg})` : `its connection failed (${msg})`);
+      // A peer that said bye and closed with this rank's data unread resets the connection:
+      // that is still a clean close.
+      const clean = !bad && this.byes.has(peer);
+      this.gone(
+        peer,
+        clean
+          ? "it closed its communicator"
+          : bad
+          ? `it sent a bad frame (${msg})`
+          : `its connection failed (${msg})`,
+        clean,
+      );
     }
   }
 
@@ -289,6 +309,22 @@ export class TcpTransport {
       body = JSON.parse(new TextDecoder().decode(f.payload));
     } catch { /* keep the defaults */ }
     const lost = body.peer === undefined ? comm.groupRank(peer) : comm.groupRank(body.peer);
+    if (body.reason === "peer-lost" && lost !== undefined) {
+      // Word from a peer that a member died: this rank names the rank that died, not the
+      // messenger, on the op it is running itself.
+      const op = this.active.find((c) => c.comm === comm)?.name ?? body.op ?? "unknown";
+      comm.breakWith(
+        new CollectiveError(
+          "peer-lost",
+          op,
+          comm.name,
+          lost,
+          `lost rank ${lost}${f.header.group === 0 ? "" : ` (world rank ${body.peer})`}: rank ` +
+            `${comm.groupRank(peer)} reported it lost: ${body.detail ?? "no reason given"}`,
+        ),
+      );
+      return;
+    }
     comm.breakWith(
       new CollectiveError(
         body.reason ?? "protocol",
@@ -308,12 +344,61 @@ export class TcpTransport {
     if (this.lost.has(peer) || this.closing) return;
     this.lost.set(peer, why);
     if (clean) this.closedCleanly.add(peer);
+    if (!clean) this.#tellLost(peer, why);
     for (const ctx of [...this.active]) {
       const g = ctx.comm.groupRank(peer);
       if (g === undefined) continue;
       if (clean && !ctx.waiters.some((w) => w.peer === peer)) continue;
       ctx.fail(ctx.comm.lostError(ctx.name, g));
     }
+  }
+
+  /**
+   * Tell the other members of every group that holds `peer` that it died (an abort frame that
+   * names it), before this rank fails and leaves: a rank that would only see this one go names
+   * the rank that died instead of this one.
+   */
+  #tellLost(peer: number, why: string): void {
+    for (const [id, comm] of this.groups) {
+      if (comm.groupRank(peer) === undefined) continue;
+      const op = this.active.find((c) => c.comm === comm)?.name;
+      const body = new TextEncoder().encode(
+        JSON.stringify({ reason: "peer-lost", op, peer, detail: why }),
+      );
+      for (let w = 0; w < this.size; w++) {
+        if (w === this.rank || w === peer || this.lost.has(w) || !this.links[w]) continue;
+        if (comm.groupRank(w) === undefined) continue;
+        this.send(w, {
+          op: FrameOp.abort,
+          kind: 0,
+          src: this.rank,
+          group: id,
+          tag: 0,
+          seq: 0,
+          total: 0,
+          arg: 0,
+          length: body.length,
+        }, body).catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Writing to `peer` failed, or its lane broke: the connection is going, but what its reader
+   * still holds comes first (a bye makes it a clean close; a peer's word that another rank died
+   * names that rank). So `peer` is named lost once its reader loop ends, or after
+   * {@linkcode SUSPECT_MS}, whichever is first.
+   *
+   * @returns when the peer has been named lost (or had been)
+   */
+  suspect(peer: number, why: string): Promise<void> {
+    if (this.lost.has(peer) || this.closing) return Promise.resolve();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, SUSPECT_MS)));
+    return Promise.race([this.#readerEnd[peer] ?? Promise.resolve(), grace]).then(() => {
+      clearTimeout(timer);
+      this.gone(peer, why, this.byes.has(peer));
+    });
   }
 
   /** Queue a frame on a peer's connection; small payloads are copied now. */
