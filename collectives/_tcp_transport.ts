@@ -16,7 +16,8 @@ import {
   writeAll,
 } from "./frame.ts";
 import type { Link, Mesh } from "./rendezvous.ts";
-import type { Lane } from "./_tcp_lane.ts";
+import { type Lane, LaneError } from "./_tcp_lane.ts";
+import { NET_FAULT_ENV, type PeerFault } from "./_net_fault.ts";
 
 /** What the transport needs of a group. */
 export interface TcpGroup {
@@ -50,6 +51,15 @@ export function keyOf(group: number, op: number, seq: number, tag: number): stri
  * holds (a peer's bye, or its word that another rank died first) before the peer is named lost.
  */
 export const SUSPECT_MS = 250;
+
+/** A frame held by a delay fault until `at` (a `performance.now()` time). */
+interface Held {
+  at: number;
+  head: FrameHeader;
+  payload: Uint8Array;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
 
 /** Key of the entry every channel map keeps (never a real key). */
 export const IDLE_KEY = "";
@@ -153,6 +163,11 @@ export class TcpTransport {
   readonly readers: Promise<void>[] = [];
   /** When each peer's reader loop has ended. */
   readonly #readerEnd: Promise<void>[] = [];
+  /** Faults of `LOOM_NET_FAULT` on this rank's frames, per peer; null (the rule) when none. */
+  readonly #faults: (PeerFault | undefined)[] | null;
+  /** Frames held by delay faults, per peer, in order. */
+  readonly #held: Held[][] = [];
+  readonly #holdTimers: (ReturnType<typeof setTimeout> | undefined)[] = [];
   /** Rank 0's listener, refusing late connections until the world closes. */
   readonly #gate: { close(): Promise<void> } | null;
   closing = false;
@@ -164,6 +179,8 @@ export class TcpTransport {
     readonly timeoutMs: number,
     /** The lane to each world rank, if any ({@link ./_tcp_lane.ts}). */
     readonly lanes: (Lane | null)[] = [],
+    /** What `LOOM_NET_FAULT` does to this rank's frames ({@link ./_net_fault.ts}). */
+    faults: (PeerFault | undefined)[] | null = null,
   ) {
     this.rank = mesh.rank;
     this.size = mesh.size;
@@ -183,6 +200,20 @@ export class TcpTransport {
     mesh.links.forEach((l, peer) => {
       this.#readerEnd[peer] = l ? this.#readLoop(peer, l) : Promise.resolve();
       if (l) this.readers.push(this.#readerEnd[peer]!);
+    });
+    this.#faults = faults;
+    faults?.forEach((f, peer) => {
+      const lane = this.lanes[peer];
+      if (f?.dropAfter === undefined || !lane) return;
+      // Lane frames count towards a drop too; the lane's send stays the class's when no fault.
+      const send = lane.send.bind(lane);
+      lane.send = (head, payload, deadline) => {
+        if (f.sent++ >= f.dropAfter!) {
+          this.#drop(peer, f);
+          throw new LaneError(peer, `${NET_FAULT_ENV} dropped it`);
+        }
+        return send(head, payload, deadline);
+      };
     });
   }
 
@@ -403,6 +434,66 @@ export class TcpTransport {
 
   /** Queue a frame on a peer's connection; small payloads are copied now. */
   send(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
+    if (this.#faults !== null) {
+      const f = this.#faults[peer];
+      if (f !== undefined) return this.#sendFaulty(peer, f, head, payload);
+    }
+    return this.#transmit(peer, head, payload);
+  }
+
+  /** {@linkcode TcpTransport.send} to a peer with a fault: count, maybe drop, maybe hold. */
+  #sendFaulty(peer: number, f: PeerFault, head: FrameHeader, payload: Uint8Array): Promise<void> {
+    if (f.dropAfter !== undefined && isData(head.op) && !this.lost.has(peer)) {
+      if (f.sent++ >= f.dropAfter) this.#drop(peer, f);
+    }
+    if (f.delayMs <= 0) return this.#transmit(peer, head, payload);
+    // Held: small payloads are copied now (the caller may reuse them); a large one stays the
+    // caller's until its write has finished, as without the fault. A failed write is the
+    // transport's to handle (as without the fault): callers need not catch it.
+    const held = new Promise<void>((resolve, reject) => {
+      const q = this.#held[peer] ??= [];
+      q.push({
+        at: performance.now() + f.delayMs,
+        head,
+        payload: payload.length <= EAGER_COPY_BYTES ? payload.slice() : payload,
+        resolve,
+        reject,
+      });
+      if (q.length === 1) this.#release(peer);
+    });
+    held.catch(() => {});
+    return held;
+  }
+
+  /** Send the held frames to `peer` that are due, in order, and wait for the next. */
+  #release(peer: number): void {
+    this.#holdTimers[peer] = undefined;
+    const q = this.#held[peer]!;
+    while (q.length > 0 && q[0]!.at <= performance.now()) {
+      const h = q.shift()!;
+      this.#transmit(peer, h.head, h.payload).then(h.resolve, h.reject);
+    }
+    if (q.length > 0) {
+      this.#holdTimers[peer] = setTimeout(
+        () => this.#release(peer),
+        Math.max(0, q[0]!.at - performance.now()),
+      );
+    }
+  }
+
+  /** A drop fault fires: close the connection and the lane to `peer`, and name it lost. */
+  #drop(peer: number, f: PeerFault): void {
+    this.gone(
+      peer,
+      `${NET_FAULT_ENV} dropped the connection to it after ${f.dropAfter} data frames`,
+    );
+    try {
+      this.links[peer]?.conn.close();
+    } catch { /* already closed */ }
+    this.lanes[peer]?.close();
+  }
+
+  #transmit(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
     const link = this.links[peer];
     if (!link || this.lost.has(peer)) {
       const p = Promise.reject(new Error(`rank ${peer} is lost: ${this.lost.get(peer)}`));
@@ -499,6 +590,11 @@ export class TcpTransport {
     clearTimeout(this.#watchdog);
     this.#watchAt = -Infinity; // no more timers
     this.closing = true;
+    for (const [peer, q] of this.#held.entries()) {
+      clearTimeout(this.#holdTimers[peer]);
+      for (const h of q ?? []) h.reject(new Error("the world was closed"));
+      if (q) q.length = 0;
+    }
     const gate = this.#gate?.close();
     for (const l of this.lanes) l?.close();
     for (const l of this.links) {

@@ -12,7 +12,9 @@
  * rank. Each frame carries the op, element count, dtype, reduce op and root, so ranks that call
  * different things see a `"mismatch"` error. A rank that fails an op tells the rest of the group
  * (an abort frame), and a group that has failed rejects every later op; so does a rank that loses
- * a peer, so that ranks which only see it leave name the rank that died.
+ * a peer, so that ranks which only see it leave name the rank that died. `LOOM_NET_FAULT`
+ * drops or delays the connection from one rank to another, for tests
+ * ({@link ./_net_fault.ts} has the grammar): `drop:1-2@40`, `delay:0-1:5`.
  *
  * @module
  */
@@ -50,6 +52,7 @@ import {
   packKind,
 } from "./frame.ts";
 import { rendezvous, type RendezvousOptions } from "./rendezvous.ts";
+import { netFaults } from "./_net_fault.ts";
 import {
   EAGER_COPY_BYTES,
   type Expect,
@@ -141,16 +144,17 @@ export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
       `maxFrameBytes (${maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
     );
   }
+  const faults = netFaults(opts.rank, opts.size); // LOOM_NET_FAULT, for tests
   const mesh = await rendezvous(opts);
   let lanes: (Lane | null)[];
   try {
-    lanes = await openLanes(mesh, EAGER_COPY_BYTES, opts.lanes ?? true);
+    lanes = await openLanes(mesh, EAGER_COPY_BYTES, (opts.lanes ?? true) && faults.lanes);
   } catch (e) {
     for (const l of mesh.links) l?.conn.close();
     await mesh.gate?.close();
     throw e;
   }
-  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes);
+  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes, faults.peers);
   const members = Array.from({ length: t.size }, (_, i) => i);
   return new TcpComm(t, 0, "world", members, t.rank);
 }
