@@ -90,7 +90,7 @@ export function parseNetFaults(text: string): NetFault[] {
 
 /**
  * What `rank` of a world of `size` does to its frames for each peer under `faults`: null when
- * it sends nothing faulty (the transport then skips every fault check but one).
+ * it sends nothing faulty (the transport's send then stays the class's own, with no check).
  *
  * @param faults the parsed faults
  * @param rank this rank

@@ -163,8 +163,8 @@ export class TcpTransport {
   readonly readers: Promise<void>[] = [];
   /** When each peer's reader loop has ended. */
   readonly #readerEnd: Promise<void>[] = [];
-  /** Faults of `LOOM_NET_FAULT` on this rank's frames, per peer; null (the rule) when none. */
-  readonly #faults: (PeerFault | undefined)[] | null;
+  /** The send of the class, under the fault's when `LOOM_NET_FAULT` concerns this rank. */
+  readonly #send: (peer: number, head: FrameHeader, payload: Uint8Array) => Promise<void>;
   /** Frames held by delay faults, per peer, in order. */
   readonly #held: Held[][] = [];
   readonly #holdTimers: (ReturnType<typeof setTimeout> | undefined)[] = [];
@@ -201,7 +201,17 @@ export class TcpTransport {
       this.#readerEnd[peer] = l ? this.#readLoop(peer, l) : Promise.resolve();
       if (l) this.readers.push(this.#readerEnd[peer]!);
     });
-    this.#faults = faults;
+    this.#send = this.send.bind(this);
+    if (faults !== null) {
+      // Only a rank that sends faulty frames routes them through the fault: everywhere else
+      // send is the class's own and pays nothing.
+      this.send = (peer, head, payload) => {
+        const f = faults[peer];
+        return f === undefined
+          ? this.#send(peer, head, payload)
+          : this.#sendFaulty(peer, f, head, payload);
+      };
+    }
     faults?.forEach((f, peer) => {
       const lane = this.lanes[peer];
       if (f?.dropAfter === undefined || !lane) return;
@@ -432,21 +442,12 @@ export class TcpTransport {
     });
   }
 
-  /** Queue a frame on a peer's connection; small payloads are copied now. */
-  send(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
-    if (this.#faults !== null) {
-      const f = this.#faults[peer];
-      if (f !== undefined) return this.#sendFaulty(peer, f, head, payload);
-    }
-    return this.#transmit(peer, head, payload);
-  }
-
   /** {@linkcode TcpTransport.send} to a peer with a fault: count, maybe drop, maybe hold. */
   #sendFaulty(peer: number, f: PeerFault, head: FrameHeader, payload: Uint8Array): Promise<void> {
     if (f.dropAfter !== undefined && isData(head.op) && !this.lost.has(peer)) {
       if (f.sent++ >= f.dropAfter) this.#drop(peer, f);
     }
-    if (f.delayMs <= 0) return this.#transmit(peer, head, payload);
+    if (f.delayMs <= 0) return this.#send(peer, head, payload);
     // Held: small payloads are copied now (the caller may reuse them); a large one stays the
     // caller's until its write has finished, as without the fault. A failed write is the
     // transport's to handle (as without the fault): callers need not catch it.
@@ -471,7 +472,7 @@ export class TcpTransport {
     const q = this.#held[peer]!;
     while (q.length > 0 && q[0]!.at <= performance.now()) {
       const h = q.shift()!;
-      this.#transmit(peer, h.head, h.payload).then(h.resolve, h.reject);
+      this.#send(peer, h.head, h.payload).then(h.resolve, h.reject);
     }
     if (q.length > 0) {
       this.#holdTimers[peer] = setTimeout(
@@ -493,7 +494,8 @@ export class TcpTransport {
     this.lanes[peer]?.close();
   }
 
-  #transmit(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
+  /** Queue a frame on a peer's connection; small payloads are copied now. */
+  send(peer: number, head: FrameHeader, payload: Uint8Array): Promise<void> {
     const link = this.links[peer];
     if (!link || this.lost.has(peer)) {
       const p = Promise.reject(new Error(`rank ${peer} is lost: ${this.lost.get(peer)}`));
