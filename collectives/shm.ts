@@ -44,7 +44,7 @@ import {
   type ReduceOp,
 } from "./communicator.ts";
 import { finishAvg, reduceTo } from "./reduce.ts";
-import { DEAD, EXITED, ShmLink } from "./_shm_link.ts";
+import { DEAD, EXITED, markAfterExit, ShmLink } from "./_shm_link.ts";
 import { ShmChannels } from "./_shm_p2p.ts";
 import { currentArena, type SharedArena, type SharedArrayCtor } from "./arena.ts";
 import { ArenaFold, arenaFold } from "./_shm_fold.ts";
@@ -824,12 +824,15 @@ export class ShmCommunicator implements Communicator {
       return new CollectiveError("peer-lost", ctx.op, this.name, p, "its Worker was terminated");
     }
     if (state === EXITED) {
-      return new CollectiveError(
-        "peer-lost",
-        ctx.op,
-        this.name,
-        p,
-        "its main function returned without joining this op",
+      return markAfterExit(
+        new CollectiveError(
+          "peer-lost",
+          ctx.op,
+          this.name,
+          p,
+          "its main function returned without joining this op",
+        ),
+        this.spec.worldRanks[p]!,
       );
     }
     if (Atomics.load(this.#ctrl, p * CTRL_STRIDE + CLOSED) !== 0) {

@@ -11,7 +11,10 @@
  * every group containing that peer rejects with a {@linkcode CollectiveError} naming the lost
  * rank. Each frame carries the op, element count, dtype, reduce op and root, so ranks that call
  * different things see a `"mismatch"` error. A rank that fails an op tells the rest of the group
- * (an abort frame), and a group that has failed rejects every later op.
+ * (an abort frame), and a group that has failed rejects every later op; so does a rank that loses
+ * a peer, so that ranks which only see it leave name the rank that died. `LOOM_NET_FAULT`
+ * drops or delays the connection from one rank to another, for tests
+ * ({@link ./_net_fault.ts} has the grammar): `drop:1-2@40`, `delay:0-1:5`.
  *
  * @module
  */
@@ -49,6 +52,7 @@ import {
   packKind,
 } from "./frame.ts";
 import { rendezvous, type RendezvousOptions } from "./rendezvous.ts";
+import { netFaults } from "./_net_fault.ts";
 import {
   EAGER_COPY_BYTES,
   type Expect,
@@ -140,16 +144,17 @@ export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
       `maxFrameBytes (${maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
     );
   }
+  const faults = netFaults(opts.rank, opts.size); // LOOM_NET_FAULT, for tests
   const mesh = await rendezvous(opts);
   let lanes: (Lane | null)[];
   try {
-    lanes = await openLanes(mesh, EAGER_COPY_BYTES, opts.lanes ?? true);
+    lanes = await openLanes(mesh, EAGER_COPY_BYTES, (opts.lanes ?? true) && faults.lanes);
   } catch (e) {
     for (const l of mesh.links) l?.conn.close();
     await mesh.gate?.close();
     throw e;
   }
-  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes);
+  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes, faults.peers);
   const members = Array.from({ length: t.size }, (_, i) => i);
   return new TcpComm(t, 0, "world", members, t.rank);
 }
@@ -655,7 +660,7 @@ class TcpComm implements Communicator {
         return Promise.resolve();
       }
     } catch (err) {
-      return Promise.reject(this.#laneFailure(ctx, err));
+      return this.#laneFailure(ctx, err);
     }
     return this.#laneFinish(ctx, lanes, key, buf, parts, done);
   }
@@ -675,7 +680,7 @@ class TcpComm implements Communicator {
         await new Promise((res) => setTimeout(res, 1));
       } while (!this.#laneCollect(ctx, lanes, key, buf, parts, 0));
     } catch (err) {
-      throw this.#laneFailure(ctx, err);
+      await this.#laneFailure(ctx, err);
     }
     done(parts as CollectiveBuffer[]);
     this.#laneRelease(lanes, parts);
@@ -759,12 +764,15 @@ class TcpComm implements Communicator {
     }
   }
 
-  /** The error to reject a lane op with; a broken lane means its peer is gone. */
-  #laneFailure(ctx: OpCtx, err: unknown): unknown {
-    if (!(err instanceof LaneError)) return err;
+  /**
+   * Reject a lane op; a broken lane means its peer is going, once its mesh connection has
+   * delivered what it holds (see {@linkcode TcpTransport.suspect}).
+   */
+  async #laneFailure(ctx: OpCtx, err: unknown): Promise<never> {
+    if (!(err instanceof LaneError)) throw err;
     const w = err.peer; // a world rank
-    this.t.gone(w, `its lane ${err.message}`, this.t.byes.has(w));
-    return ctx.failed ?? this.lostError(ctx.name, this.#index.get(w)!);
+    await this.t.suspect(w, `its lane ${err.message}`);
+    throw ctx.failed ?? this.lostError(ctx.name, this.#index.get(w)!);
   }
 
   /** Small all-reduce on a power-of-two group: log2(n) pairwise exchanges. */
