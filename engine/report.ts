@@ -14,27 +14,12 @@
  *
  * @module
  */
-import type { RankPhases } from "./engine.ts";
+import type { RankMemory, RankPhases } from "./engine.ts";
 import type { EvalRecord, StepRecord } from "./metrics.ts";
 import { theoreticalBubble } from "./step_time.ts";
 
-/** One rank's memory, in bytes, by kind (as `Engine.memoryPerRank` reports it). */
-export interface RankMemoryRow {
-  /** Global rank. */
-  rank: number;
-  /** Parameters this rank holds. */
-  params_bytes: number;
-  /** Gradients. */
-  grads_bytes: number;
-  /** Optimizer state (master weights, moments). */
-  optimizer_bytes: number;
-  /** Peak of saved activations. */
-  activations_peak_bytes: number;
-  /** Peak of transient buffers (gathers, staging). */
-  transient_peak_bytes: number;
-  /** All of it. */
-  total_bytes: number;
-}
+/** One rank's memory, in bytes, by kind, with its rank (what `Engine.memoryPerRank` gives). */
+export type RankMemoryRow = RankMemory & { rank: number };
 
 /** One pipeline stage's last step as it ran: its computes, in ms since the step began. */
 export interface StageTrace {
