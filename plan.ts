@@ -29,6 +29,14 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { runWorkers } from "./collectives/mod.ts";
+import {
+  calibrate,
+  type Calibration,
+  predictStepTime,
+  type StepTimeEstimate,
+} from "./engine/step_time.ts";
+import { createCpuBackend } from "./kernels/mod.ts";
 import {
   type EstimateInput,
   estimateMemory,
@@ -41,7 +49,7 @@ import {
 
 export type { EstimateInput, MemoryEstimate, ModelShape } from "./engine/estimate.ts";
 
-type Kind = "int" | "count" | "list" | "string" | "bool";
+type Kind = "int" | "count" | "list" | "string" | "bool" | "path" | "float";
 interface OptionSpec {
   kind: Kind;
   dflt: string | number | boolean | null;
@@ -96,6 +104,41 @@ const OPTIONS: Record<string, OptionSpec> = {
     dflt: null,
     help: "micro-batches per step, which caps those in flight (default: 1F1B's pp - stage)",
   },
+  ranks: {
+    kind: "int",
+    dflt: null,
+    help: "plan every layout of this many ranks (dp x tp x pp, tp dividing the heads, pp the " +
+      "blocks) instead of the --dp, --tp and --pp lists",
+  },
+  batch: {
+    kind: "int",
+    dflt: null,
+    help: "sequences per step over every replica (with the shape): predicts the step time, " +
+      "the micro-batch being batch / (micro-batches x dp)",
+  },
+  "virtual-stages": { kind: "list", dflt: "1", help: "virtual stages per rank, a comma list" },
+  "pipeline-schedule": {
+    kind: "string",
+    dflt: "1f1b",
+    help: "schedule of a pipeline of one chunk per rank (more chunks: interleaved)",
+    choices: ["1f1b", "gpipe"],
+  },
+  memory: {
+    kind: "float",
+    dflt: null,
+    help: "GiB each rank has: the fastest layout that fits is marked",
+  },
+  calibrate: {
+    kind: "bool",
+    dflt: false,
+    help: "measure this machine's rates again (about 30 s) and save them",
+  },
+  calibration: {
+    kind: "path",
+    dflt: null,
+    help: "the calibration file (default $XDG_CACHE_HOME/loom/calibration.json, or " +
+      "~/.cache/loom/calibration.json)",
+  },
   json: { kind: "bool", dflt: false, help: "print JSON lines, one object per layout" },
   help: { kind: "bool", dflt: false, help: "show this help" },
 };
@@ -107,8 +150,19 @@ export interface PlanArgs {
   /** Whether to print JSON lines. */
   json: boolean;
   /** One input of `estimateMemory()` per layout, in output order. */
-  layouts: EstimateInput[];
+  layouts: PlanLayout[];
+  /** Sequences per step (then step times are predicted), or null. */
+  batch: number | null;
+  /** GiB per rank, or null. */
+  memoryGiB: number | null;
+  /** Measure the machine again. */
+  calibrate: boolean;
+  /** The calibration file, or null for the default. */
+  calibration: string | null;
 }
+
+/** A layout to plan: the memory estimate's input and its virtual stages. */
+export type PlanLayout = EstimateInput & { virtualStages?: number; schedule?: string };
 
 /**
  * The --help text.
@@ -180,13 +234,30 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
   } catch (e) {
     throw new TypeError(`${(e as Error).message}. Run with --help to see the options.`);
   }
-  if (values.help) return { help: true, json: false, layouts: [] };
+  if (values.help) {
+    return {
+      help: true,
+      json: false,
+      layouts: [],
+      batch: null,
+      memoryGiB: null,
+      calibrate: false,
+      calibration: null,
+    };
+  }
   const v: Record<string, number | number[] | string | boolean | undefined> = {};
   for (const [name, raw] of Object.entries(values)) {
     if (raw === undefined) continue;
     const o = OPTIONS[name]!;
     if (o.kind === "bool") v[name] = raw as boolean;
-    else if (o.kind === "string") {
+    else if (o.kind === "path") v[name] = raw as string;
+    else if (o.kind === "float") {
+      const x = Number(raw);
+      if (!(x > 0) || !Number.isFinite(x)) {
+        throw new RangeError(`--${name} must be a positive number, got "${raw}"`);
+      }
+      v[name] = x;
+    } else if (o.kind === "string") {
       if (!o.choices!.includes(raw as string)) {
         throw new RangeError(`--${name} must be one of ${o.choices!.join(", ")}, got "${raw}"`);
       }
@@ -239,6 +310,7 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
         "sequence-parallel",
         "micro-batches",
         "persistence-threshold",
+        "batch",
       ]
     ) {
       if (v[k] !== undefined) {
@@ -253,38 +325,99 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
   }
   const precision = (v.precision as Precision | undefined) ?? (shape ? "fp32" : "fp16");
   const layouts: PlanArgs["layouts"] = [];
-  for (const tp of (v.tp as number[] | undefined) ?? [1]) {
-    for (const pp of (v.pp as number[] | undefined) ?? [1]) {
-      for (const dp of (v.dp as number[] | undefined) ?? [1]) {
-        for (const zeroStage of stages) {
-          const input = {
-            ...(shape
-              ? {
-                shape,
-                microBatch: (v["micro-batch"] as number | undefined) ?? 1,
-                seqLen: (v["seq-len"] as number | undefined) ?? shape.ctx,
-                checkpointActivations: (v["checkpoint-activations"] as number | undefined) ?? 0,
-                sequenceParallel: (v["sequence-parallel"] as boolean | undefined) ?? false,
-                persistenceThreshold: (v["persistence-threshold"] as number | undefined) ?? 0,
-                ...(v["micro-batches"] !== undefined
-                  ? { microBatches: v["micro-batches"] as number }
-                  : {}),
-              }
-              : { params: v.params as number }),
-            dp,
-            tp,
-            pp,
-            zeroStage: zeroStage as ZeroStage,
-            precision,
-            optimizer: (v.optimizer as OptimizerKind | undefined) ?? "adamw",
-          };
-          estimateMemory(input); // every layout is checked before anything is printed
-          layouts.push(input);
-        }
+  const batch = v.batch as number | undefined;
+  const ranks = v.ranks as number | undefined;
+  if (ranks !== undefined && (v.dp !== undefined || v.tp !== undefined || v.pp !== undefined)) {
+    throw new TypeError("Give either --ranks or the --dp, --tp and --pp lists, not both");
+  }
+  // Every (tp, pp, dp) to plan: the lists' combinations, or every factorization of --ranks.
+  const grids: [number, number, number][] = [];
+  if (ranks !== undefined) {
+    for (let tp = 1; tp <= ranks; tp++) {
+      for (let pp = 1; tp * pp <= ranks; pp++) {
+        if (ranks % (tp * pp) !== 0) continue;
+        if (shape && (shape.heads % tp !== 0 || shape.layers % pp !== 0)) continue;
+        grids.push([tp, pp, ranks / (tp * pp)]);
+      }
+    }
+  } else {
+    for (const tp of (v.tp as number[] | undefined) ?? [1]) {
+      for (const pp of (v.pp as number[] | undefined) ?? [1]) {
+        for (const dp of (v.dp as number[] | undefined) ?? [1]) grids.push([tp, pp, dp]);
       }
     }
   }
-  return { help: false, json: v.json === true, layouts };
+  const enumerate = ranks !== undefined;
+  for (const [tp, pp, dp] of grids) {
+    for (const vs of (v["virtual-stages"] as number[] | undefined) ?? [1]) {
+      if (vs > 1 && pp === 1) continue;
+      if (shape && shape.layers % (pp * vs) !== 0) {
+        if (enumerate) continue;
+        throw new RangeError(
+          `${shape.layers} blocks do not split into ${pp} stages x ${vs} virtual stages`,
+        );
+      }
+      const m = (v["micro-batches"] as number | undefined) ?? (pp > 1 ? 4 * pp : 1);
+      let microBatch = (v["micro-batch"] as number | undefined) ?? 1;
+      if (batch !== undefined) {
+        if (batch % (m * dp) !== 0) {
+          if (enumerate) continue;
+          throw new RangeError(
+            `--batch ${batch} does not split into ${m} micro-batches over dp ${dp}: give a ` +
+              `multiple of ${m * dp}`,
+          );
+        }
+        microBatch = batch / (m * dp);
+      }
+      for (const zeroStage of stages) {
+        if (enumerate && zeroStage > 0 && dp === 1) continue;
+        const input: PlanLayout = {
+          ...(shape
+            ? {
+              shape,
+              microBatch,
+              seqLen: (v["seq-len"] as number | undefined) ?? shape.ctx,
+              checkpointActivations: (v["checkpoint-activations"] as number | undefined) ?? 0,
+              sequenceParallel: (v["sequence-parallel"] as boolean | undefined) ?? false,
+              persistenceThreshold: (v["persistence-threshold"] as number | undefined) ?? 0,
+              ...(v["micro-batches"] !== undefined || batch !== undefined
+                ? { microBatches: m }
+                : {}),
+            }
+            : { params: v.params as number }),
+          dp,
+          tp,
+          pp,
+          virtualStages: vs,
+          schedule: pp === 1
+            ? "none"
+            : vs > 1
+            ? "interleaved"
+            : (v["pipeline-schedule"] as string | undefined) ?? "1f1b",
+          zeroStage: zeroStage as ZeroStage,
+          precision,
+          optimizer: (v.optimizer as OptimizerKind | undefined) ?? "adamw",
+        };
+        estimateMemory(input); // every layout is checked before anything is printed
+        layouts.push(input);
+      }
+    }
+  }
+  if (layouts.length === 0) {
+    throw new RangeError(
+      `No layout of ${ranks} ranks fits this model and batch: tp must divide the heads, pp ` +
+        `the blocks, and micro-batches x dp the batch`,
+    );
+  }
+  return {
+    help: false,
+    json: v.json === true,
+    layouts,
+    batch: batch ?? null,
+    memoryGiB: (v.memory as number | undefined) ?? null,
+    calibrate: v.calibrate === true,
+    calibration: (v.calibration as string | undefined) ?? null,
+  };
 }
 
 function snake(o: object): Record<string, unknown> {
@@ -346,73 +479,282 @@ export function estimateRecord(e: MemoryEstimate): Record<string, unknown> {
 }
 
 /**
- * The human-readable table: one row per layout, GiB per rank of the largest rank.
+ * The human-readable table: one row per layout, GiB per rank of the largest rank, and with a
+ * batch the predicted step in milliseconds (its parts), tokens/s and the fastest that fits.
  *
- * @param estimates the estimates, one per layout
+ * @param rows the planned layouts
  * @returns the text
  */
-export function formatTable(estimates: MemoryEstimate[]): string {
+export function formatTable(rows: PlanRow[]): string {
   const gib = (b: number | null) => b === null ? "-" : (b / 2 ** 30).toFixed(2);
-  const first = estimates[0]!;
+  const first = rows[0]!.estimate;
   const l = first.layout;
   const what = first.shape
     ? `${first.params.toLocaleString("en-US")} parameters (V=${first.shape.vocab}, ` +
       `ctx=${first.shape.ctx}, C=${first.shape.dim}, L=${first.shape.layers}, ` +
-      `H=${first.shape.heads}); micro-batch ${l.microBatch} x ${l.seqLen} tokens` +
+      `H=${first.shape.heads}); ${l.seqLen} tokens per sequence` +
       (l.checkpointActivations ? `, checkpointing every ${l.checkpointActivations} blocks` : "") +
       (l.sequenceParallel ? ", sequence parallel" : "")
     : `${first.params.toLocaleString("en-US")} parameters (activations need the shape flags)`;
-  const piped = estimates.some((e) => e.layout.pp > 1);
-  type Column = [string, (e: MemoryEstimate) => string];
+  const piped = rows.some((r) => r.estimate.layout.pp > 1);
+  const timed = rows.some((r) => r.time !== null);
+  const ms = (x: number) => x >= 100 ? x.toFixed(0) : x.toFixed(1);
+  type Column = [string, (r: PlanRow) => string];
+  const e = (f: (e: MemoryEstimate) => string) => (r: PlanRow) => f(r.estimate);
   const columns: Column[] = [
-    ["zero", (e) => String(e.layout.zeroStage)],
-    ["dp", (e) => String(e.layout.dp)],
-    ["tp", (e) => String(e.layout.tp)],
-    ["pp", (e) => String(e.layout.pp)],
-    ...(piped ? [["stage", (e) => String(e.largestStage)] satisfies Column] : []),
-    ["params/rank", (e) => e.modelStates.params.toLocaleString("en-US")],
-    ["params", (e) => gib(e.modelStates.paramsBytes)],
-    ["grads", (e) => gib(e.modelStates.gradsBytes)],
-    ["optimizer", (e) => gib(e.modelStates.optimizerBytes)],
-    ["states", (e) => gib(e.modelStatesBytesPerRank)],
-    ["activations", (e) => gib(e.activationsBytesPerRank)],
-    ["total", (e) => gib(e.totalBytesPerRank)],
+    ["layout", (r) => r.name],
+    ["zero", e((e) => String(e.layout.zeroStage))],
+    ["dp", e((e) => String(e.layout.dp))],
+    ["tp", e((e) => String(e.layout.tp))],
+    ["pp", e((e) => String(e.layout.pp))],
+    ...(piped ? [["stage", e((e) => String(e.largestStage))] satisfies Column] : []),
+    ...(timed ? [["mb", e((e) => String(e.layout.microBatch))] satisfies Column] : []),
+    ["params/rank", e((e) => e.modelStates.params.toLocaleString("en-US"))],
+    ["params", e((e) => gib(e.modelStates.paramsBytes))],
+    ["grads", e((e) => gib(e.modelStates.gradsBytes))],
+    ["optimizer", e((e) => gib(e.modelStates.optimizerBytes))],
+    ["states", e((e) => gib(e.modelStatesBytesPerRank))],
+    ["activations", e((e) => gib(e.activationsBytesPerRank))],
+    ["total", e((e) => gib(e.totalBytesPerRank))],
+    ...(timed
+      ? [
+        ["step ms", (r) => r.time ? ms(r.time.stepMs) : "-"],
+        ["compute", (r) => r.time ? ms(r.time.computeMs) : "-"],
+        ["comm", (r) => r.time ? ms(r.time.tpCommMs + r.time.ppCommMs + r.time.dpCommMs) : "-"],
+        ["bubble", (r) => r.time ? ms(r.time.bubbleMs) : "-"],
+        ["optim", (r) => r.time ? ms(r.time.optimizerMs) : "-"],
+        ["tokens/s", (r) => r.time ? Math.round(r.time.tokensPerS).toLocaleString("en-US") : "-"],
+      ] satisfies Column[]
+      : []),
+    ...(rows.some((r) => r.fits !== null)
+      ? [["fits", (r) => r.fits === null ? "-" : r.fits ? "yes" : "no"]] satisfies Column[]
+      : []),
+    ["", (r) => r.fastest ? "<- fastest that fits" : ""],
   ];
-  const rows = estimates.map((e) => columns.map(([, f]) => f(e)));
+  const cells = rows.map((r) => columns.map(([, f]) => f(r)));
   const head = columns.map(([h]) => h);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (r: string[]) => r.map((c, i) => c.padStart(widths[i]!)).join("  ");
+  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)));
+  const line = (r: string[]) =>
+    r.map((c, i) => i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)).join("  ").trimEnd();
   return [
     `Model: ${what}`,
     `Precision ${l.precision}, optimizer ${l.optimizer}. GiB per rank, for the rank that holds ` +
-    `the most` + (piped ? " (stage: the pipeline stage with the largest total)." : "."),
+    `the most` + (piped ? " (stage: the pipeline stage with the largest total)." : ".") +
+    (timed
+      ? " Step: predicted milliseconds from this machine's calibration (comm: tensor, " +
+        "pipeline and data-parallel collectives; mb: sequences per micro-batch)."
+      : ""),
     "",
     line(head),
-    ...rows.map(line),
+    ...cells.map(line),
   ].join("\n");
 }
 
+/** One planned layout: its memory, its predicted step (with `--batch`), its name. */
+export interface PlanRow {
+  /** The layout's name, e.g. `dp2.tp1.pp1.zero1.fp32` (what bench/planner.ts prints). */
+  name: string;
+  /** Memory per rank. */
+  estimate: MemoryEstimate;
+  /** The predicted step, or null without `--batch`. */
+  time: StepTimeEstimate | null;
+  /** Whether it fits `--memory` (null without it). */
+  fits: boolean | null;
+  /** Whether it is the fastest layout that fits. */
+  fastest: boolean;
+}
+
 /**
- * Run the CLI: parse, estimate every layout, print the table or JSON lines.
+ * A layout's name: `dp.tp.pp`, the schedule of a pipeline, virtual stages above 1, the ZeRO
+ * stage, the precision, and activation checkpointing when on.
+ *
+ * @param l the layout
+ * @returns e.g. `dp1.tp1.pp2.1f1b.zero0.fp32`
+ */
+export function layoutName(l: {
+  dp?: number;
+  tp?: number;
+  pp?: number;
+  virtualStages?: number;
+  schedule?: string;
+  zeroStage?: number;
+  precision?: string;
+  checkpointActivations?: number;
+}): string {
+  const pp = l.pp ?? 1, v = l.virtualStages ?? 1;
+  return [
+    `dp${l.dp ?? 1}`,
+    `tp${l.tp ?? 1}`,
+    `pp${pp}`,
+    ...(pp > 1 ? [v > 1 ? `interleaved${v}` : l.schedule ?? "1f1b"] : []),
+    `zero${l.zeroStage ?? 0}`,
+    l.precision ?? "fp32",
+    ...(l.checkpointActivations ? [`ckpt${l.checkpointActivations}`] : []),
+  ].join(".");
+}
+
+/**
+ * The default calibration file: `$XDG_CACHE_HOME/loom/calibration.json`, else
+ * `~/.cache/loom/calibration.json`.
+ *
+ * @returns the path
+ */
+export function defaultCalibrationPath(): string {
+  const base = Deno.env.get("XDG_CACHE_HOME") ?? `${Deno.env.get("HOME") ?? "."}/.cache`;
+  return `${base}/loom/calibration.json`;
+}
+
+/**
+ * This machine's calibration: read from `path`, or measured (and saved there) when the file is
+ * missing, from another machine (another core count), or `fresh` is asked.
+ *
+ * @param path the file
+ * @param fresh measure again
+ * @param log progress lines
+ * @returns the calibration
+ */
+export async function machineCalibration(
+  path: string,
+  fresh: boolean,
+  log: (l: string) => void = () => {},
+): Promise<Calibration> {
+  if (!fresh) {
+    try {
+      const c = JSON.parse(await Deno.readTextFile(path)) as Calibration;
+      if (c.version === 1 && c.cores === navigator.hardwareConcurrency) return c;
+      log(`${path} is from another machine (${c.cores} cores): measuring this one`);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        log(`${path} cannot be read (${(e as Error).message}): measuring again`);
+      } else log(`no calibration yet in ${path}: measuring this machine (about 30 s)`);
+    }
+  }
+  const c = await calibrate({
+    backend: (threads) => createCpuBackend({ threads }),
+    allReduceMs: async (k, sizes) =>
+      (await runWorkers<number[]>({
+        size: k,
+        module: new URL("./engine/_link_rank.ts", import.meta.url),
+        data: { sizes },
+      }))[0]!,
+    log,
+  });
+  await Deno.mkdir(path.replace(/\/[^/]*$/, "") || ".", { recursive: true });
+  await Deno.writeTextFile(path, JSON.stringify(c, null, 1) + "\n");
+  log(`saved ${path}`);
+  return c;
+}
+
+/**
+ * Plan every layout: memory, and with a batch the predicted step, the fit and the fastest.
+ *
+ * @param args the parsed command line
+ * @param cal the machine's calibration (needed with a batch)
+ * @returns one row per layout
+ */
+export function planRows(args: PlanArgs, cal: Calibration | null): PlanRow[] {
+  const rows: PlanRow[] = args.layouts.map((l) => {
+    const estimate = estimateMemory(l);
+    const sh = l.shape;
+    const time = args.batch !== null && sh && cal
+      ? predictStepTime({
+        vocab: sh.vocab,
+        seqLen: estimate.layout.seqLen,
+        dim: sh.dim,
+        layers: sh.layers,
+        heads: sh.heads,
+        hidden: sh.hidden,
+        batch: args.batch,
+        dp: estimate.layout.dp,
+        tp: estimate.layout.tp,
+        pp: estimate.layout.pp,
+        virtualStages: l.virtualStages ?? 1,
+        microBatches: estimate.layout.microBatches ?? undefined,
+        zeroStage: estimate.layout.zeroStage,
+        half: estimate.layout.precision !== "fp32",
+        checkpointActivations: estimate.layout.checkpointActivations,
+      }, cal)
+      : null;
+    const fits = args.memoryGiB === null
+      ? null
+      : estimate.totalBytesPerRank <= args.memoryGiB * 2 ** 30;
+    return {
+      name: layoutName({ ...l, precision: estimate.layout.precision }),
+      estimate,
+      time,
+      fits,
+      fastest: false,
+    };
+  });
+  const candidates = rows.filter((r) => r.time !== null && r.fits !== false);
+  if (candidates.length > 0) {
+    candidates.reduce((a, b) => (b.time!.stepMs < a.time!.stepMs ? b : a)).fastest = true;
+  }
+  return rows;
+}
+
+/**
+ * Run the CLI: parse, estimate every layout (and predict its step with `--batch`), print the
+ * table or JSON lines.
  *
  * @param argv the arguments
- * @returns the estimates (none for --help)
+ * @returns the rows (none for --help)
  */
-export function main(argv: string[]): MemoryEstimate[] {
+export async function main(argv: string[]): Promise<PlanRow[]> {
   const args = parsePlanArgs(argv);
   if (args.help) {
     console.log(helpText());
     return [];
   }
-  const estimates = args.layouts.map((l) => estimateMemory(l));
-  if (args.json) { for (const e of estimates) console.log(JSON.stringify(estimateRecord(e))); }
-  else console.log(formatTable(estimates));
-  return estimates;
+  const cal = args.batch !== null || args.calibrate
+    ? await machineCalibration(
+      args.calibration ?? defaultCalibrationPath(),
+      args.calibrate,
+      (l) => console.error(l),
+    )
+    : null;
+  const rows = planRows(args, cal);
+  if (args.json) {
+    for (const r of rows) console.log(JSON.stringify(planRecord(r)));
+  } else console.log(formatTable(rows));
+  return rows;
+}
+
+/**
+ * A row as the JSON object `--json` prints: the memory record, plus `layout` and, with a
+ * batch, `predicted_ms` and its parts (`compute_ms`, `tp_comm_ms`, `pp_comm_ms`,
+ * `bubble_ms`, `dp_comm_ms`, `optimizer_ms`), `tokens_per_s`, `threads`, `fits` and `fastest`.
+ *
+ * @param r the row
+ * @returns the record
+ */
+export function planRecord(r: PlanRow): Record<string, unknown> {
+  const t = r.time;
+  const ms = (x: number) => Math.round(x * 100) / 100;
+  return {
+    layout: r.name,
+    ...estimateRecord(r.estimate),
+    ...(t
+      ? {
+        predicted_ms: ms(t.stepMs),
+        compute_ms: ms(t.computeMs),
+        tp_comm_ms: ms(t.tpCommMs),
+        pp_comm_ms: ms(t.ppCommMs),
+        bubble_ms: ms(t.bubbleMs),
+        dp_comm_ms: ms(t.dpCommMs),
+        optimizer_ms: ms(t.optimizerMs),
+        tokens_per_s: Math.round(t.tokensPerS),
+        threads: t.threads,
+      }
+      : {}),
+    fits: r.fits,
+    fastest: r.fastest,
+  };
 }
 
 if (import.meta.main) {
   try {
-    main(Deno.args);
+    await main(Deno.args);
   } catch (e) {
     if (e instanceof TypeError || e instanceof RangeError) {
       console.error(`error: ${e.message}`);

@@ -13,7 +13,8 @@
  * deno run -A train.ts --help                       # every option, with defaults
  * ```
  *
- * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, and its checkpoints
+ * Each run writes to its `--out` directory: `metrics.jsonl`, `summary.json`, `report.html` (see
+ * engine/report.ts; `ranks.jsonl` holds what it draws of every rank), and its checkpoints
  * (`checkpoints/step-<N>/`, one shard per rank, the last `--keep` of them, and `latest` naming
  * the newest).
  *
@@ -210,7 +211,11 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "CPU matrix-product path",
     choices: ["auto", "blas", "wasm", "ts"],
   },
-  threads: { kind: "int", dflt: 1, help: "BLAS threads of the CPU backend" },
+  threads: {
+    kind: "int",
+    dflt: 0,
+    help: "BLAS threads of each rank (0: the machine's cores shared between the ranks on it)",
+  },
   config: {
     kind: "string",
     dflt: null,
@@ -257,6 +262,21 @@ const OPTIONS: Record<string, OptionSpec> = {
     kind: "int",
     dflt: null,
     help: "port global rank 0 listens on (MASTER_PORT; default 29500)",
+  },
+  temperature: {
+    kind: "float",
+    dflt: 0,
+    help: "the end-of-run sample of a --data run: 0 takes the most likely token, above 0 samples",
+  },
+  "top-k": {
+    kind: "int",
+    dflt: 0,
+    help: "with --temperature, sample among the k most likely tokens (0: all of them)",
+  },
+  dashboard: {
+    kind: "int",
+    dflt: null,
+    help: "serve the live report on http://127.0.0.1:PORT/ while the run trains (0: any free port)",
   },
   transport: {
     kind: "string",
@@ -397,7 +417,6 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
       "accum",
       "steps",
       "digits",
-      "threads",
       "tp",
       "pp",
       "dp",
@@ -405,6 +424,14 @@ export function parseTrainArgs(argv: string[]): { given: TrainOptions; all: Trai
     ]
   ) {
     if ((all[k] as number) < 1) throw new RangeError(`--${k} must be at least 1, got ${all[k]}`);
+  }
+  if (
+    all.dashboard !== null && ((all.dashboard as number) < 0 || (all.dashboard as number) > 65535)
+  ) {
+    throw new RangeError(`--dashboard must be a TCP port (0..65535), got ${all.dashboard}`);
+  }
+  if ((all.threads as number) < 0) {
+    throw new RangeError(`--threads must be 0 (every core) or more, got ${all.threads}`);
   }
   if (given.ctx !== undefined && (given.ctx as number) < 1) {
     throw new RangeError(`--ctx must be at least 1, got ${given.ctx}`);
@@ -797,10 +824,16 @@ export async function main(argv: string[], opts: MainOptions = {}): Promise<Trai
     schedule,
     print,
     quiet: Boolean(o.quiet),
-    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0, transport: null },
+    saveConfig: { ...o, ctx, out, resume: null, "stop-after": 0, transport: null, dashboard: null },
     notes: shape.notes,
     launch: job.source === "default" ? undefined : job,
     transport,
+    dashboard: o.dashboard as number | null,
+    sampling: {
+      temperature: o.temperature as number,
+      ...((o["top-k"] as number) > 0 ? { topK: o["top-k"] as number } : {}),
+      seed: o.seed as number,
+    },
     keep: o.keep as number,
     maxRestarts: o["max-restarts"] as number,
     timeoutMs: Math.round((o.timeout as number) * 1000),

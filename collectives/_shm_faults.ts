@@ -8,7 +8,7 @@
  * @module
  */
 import { CollectiveError } from "./communicator.ts";
-import { DEAD, EXITED, type ShmLink } from "./_shm_link.ts";
+import { DEAD, EXITED, markAfterExit, type ShmLink } from "./_shm_link.ts";
 import {
   ABORT,
   ARRIVED,
@@ -62,12 +62,15 @@ export class ShmFaults {
       return new CollectiveError("peer-lost", ctx.op, this.name, p, "its Worker was terminated");
     }
     if (state === EXITED) {
-      return new CollectiveError(
-        "peer-lost",
-        ctx.op,
-        this.name,
-        p,
-        "its main function returned without joining this op",
+      return markAfterExit(
+        new CollectiveError(
+          "peer-lost",
+          ctx.op,
+          this.name,
+          p,
+          "its main function returned without joining this op",
+        ),
+        this.#worldRanks[p]!,
       );
     }
     if (Atomics.load(this.#ctrl, p * CTRL_STRIDE + CLOSED) !== 0) {

@@ -13,6 +13,25 @@ export const DEAD = 1;
 /** The rank's main function returned: it takes part in no further collective. */
 export const EXITED = 2;
 
+const afterExit = new WeakMap<object, number>();
+
+/**
+ * Mark `e` as raised because world rank `rank`'s main function had ended (returned or thrown)
+ * without joining the op: the parent then reports that rank's own failure, the first-hand one,
+ * rather than `e` (see `runWorkers`).
+ *
+ * @returns `e`
+ */
+export function markAfterExit<E extends Error>(e: E, rank: number): E {
+  afterExit.set(e, rank);
+  return e;
+}
+
+/** The world rank whose end `e` was raised after (see {@linkcode markAfterExit}), if any. */
+export function exitedBefore(e: unknown): number | undefined {
+  return typeof e === "object" && e !== null ? afterExit.get(e) : undefined;
+}
+
 /** Structured-clonable description of the links, posted to each Worker. */
 export interface ShmLinkInit {
   /** This thread's rank in the world (its liveness index). */

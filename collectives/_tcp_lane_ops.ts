@@ -88,7 +88,7 @@ export class LaneOps {
         return Promise.resolve();
       }
     } catch (err) {
-      return Promise.reject(this.#failure(ctx, err));
+      return this.#failure(ctx, err);
     }
     return this.#finish(ctx, lanes, key, buf, parts, done);
   }
@@ -108,7 +108,7 @@ export class LaneOps {
         await new Promise((res) => setTimeout(res, 1));
       } while (!this.#collect(ctx, lanes, key, buf, parts, 0));
     } catch (err) {
-      throw this.#failure(ctx, err);
+      await this.#failure(ctx, err);
     }
     done(parts as CollectiveBuffer[]);
     this.#release(lanes, parts);
@@ -192,11 +192,14 @@ export class LaneOps {
     }
   }
 
-  /** The error to reject a lane op with; a broken lane means its peer is gone. */
-  #failure(ctx: OpCtx, err: unknown): unknown {
-    if (!(err instanceof LaneError)) return err;
+  /**
+   * Reject a lane op; a broken lane means its peer is going, once its mesh connection has
+   * delivered what it holds (see `TcpTransport.suspect`).
+   */
+  async #failure(ctx: OpCtx, err: unknown): Promise<never> {
+    if (!(err instanceof LaneError)) throw err;
     const w = err.peer; // a world rank
-    this.t.gone(w, `its lane ${err.message}`, this.t.byes.has(w));
-    return ctx.failed ?? this.g.lostError(ctx.name, this.g.groupRank(w)!);
+    await this.t.suspect(w, `its lane ${err.message}`);
+    throw ctx.failed ?? this.g.lostError(ctx.name, this.g.groupRank(w)!);
   }
 }

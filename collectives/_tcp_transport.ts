@@ -16,7 +16,8 @@ import {
   writeAll,
 } from "./frame.ts";
 import type { Link, Mesh } from "./rendezvous.ts";
-import type { Lane } from "./_tcp_lane.ts";
+import { type Lane, LaneError } from "./_tcp_lane.ts";
+import { NET_FAULT_ENV, type PeerFault } from "./_net_fault.ts";
 
 /** What the transport needs of a group. */
 export interface TcpGroup {
@@ -43,6 +44,21 @@ export function isData(op: number): boolean {
 
 export function keyOf(group: number, op: number, seq: number, tag: number): string {
   return op === FrameOp.send ? `${group}:t${tag}` : `${group}:${seq}`;
+}
+
+/**
+ * How long a connection whose write failed, or whose lane broke, may still deliver what it
+ * holds (a peer's bye, or its word that another rank died first) before the peer is named lost.
+ */
+export const SUSPECT_MS = 250;
+
+/** A frame held by a delay fault until `at` (a `performance.now()` time). */
+interface Held {
+  at: number;
+  head: FrameHeader;
+  payload: Uint8Array;
+  resolve: () => void;
+  reject: (e: Error) => void;
 }
 
 /** Key of the entry every channel map keeps (never a real key). */
@@ -145,6 +161,13 @@ export class TcpTransport {
   #watchdog: ReturnType<typeof setTimeout> | undefined;
   #watchAt = Infinity;
   readonly readers: Promise<void>[] = [];
+  /** When each peer's reader loop has ended. */
+  readonly #readerEnd: Promise<void>[] = [];
+  /** The send of the class, under the fault's when `LOOM_NET_FAULT` concerns this rank. */
+  readonly #send: (peer: number, head: FrameHeader, payload: Uint8Array) => Promise<void>;
+  /** Frames held by delay faults, per peer, in order. */
+  readonly #held: Held[][] = [];
+  readonly #holdTimers: (ReturnType<typeof setTimeout> | undefined)[] = [];
   /** Rank 0's listener, refusing late connections until the world closes. */
   readonly #gate: { close(): Promise<void> } | null;
   closing = false;
@@ -156,6 +179,8 @@ export class TcpTransport {
     readonly timeoutMs: number,
     /** The lane to each world rank, if any ({@link ./_tcp_lane.ts}). */
     readonly lanes: (Lane | null)[] = [],
+    /** What `LOOM_NET_FAULT` does to this rank's frames ({@link ./_net_fault.ts}). */
+    faults: (PeerFault | undefined)[] | null = null,
   ) {
     this.rank = mesh.rank;
     this.size = mesh.size;
@@ -170,10 +195,35 @@ export class TcpTransport {
     });
     this.#sentFailed = mesh.links.map((_, peer) => (e: Error) => {
       this.#queued[peer]!--;
-      if (!this.closing) this.gone(peer, `writing to it failed: ${e.message}`);
+      if (!this.closing) this.suspect(peer, `writing to it failed: ${e.message}`);
     });
     mesh.links.forEach((l, peer) => {
-      if (l) this.readers.push(this.#readLoop(peer, l));
+      this.#readerEnd[peer] = l ? this.#readLoop(peer, l) : Promise.resolve();
+      if (l) this.readers.push(this.#readerEnd[peer]!);
+    });
+    this.#send = this.send.bind(this);
+    if (faults !== null) {
+      // Only a rank that sends faulty frames routes them through the fault: everywhere else
+      // send is the class's own and pays nothing.
+      this.send = (peer, head, payload) => {
+        const f = faults[peer];
+        return f === undefined
+          ? this.#send(peer, head, payload)
+          : this.#sendFaulty(peer, f, head, payload);
+      };
+    }
+    faults?.forEach((f, peer) => {
+      const lane = this.lanes[peer];
+      if (f?.dropAfter === undefined || !lane) return;
+      // Lane frames count towards a drop too; the lane's send stays the class's when no fault.
+      const send = lane.send.bind(lane);
+      lane.send = (head, payload, deadline) => {
+        if (f.sent++ >= f.dropAfter!) {
+          this.#drop(peer, f);
+          throw new LaneError(peer, `${NET_FAULT_ENV} dropped it`);
+        }
+        return send(head, payload, deadline);
+      };
     });
   }
 
@@ -229,7 +279,18 @@ export class TcpTransport {
       try {
         link.conn.close();
       } catch { /* already closed */ }
-      this.gone(peer, bad ? `it sent a bad frame (${msg})` : `its connection failed (${msg})`);
+      // A peer that said bye and closed with this rank's data unread resets the connection:
+      // that is still a clean close.
+      const clean = !bad && this.byes.has(peer);
+      this.gone(
+        peer,
+        clean
+          ? "it closed its communicator"
+          : bad
+          ? `it sent a bad frame (${msg})`
+          : `its connection failed (${msg})`,
+        clean,
+      );
     }
   }
 
@@ -289,6 +350,22 @@ export class TcpTransport {
       body = JSON.parse(new TextDecoder().decode(f.payload));
     } catch { /* keep the defaults */ }
     const lost = body.peer === undefined ? comm.groupRank(peer) : comm.groupRank(body.peer);
+    if (body.reason === "peer-lost" && lost !== undefined) {
+      // Word from a peer that a member died: this rank names the rank that died, not the
+      // messenger, on the op it is running itself.
+      const op = this.active.find((c) => c.comm === comm)?.name ?? body.op ?? "unknown";
+      comm.breakWith(
+        new CollectiveError(
+          "peer-lost",
+          op,
+          comm.name,
+          lost,
+          `lost rank ${lost}${f.header.group === 0 ? "" : ` (world rank ${body.peer})`}: rank ` +
+            `${comm.groupRank(peer)} reported it lost: ${body.detail ?? "no reason given"}`,
+        ),
+      );
+      return;
+    }
     comm.breakWith(
       new CollectiveError(
         body.reason ?? "protocol",
@@ -308,12 +385,113 @@ export class TcpTransport {
     if (this.lost.has(peer) || this.closing) return;
     this.lost.set(peer, why);
     if (clean) this.closedCleanly.add(peer);
+    if (!clean) this.#tellLost(peer, why);
     for (const ctx of [...this.active]) {
       const g = ctx.comm.groupRank(peer);
       if (g === undefined) continue;
       if (clean && !ctx.waiters.some((w) => w.peer === peer)) continue;
       ctx.fail(ctx.comm.lostError(ctx.name, g));
     }
+  }
+
+  /**
+   * Tell the other members of every group that holds `peer` that it died (an abort frame that
+   * names it), before this rank fails and leaves: a rank that would only see this one go names
+   * the rank that died instead of this one.
+   */
+  #tellLost(peer: number, why: string): void {
+    for (const [id, comm] of this.groups) {
+      if (comm.groupRank(peer) === undefined) continue;
+      const op = this.active.find((c) => c.comm === comm)?.name;
+      const body = new TextEncoder().encode(
+        JSON.stringify({ reason: "peer-lost", op, peer, detail: why }),
+      );
+      for (let w = 0; w < this.size; w++) {
+        if (w === this.rank || w === peer || this.lost.has(w) || !this.links[w]) continue;
+        if (comm.groupRank(w) === undefined) continue;
+        this.send(w, {
+          op: FrameOp.abort,
+          kind: 0,
+          src: this.rank,
+          group: id,
+          tag: 0,
+          seq: 0,
+          total: 0,
+          arg: 0,
+          length: body.length,
+        }, body).catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Writing to `peer` failed, or its lane broke: the connection is going, but what its reader
+   * still holds comes first (a bye makes it a clean close; a peer's word that another rank died
+   * names that rank). So `peer` is named lost once its reader loop ends, or after
+   * {@linkcode SUSPECT_MS}, whichever is first.
+   *
+   * @returns when the peer has been named lost (or had been)
+   */
+  suspect(peer: number, why: string): Promise<void> {
+    if (this.lost.has(peer) || this.closing) return Promise.resolve();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((r) => (timer = setTimeout(r, SUSPECT_MS)));
+    return Promise.race([this.#readerEnd[peer] ?? Promise.resolve(), grace]).then(() => {
+      clearTimeout(timer);
+      this.gone(peer, why, this.byes.has(peer));
+    });
+  }
+
+  /** {@linkcode TcpTransport.send} to a peer with a fault: count, maybe drop, maybe hold. */
+  #sendFaulty(peer: number, f: PeerFault, head: FrameHeader, payload: Uint8Array): Promise<void> {
+    if (f.dropAfter !== undefined && isData(head.op) && !this.lost.has(peer)) {
+      if (f.sent++ >= f.dropAfter) this.#drop(peer, f);
+    }
+    if (f.delayMs <= 0) return this.#send(peer, head, payload);
+    // Held: small payloads are copied now (the caller may reuse them); a large one stays the
+    // caller's until its write has finished, as without the fault. A failed write is the
+    // transport's to handle (as without the fault): callers need not catch it.
+    const held = new Promise<void>((resolve, reject) => {
+      const q = this.#held[peer] ??= [];
+      q.push({
+        at: performance.now() + f.delayMs,
+        head,
+        payload: payload.length <= EAGER_COPY_BYTES ? payload.slice() : payload,
+        resolve,
+        reject,
+      });
+      if (q.length === 1) this.#release(peer);
+    });
+    held.catch(() => {});
+    return held;
+  }
+
+  /** Send the held frames to `peer` that are due, in order, and wait for the next. */
+  #release(peer: number): void {
+    this.#holdTimers[peer] = undefined;
+    const q = this.#held[peer]!;
+    while (q.length > 0 && q[0]!.at <= performance.now()) {
+      const h = q.shift()!;
+      this.#send(peer, h.head, h.payload).then(h.resolve, h.reject);
+    }
+    if (q.length > 0) {
+      this.#holdTimers[peer] = setTimeout(
+        () => this.#release(peer),
+        Math.max(0, q[0]!.at - performance.now()),
+      );
+    }
+  }
+
+  /** A drop fault fires: close the connection and the lane to `peer`, and name it lost. */
+  #drop(peer: number, f: PeerFault): void {
+    this.gone(
+      peer,
+      `${NET_FAULT_ENV} dropped the connection to it after ${f.dropAfter} data frames`,
+    );
+    try {
+      this.links[peer]?.conn.close();
+    } catch { /* already closed */ }
+    this.lanes[peer]?.close();
   }
 
   /** Queue a frame on a peer's connection; small payloads are copied now. */
@@ -414,6 +592,11 @@ export class TcpTransport {
     clearTimeout(this.#watchdog);
     this.#watchAt = -Infinity; // no more timers
     this.closing = true;
+    for (const [peer, q] of this.#held.entries()) {
+      clearTimeout(this.#holdTimers[peer]);
+      for (const h of q ?? []) h.reject(new Error("the world was closed"));
+      if (q) q.length = 0;
+    }
     const gate = this.#gate?.close();
     for (const l of this.lanes) l?.close();
     for (const l of this.links) {

@@ -5,7 +5,7 @@
  * @module
  */
 import { CollectiveError } from "./communicator.ts";
-import { EXITED, ShmLink, type ShmLinkInit } from "./_shm_link.ts";
+import { EXITED, exitedBefore, ShmLink, type ShmLinkInit } from "./_shm_link.ts";
 import { ShmCommunicator, type ShmGroupSpec, type ShmOptions } from "./shm.ts";
 import { useArena } from "./arena.ts";
 
@@ -31,6 +31,8 @@ export interface RankErrorInfo {
   op?: string;
   group?: string;
   peer?: number;
+  /** The world rank whose main had ended when this rank's op failed (it learned second-hand). */
+  after?: number;
 }
 
 const scope = self as unknown as {
@@ -92,6 +94,7 @@ scope.onmessage = async (e: MessageEvent) => {
     if (err instanceof CollectiveError) {
       Object.assign(info, { reason: err.reason, op: err.op, group: err.group, peer: err.peer });
     }
+    info.after = exitedBefore(err);
     scope.postMessage({ loomWorld: "error", error: info });
   }
 };

@@ -88,3 +88,47 @@ export async function broadcastJson(
   if (words.length > 0) await comm.broadcast(words, root, opts);
   return fromWords(words);
 }
+
+/**
+ * Every rank's JSON value, in rank order, on `root` (the others get `null`). Collective.
+ *
+ * @example One rank
+ * ```ts
+ * import { gatherJson, soloCommunicator } from "./mod.ts";
+ * console.assert((await gatherJson(soloCommunicator(), "a", 0))?.[0] === "a");
+ * ```
+ *
+ * @param comm the communicator
+ * @param value this rank's value
+ * @param root the rank that gets them all
+ * @param opts timeout
+ * @returns on `root`, every rank's value; elsewhere null
+ */
+export async function gatherJson(
+  comm: Communicator,
+  value: unknown,
+  root: number,
+  opts?: CollectiveOptions,
+): Promise<unknown[] | null> {
+  const mine = toWords(value);
+  const lens = new Int32Array(comm.size);
+  await comm.allGather(new Int32Array([mine.length]), lens, opts);
+  if (comm.rank !== root) {
+    await comm.send(mine, root, GATHER_TAG, opts);
+    return null;
+  }
+  const out: unknown[] = [];
+  for (let r = 0; r < comm.size; r++) {
+    if (r === root) {
+      out.push(value);
+      continue;
+    }
+    const words = new Int32Array(lens[r]!);
+    await comm.recv(words, r, GATHER_TAG, opts);
+    out.push(fromWords(words));
+  }
+  return out;
+}
+
+/** The tag {@linkcode gatherJson} sends on. */
+const GATHER_TAG = 0x4a47;

@@ -14,7 +14,10 @@
  * rank. Each frame carries the op, element count, dtype, reduce op and root, so ranks that call
  * different things see a `"mismatch"` error. A rank that fails an op tells the rest of the group
  * (an abort frame), and a group that has failed rejects every later op ({@link ./_tcp_faults.ts},
- * around each op's life in {@link ./_tcp_op.ts}).
+ * around each op's life in {@link ./_tcp_op.ts}); so does a rank that loses a peer, so that ranks
+ * which only see it leave name the rank that died. `LOOM_NET_FAULT` drops or delays the
+ * connection from one rank to another, for tests ({@link ./_net_fault.ts} has the grammar):
+ * `drop:1-2@40`, `delay:0-1:5`.
  *
  * @module
  */
@@ -37,6 +40,7 @@ import {
 import { finishAvg } from "./reduce.ts";
 import { DEFAULT_MAX_FRAME_BYTES, FrameOp, packKind } from "./frame.ts";
 import { rendezvous, type RendezvousOptions } from "./rendezvous.ts";
+import { netFaults } from "./_net_fault.ts";
 import { type Lane, openLanes } from "./_tcp_lane.ts";
 import { EAGER_COPY_BYTES, type OpCtx, TcpTransport } from "./_tcp_transport.ts";
 import { TcpGroupFaults } from "./_tcp_faults.ts";
@@ -133,16 +137,17 @@ export async function connectTcp(opts: TcpOptions): Promise<Communicator> {
       `maxFrameBytes (${maxFrameBytes}) must be at least chunkBytes and ${EAGER_COPY_BYTES}`,
     );
   }
+  const faults = netFaults(opts.rank, opts.size); // LOOM_NET_FAULT, for tests
   const mesh = await rendezvous(opts);
   let lanes: (Lane | null)[];
   try {
-    lanes = await openLanes(mesh, EAGER_COPY_BYTES, opts.lanes ?? true);
+    lanes = await openLanes(mesh, EAGER_COPY_BYTES, (opts.lanes ?? true) && faults.lanes);
   } catch (e) {
     for (const l of mesh.links) l?.conn.close();
     await mesh.gate?.close();
     throw e;
   }
-  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes);
+  const t = new TcpTransport(mesh, chunkBytes, smallBytes, opTimeoutMs, lanes, faults.peers);
   const members = Array.from({ length: t.size }, (_, i) => i);
   return new TcpComm(t, 0, "world", members, t.rank);
 }

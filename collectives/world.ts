@@ -72,6 +72,9 @@ export class RankFailedError extends Error {
   }
 }
 
+/** Failures raised because another rank's main had ended first: that rank's world rank. */
+const learnedFrom = new WeakMap<RankFailedError, number>();
+
 /** Handle on running rank Workers. */
 export interface WorkerWorld<T> {
   /** Number of ranks. */
@@ -190,6 +193,7 @@ export function startWorkers<T = unknown>(opts: WorkerWorldOptions): WorkerWorld
         const info = msg.error!;
         const err = new RankFailedError(r, info.message, info);
         if (info.stack !== undefined) err.stack = `${err.name}: ${err.message}\n${info.stack}`;
+        if (info.after !== undefined) learnedFrom.set(err, info.after);
         finish(r, false, err);
       } else opts.onMessage?.(r, e.data);
     };
@@ -275,8 +279,13 @@ export async function runWorkers<T = unknown>(opts: WorkerWorldOptions): Promise
       if (!woke) break;
       next = changed();
     }
+    // Second-hand: a rank that saw another fail, or time out. Of those, a rank that saw another
+    // rank of this world end (after it failed too) is further from the cause than that rank,
+    // which may have seen a rank of another node die: report the one closest to the cause.
     const secondHand = (e: RankFailedError) => e.reason === "peer-lost" || e.reason === "timeout";
-    throw failures.find((e) => !secondHand(e)) ?? failures[0]!;
+    const messenger = (e: RankFailedError) => failures.some((f) => f.rank === learnedFrom.get(e));
+    throw failures.find((e) => !secondHand(e)) ?? failures.find((e) => !messenger(e)) ??
+      failures[0]!;
   } finally {
     clearTimeout(timer);
     world.close();

@@ -8,9 +8,16 @@ import type { Batch, BatchSource } from "./batches.ts";
 import type { Tokenizer, TokenizerJSON } from "./tokenizers.ts";
 
 /**
- * Logits of a model for a batch: given inputs [B, T], returns logits [B, T, V] row-major.
+ * Logits of a model for a batch: given inputs [B, T], returns logits [B, T, V] row-major. With
+ * `past`, decoding with a key/value cache: `past` positions of every row went in before (0
+ * starts new rows) and the inputs are the next T of each.
  */
-export type LogitsFn = (inputs: Int32Array, B: number, T: number) => Promise<Float32Array>;
+export type LogitsFn = (
+  inputs: Int32Array,
+  B: number,
+  T: number,
+  past?: number,
+) => Promise<Float32Array>;
 
 /** One scored problem, in readable form. */
 export interface Sample {

@@ -192,37 +192,43 @@ export class AdditionTask implements Dataset {
   }
 
   /**
-   * Exact-match score of greedy decoding on the held-out problems: the model sees the prompt,
-   * its most likely next token is appended, D+1 times; the problem counts when all D+1 answer
-   * digits are right. Samples show the sums the usual way round.
+   * Exact-match score of greedy decoding on the held-out problems: the model reads the prompts
+   * of B problems at once, then its most likely next token is appended, D+1 times, each pass
+   * one token per problem through the model's key/value cache; a problem counts when all D+1
+   * answer digits are right. Samples show the sums the usual way round.
    *
-   * @param logits the model's logits for inputs [B, T]
-   * @param B rows per forward pass (the last chunk is padded)
+   * @param logits the model's logits for inputs [B, T] after `past` cached positions
+   * @param B rows per pass (the last chunk is padded)
    * @param limit score only the first `limit` held-out problems
    * @returns the score with a few samples
    */
   async score(logits: LogitsFn, B: number, limit = Infinity): Promise<Score> {
-    const T = this.seqLen, P = this.promptLen, V = this.tokenizer.vocabSize, D = this.digits;
+    const P = this.promptLen, V = this.tokenizer.vocabSize, D = this.digits;
     const problems = this.heldOut.slice(0, Math.min(limit, this.heldOut.length));
     let correct = 0;
     const samples: Sample[] = [];
     for (let i = 0; i < problems.length; i += B) {
       const chunk = problems.slice(i, i + B);
-      const inputs = new Int32Array(B * T);
+      const prompts = new Int32Array(B * P);
       for (let r = 0; r < B; r++) {
         const [a, b] = chunk[Math.min(r, chunk.length - 1)];
-        inputs.set(this.tokenizer.encode(this.prompt(a, b)), r * T);
+        prompts.set(this.tokenizer.encode(this.prompt(a, b)), r * P);
       }
       const answers = Array.from({ length: chunk.length }, () => new Int32Array(D + 1));
+      const next = new Int32Array(B);
+      let out = await logits(prompts, B, P, 0);
+      let T = P;
       for (let k = 0; k <= D; k++) {
-        const out = await logits(inputs, B, T);
-        const pos = P - 1 + k;
-        for (let r = 0; r < chunk.length; r++) {
-          const base = (r * T + pos) * V;
+        for (let r = 0; r < B; r++) {
+          const base = (r * T + T - 1) * V;
           let best = 0;
           for (let v = 1; v < V; v++) if (out[base + v] > out[base + best]) best = v;
-          answers[r][k] = best;
-          if (pos + 1 < T) inputs[r * T + pos + 1] = best;
+          if (r < chunk.length) answers[r][k] = best;
+          next[r] = best;
+        }
+        if (k < D) {
+          out = await logits(next, B, 1, P + k);
+          T = 1;
         }
       }
       for (let r = 0; r < chunk.length; r++) {

@@ -14,6 +14,7 @@
  */
 import {
   type Communicator,
+  gatherJson,
   recvJson,
   sendJson,
   sharedArray,
@@ -28,13 +29,7 @@ import {
   type Tensor,
   type TensorDType,
 } from "../kernels/mod.ts";
-import {
-  type GenerateOptions,
-  Gpt,
-  gptParamSpecs,
-  greedyDecode,
-  stageParts,
-} from "../models/mod.ts";
+import { decode, type GenerateOptions, Gpt, gptParamSpecs, stageParts } from "../models/mod.ts";
 import {
   adamwRule,
   clipFactor,
@@ -65,6 +60,7 @@ import {
   unshardTensor,
 } from "../parallel/mod.ts";
 import { type EngineConfig, type ResolvedEngineConfig, resolveEngineConfig } from "./config.ts";
+import type { PipelineSnapshot, StageTrace } from "./report.ts";
 import {
   checkCheckpointModel,
   CHECKPOINT_FORMAT,
@@ -107,6 +103,24 @@ export interface TrainStepResult {
   peakMicroBatches: number;
   /** Where this rank's step went, in milliseconds (with `wall_clock_breakdown`). */
   timings?: StepTimings;
+}
+
+/** Mean milliseconds per training step of one rank, by phase (see `Engine.phasesPerRank`). */
+export interface RankPhases {
+  /** Global rank. */
+  rank: number;
+  /** Steps averaged over. */
+  steps: number;
+  /** Forward passes (with the tensor-parallel all-reduces inside them). */
+  forward_ms: number;
+  /** Backward passes (with the reductions they overlap). */
+  backward_ms: number;
+  /** Waiting for pipeline peers: the bubble and the transfers. */
+  pipeline_idle_ms: number;
+  /** Gradient reductions after backward, model-parallel sums and the norm. */
+  reduce_ms: number;
+  /** The optimizer step (with ZeRO's all-gathers). */
+  step_ms: number;
 }
 
 /** Where a step went on this rank, in milliseconds (DeepSpeed's `wall_clock_breakdown`). */
@@ -364,6 +378,15 @@ export class Engine {
   #manifest: Map<string, { full: readonly number[]; split?: TensorSplit; ranks: number[] }> | null =
     null;
   #pipePeak = 0;
+  #lastPipe: { step: number; stats: PipelineStats } | null = null;
+  readonly #phases = {
+    steps: 0,
+    forwardMs: 0,
+    backwardMs: 0,
+    pipelineIdleMs: 0,
+    reduceMs: 0,
+    stepMs: 0,
+  };
   #trainActivations = 0;
   /** The checkpoint directory this engine last saved or loaded (null before). */
   checkpointPath: string | null = null;
@@ -591,7 +614,7 @@ export class Engine {
     const t0 = performance.now();
     const pipe = await runPipeline({
       schedule: this.schedule,
-      trace: c.wallClockBreakdown,
+      trace: true,
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),
@@ -605,6 +628,7 @@ export class Engine {
       pipe.peakBuffers * this.#actSize(B, T) * wireBytes(this.model.wire),
     );
     const t1 = performance.now();
+    this.#lastPipe = { step: this.step + 1, stats: pipe };
     await zero.finishBackward();
     await syncModelParallelGrads(be, this.#gg, zero.gradPieces(true));
     const sq = be.view(stats, m, 1);
@@ -623,18 +647,16 @@ export class Engine {
     const peakMicroBatches = chunks.reduce((a, ch) => a + ch.peakSlots, 0);
     const base = { step: this.step, loss, lr, gradNorm, tokens, lossScale, peakMicroBatches };
     if (this.lossScaler && !this.lossScaler.update(Number.isFinite(gradNorm))) {
-      const timings = c.wallClockBreakdown
-        ? breakdown(pipe, t1 - t0, performance.now() - t1, 0)
-        : undefined;
-      return { ...base, skipped: true, ...(timings ? { timings } : {}) };
+      const t = this.#addPhases(breakdown(pipe, t1 - t0, performance.now() - t1, 0));
+      return { ...base, skipped: true, ...(c.wallClockBreakdown ? { timings: t } : {}) };
     }
     const factor = (1 / lossScale) * (c.clip > 0 ? clipFactor(gradNorm, c.clip) : 1);
     this.#trainActivations = Math.max(this.#trainActivations, this.model.pool.bytes);
     const t2 = performance.now();
     await zero.step(lr, factor);
     const t3 = performance.now();
-    const timings = c.wallClockBreakdown ? breakdown(pipe, t1 - t0, t2 - t1, t3 - t2) : undefined;
-    return { ...base, skipped: false, ...(timings ? { timings } : {}) };
+    const t = this.#addPhases(breakdown(pipe, t1 - t0, t2 - t1, t3 - t2));
+    return { ...base, skipped: false, ...(c.wallClockBreakdown ? { timings: t } : {}) };
   }
 
   async #forwardOnly(
@@ -642,12 +664,14 @@ export class Engine {
     targets: Int32Array | null,
     B: number,
     T: number,
+    past?: number,
   ): Promise<Tensor | null> {
     let out: Tensor | null = null;
     const chunks = this.model.parts.map((_, ci) =>
       this.model.chunk(ci, {
         B,
         T,
+        past,
         eval: true,
         batch: () => ({ inputs, targets }),
         onLoss: (_, t) => out = t,
@@ -711,9 +735,14 @@ export class Engine {
    * @param inputs token ids [B, T]
    * @param B sequences
    * @param T tokens per sequence
+   * @param past decoding: positions of every row already in the key/value cache, the inputs
+   *   following them (0 starts new rows)
    * @returns logits [B, T, V]
    */
-  async logits(inputs: Int32Array, B: number, T: number): Promise<Float32Array> {
+  async logits(inputs: Int32Array, B: number, T: number, past?: number): Promise<Float32Array> {
+    if (past !== undefined && this.model.tp.sequenceParallel) {
+      return await this.#logitsFromHistory(inputs, B, T, past);
+    }
     // Each data-parallel replica computes its share of the rows; the last stage gathers them
     // over the replicas and hands the whole to the other stages.
     const V = this.config.model.vocab;
@@ -726,6 +755,7 @@ export class Engine {
         null,
         n,
         T,
+        past,
       );
       if (shard !== null) {
         const full = await this.model.fullLogits(shard, n * T);
@@ -742,12 +772,47 @@ export class Engine {
     return out;
   }
 
+  // Sequence parallelism splits every sequence over the tensor group, which a cache of one
+  // token at a time cannot: decoding then runs the whole prefix each pass (padded to a multiple
+  // of tp; causal attention leaves the earlier positions alone), remembered here.
+  #history: Int32Array | null = null;
+  async #logitsFromHistory(
+    inputs: Int32Array,
+    B: number,
+    T: number,
+    past: number,
+  ): Promise<Float32Array> {
+    const { ctx, vocab: V } = this.config.model;
+    const tp = this.grid.tp;
+    if (past === 0 || this.#history === null || this.#history.length !== B * ctx) {
+      this.#history = new Int32Array(B * ctx);
+    }
+    const h = this.#history;
+    for (let b = 0; b < B; b++) h.set(inputs.subarray(b * T, (b + 1) * T), b * ctx + past);
+    const n = past + T, L = Math.ceil(n / tp) * tp;
+    if (L > ctx) {
+      throw new RangeError(
+        `Decoding ${n} positions with sequence parallelism needs ${L} (a multiple of tp ${tp}), ` +
+          `more than the model's ctx ${ctx}`,
+      );
+    }
+    const ids = new Int32Array(B * L);
+    for (let b = 0; b < B; b++) ids.set(h.subarray(b * ctx, b * ctx + n), b * L);
+    const all = await this.logits(ids, B, L);
+    const out = new Float32Array(B * T * V);
+    for (let b = 0; b < B; b++) {
+      out.set(all.subarray((b * L + past) * V, (b * L + n) * V), b * T * V);
+    }
+    return out;
+  }
+
   /**
-   * Greedy decoding through the parallel model (see {@linkcode greedyDecode}). Collective.
+   * Decoding through the parallel model, with a key/value cache on every stage, greedy or
+   * sampled (see {@linkcode decode}). Collective.
    *
    * @param prompts token ids per row
    * @param maxNew the most tokens to add per row
-   * @param opts a stop token
+   * @param opts a stop token, temperature, top-k and seed
    * @returns the generated tokens per row
    */
   generate(
@@ -755,8 +820,8 @@ export class Engine {
     maxNew: number,
     opts: GenerateOptions = {},
   ): Promise<number[][]> {
-    return greedyDecode(
-      (ids, B, T) => this.logits(ids, B, T),
+    return decode(
+      (ids, B, T, past) => this.logits(ids, B, T, past),
       this.config.model,
       prompts,
       maxNew,
@@ -784,6 +849,77 @@ export class Engine {
       activations_peak_bytes: act,
       transient_peak_bytes: transient,
       total_bytes: z.params + z.grads + z.optimizer + act + transient,
+    };
+  }
+
+  #addPhases(t: StepTimings): StepTimings {
+    const p = this.#phases;
+    p.steps++;
+    p.forwardMs += t.forwardMs;
+    p.backwardMs += t.backwardMs;
+    p.pipelineIdleMs += t.pipelineIdleMs;
+    p.reduceMs += t.reduceMs;
+    p.stepMs += t.stepMs;
+    return t;
+  }
+
+  /**
+   * Where every rank's training steps went, on world rank 0 (null elsewhere): the mean
+   * milliseconds per step this engine ran of forward, backward, waiting for pipeline peers,
+   * gradient reductions and the optimizer step. Collective over the world.
+   *
+   * @returns on rank 0, one entry per rank
+   */
+  async phasesPerRank(): Promise<(RankPhases)[] | null> {
+    const p = this.#phases, n = Math.max(1, p.steps);
+    const round = (v: number) => Math.round(v / n * 1000) / 1000;
+    const mine: RankPhases = {
+      rank: this.world.rank,
+      steps: p.steps,
+      forward_ms: round(p.forwardMs),
+      backward_ms: round(p.backwardMs),
+      pipeline_idle_ms: round(p.pipelineIdleMs),
+      reduce_ms: round(p.reduceMs),
+      step_ms: round(p.stepMs),
+    };
+    return await gatherJson(this.world, mine, 0, this.#opts()) as RankPhases[] | null;
+  }
+
+  /**
+   * The pipeline's last training step as every stage ran it: each forward and backward with its
+   * times (from the ranks of data-parallel and tensor-parallel index 0), on world rank 0; null
+   * elsewhere, with one stage, or before a step. Collective over the world.
+   *
+   * @returns on rank 0, the stages' traces
+   */
+  async pipelineTrace(): Promise<PipelineSnapshot | null> {
+    if (this.grid.pp === 1) return null;
+    const last = this.#lastPipe;
+    const { tp, dp, pp } = this.groups.coords;
+    const mine: StageTrace | null = last !== null && tp === 0 && dp === 0
+      ? {
+        rank: this.world.rank,
+        stage: pp,
+        wall_ms: last.stats.wallMs,
+        entries: (last.stats.trace ?? []).map((e) => [
+          e.kind === "forward" ? "f" : "b",
+          e.mb,
+          e.chunk,
+          Math.round(e.start * 1000) / 1000,
+          Math.round(e.end * 1000) / 1000,
+        ]),
+      }
+      : null;
+    const all = await gatherJson(this.world, mine, 0, this.#opts()) as (StageTrace | null)[] | null;
+    if (all === null || last === null) return null;
+    const stages = all.filter((s): s is StageTrace => s !== null).sort((a, b) => a.stage - b.stage);
+    return {
+      schedule: this.schedule.name,
+      pp: this.grid.pp,
+      virtual_stages: this.layout.virtualStages,
+      micro_batches: this.layout.microBatches,
+      step: last.step,
+      stages,
     };
   }
 

@@ -15,6 +15,8 @@ export interface StepRecord {
   lr: number;
   /** Training throughput over the last logging interval. */
   tokens_per_s: number;
+  /** Tokens trained on so far, this step's included (over every replica, across resumes). */
+  tokens?: number;
   /** Global gradient norm before clipping (when computed). */
   grad_norm?: number;
   /** The fp16 loss scale the step used. */

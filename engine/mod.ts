@@ -2,7 +2,7 @@
  * The engine: ONE `Engine` per rank for every layout (`initialize(config, { world, backend })`,
  * DeepSpeed and Megatron config keys, `trainBatch` / `evalBatch` / `logits` / `save` / `load`),
  * sharded, atomic checkpoints that load at any layout, the training loop of a run (`runTraining`),
- * and the run records (metrics.jsonl, progress line).
+ * and the run records (metrics.jsonl, the HTML report, progress line).
  *
  * @example
  * ```ts
@@ -21,10 +21,12 @@ export * from "./config.ts";
 export * from "./engine.ts";
 export * from "./checkpoint.ts";
 export * from "./metrics.ts";
+export * from "./report.ts";
 export * from "./progress.ts";
 export * from "./run.ts";
 export * from "./signals.ts";
 export * from "./estimate.ts";
+export * from "./step_time.ts";
 export type * from "../kernels/backend.ts";
 export type { Rng } from "../kernels/rng.ts";
 export type * from "../models/mod.ts";

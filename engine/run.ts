@@ -27,6 +27,7 @@ import { checkParallelLayout, type Engine, initialize, type RankMemory } from ".
 import { readCheckpointConfig } from "./checkpoint.ts";
 import { activationBytes } from "./estimate.ts";
 import { MetricsWriter, readMetrics } from "./metrics.ts";
+import { type RanksRecord, serveReport, writeReport } from "./report.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
 /** What a run is: the engine's configuration, the data, the cadence and where it goes. */
@@ -57,7 +58,10 @@ export interface RunOptions {
   backend?: "auto" | "cpu" | "webgpu";
   /** CPU matrix-product path. */
   gemm?: "auto" | "blas" | "wasm" | "ts";
-  /** BLAS threads of the CPU backend. */
+  /**
+   * BLAS threads of each rank's CPU backend; default (or 0): the machine's cores divided
+   * between the ranks on it (see {@linkcode threadsPerRank}).
+   */
   threads?: number;
   /** A pipeline schedule instead of the default. */
   schedule?: ScheduleName;
@@ -82,6 +86,10 @@ export interface RunOptions {
    * per rank (torchrun, srun, mpirun) is restarted by its launcher instead.
    */
   maxRestarts?: number;
+  /** How the end-of-run sample of a text run is drawn (default greedy). */
+  sampling?: { temperature?: number; topK?: number; seed?: number };
+  /** Serve the live report on this loopback port while the run trains (rank 0; 0: any port). */
+  dashboard?: number | null;
   /** Milliseconds a collective waits for a peer before it fails naming it; default 60 000. */
   timeoutMs?: number;
   /**
@@ -143,8 +151,24 @@ export interface TrainSummary {
   memory: { per_rank: (RankMemory & { rank: number })[]; activations_saved_bytes: number | null };
 }
 
+/**
+ * BLAS threads for each rank when none are asked for: the machine's cores divided between the
+ * ranks that share it, at least one, so that one rank uses every core and several do not
+ * oversubscribe them.
+ *
+ * @param ranksHere ranks running on this machine
+ * @param cores the machine's cores; default `navigator.hardwareConcurrency`
+ * @returns threads per rank
+ */
+export function threadsPerRank(ranksHere: number, cores = navigator.hardwareConcurrency): number {
+  return Math.max(1, Math.floor((cores || 1) / Math.max(1, ranksHere)));
+}
+
 async function pickBackend(o: RunOptions, ranks: number): Promise<Backend> {
-  const cpu = () => createCpuBackend({ gemm: o.gemm ?? "auto", threads: o.threads ?? 1 });
+  // Ranks on this machine: its node's (a job of several), else the whole layout's.
+  const here = o.launch?.nprocPerNode ?? ranks;
+  const threads = o.threads || threadsPerRank(here);
+  const cpu = () => createCpuBackend({ gemm: o.gemm ?? "auto", threads });
   if (ranks > 1) return cpu();
   // auto: WebGPU only on a hardware adapter, probed without opening a device.
   const probe = (o.backend ?? "auto") === "auto" ? await probeWebGPU() : null;
@@ -171,7 +195,7 @@ async function evaluate(
   for (const b of batches) sum += await engine.evalBatch(b);
   const val = batches.length > 0 ? sum / batches.length : null;
   const score = ds.score
-    ? await ds.score((inputs, b, t) => engine.logits(inputs, b, t), B, limit)
+    ? await ds.score((inputs, b, t, past) => engine.logits(inputs, b, t, past), B, limit)
     : null;
   return { val, score };
 }
@@ -241,6 +265,16 @@ async function launchRun(o: RunOptions, ranks: number): Promise<TrainSummary | n
   }
 }
 
+// The machine's peak FLOP/s for MFU, when LOOM_PEAK_TFLOPS gives it.
+function peakFlops(): number | null {
+  const v = Deno.permissions.querySync({ name: "env", variable: "LOOM_PEAK_TFLOPS" }).state ===
+      "granted"
+    ? Deno.env.get("LOOM_PEAK_TFLOPS")
+    : undefined;
+  const t = v === undefined ? NaN : Number(v);
+  return Number.isFinite(t) && t > 0 ? t * 1e12 : null;
+}
+
 /** What a nonzero stop flag means: the signal that set it. */
 export const STOP_REASONS: Readonly<Record<number, string>> = { 1: "SIGINT", 2: "SIGTERM" };
 
@@ -304,6 +338,7 @@ export async function runTraining(
   };
   const ds = await openDataset(o.data);
   const backend = await pickBackend(o, layout.worldSize);
+  let dashboard: { port: number; shutdown(): Promise<void> } | null = null;
   try {
     const engine = await initialize(o.config, {
       world,
@@ -346,7 +381,28 @@ export async function runTraining(
         if (!(e instanceof Deno.errors.NotFound)) throw e;
       }
     }
+    const ranksPath = `${out}/ranks.jsonl`;
+    if (o.resume && lead) {
+      // The same for the per-rank records of evaluations.
+      try {
+        const kept = (await Deno.readTextFile(ranksPath)).split("\n").filter((l) =>
+          l.trim() !== "" && (JSON.parse(l) as RanksRecord).step <= engine.step
+        );
+        await Deno.writeTextFile(ranksPath, kept.map((l) => l + "\n").join(""));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
     const writer = lead ? await MetricsWriter.open(metricsPath, Boolean(o.resume)) : null;
+    if (lead && o.dashboard !== undefined && o.dashboard !== null) {
+      try {
+        dashboard = serveReport(out, o.dashboard);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.AddrInUse)) throw e;
+        throw new RangeError(`--dashboard ${o.dashboard}: the port is in use; pick another`);
+      }
+      say(`live report: http://127.0.0.1:${dashboard.port}/`);
+    }
     const m = engine.config.model;
     say(
       `Loom: ${ds.name}, ${engine.model.fullParams.toLocaleString("en-US")} parameters ` +
@@ -398,6 +454,39 @@ export async function runTraining(
     let stoppedBy: string | null = null;
     const stopFlag = new Int32Array(1);
     const rank = world?.rank ?? 0;
+    const layoutRecord = {
+      tp: layout.tp,
+      pp: layout.pp,
+      dp: layout.dp,
+      virtual_stages: layout.virtualStages,
+      sequence_parallel: layout.sequenceParallel,
+      schedule: layout.schedule,
+      micro_batches: layout.microBatches,
+      zero_stage: ec.zero.stage,
+      precision: ec.precision,
+    };
+    // What every rank measured, for the report: all ranks take part, rank 0 writes.
+    let reported = -1;
+    const report = async () => {
+      reported = engine.step;
+      const memory = await engine.memoryPerRank();
+      const pipeline = await engine.pipelineTrace();
+      const phases = await engine.phasesPerRank();
+      if (!lead) return;
+      const rec: RanksRecord = {
+        step: engine.step,
+        layout: layoutRecord,
+        config: o.saveConfig ?? {},
+        params: engine.model.fullParams,
+        flops_per_token: 6 * engine.model.fullParams + 12 * m.layers * ds.seqLen * m.dim,
+        peak_flops: peakFlops(),
+        memory,
+        pipeline,
+        phases,
+      };
+      await Deno.writeTextFile(ranksPath, JSON.stringify(rec) + "\n", { append: true });
+      await writeReport(out);
+    };
     while (engine.step < stopAt) {
       const batches: Batch[] = [];
       for (const rows of rowsOf) {
@@ -418,6 +507,7 @@ export async function runTraining(
         loss: r.loss,
         lr: r.lr,
         tokens_per_s: Math.round(tps),
+        tokens: tokensBefore + tokensRun,
         grad_norm: r.gradNorm,
         ...(engine.lossScaler ? { loss_scale: r.lossScale, skipped: r.skipped } : {}),
         ...(r.timings
@@ -466,6 +556,7 @@ export async function runTraining(
                 `(${(100 * last.score.accuracy).toFixed(1)}%)`
               : ""),
         );
+        await report();
       }
       if (o.saveEvery > 0 && r.step % o.saveEvery === 0 && !end) await saveRun();
       if (o.fault?.rank === rank && o.fault.step === r.step && (o.attempt ?? 0) === 0) {
@@ -478,6 +569,7 @@ export async function runTraining(
     }
     progress.done();
     await saveRun();
+    if (reported !== engine.step) await report();
     if (stoppedBy !== null) {
       say(
         `stopped by ${stoppedBy} at step ${engine.step}: saved ${out}/; continue with ` +
@@ -523,17 +615,7 @@ export async function runTraining(
       backend: backend.description,
       data: ds.name,
       out,
-      layout: {
-        tp: layout.tp,
-        pp: layout.pp,
-        dp: layout.dp,
-        virtual_stages: layout.virtualStages,
-        sequence_parallel: layout.sequenceParallel,
-        schedule: layout.schedule,
-        micro_batches: layout.microBatches,
-        zero_stage: ec.zero.stage,
-        precision: ec.precision,
-      },
+      layout: layoutRecord,
       loss_scale: engine.lossScaler
         ? { scale: engine.lossScaler.scale, skipped_steps: engine.lossScaler.skipped }
         : null,
@@ -545,7 +627,7 @@ export async function runTraining(
     if (!last.score && stoppedBy === null) {
       const start = ds.validationBatches(1, 1)[0]?.inputs ?? src.next().inputs;
       const prompt = Array.from(start.subarray(0, Math.min(16, start.length)));
-      const [gen] = await engine.generate([prompt], 120);
+      const [gen] = await engine.generate([prompt], 120, o.sampling ?? {});
       sample = `  ${ds.tokenizer.decode(prompt)}|${ds.tokenizer.decode(gen!)}`;
     }
     if (!lead) return null;
@@ -572,13 +654,20 @@ export async function runTraining(
           );
         }
       } else if (sample !== null) {
-        console.log("sample (greedy):");
+        const t = o.sampling?.temperature ?? 0, k = o.sampling?.topK;
+        console.log(
+          t > 0 ? `sample (temperature ${t}${k ? `, top-k ${k}` : ""}):` : "sample (greedy):",
+        );
         console.log(sample);
       }
-      console.log(`wrote ${out}/metrics.jsonl, ${out}/summary.json, ${engine.checkpointPath}/`);
+      console.log(
+        `wrote ${out}/metrics.jsonl, ${out}/summary.json, ${out}/report.html, ` +
+          `${engine.checkpointPath}/`,
+      );
     }
     return summary;
   } finally {
+    await dashboard?.shutdown();
     backend.dispose();
   }
 }

@@ -92,6 +92,17 @@ export interface OpKernels<F, I> {
     drop: AttentionDropout | undefined,
   ): void;
   /** `drop` is undefined when there is no dropout (or p = 0). */
+  attentionCached(
+    O: F,
+    K: F,
+    Q: F,
+    B: number,
+    T: number,
+    past: number,
+    capacity: number,
+    C: number,
+    H: number,
+  ): void;
   attentionBackward(
     D: F,
     G: F,
@@ -347,6 +358,32 @@ export function checkedOps<F, I>(c: OpChecks<F, I>, k: OpKernels<F, I>): Ops {
       const O = f(out, op, "out", B * T * C, "out"), A = f(att, op, "att", B * H * T * T, "out");
       const Q = f(qkv, op, "qkv", B * T * 3 * C);
       k.attentionForward(O, A, Q, B, T, C, H, d);
+      done();
+    },
+    attentionCached(
+      out: Tensor,
+      cache: Tensor,
+      qkv: Tensor,
+      B: number,
+      T: number,
+      past: number,
+      capacity: number,
+      C: number,
+      H: number,
+    ): void {
+      const op = "attentionCached";
+      heads(op, B, T, C, H);
+      sizes(op, { past, capacity });
+      if (past + T > capacity) {
+        throw new RangeError(
+          `${op}: positions ${past}..${past + T - 1} do not fit a cache of ${capacity} ` +
+            `positions: start again with past = 0 (the model's ctx bounds a sequence)`,
+        );
+      }
+      const O = f(out, op, "out", B * T * C, "out");
+      const K = f(cache, op, "cache", B * capacity * 2 * C, "acc");
+      const Q = f(qkv, op, "qkv", B * T * 3 * C);
+      k.attentionCached(O, K, Q, B, T, past, capacity, C, H);
       done();
     },
     attentionBackward(

@@ -269,6 +269,26 @@ export interface Backend {
     drop?: AttentionDropout,
   ): void;
 
+  /**
+   * Causal attention of `T` new tokens per sequence against a key/value cache, for decoding:
+   * qkv[B,T,3C] holds the new tokens' q | k | v (as in {@linkcode Backend.attentionForward}),
+   * which sit at positions past..past+T-1; cache[B,capacity,2C] holds k | v of every earlier
+   * position. Writes the new tokens' k and v into the cache at their positions, then out[B,T,C]:
+   * each new token attends to every cached position up to its own. No probabilities are kept
+   * (no backward).
+   */
+  attentionCached(
+    out: Tensor,
+    cache: Tensor,
+    qkv: Tensor,
+    B: number,
+    T: number,
+    past: number,
+    capacity: number,
+    C: number,
+    H: number,
+  ): void;
+
   // ---- loss -------------------------------------------------------------------------------
   /**
    * losses[N] = -log softmax(logits[N,V])[targets[n]], probs[N,V] = softmax(logits) (saved).

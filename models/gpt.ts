@@ -13,7 +13,7 @@
  * @module
  */
 
-import { type Backend, roundHalf, type Tensor, type TensorDType } from "../kernels/mod.ts";
+import { type Backend, Rng, roundHalf, type Tensor, type TensorDType } from "../kernels/mod.ts";
 import type { FlatLayout, LayerGate, ParamSpec } from "../optim/mod.ts";
 import {
   ActivationPool,
@@ -235,11 +235,29 @@ export function gptRankSpecs(config: GptConfig, place: RankPlace = {}): ParamSpe
   );
 }
 
-/** Options of {@linkcode Gpt.generate}. */
+/** Options of {@linkcode decode} (and of `generate`). */
 export interface GenerateOptions {
   /** A row stops after producing this token (it is kept in the output). */
   stop?: number;
+  /** 0 (the default): the most likely token; above 0, sample from softmax(logits / it). */
+  temperature?: number;
+  /** With a temperature: sample among the k most likely tokens only; default every token. */
+  topK?: number;
+  /** Seed of the sampling; default 0 (every rank draws the same tokens). */
+  seed?: number;
 }
+
+/**
+ * Logits `[B, T, V]` of a pass of decoding: `past` (when given) positions of every row are
+ * already in the model's key/value cache and `ids` holds the next `T` of each row; without
+ * `past`, `ids` holds the whole window.
+ */
+export type DecodeLogits = (
+  ids: Int32Array,
+  B: number,
+  T: number,
+  past?: number,
+) => Promise<Float32Array>;
 
 /** Options of {@linkcode Gpt.chunk}. */
 export interface ChunkOptions {
@@ -265,6 +283,8 @@ export interface ChunkOptions {
   eval?: boolean;
   /** Receives each micro-batch's loss tensor `[1]` (the chunk with the head). */
   onLoss?: (mb: number, loss: Tensor) => void;
+  /** Decoding: the pass's tokens follow `past` cached positions (with `eval`). */
+  past?: number;
   /** Receives each micro-batch's output without targets (the logits of this rank's shard). */
   onLogits?: (mb: number, logits: Tensor) => void;
 }
@@ -497,9 +517,10 @@ export class Gpt {
    * @param inputs token ids `[B, T]`
    * @param B sequences
    * @param T tokens per sequence (at most `ctx`)
+   * @param past decoding: positions of every row already in the key/value cache (0 starts)
    * @returns the logits `[B, T, V]` on the backend, valid until the next call
    */
-  async logits(inputs: Int32Array, B: number, T: number): Promise<Tensor> {
+  async logits(inputs: Int32Array, B: number, T: number, past?: number): Promise<Tensor> {
     this.#single("logits()");
     this.#checkShape(B, T);
     checkTokens("inputs", inputs, B * T, this.config.vocab, false);
@@ -507,6 +528,7 @@ export class Gpt {
     const ch = this.chunk(0, {
       B,
       T,
+      past,
       eval: true,
       batch: () => ({ inputs, targets: null }),
       onLogits: (_, l) => out = l,
@@ -572,12 +594,12 @@ export class Gpt {
   }
 
   /**
-   * Greedy decoding: append the most likely next token to each prompt, `maxNew` times (or
-   * until `stop`). Each step feeds the last `ctx` tokens of every row.
+   * Decode: append a next token to each prompt, `maxNew` times (or until `stop`), greedily or
+   * sampled (see {@linkcode decode}), with a key/value cache.
    *
    * @param prompts token ids per row (at least one token each)
    * @param maxNew the most tokens to add per row
-   * @param opts a stop token
+   * @param opts a stop token, sampling
    * @returns the generated tokens per row (without the prompt)
    */
   generate(
@@ -585,9 +607,9 @@ export class Gpt {
     maxNew: number,
     opts: GenerateOptions = {},
   ): Promise<number[][]> {
-    return greedyDecode(
-      async (ids, B, T) => {
-        return Float32Array.from(await this.backend.read(await this.logits(ids, B, T)));
+    return decode(
+      async (ids, B, T, past) => {
+        return Float32Array.from(await this.backend.read(await this.logits(ids, B, T, past)));
       },
       this.config,
       prompts,
@@ -639,17 +661,39 @@ export class Gpt {
 }
 
 /**
- * Greedy decoding over any logits function (the model's, or a pipeline's).
+ * Decoding over any logits function (the model's, or a pipeline's): every row gets a next
+ * token, `maxNew` times or until it produces `stop`. With a temperature of 0 that token is the
+ * most likely one (greedy); above 0 it is drawn from softmax(logits / temperature), among the
+ * `topK` most likely if given, by a generator seeded with `seed` (so that every rank draws the
+ * same).
  *
- * @param logits full logits `[B, T, V]` of a batch
+ * The rows share one key/value cache: the first pass reads the shortest prompt's length of
+ * every row, then each pass feeds every row one token (its next prompt token while it has one,
+ * else the token it generated last), so a step costs one token's work. Once a row would pass
+ * the model's `ctx`, each step runs the last `ctx` tokens of every row instead (positions then
+ * shift, so nothing can be cached).
+ *
+ * @example Greedy decoding with a toy logits function
+ * ```ts
+ * import { decode } from "./gpt.ts";
+ * // Always predicts token (last + 1) mod 4.
+ * const next = (ids: Int32Array, B: number, T: number) => {
+ *   const z = new Float32Array(B * T * 4);
+ *   for (let i = 0; i < B * T; i++) z[i * 4 + (ids[i]! + 1) % 4] = 1;
+ *   return Promise.resolve(z);
+ * };
+ * console.assert((await decode(next, { vocab: 4, ctx: 8 }, [[0]], 3))[0]!.join() === "1,2,3");
+ * ```
+ *
+ * @param logits full logits `[B, T, V]` of a pass
  * @param config the model's shape
  * @param prompts token ids per row (at least one token each)
  * @param maxNew the most tokens to add per row
- * @param opts a stop token
+ * @param opts a stop token, temperature, top-k and seed
  * @returns the generated tokens per row
  */
-export async function greedyDecode(
-  logits: (ids: Int32Array, B: number, T: number) => Promise<Float32Array>,
+export async function decode(
+  logits: DecodeLogits,
   config: { vocab: number; ctx: number },
   prompts: readonly (readonly number[])[],
   maxNew: number,
@@ -660,29 +704,88 @@ export async function greedyDecode(
   if (!Number.isInteger(maxNew) || maxNew < 0) {
     throw new RangeError(`maxNew must be an integer >= 0, got ${maxNew}`);
   }
+  const temperature = opts.temperature ?? 0;
+  if (!(temperature >= 0) || !Number.isFinite(temperature)) {
+    throw new RangeError(`temperature must be a number >= 0, got ${opts.temperature}`);
+  }
+  const topK = opts.topK ?? V;
+  if (!Number.isInteger(topK) || topK < 1) {
+    throw new RangeError(`topK must be an integer >= 1, got ${opts.topK}`);
+  }
   const rows = prompts.map((p, i) => {
     if (p.length === 0) throw new RangeError(`Prompt ${i} is empty: give at least one token`);
     return [...p];
   });
   const out: number[][] = prompts.map(() => []);
-  const done = new Array<boolean>(B).fill(false);
-  for (let k = 0; k < maxNew && B > 0 && done.includes(false); k++) {
+  const done = rows.map(() => maxNew === 0);
+  const rng = new Rng(opts.seed ?? 0);
+  const pick = (z: Float32Array, base: number) =>
+    temperature === 0 ? argmax(z, base, V) : sample(z, base, V, temperature, topK, rng);
+  const emit = (b: number, token: number) => {
+    rows[b]!.push(token);
+    out[b]!.push(token);
+    if (out[b]!.length >= maxNew || (opts.stop !== undefined && token === opts.stop)) {
+      done[b] = true;
+    }
+  };
+  // Positions of every row in the cache (-1: the cache is not used).
+  let fed = 0;
+  const first = Math.min(...rows.map((r) => r.length));
+  while (B > 0 && done.includes(false)) {
+    if (fed >= 0 && fed < ctx && (fed > 0 || first <= ctx)) {
+      // A pass through the cache: the first reads `first` tokens of each row, then one each.
+      const T = fed === 0 ? first : 1;
+      const ids = new Int32Array(B * T);
+      for (let b = 0; b < B; b++) {
+        const r = rows[b]!;
+        for (let t = 0; t < T; t++) ids[b * T + t] = r[Math.min(fed + t, r.length - 1)]!;
+      }
+      const z = await logits(ids, B, T, fed);
+      fed += T;
+      for (let b = 0; b < B; b++) {
+        // The row's last token went in: the pass predicts its next one.
+        if (!done[b] && rows[b]!.length === fed) emit(b, pick(z, (b * T + T - 1) * V));
+      }
+      continue;
+    }
+    fed = -1;
     const T = Math.min(ctx, Math.max(...rows.map((r) => r.length)));
     const ids = new Int32Array(B * T);
     for (let b = 0; b < B; b++) ids.set(rows[b]!.slice(-T), b * T);
     const z = await logits(ids, B, T);
     for (let b = 0; b < B; b++) {
-      if (done[b]) continue;
-      const pos = Math.min(T, rows[b]!.length) - 1;
-      const base = (b * T + pos) * V;
-      let best = 0;
-      for (let v = 1; v < V; v++) if (z[base + v]! > z[base + best]!) best = v;
-      rows[b]!.push(best);
-      out[b]!.push(best);
-      if (opts.stop !== undefined && best === opts.stop) done[b] = true;
+      if (!done[b]) emit(b, pick(z, (b * T + Math.min(T, rows[b]!.length) - 1) * V));
     }
   }
   return out;
+}
+
+function argmax(z: Float32Array, base: number, V: number): number {
+  let best = 0;
+  for (let v = 1; v < V; v++) if (z[base + v]! > z[base + best]!) best = v;
+  return best;
+}
+
+// A token drawn from softmax(z / temperature) over the k most likely.
+function sample(
+  z: Float32Array,
+  base: number,
+  V: number,
+  temperature: number,
+  k: number,
+  rng: Rng,
+): number {
+  let ids = Array.from({ length: V }, (_, v) => v);
+  if (k < V) ids = ids.sort((a, b) => z[base + b]! - z[base + a]! || a - b).slice(0, k);
+  let max = -Infinity;
+  for (const v of ids) max = Math.max(max, z[base + v]!);
+  const w = ids.map((v) => Math.exp((z[base + v]! - max) / temperature));
+  let u = rng.uniform() * w.reduce((a, b) => a + b, 0);
+  for (let i = 0; i < ids.length; i++) {
+    u -= w[i]!;
+    if (u < 0) return ids[i]!;
+  }
+  return ids[ids.length - 1]!;
 }
 
 /** A chunk of GPT layers run per micro-batch by the pipeline executor. */
@@ -711,6 +814,15 @@ export class GptChunk implements PipelineChunk {
    */
   constructor(model: Gpt, layers: readonly Layer[], part: ChunkPart, opts: ChunkOptions) {
     const tp = tpSize(model.tp);
+    if (opts.past !== undefined) {
+      const { ctx } = model.config;
+      if (!opts.eval) throw new RangeError("Decoding with a cache (past) is evaluation only");
+      if (!Number.isInteger(opts.past) || opts.past < 0 || opts.past + opts.T > ctx) {
+        throw new RangeError(
+          `Positions ${opts.past}..${opts.past + opts.T - 1} do not fit the model's ctx ${ctx}`,
+        );
+      }
+    }
     if (model.tp.sequenceParallel && opts.T % tp !== 0) {
       throw new RangeError(
         `Sequence parallelism splits T=${opts.T} across tp=${tp}: T must be a multiple`,
@@ -745,7 +857,14 @@ export class GptChunk implements PipelineChunk {
       ? { p: d.p, key: d.key, seqOffset: (this.#opts.seqOffset ?? 0) + mb * B }
       : undefined;
     const sp = m.tp.sequenceParallel ? tpSize(m.tp) : 1;
-    const base: Step = { B, T: T / sp, slot, ...(dropout ? { dropout } : {}) };
+    const past = this.#opts.past;
+    const base: Step = {
+      B,
+      T: T / sp,
+      slot,
+      ...(dropout ? { dropout } : {}),
+      ...(past !== undefined ? { cache: { past, capacity: m.config.ctx } } : {}),
+    };
     const tg = this.#last ? this.#opts.batch(mb).targets : null;
     if (tg === null) s = base;
     else {

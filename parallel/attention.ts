@@ -14,7 +14,7 @@
 
 import type { AttentionDropout, Tensor } from "../kernels/mod.ts";
 import type { ParamSpec } from "../optim/mod.ts";
-import { Arena, GRAD_SLOT } from "./_arena.ts";
+import { Arena, GRAD_SLOT, RECOMPUTE_SLOT } from "./_arena.ts";
 import {
   dropoutKey,
   dropoutSalt,
@@ -27,6 +27,9 @@ import {
 } from "./layer.ts";
 import { ColumnParallelLinear, RowParallelLinear } from "./linear.ts";
 import { tpRank, tpSize } from "./mappings.ts";
+
+/** The layer's own slot of its key/value cache (not a micro-batch's, not pooled). */
+const KV_SLOT = RECOMPUTE_SLOT + 1;
 
 /** Options of {@linkcode SelfAttention} and {@linkcode Mlp}. */
 export interface ProjectionOptions {
@@ -115,6 +118,29 @@ export class SelfAttention implements Layer {
     const dt = this.#c.dtype ?? "f32";
     const qkv = await this.cAttn.forward(x, step);
     const y = this.#arena.get(slot, "y", B * T * this.#C, dt);
+    const cache = step.cache;
+    if (cache !== undefined) {
+      if (this.#c.tp.sequenceParallel) {
+        throw new RangeError(
+          "Decoding with a key/value cache splits no sequence: build the model without " +
+            "sequence parallelism",
+        );
+      }
+      // This layer's cache of k | v for every position, kept between the passes of a decode.
+      const kv = this.#arena.get(KV_SLOT, "kv", B * cache.capacity * 2 * this.#C, dt);
+      this.#c.backend.attentionCached(
+        y,
+        kv,
+        qkv,
+        B,
+        T,
+        cache.past,
+        cache.capacity,
+        this.#C,
+        this.#H,
+      );
+      return await this.cProj.forward(y, step);
+    }
     const att = this.#arena.get(slot, "att", B * this.#H * T * T, dt);
     this.#c.backend.attentionForward(y, att, qkv, B, T, this.#C, this.#H, this.#drop(step));
     this.#qkv[slot] = qkv;

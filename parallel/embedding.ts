@@ -120,7 +120,9 @@ export class VocabParallelEmbedding implements Layer {
     const dt = this.#c.dtype ?? "f32";
     const x = this.#arena.get(slot, "x", B * T * C, dt);
     be.embeddingForward(x, ids, store.value("wte"), B * T, C, this.vocabStart);
-    if (tpRank(tp) === 0) be.addRows(x, be.view(store.value("wpe"), 0, T * C), B, T * C);
+    // Positions past..past+T-1 when decoding with a cache.
+    const at = step.cache?.past ?? 0;
+    if (tpRank(tp) === 0) be.addRows(x, be.view(store.value("wpe"), at * C, T * C), B, T * C);
     this.#ids[slot] = ids;
     let y = x;
     if (!tp.sequenceParallel) {

@@ -54,6 +54,20 @@ export interface Step {
   readonly gradScale?: number;
   /** Dropout in training; absent in evaluation. */
   readonly dropout?: StepDropout;
+  /** Decoding with a key/value cache (evaluation only; see {@linkcode StepCache}). */
+  readonly cache?: StepCache;
+}
+
+/**
+ * A pass of decoding: each sequence's `T` tokens of this pass sit at positions
+ * `past..past+T-1`, the key/value cache of every attention layer holds the earlier positions,
+ * and the pass adds its own. `past = 0` starts new sequences.
+ */
+export interface StepCache {
+  /** Positions already in the cache. */
+  readonly past: number;
+  /** Positions the cache holds (the model's ctx). */
+  readonly capacity: number;
 }
 
 /** Where a layer finds its parameters and their gradients, by name. */

@@ -157,6 +157,83 @@ const BACKWARD_KEY = elementwise(
   }`,
 );
 
+// Decoding against a key/value cache[B,cap,2C] (k | v per position): first each new token's k
+// and v are copied to their positions, then one invocation per new query row (b, h, t) takes
+// the row maximum of its scores, then sums exp(s - max) v over the positions up to its own.
+const CACHE: [string, "u32" | "f32"][] = [["T", "u32"], ["C", "u32"], ["past", "u32"], [
+  "cap",
+  "u32",
+]];
+const CACHE_STORE = elementwise(
+  "attention_cache_store",
+  // cache, qkv
+  ["f32", "f32"],
+  CACHE,
+  `let C2 = 2u * p.C;
+  let c = i % C2;
+  let bt = i / C2;
+  let t = bt % p.T;
+  let b = bt / p.T;
+  b0[p.o0 + (b * p.cap + p.past + t) * C2 + c] = b1[p.o1 + bt * 3u * p.C + p.C + c];`,
+);
+const CACHED = elementwise(
+  "attention_cached",
+  // out, cache, qkv
+  ["f32", "f32", "f32"],
+  [...CACHE, ["H", "u32"], ["scale", "f32"]],
+  `let t = i % p.T;
+  let bh = i / p.T;
+  let h = bh % p.H;
+  let b = bh / p.H;
+  let hs = p.C / p.H;
+  let C2 = 2u * p.C;
+  let q0 = p.o2 + (b * p.T + t) * 3u * p.C + h * hs;
+  let n = p.past + t + 1u;
+  var mx = -3.4028235e38;
+  for (var u = 0u; u < n; u++) {
+    let k0 = p.o1 + (b * p.cap + u) * C2 + h * hs;
+    var s = 0.0;
+    for (var c = 0u; c < hs; c++) { s += b2[q0 + c] * b1[k0 + c]; }
+    mx = max(mx, s * p.scale);
+  }
+  let y0 = p.o0 + (b * p.T + t) * p.C + h * hs;
+  for (var c = 0u; c < hs; c++) { b0[y0 + c] = 0.0; }
+  var z = 0.0;
+  for (var u = 0u; u < n; u++) {
+    let k0 = p.o1 + (b * p.cap + u) * C2 + h * hs;
+    var s = 0.0;
+    for (var c = 0u; c < hs; c++) { s += b2[q0 + c] * b1[k0 + c]; }
+    let e = exp(s * p.scale - mx);
+    z += e;
+    for (var c = 0u; c < hs; c++) { b0[y0 + c] = b0[y0 + c] + e * b1[k0 + p.C + c]; }
+  }
+  for (var c = 0u; c < hs; c++) { b0[y0 + c] = b0[y0 + c] / z; }`,
+);
+
+/** Attention of T new tokens against the key/value cache, which it extends first. */
+export function attentionCached(
+  dev: GpuDevice,
+  out: GpuTensor,
+  cache: GpuTensor,
+  qkv: GpuTensor,
+  B: number,
+  T: number,
+  past: number,
+  cap: number,
+  C: number,
+  H: number,
+): void {
+  runElementwise(dev, CACHE_STORE, [cache, qkv], B * T * 2 * C, [T, C, past, cap]);
+  runElementwise(dev, CACHED, [out, cache, qkv], B * H * T, [
+    T,
+    C,
+    past,
+    cap,
+    H,
+    1 / Math.sqrt(C / H),
+  ]);
+}
+
 /** The uniform values of the dropout fields. */
 function dropValues(d: AttentionDropout): number[] {
   return [d.key, dropoutThreshold(d.p), 1 / (1 - d.p), d.seqOffset, d.headOffset, d.heads];

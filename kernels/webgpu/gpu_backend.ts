@@ -6,7 +6,7 @@ import type { Backend, HostArray, Tensor, TensorDType } from "../backend.ts";
 import { checkedOps } from "../_checks.ts";
 import { halfBits, type HalfDType, roundHalf } from "../half.ts";
 import { adamw } from "./adamw.ts";
-import { attentionBackward, attentionForward } from "./attention.ts";
+import { attentionBackward, attentionCached, attentionForward } from "./attention.ts";
 import { crossEntropyBackward, crossEntropyForward } from "./cross_entropy.ts";
 import { type GpuDevice, GpuTensor } from "./device.ts";
 import { dropout } from "./dropout.ts";
@@ -215,6 +215,8 @@ export function gpuBackend(dev: GpuDevice, description: string): Backend {
         dropout(dev, O, X, rows, cols, p, key, rowOffset, colOffset, fullCols),
       attentionForward: (O, A, Q, B, T, C, H, drop) =>
         attentionForward(dev, O, A, Q, B, T, C, H, drop),
+      attentionCached: (O, K, Q, B, T, past, cap, C, H) =>
+        attentionCached(dev, O, K, Q, B, T, past, cap, C, H),
       attentionBackward: (D, G, Q, A, B, T, C, H, drop) =>
         attentionBackward(dev, D, G, Q, A, B, T, C, H, drop),
       crossEntropyForward: (L, P, X, Tg, N, V) => crossEntropyForward(dev, L, P, X, Tg, N, V),

@@ -50,17 +50,27 @@ Deno.test("addition batches are deterministic by seed and never contain a held-o
   assert.deepEqual(new AdditionTask({ digits: 2, heldOut: 500 }).heldOut, task.heldOut);
 });
 
-/** Logits of a model that adds perfectly except when a + b is divisible by 7. */
+/**
+ * Logits of a model that adds perfectly except when a + b is divisible by 7; it reads the
+ * problems from the rows it was given (the prompts first, then a token per pass, as with a
+ * key/value cache).
+ */
 function oracle(task: AdditionTask): LogitsFn {
   const V = task.tokenizer.vocabSize;
-  return (inputs, B, T) => {
+  let rows: number[][] = [];
+  return (inputs, B, T, past = 0) => {
+    if (past === 0) rows = Array.from({ length: B }, () => []);
     const out = new Float32Array(B * T * V);
     for (let r = 0; r < B; r++) {
-      const [a, b] = problemOf(task, inputs, r);
+      rows[r]!.push(...inputs.subarray(r * T, (r + 1) * T));
+      assert.equal(rows[r]!.length, past + T, "each pass follows the cached positions");
+      const [a, b] = problemOf(task, Int32Array.from(rows[r]!), 0);
       const ans = task.tokenizer.encode(task.answer(a, b));
-      for (let k = 0; k < ans.length; k++) {
+      for (let t = 0; t < T; t++) {
+        const k = past + t - (task.promptLen - 1);
+        if (k < 0 || k >= ans.length) continue;
         const wrong = (a + b) % 7 === 0 && k === 0;
-        out[(r * T + task.promptLen - 1 + k) * V + (wrong ? (ans[k] % 10) + 1 : ans[k])] = 5;
+        out[(r * T + t) * V + (wrong ? (ans[k] % 10) + 1 : ans[k])] = 5;
       }
     }
     return Promise.resolve(out);

@@ -188,6 +188,51 @@ Deno.test("a killed process: its peer fails naming it, exits non-zero, and never
   Deno.removeSync(dir, { recursive: true });
 });
 
+Deno.test("a slow link (LOOM_NET_FAULT delay) changes no loss; a dropped one fails both processes naming each other within --timeout", async () => {
+  const dir = tmp();
+  const args = [...TINY, "--timeout", "20"];
+  const job = async (out: string, fault: string, steps = "12") => {
+    const port = freePort();
+    const t0 = performance.now();
+    const ranks = await Promise.all(
+      [0, 1].map((r) =>
+        run([...args, "--steps", steps, "--out", `${dir}/${out}`], {
+          ...torchrunEnv(r, 2, port),
+          LOOM_NET_FAULT: fault,
+        })
+      ),
+    );
+    return { ranks, ms: performance.now() - t0 };
+  };
+  const plain = await job("plain", "");
+  for (const [r, x] of plain.ranks.entries()) await expectOk(x, `rank ${r}`);
+  const slow = await job("slow", "delay:0-1:5,delay:1-0:5");
+  for (const [r, x] of slow.ranks.entries()) await expectOk(x, `rank ${r} (delayed)`);
+  assert.deepEqual(losses(`${dir}/slow`), losses(`${dir}/plain`));
+  assert.ok(slow.ms > plain.ms + 12 * 5, `delayed ${slow.ms} ms against ${plain.ms} ms`);
+  // Rank 1 drops its link to rank 0 after 100 data frames (a few steps in).
+  const cut = await job("cut", "drop:1-0@100", "200");
+  const [r0, r1] = cut.ranks;
+  assert.equal(r0!.code, 1, r0!.stderr);
+  assert.equal(r1!.code, 1, r1!.stderr);
+  assert.match(
+    r0!.stderr,
+    /error: .*peer-lost \(rank 1\): lost rank 1( \(world rank 1\))?: its connection closed/,
+  );
+  assert.match(
+    r1!.stderr,
+    /error: .*peer-lost \(rank 0\): lost rank 0( \(world rank 0\))?: LOOM_NET_FAULT dropped/,
+  );
+  assert.ok(cut.ms < 20_000, `both failed in ${cut.ms} ms, within --timeout`);
+  const steps = losses(`${dir}/cut`).length;
+  assert.ok(steps >= 1 && steps < 200, `cut after ${steps} steps`);
+  console.log(
+    `  12 steps: ${plain.ms.toFixed(0)} ms, delayed ${slow.ms.toFixed(0)} ms; cut after ` +
+      `${steps} steps, both exited ${cut.ms.toFixed(0)} ms after the start`,
+  );
+  Deno.removeSync(dir, { recursive: true });
+});
+
 async function waitForSteps(dir: string, n: number, limitMs: number): Promise<void> {
   const t0 = Date.now();
   while (Date.now() - t0 < limitMs) {

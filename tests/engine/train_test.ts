@@ -5,6 +5,7 @@ import {
   readMetrics,
   shardFileName,
   type StepRecord,
+  threadsPerRank,
 } from "../../engine/mod.ts";
 import { helpText, main, parseTrainArgs } from "../../train.ts";
 
@@ -178,4 +179,51 @@ Deno.test("--help lists every option with its default", () => {
     ]
   ) assert.ok(h.includes(flag), `--help mentions ${flag}`);
   assert.match(h, /--steps INT\s+total optimizer steps of the run \(default: 2500\)/);
+});
+
+Deno.test("by default one rank uses every core, and the ranks of one machine share them", async () => {
+  assert.equal(threadsPerRank(1, 2), 2);
+  assert.equal(threadsPerRank(2, 2), 1);
+  assert.equal(threadsPerRank(4, 2), 1);
+  assert.equal(threadsPerRank(2, 8), 4);
+  assert.equal(threadsPerRank(3, 8), 2);
+  const out = await Deno.makeTempDir();
+  const s = await main(
+    ["--dim", "16", "--layers", "1", "--heads", "2", "--steps", "2", "--backend", "cpu"]
+      .concat(["--eval-every", "0", "--out", out]),
+    { print: false },
+  );
+  const n = navigator.hardwareConcurrency;
+  // BLAS threads (the WebAssembly path, without OpenBLAS, runs on one).
+  if (s!.backend.includes("OpenBLAS")) assert.match(s!.backend, new RegExp(`, ${n} threads?$`));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("--temperature and --top-k sample the end-of-run text of a --data run, seeded; bad values are refused", async () => {
+  const text = await Deno.makeTempFile({ suffix: ".txt" });
+  await Deno.writeTextFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(200));
+  const run = async (extra: string[]) => {
+    const out = await Deno.makeTempDir();
+    const lines: string[] = [];
+    const log = console.log;
+    console.log = (m: string) => lines.push(String(m));
+    try {
+      await main(
+        ["--data", text, "--dim", "16", "--layers", "1", "--heads", "2", "--ctx", "16"]
+          .concat(["--steps", "8", "--eval-every", "0", "--out", out, "--quiet", ...extra]),
+      );
+    } finally {
+      console.log = log;
+      await Deno.remove(out, { recursive: true });
+    }
+    const at = lines.findIndex((l) => l.startsWith("sample ("));
+    return [lines[at]!, lines[at + 1]!];
+  };
+  const [head, sample] = await run(["--temperature", "1.5", "--top-k", "4"]);
+  assert.equal(head, "sample (temperature 1.5, top-k 4):");
+  assert.deepEqual(await run(["--temperature", "1.5", "--top-k", "4"]), [head, sample]);
+  assert.equal((await run([]))[0], "sample (greedy):");
+  assert.throws(() => parseTrainArgs(["--temperature=-1"]), /--temperature must not be negative/);
+  assert.throws(() => parseTrainArgs(["--top-k=-2"]), /--top-k must not be negative/);
+  await Deno.remove(text);
 });

@@ -184,6 +184,49 @@ for (const [B, T, C, H] of [[1, 1, 4, 1], [2, 5, 12, 3], [2, 17, 32, 4]]) {
   });
 }
 
+// Decoding: the first P tokens in one pass, then the rest one at a time against the cache, give
+// the rows of full causal attention (returned as `cached` beside `full`; ops_test.ts compares
+// them with the reference, which this case's own check ties to attentionForward).
+for (const [B, T, P, C, H] of [[1, 3, 1, 4, 1], [2, 9, 4, 12, 3]]) {
+  cases.push({
+    name: `attentionCached() prefill ${P} then one token at a time equals attentionForward() ` +
+      `B=${B} T=${T} C=${C} H=${H}`,
+    storage16: false,
+    async run(be, rng) {
+      const all = new Float32Array(B * T * 3 * C);
+      for (let i = 0; i < all.length; i++) all[i] = (rng.uniform() * 2 - 1) * 2;
+      const qkv = be.alloc(all.length), full = be.alloc(B * T * C), att = be.alloc(B * H * T * T);
+      be.write(qkv, all);
+      be.attentionForward(full, att, qkv, B, T, C, H);
+      const cap = T + 2, cache = rand(be, rng, B * cap * 2 * C); // old contents never read
+      const cached = new Float32Array(B * T * C);
+      for (let past = 0; past < T; past += past === 0 ? P : 1) {
+        const n = past === 0 ? P : 1;
+        const part = new Float32Array(B * n * 3 * C);
+        for (let b = 0; b < B; b++) {
+          part.set(all.subarray((b * T + past) * 3 * C, (b * T + past + n) * 3 * C), b * n * 3 * C);
+        }
+        const q = be.alloc(part.length), out = be.alloc(B * n * C);
+        be.write(q, part);
+        be.attentionCached(out, cache, q, B, n, past, cap, C, H);
+        const got = await be.read(out);
+        for (let b = 0; b < B; b++) {
+          cached.set(got.subarray(b * n * C, (b + 1) * n * C), (b * T + past) * C);
+        }
+      }
+      const want = await be.read(full);
+      for (let i = 0; i < want.length; i++) {
+        if (Math.abs(cached[i]! - want[i]!) > 1e-5 * (1 + Math.abs(want[i]!))) {
+          throw new Error(`element ${i}: ${cached[i]} with the cache, ${want[i]} without`);
+        }
+      }
+      const c = be.alloc(cached.length);
+      be.write(c, cached);
+      return await read(be, { full, cached: c });
+    },
+  });
+}
+
 for (const V of [7, 300]) {
   cases.push({
     name: `crossEntropyForward() and crossEntropyBackward() V=${V}, ignored targets (-1)`,

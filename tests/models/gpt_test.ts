@@ -422,3 +422,33 @@ Deno.test("a Gpt can keep its parameters in a store of the caller's", async () =
     /params buffer is f32 with 10 elements but the layout needs \d+ f32 elements/,
   );
 });
+
+Deno.test("generate() with the key/value cache equals window-by-window greedy decoding, before and past ctx; sampling is seeded, and top-k 1 is greedy", async () => {
+  const be = createReferenceBackend();
+  const gpt = new Gpt(be, { ...SMALL, ctx: 7 }, { seed: 5 });
+  const p = await gpt.getParams();
+  p.set("wte", p.get("wte")!.map((x) => x * 30));
+  gpt.setParams(p);
+  const prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]];
+  const out = await gpt.generate(prompts, 9); // rows reach 12, 10 and 14 tokens: past ctx 7
+  for (let r = 0; r < prompts.length; r++) {
+    const seq = [...prompts[r]!];
+    for (let k = 0; k < 9; k++) {
+      const win = seq.slice(-7);
+      const lg = await be.read(await gpt.logits(new Int32Array(win), 1, win.length));
+      const last = Array.from(lg.subarray((win.length - 1) * 11, win.length * 11));
+      seq.push(last.indexOf(Math.max(...last)));
+    }
+    assert.deepEqual(out[r], seq.slice(prompts[r]!.length), `row ${r}`);
+  }
+  assert.deepEqual(await gpt.generate(prompts, 9, { temperature: 1, topK: 1 }), out);
+  const a = await gpt.generate(prompts, 9, { temperature: 2, seed: 3 });
+  assert.deepEqual(await gpt.generate(prompts, 9, { temperature: 2, seed: 3 }), a);
+  const others = await Promise.all(
+    [4, 5, 6].map((seed) => gpt.generate(prompts, 9, { temperature: 2, seed })),
+  );
+  assert.ok(others.some((o) => JSON.stringify(o) !== JSON.stringify(a)), "seeds differ");
+  for (const row of a) for (const t of row) assert.ok(t >= 0 && t < 11);
+  await assert.rejects(() => gpt.generate(prompts, 1, { temperature: -1 }), /temperature/);
+  await assert.rejects(() => gpt.generate(prompts, 1, { temperature: 1, topK: 0 }), /topK/);
+});

@@ -1,0 +1,148 @@
+/**
+ * The planner against real runs: for every layout that fits on this machine (one rank; dp 2;
+ * tp 2; pp 2 with GPipe, 1F1B and interleaved; ZeRO 1-3 at dp 2; fp32 and bf16), plan.ts's
+ * predicted step time beside the one `train.ts` measures, in the same sitting, after a fresh
+ * calibration.
+ *
+ * ```sh
+ * deno run -A bench/planner.ts            # a table
+ * deno run -A bench/planner.ts --json     # one object per layout: layout, predicted_ms, measured_ms
+ * ```
+ *
+ * The model is the one of issue 10's throughput table: a character GPT of width 256, 4 blocks
+ * of 8 heads, 128 tokens per sequence, 16 sequences per step, on ~300 KB of generated text.
+ * A layout's measured time is its steps per second over the last 20 of 40 steps (train.ts's
+ * tokens/s then), so start-up and the first steps' compilation do not count.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { machineCalibration, parsePlanArgs, planRows } from "../plan.ts";
+
+const MODEL = ["--ctx", "128", "--dim", "256", "--layers", "4", "--heads", "8"];
+const BATCH = 16, STEPS = 40;
+
+/** The layouts, as train.ts flags. */
+const LAYOUTS: string[][] = [
+  [],
+  ["--dp", "2"],
+  ["--tp", "2"],
+  ["--pp", "2", "--pipeline-schedule", "gpipe"],
+  ["--pp", "2", "--pipeline-schedule", "1f1b"],
+  ["--pp", "2", "--virtual-stages", "2", "--pipeline-schedule", "interleaved"],
+  ["--dp", "2", "--zero-stage", "1"],
+  ["--dp", "2", "--zero-stage", "2"],
+  ["--dp", "2", "--zero-stage", "3"],
+  ["--precision", "bf16"],
+  ["--dp", "2", "--zero-stage", "2", "--precision", "bf16"],
+];
+
+/** Text of about 300 KB from a seeded generator: words of a small vocabulary. */
+function text(): string {
+  const words = ("the of and to in is was that for on with as by at from his her they which " +
+    "one all were when there been have has had would more will their what about said each " +
+    "time could people into first water long little very after words called just where most " +
+    "know through back much before line right too means old any same tell boy follow came " +
+    "want show also around form three small set put end does another well large must big")
+    .split(" ");
+  let x = 12345, out = "";
+  while (out.length < 300_000) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    out += words[x % words.length] + ((x >>> 8) % 13 === 0 ? ".\n" : " ");
+  }
+  return out;
+}
+
+function flag(args: string[], name: string, dflt: string): string {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1]! : dflt;
+}
+
+/** train.ts with the layout: ms per step from its last tokens/s, and the vocabulary it used. */
+async function measure(data: string, layout: string[]): Promise<{ ms: number; vocab: number }> {
+  const out = await Deno.makeTempDir({ prefix: "loom-planner-" });
+  try {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../train.ts", import.meta.url).pathname, "--data", data]
+        .concat([...MODEL, "--batch", String(BATCH), "--steps", String(STEPS)])
+        .concat(["--eval-every", "0", "--out", out, ...layout]),
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(r.stdout);
+    if (r.code !== 0) {
+      throw new Error(
+        `train.ts ${layout.join(" ")} failed:\n${new TextDecoder().decode(r.stderr)}`,
+      );
+    }
+    const vocab = Number(/vocab (\d+)\)/.exec(stdout)?.[1]);
+    const lines = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n");
+    const last = JSON.parse(lines.at(-1)!);
+    return { ms: BATCH * 128 * 1000 / last.tokens_per_s, vocab };
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { json: { type: "boolean", default: false }, calibration: { type: "string" } },
+  });
+  const dir = await Deno.makeTempDir({ prefix: "loom-planner-" });
+  const data = `${dir}/text.txt`;
+  await Deno.writeTextFile(data, text());
+  const cal = await machineCalibration(
+    values.calibration ?? `${dir}/calibration.json`,
+    values.calibration === undefined,
+    (l) => console.error(l),
+  );
+  const rows: { layout: string; predicted_ms: number; measured_ms: number; error: number }[] = [];
+  for (const layout of LAYOUTS) {
+    const m = await measure(data, layout);
+    const pp = flag(layout, "--pp", "1"), v = flag(layout, "--virtual-stages", "1");
+    const plan = parsePlanArgs([
+      "--vocab",
+      String(m.vocab),
+      ...MODEL,
+      "--batch",
+      String(BATCH),
+      "--dp",
+      flag(layout, "--dp", "1"),
+      "--tp",
+      flag(layout, "--tp", "1"),
+      "--pp",
+      pp,
+      "--virtual-stages",
+      v,
+      "--zero-stage",
+      flag(layout, "--zero-stage", "0"),
+      "--precision",
+      flag(layout, "--precision", "fp32"),
+      ...(pp !== "1" && v === "1"
+        ? ["--pipeline-schedule", flag(layout, "--pipeline-schedule", "1f1b")]
+        : []),
+    ]);
+    const [row] = planRows(plan, cal);
+    const predicted = row!.time!.stepMs;
+    const rec = {
+      layout: row!.name,
+      predicted_ms: Math.round(predicted * 10) / 10,
+      measured_ms: Math.round(m.ms * 10) / 10,
+      error: Math.round((predicted / m.ms - 1) * 1000) / 1000,
+    };
+    rows.push(rec);
+    if (values.json) console.log(JSON.stringify(rec));
+  }
+  if (!values.json) {
+    const w = Math.max(...rows.map((r) => r.layout.length));
+    console.log(`${"layout".padEnd(w)}  predicted ms  measured ms   error`);
+    for (const r of rows) {
+      console.log(
+        `${r.layout.padEnd(w)}  ${r.predicted_ms.toFixed(1).padStart(12)}  ` +
+          `${r.measured_ms.toFixed(1).padStart(11)}  ${(100 * r.error).toFixed(1).padStart(5)}%`,
+      );
+    }
+  }
+  await Deno.remove(dir, { recursive: true });
+}

@@ -1,0 +1,402 @@
+/**
+ * Predicting a training step's time before a run: the work of every op of one rank's share of
+ * the GPT (matrix products by their shapes, the element-wise ops by their sizes), the
+ * collectives each layout adds, and the pipeline's bubble, priced with rates measured on this
+ * machine ({@linkcode calibrate}, cached as JSON by `plan.ts --calibrate`).
+ *
+ * The formulas (milliseconds; n = micro-batch tokens b T, C the width, F the MLP width, V the
+ * vocabulary, p pipeline stages, m micro-batches, v virtual stages, N ranks of a collective):
+ * - a ring all-reduce of B bytes: 2 (N-1) alpha + 2 (N-1)/N B / beta; a reduce-scatter or an
+ *   all-gather half of it ({@linkcode ringAllReduceMs}, {@linkcode ringHalfMs});
+ * - tensor parallelism: two all-reduces of n C values per block in forward, two in backward;
+ * - data parallelism: the gradients' all-reduce (ZeRO 0-1) or reduce-scatter (ZeRO 2-3), then
+ *   ZeRO 1-3's all-gather of the updated parameters, and ZeRO 3's all-gather of every block's
+ *   parameters before its forward and again before its backward;
+ * - a pipeline step of m micro-batches takes (m v + p - 1) chunk times, of which (p - 1) are
+ *   the bubble: (p - 1) / (m v + p - 1) of the step ({@linkcode theoreticalBubble});
+ * - activation checkpointing runs each checkpointed block's forward again in backward.
+ *
+ * @module
+ */
+import type { Backend, TensorDType } from "../kernels/mod.ts";
+
+/** The machine's measured rates, as `plan.ts --calibrate` caches them. */
+export interface Calibration {
+  /** Format version. */
+  version: 1;
+  /** When it was measured (ISO time). */
+  measured: string;
+  /** The machine's cores. */
+  cores: number;
+  /** Per BLAS thread count: the compute rates at that count. */
+  compute: Record<string, ComputeRates>;
+  /** Collective costs between Worker ranks over shared memory, per rank count. */
+  links: Record<string, LinkRates>;
+}
+
+/** Compute rates at one thread count. */
+export interface ComputeRates {
+  /** Matrix products: [smallest dimension, GFLOP/s] pairs, ascending. */
+  matmul: [number, number][];
+  /** Nanoseconds per element of element-wise work (layernorm, GELU, softmax, adds, loss). */
+  elementNs: number;
+  /** Nanoseconds per score of attention (B H T^2 scores: the products, softmax and back). */
+  attentionNs: number;
+  /** Nanoseconds per parameter of an AdamW step. */
+  adamwNs: number;
+  /** Milliseconds each op costs beyond its arithmetic (dispatch, checks). */
+  opOverheadMs: number;
+  /** How much slower 16-bit activations make the element-wise work (widening, rounding). */
+  halfFactor: number;
+}
+
+/** Costs of collectives among N ranks: latency per message and bandwidth. */
+export interface LinkRates {
+  /** Milliseconds per ring step of a collective, and per point-to-point message. */
+  alphaMs: number;
+  /** Bytes per millisecond a ring step moves. */
+  bytesPerMs: number;
+}
+
+/**
+ * The theoretical bubble of a schedule, as a fraction of the step: (p - 1) / (m + p - 1) for
+ * GPipe and 1F1B, (p - 1) / (v m + p - 1) interleaved over v virtual stages.
+ *
+ * @param pp stages
+ * @param microBatches micro-batches per step
+ * @param virtualStages chunks per rank
+ * @returns the idle fraction of each stage in a perfectly balanced pipeline
+ */
+export function theoreticalBubble(pp: number, microBatches: number, virtualStages = 1): number {
+  return (pp - 1) / (virtualStages * microBatches + pp - 1);
+}
+
+/**
+ * A ring all-reduce of `bytes` among `n` ranks: 2 (n - 1) steps, each a latency and a
+ * 1/n-th of the buffer.
+ *
+ * @param bytes buffer size
+ * @param n ranks
+ * @param link the link's latency and bandwidth
+ * @returns milliseconds
+ */
+export function ringAllReduceMs(bytes: number, n: number, link: LinkRates): number {
+  if (n <= 1) return 0;
+  return 2 * (n - 1) * link.alphaMs + 2 * (n - 1) / n * bytes / link.bytesPerMs;
+}
+
+/**
+ * A ring reduce-scatter or all-gather of `bytes` (the whole buffer) among `n` ranks: half an
+ * all-reduce.
+ *
+ * @param bytes buffer size
+ * @param n ranks
+ * @param link the link
+ * @returns milliseconds
+ */
+export function ringHalfMs(bytes: number, n: number, link: LinkRates): number {
+  return ringAllReduceMs(bytes, n, link) / 2;
+}
+
+/** What a step's prediction needs: the model, the layout, the batch. */
+export interface StepTimeInput {
+  /** Vocabulary V (padded to a multiple of tp as the engine pads it). */
+  vocab: number;
+  /** Tokens per sequence T. */
+  seqLen: number;
+  /** Width C. */
+  dim: number;
+  /** Blocks. */
+  layers: number;
+  /** Heads. */
+  heads: number;
+  /** MLP width; default 4 C. */
+  hidden?: number;
+  /** Sequences per step over every replica. */
+  batch: number;
+  /** Data-parallel ranks. */
+  dp: number;
+  /** Tensor-parallel ranks. */
+  tp: number;
+  /** Pipeline stages. */
+  pp: number;
+  /** Virtual stages per rank; default 1. */
+  virtualStages?: number;
+  /** Micro-batches per step; default 4 pp with a pipeline, else 1. */
+  microBatches?: number;
+  /** ZeRO stage; default 0. */
+  zeroStage?: 0 | 1 | 2 | 3;
+  /** Activations and gradients in 16 bits (fp16 or bf16): fp32 master weights stay. */
+  half?: boolean;
+  /** Activation checkpointing: every N-th block (0 off). */
+  checkpointActivations?: number;
+  /** Ranks sharing this machine's cores (their BLAS threads split them). */
+  ranksHere?: number;
+}
+
+/** A predicted step, in milliseconds, split by where the time goes (on the slowest rank). */
+export interface StepTimeEstimate {
+  /** Forward and backward arithmetic (with recomputation) of every micro-batch. */
+  computeMs: number;
+  /** Tensor-parallel all-reduces. */
+  tpCommMs: number;
+  /** Pipeline transfers between stages. */
+  ppCommMs: number;
+  /** The pipeline's idle share. */
+  bubbleMs: number;
+  /** Data-parallel gradient reductions and ZeRO's gathers. */
+  dpCommMs: number;
+  /** The optimizer step. */
+  optimizerMs: number;
+  /** The whole step. */
+  stepMs: number;
+  /** Tokens per second at that step time. */
+  tokensPerS: number;
+  /** BLAS threads per rank the prediction assumed. */
+  threads: number;
+}
+
+/** The rate of a product whose smallest dimension is `d`, interpolated (log scale). */
+export function matmulGflops(rates: ComputeRates, M: number, N: number, K: number): number {
+  const d = Math.min(M, N, K), pts = rates.matmul;
+  if (d <= pts[0]![0]) return pts[0]![1] * d / pts[0]![0];
+  for (let i = 1; i < pts.length; i++) {
+    const [d1, r1] = pts[i]!, [d0, r0] = pts[i - 1]!;
+    if (d <= d1) {
+      const f = Math.log(d / d0) / Math.log(d1 / d0);
+      return r0 + f * (r1 - r0);
+    }
+  }
+  return pts[pts.length - 1]![1];
+}
+
+/**
+ * Predict one training step of a layout from the machine's rates (see the module doc for the
+ * formulas).
+ *
+ * @param x the model, layout and batch
+ * @param cal the machine's calibration
+ * @returns the step time and where it goes
+ */
+export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEstimate {
+  const { tp, pp, dp } = x;
+  const v = x.virtualStages ?? 1;
+  const m = x.microBatches ?? (pp > 1 ? 4 * pp : 1);
+  const zero = x.zeroStage ?? 0;
+  const ranks = tp * pp * dp;
+  const threads = Math.max(1, Math.floor(cal.cores / Math.max(1, x.ranksHere ?? ranks)));
+  const rates = cal.compute[String(threads)] ?? cal.compute[Object.keys(cal.compute)[0]!]!;
+  const b = x.batch / (m * dp);
+  if (!Number.isInteger(b) || b < 1) {
+    throw new RangeError(
+      `A batch of ${x.batch} does not split into ${m} micro-batches over dp ${dp}`,
+    );
+  }
+  const T = x.seqLen, C = x.dim, F = x.hidden ?? 4 * x.dim, n = b * T;
+  const Vp = Math.ceil(x.vocab / tp) * tp;
+  const half = x.half ?? false;
+  const ew = rates.elementNs * (half ? rates.halfFactor : 1) / 1e6; // ms per element
+  const over = rates.opOverheadMs;
+  // A product, forward or (its two products) backward.
+  const mm = (M: number, N: number, K: number) =>
+    2 * M * N * K / (matmulGflops(rates, M, N, K) * 1e6) + over;
+  const linear = (inp: number, out: number) => ({
+    f: mm(n, out, inp),
+    b: mm(n, inp, out) + mm(inp, out, n) + n * out * ew,
+  });
+  const qkv = linear(C, 3 * C / tp), proj = linear(C / tp, C);
+  const fc = linear(C, F / tp), proj2 = linear(F / tp, C);
+  const scores = b * (x.heads / tp) * T * T;
+  const att = scores * rates.attentionNs / 1e6;
+  // Element-wise work of a block: two layernorms, two residual adds, GELU, in and out.
+  const blockEw = (4 * n * C + n * F / tp) * ew;
+  const blockF = qkv.f + proj.f + fc.f + proj2.f + att / 3 + blockEw + 8 * over;
+  const blockB = qkv.b + proj.b + fc.b + proj2.b + 2 * att / 3 + 2 * blockEw + 8 * over;
+  const layersPerStage = x.layers / pp;
+  const ck = x.checkpointActivations ?? 0;
+  // Checkpointed blocks (every block, in groups of ck) run their forward again in backward.
+  const recomputed = ck > 0 ? layersPerStage : 0;
+  const head = linear(C, Vp / tp);
+  const headMs = head.f + head.b + 3 * n * (Vp / tp) * ew + 2 * n * C * ew;
+  const embedMs = 3 * n * C * ew;
+  // The heaviest stage (the last one holds the head; the first the embedding).
+  const stageCompute = layersPerStage * (blockF + blockB) + recomputed * blockF +
+    (pp === 1 ? headMs + embedMs : Math.max(headMs, embedMs));
+  const shm = (k: number): LinkRates =>
+    cal.links[String(k)] ?? cal.links[Object.keys(cal.links).at(-1)!]!;
+  const actBytes = n * C * (half ? 2 : 4);
+  const tpMb = tp > 1 ? 4 * layersPerStage * ringAllReduceMs(actBytes, tp, shm(tp)) : 0;
+  const p2pLink = shm(2);
+  const ppMb = pp > 1 ? 2 * (p2pLink.alphaMs + actBytes / p2pLink.bytesPerMs) : 0;
+  const chunk = (stageCompute + tpMb + ppMb) / v;
+  const pipelineMs = (m * v + pp - 1) * chunk;
+  const computeMs = m * stageCompute;
+  const tpCommMs = m * tpMb;
+  const ppCommMs = m * ppMb;
+  const bubbleMs = Math.max(0, pipelineMs - computeMs - tpCommMs - ppCommMs);
+  // Parameters on this rank: the blocks of its stage, split over tp, and its end's tables.
+  const blockParams = (4 * C * C + 2 * C * F + 9 * C + F) / tp;
+  const rankParams = layersPerStage * blockParams + (Vp / tp) * C + T * C;
+  const gradBytes = rankParams * (half ? 2 : 4);
+  const link = shm(dp);
+  let dpCommMs = 0;
+  if (dp > 1) {
+    dpCommMs = zero <= 1 ? ringAllReduceMs(gradBytes, dp, link) : ringHalfMs(gradBytes, dp, link);
+    if (zero >= 1) dpCommMs += ringHalfMs(rankParams * (half ? 2 : 4), dp, link);
+    if (zero === 3) dpCommMs += 2 * m * ringHalfMs(rankParams * (half ? 2 : 4), dp, link);
+  }
+  const owned = zero >= 1 ? rankParams / dp : rankParams;
+  const optimizerMs = owned * rates.adamwNs / 1e6 + rankParams * ew + 2 * over;
+  const stepMs = pipelineMs + dpCommMs + optimizerMs;
+  return {
+    computeMs,
+    tpCommMs,
+    ppCommMs,
+    bubbleMs,
+    dpCommMs,
+    optimizerMs,
+    stepMs,
+    tokensPerS: x.batch * T / (stepMs / 1000),
+    threads,
+  };
+}
+
+// ---- calibration ---------------------------------------------------------------------------
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Milliseconds of one call of `f`, the median of runs that together take about `budgetMs`. */
+async function timeIt(f: () => void | Promise<unknown>, budgetMs: number): Promise<number> {
+  await f();
+  const times: number[] = [];
+  const t0 = performance.now();
+  while (times.length < 5 || (performance.now() - t0 < budgetMs && times.length < 200)) {
+    const s = performance.now();
+    await f();
+    times.push(performance.now() - s);
+  }
+  return median(times);
+}
+
+/** Options of {@linkcode calibrate}. */
+export interface CalibrateOptions {
+  /** The CPU backend to measure at a thread count (e.g. `createCpuBackend`). */
+  backend: (threads: number) => Backend;
+  /** Thread counts to measure; default 1 and the machine's cores. */
+  threads?: number[];
+  /** Shared-memory collectives between k ranks: ms of an all-reduce of each byte size. */
+  allReduceMs: (k: number, sizes: number[]) => Promise<number[]>;
+  /** Rank counts of the links; default 2 and 4. */
+  linkRanks?: number[];
+  /** Progress lines. */
+  log?: (line: string) => void;
+}
+
+/**
+ * Measure this machine's rates: matrix products at a ladder of sizes, element-wise work,
+ * attention and AdamW per element on the CPU backend at each thread count, and shared-memory
+ * all-reduces between Worker ranks (a latency and a bandwidth fitted per rank count).
+ *
+ * @param opts the backend, the collectives and the thread counts
+ * @returns the calibration
+ */
+export async function calibrate(opts: CalibrateOptions): Promise<Calibration> {
+  const cores = navigator.hardwareConcurrency || 1;
+  const counts = opts.threads ?? [...new Set([1, cores])];
+  const compute: Record<string, ComputeRates> = {};
+  for (const threads of counts) {
+    const be = opts.backend(threads);
+    try {
+      compute[String(threads)] = await measureCompute(be, opts.log);
+    } finally {
+      be.dispose();
+    }
+    opts.log?.(`compute at ${threads} thread(s) measured`);
+  }
+  const links: Record<string, LinkRates> = {};
+  for (const k of opts.linkRanks ?? [2, 4]) {
+    const sizes = [1 << 10, 1 << 20, 1 << 23];
+    const ms = await opts.allReduceMs(k, sizes);
+    // Fit 2 (k-1) alpha + 2 (k-1)/k bytes / beta through the smallest and largest sizes.
+    const steps = 2 * (k - 1), frac = 2 * (k - 1) / k;
+    const slope = (ms[2]! - ms[0]!) / (frac * (sizes[2]! - sizes[0]!));
+    const bytesPerMs = 1 / Math.max(slope, 1e-12);
+    const alphaMs = Math.max(0, (ms[0]! - frac * sizes[0]! / bytesPerMs) / steps);
+    links[String(k)] = { alphaMs, bytesPerMs };
+    opts.log?.(`all-reduce over ${k} ranks measured`);
+  }
+  return { version: 1, measured: new Date().toISOString(), cores, compute, links };
+}
+
+async function measureCompute(be: Backend, log?: (l: string) => void): Promise<ComputeRates> {
+  const rand = (n: number, dtype: TensorDType = "f32") => {
+    const t = be.alloc(n, dtype);
+    const a = new Float32Array(n);
+    for (let i = 0; i < n; i++) a[i] = Math.sin(i * 12.9898) * 0.5;
+    if (dtype === "f32") be.write(t, a);
+    else be.fill(t, 0.25);
+    return t;
+  };
+  // Products of shapes n x 4d x d (the forward of an MLP of width d) at a ladder of d.
+  const matmul: [number, number][] = [];
+  for (const d of [16, 32, 64, 128, 256, 512]) {
+    const M = 512, N = 4 * d, K = d;
+    const A = rand(M * K), B = rand(K * N), Cm = be.alloc(M * N);
+    const ms = await timeIt(async () => {
+      be.matmul(Cm, A, B, null, M, N, K);
+      await be.read(be.view(Cm, 0, 1));
+    }, 150);
+    matmul.push([d, 2 * M * N * K / (ms * 1e6)]);
+  }
+  // The cost of a call beyond its arithmetic: a 1 x 1 x 1 product.
+  const one = rand(1), out1 = be.alloc(1);
+  const opOverheadMs = await timeIt(() => be.matmul(out1, one, one, null, 1, 1, 1), 50);
+  // Element-wise: a layernorm and a GELU, forward and backward, of 1M elements.
+  const elementNs = async (dtype: TensorDType) => {
+    const N = 1024, C = 1024, x = rand(N * C, dtype), y = be.alloc(N * C, dtype);
+    const w = rand(C), bias = rand(C), mu = be.alloc(N), r = be.alloc(N);
+    const ms = await timeIt(async () => {
+      be.layernormForward(y, mu, r, x, w, bias, N, C);
+      be.geluForward(x, y, N * C);
+      await be.read(be.view(y, 0, 1));
+    }, 200);
+    return ms * 1e6 / (2 * N * C);
+  };
+  const f32Ns = await elementNs("f32");
+  const halfNs = await elementNs("bf16");
+  // Attention: B H T^2 scores at T = 128, forward and backward.
+  const Ba = 4, T = 128, Ca = 256, H = 8;
+  const q = rand(Ba * T * 3 * Ca), o = be.alloc(Ba * T * Ca), att = be.alloc(Ba * H * T * T);
+  const dq = be.alloc(Ba * T * 3 * Ca), dout = rand(Ba * T * Ca);
+  const attMs = await timeIt(async () => {
+    be.attentionForward(o, att, q, Ba, T, Ca, H);
+    be.attentionBackward(dq, dout, q, att, Ba, T, Ca, H);
+    await be.read(be.view(dq, 0, 1));
+  }, 200);
+  const attentionNs = attMs * 1e6 / (Ba * H * T * T);
+  // AdamW over 1M parameters.
+  const P = 1 << 20, pw = rand(P), pg = rand(P), pm = be.alloc(P), pv = be.alloc(P);
+  const adamMs = await timeIt(async () => {
+    be.adamw(pw, pg, pm, pv, P, {
+      lr: 1e-3,
+      beta1: 0.9,
+      beta2: 0.95,
+      eps: 1e-8,
+      weightDecay: 0,
+      step: 1,
+    });
+    await be.read(be.view(pw, 0, 1));
+  }, 150);
+  log?.(`matmul ${matmul.map(([d, r]) => `${d}:${r.toFixed(1)}`).join(" ")} GFLOP/s`);
+  return {
+    matmul,
+    elementNs: f32Ns,
+    attentionNs,
+    adamwNs: adamMs * 1e6 / P,
+    opOverheadMs,
+    halfFactor: halfNs / f32Ns,
+  };
+}

@@ -1,0 +1,165 @@
+// The planner's time model: its formulas, each against the number it states, and the way a
+// layout's step adds up, on a fixed calibration (so nothing here depends on the machine).
+import assert from "node:assert/strict";
+import {
+  type Calibration,
+  matmulGflops,
+  predictStepTime,
+  ringAllReduceMs,
+  ringHalfMs,
+  type StepTimeInput,
+  theoreticalBubble,
+} from "../../engine/step_time.ts";
+import { layoutName, parsePlanArgs, planRows } from "../../plan.ts";
+
+const RATES = {
+  matmul: [[16, 10], [256, 50]] as [number, number][],
+  elementNs: 1,
+  attentionNs: 10,
+  adamwNs: 5,
+  opOverheadMs: 0,
+  halfFactor: 3,
+};
+const CAL: Calibration = {
+  version: 1,
+  measured: "fixed",
+  cores: 2,
+  compute: { "1": RATES, "2": { ...RATES, matmul: [[16, 20], [256, 100]] } },
+  links: {
+    "2": { alphaMs: 0.01, bytesPerMs: 1e6 },
+    "4": { alphaMs: 0.02, bytesPerMs: 5e5 },
+  },
+};
+const MODEL: StepTimeInput = {
+  vocab: 64,
+  seqLen: 128,
+  dim: 256,
+  layers: 4,
+  heads: 8,
+  batch: 16,
+  dp: 1,
+  tp: 1,
+  pp: 1,
+};
+
+function close(a: number, b: number, what: string): void {
+  assert.ok(Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
+}
+
+Deno.test("ring all-reduce: 2(n-1) latencies and 2(n-1)/n of the bytes; a reduce-scatter or all-gather half of it", () => {
+  const link = { alphaMs: 0.5, bytesPerMs: 1000 };
+  close(ringAllReduceMs(8000, 4, link), 6 * 0.5 + 1.5 * 8, "n = 4");
+  close(ringAllReduceMs(8000, 2, link), 2 * 0.5 + 8, "n = 2");
+  assert.equal(ringAllReduceMs(8000, 1, link), 0);
+  close(ringHalfMs(8000, 4, link), (6 * 0.5 + 1.5 * 8) / 2, "half");
+});
+
+Deno.test("the bubble is (p-1)/(m+p-1), interleaved (p-1)/(v m+p-1), and the pipeline's step follows it", () => {
+  close(theoreticalBubble(4, 8), 3 / 11, "1F1B");
+  close(theoreticalBubble(4, 8, 2), 3 / 19, "interleaved");
+  for (const v of [1, 2]) {
+    const t = predictStepTime({ ...MODEL, pp: 2, virtualStages: v, microBatches: 8 }, CAL);
+    const pipeline = t.computeMs + t.ppCommMs + t.bubbleMs;
+    close(t.bubbleMs / pipeline, theoreticalBubble(2, 8, v), `bubble share, v = ${v}`);
+  }
+});
+
+Deno.test("matmul rates interpolate on the smallest dimension and stay flat past the ladder", () => {
+  assert.equal(matmulGflops(RATES, 1000, 1000, 256), 50);
+  assert.equal(matmulGflops(RATES, 1000, 4096, 8192), 50);
+  close(matmulGflops(RATES, 64, 1000, 1000), 30, "halfway in log scale");
+  close(matmulGflops(RATES, 8, 1000, 1000), 5, "below the ladder: proportional");
+});
+
+Deno.test("tensor parallelism adds two all-reduces per block in forward and two in backward, of n C values", () => {
+  const one = predictStepTime(MODEL, CAL);
+  const tp = predictStepTime({ ...MODEL, tp: 2 }, CAL);
+  assert.equal(one.tpCommMs, 0);
+  const n = MODEL.batch * MODEL.seqLen;
+  close(tp.tpCommMs, 4 * MODEL.layers * ringAllReduceMs(n * 256 * 4, 2, CAL.links["2"]!), "tp");
+  assert.ok(tp.computeMs < one.computeMs, "each rank computes its half");
+});
+
+Deno.test("data parallelism: ZeRO 0 all-reduces the gradients, 1 adds the parameters' all-gather, 2 reduce-scatters, 3 gathers every block twice more", () => {
+  const at = (zeroStage: 0 | 1 | 2 | 3) =>
+    predictStepTime({ ...MODEL, dp: 2, zeroStage }, CAL).dpCommMs;
+  const ar = at(0);
+  assert.ok(ar > 0);
+  close(at(1), ar * 1.5, "ZeRO 1: all-reduce + all-gather (half an all-reduce)");
+  close(at(2), ar, "ZeRO 2: reduce-scatter + all-gather = one all-reduce");
+  close(at(3), ar * 2, "ZeRO 3, one micro-batch: + a gather in forward and one in backward");
+  assert.ok(
+    predictStepTime({ ...MODEL, dp: 2, zeroStage: 1 }, CAL).optimizerMs <
+      predictStepTime({ ...MODEL, dp: 2, zeroStage: 0 }, CAL).optimizerMs,
+    "ZeRO 1 steps only the rank's share",
+  );
+});
+
+Deno.test("checkpointing runs every block's forward again; 16-bit activations cost the measured factor", () => {
+  const plain = predictStepTime(MODEL, CAL);
+  const ck = predictStepTime({ ...MODEL, checkpointActivations: 1 }, CAL);
+  assert.ok(ck.computeMs > plain.computeMs * 1.2 && ck.computeMs < plain.computeMs * 1.5);
+  assert.ok(predictStepTime({ ...MODEL, half: true }, CAL).computeMs > plain.computeMs);
+  // One rank takes both cores (threads 2): the faster rates.
+  assert.equal(plain.threads, 2);
+  assert.equal(predictStepTime({ ...MODEL, dp: 2 }, CAL).threads, 1);
+});
+
+Deno.test("plan.ts plans every layout of --ranks, names them, and marks the fastest that fits", () => {
+  const args = parsePlanArgs([
+    "--vocab",
+    "64",
+    "--ctx",
+    "128",
+    "--dim",
+    "256",
+    "--layers",
+    "4",
+    "--heads",
+    "8",
+    "--batch",
+    "16",
+    "--ranks",
+    "4",
+    "--zero-stage",
+    "0,1",
+    "--memory",
+    "0.05",
+  ]);
+  const rows = planRows(args, CAL);
+  const names = rows.map((r) => r.name);
+  assert.ok(names.includes("dp4.tp1.pp1.zero1.fp32"));
+  assert.ok(names.includes("dp1.tp2.pp2.1f1b.zero0.fp32"));
+  assert.ok(!names.includes("dp1.tp4.pp1.zero1.fp32"), "no ZeRO without data parallelism");
+  const fastest = rows.filter((r) => r.fastest);
+  assert.equal(fastest.length, 1);
+  for (const r of rows) {
+    if (r.fits) assert.ok(r.time!.stepMs >= fastest[0]!.time!.stepMs);
+  }
+  assert.equal(fastest[0]!.fits, true);
+  assert.equal(
+    layoutName({ dp: 1, tp: 1, pp: 2, virtualStages: 2, zeroStage: 0, precision: "bf16" }),
+    "dp1.tp1.pp2.interleaved2.zero0.bf16",
+  );
+  assert.throws(() => parsePlanArgs(["--params", "1e9", "--batch", "8"]), /needs the model shape/);
+  assert.throws(
+    () =>
+      parsePlanArgs([
+        "--vocab",
+        "64",
+        "--ctx",
+        "8",
+        "--dim",
+        "8",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--ranks",
+        "2",
+        "--dp",
+        "2",
+      ]),
+    /either --ranks or/,
+  );
+});
