@@ -76,8 +76,9 @@ async function measure(data: string, layout: string[]): Promise<{ ms: number; vo
       );
     }
     const vocab = Number(/vocab (\d+)\)/.exec(stdout)?.[1]);
-    const lines = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n");
-    const last = JSON.parse(lines.at(-1)!);
+    const steps = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((r) => r.kind === undefined);
+    const last = steps.at(-1)!;
     return { ms: BATCH * 128 * 1000 / last.tokens_per_s, vocab };
   } finally {
     await Deno.remove(out, { recursive: true });
