@@ -621,7 +621,7 @@ export async function machineCalibration(
   if (!fresh) {
     try {
       const c = JSON.parse(await Deno.readTextFile(path)) as Calibration;
-      if (c.version === 1 && c.cores === navigator.hardwareConcurrency) return c;
+      if (c.version === 1 && c.cores === navigator.hardwareConcurrency && c.sharing) return c;
       log(`${path} is from another machine (${c.cores} cores): measuring this one`);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
@@ -637,6 +637,12 @@ export async function machineCalibration(
         module: new URL("./engine/_link_rank.ts", import.meta.url),
         data: { sizes },
       }))[0]!,
+    sharedMs: async (k) =>
+      await runWorkers<number>({
+        size: k,
+        module: new URL("./engine/_compute_rank.ts", import.meta.url),
+        data: { reps: 12 },
+      }),
     log,
   });
   await Deno.mkdir(path.replace(/\/[^/]*$/, "") || ".", { recursive: true });

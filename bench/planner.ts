@@ -11,7 +11,7 @@
  *
  * The model is the one of issue 10's throughput table: a character GPT of width 256, 4 blocks
  * of 8 heads, 128 tokens per sequence, 16 sequences per step, on ~300 KB of generated text.
- * A layout's measured time is its steps per second over the last 20 of 40 steps (train.ts's
+ * A layout's measured time is its steps per second over the last 20 of 30 steps (train.ts's
  * tokens/s then), so start-up and the first steps' compilation do not count.
  *
  * @module
@@ -20,7 +20,7 @@ import { parseArgs } from "node:util";
 import { machineCalibration, parsePlanArgs, planRows } from "../plan.ts";
 
 const MODEL = ["--ctx", "128", "--dim", "256", "--layers", "4", "--heads", "8"];
-const BATCH = 16, STEPS = 40;
+const BATCH = 16, STEPS = 30;
 
 /** The layouts, as train.ts flags. */
 const LAYOUTS: string[][] = [
@@ -76,8 +76,9 @@ async function measure(data: string, layout: string[]): Promise<{ ms: number; vo
       );
     }
     const vocab = Number(/vocab (\d+)\)/.exec(stdout)?.[1]);
-    const lines = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n");
-    const last = JSON.parse(lines.at(-1)!);
+    const steps = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((r) => r.kind === undefined);
+    const last = steps.at(-1)!;
     return { ms: BATCH * 128 * 1000 / last.tokens_per_s, vocab };
   } finally {
     await Deno.remove(out, { recursive: true });

@@ -716,9 +716,18 @@ export class Engine {
         v[0] = (await this.backend.read(loss))[0]! * count;
         v[1] = count;
       }
-    }
+    } else await this.#idleForward(T);
     await this.world.allReduce(v, "sum", this.#opts());
     return v[1]! > 0 ? v[0]! / v[1]! : 0;
+  }
+
+  // A replica with no rows of a small batch still runs a forward, on one row of padding whose
+  // result nobody reads, where its peers need it: ZeRO 3 gathers every layer's parameters
+  // over the data-parallel ranks.
+  async #idleForward(T: number, past?: number): Promise<void> {
+    if (this.config.zero.stage < 3 || this.grid.dp === 1) return;
+    const shard = await this.#forwardOnly(new Int32Array(T), null, 1, T, past);
+    if (shard !== null) await this.model.fullLogits(shard, T);
   }
 
   // This data-parallel replica's rows of an evaluation batch of B: [first row, rows].
@@ -761,7 +770,7 @@ export class Engine {
         const full = await this.model.fullLogits(shard, n * T);
         mine.set(await this.backend.read(full));
       }
-    }
+    } else await this.#idleForward(T, past);
     let all = mine;
     if (this.grid.dp > 1) {
       all = new Float32Array(this.grid.dp * mine.length);

@@ -14,7 +14,9 @@
  *   parameters before its forward and again before its backward;
  * - a pipeline step of m micro-batches takes (m v + p - 1) chunk times, of which (p - 1) are
  *   the bubble: (p - 1) / (m v + p - 1) of the step ({@linkcode theoreticalBubble});
- * - activation checkpointing runs each checkpointed block's forward again in backward.
+ * - activation checkpointing runs each checkpointed block's forward again in backward;
+ * - k ranks computing at once on one machine each run slower by the measured sharing factor
+ *   (and by k / cores where they outnumber the cores).
  *
  * @module
  */
@@ -32,6 +34,11 @@ export interface Calibration {
   compute: Record<string, ComputeRates>;
   /** Collective costs between Worker ranks over shared memory, per rank count. */
   links: Record<string, LinkRates>;
+  /**
+   * Per rank count k: how much longer one thread's work takes while k ranks compute at once
+   * (they share the cores' caches, memory bandwidth and, with hyperthreads, the cores).
+   */
+  sharing: Record<string, number>;
 }
 
 /** Compute rates at one thread count. */
@@ -186,6 +193,11 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const ranks = tp * pp * dp;
   const threads = Math.max(1, Math.floor(cal.cores / Math.max(1, x.ranksHere ?? ranks)));
   const rates = cal.compute[String(threads)] ?? cal.compute[Object.keys(cal.compute)[0]!]!;
+  // Ranks computing at once share the machine (see Calibration.sharing); more ranks than cores
+  // also take turns on them.
+  const here = x.ranksHere ?? ranks;
+  const slow = (here > 1 ? cal.sharing?.[String(here)] ?? 1 : 1) *
+    Math.max(1, here / cal.cores);
   const b = x.batch / (m * dp);
   if (!Number.isInteger(b) || b < 1) {
     throw new RangeError(
@@ -195,11 +207,11 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const T = x.seqLen, C = x.dim, F = x.hidden ?? 4 * x.dim, n = b * T;
   const Vp = Math.ceil(x.vocab / tp) * tp;
   const half = x.half ?? false;
-  const ew = rates.elementNs * (half ? rates.halfFactor : 1) / 1e6; // ms per element
+  const ew = slow * rates.elementNs * (half ? rates.halfFactor : 1) / 1e6; // ms per element
   const over = rates.opOverheadMs;
   // A product, forward or (its two products) backward.
   const mm = (M: number, N: number, K: number) =>
-    2 * M * N * K / (matmulGflops(rates, M, N, K) * 1e6) + over;
+    slow * 2 * M * N * K / (matmulGflops(rates, M, N, K) * 1e6) + over;
   const linear = (inp: number, out: number) => ({
     f: mm(n, out, inp),
     b: mm(n, inp, out) + mm(inp, out, n) + n * out * ew,
@@ -207,7 +219,7 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const qkv = linear(C, 3 * C / tp), proj = linear(C / tp, C);
   const fc = linear(C, F / tp), proj2 = linear(F / tp, C);
   const scores = b * (x.heads / tp) * T * T;
-  const att = scores * rates.attentionNs / 1e6;
+  const att = slow * scores * rates.attentionNs / 1e6;
   // Element-wise work of a block: two layernorms, two residual adds, GELU, in and out.
   const blockEw = (4 * n * C + n * F / tp) * ew;
   const blockF = qkv.f + proj.f + fc.f + proj2.f + att / 3 + blockEw + 8 * over;
@@ -246,7 +258,7 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
     if (zero === 3) dpCommMs += 2 * m * ringHalfMs(rankParams * (half ? 2 : 4), dp, link);
   }
   const owned = zero >= 1 ? rankParams / dp : rankParams;
-  const optimizerMs = owned * rates.adamwNs / 1e6 + rankParams * ew + 2 * over;
+  const optimizerMs = slow * owned * rates.adamwNs / 1e6 + rankParams * ew + 2 * over;
   const stepMs = pipelineMs + dpCommMs + optimizerMs;
   return {
     computeMs,
@@ -268,7 +280,10 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
-/** Milliseconds of one call of `f`, the median of runs that together take about `budgetMs`. */
+/**
+ * Milliseconds of one call of `f`: the first quartile of runs that together take about
+ * `budgetMs` (a training step's ops run back to back, warm, like the faster runs here).
+ */
 async function timeIt(f: () => void | Promise<unknown>, budgetMs: number): Promise<number> {
   await f();
   const times: number[] = [];
@@ -278,7 +293,8 @@ async function timeIt(f: () => void | Promise<unknown>, budgetMs: number): Promi
     await f();
     times.push(performance.now() - s);
   }
-  return median(times);
+  const sorted = times.sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 4)]!;
 }
 
 /** Options of {@linkcode calibrate}. */
@@ -291,6 +307,8 @@ export interface CalibrateOptions {
   allReduceMs: (k: number, sizes: number[]) => Promise<number[]>;
   /** Rank counts of the links; default 2 and 4. */
   linkRanks?: number[];
+  /** Milliseconds of a fixed one-thread mix of work on each of k ranks running it at once. */
+  sharedMs?: (k: number) => Promise<number[]>;
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -328,7 +346,22 @@ export async function calibrate(opts: CalibrateOptions): Promise<Calibration> {
     links[String(k)] = { alphaMs, bytesPerMs };
     opts.log?.(`all-reduce over ${k} ranks measured`);
   }
-  return { version: 1, measured: new Date().toISOString(), cores, compute, links };
+  const sharing: Record<string, number> = {};
+  if (opts.sharedMs) {
+    const alone = median(await opts.sharedMs(1));
+    for (const k of opts.linkRanks ?? [2, 4]) {
+      const times = await opts.sharedMs(k);
+      // Beyond one rank per core the ranks also take turns: count only the sharing of a core.
+      const turns = Math.max(1, k / cores);
+      // (At least 1: sharing never speeds a rank up; a lower reading is noise.)
+      sharing[String(k)] = Math.max(
+        1,
+        times.reduce((x, y) => x + y, 0) / times.length / alone / turns,
+      );
+      opts.log?.(`${k} ranks computing at once: ${sharing[String(k)]!.toFixed(2)}x each`);
+    }
+  }
+  return { version: 1, measured: new Date().toISOString(), cores, compute, links, sharing };
 }
 
 async function measureCompute(be: Backend, log?: (l: string) => void): Promise<ComputeRates> {

@@ -29,6 +29,7 @@ const CAL: Calibration = {
     "2": { alphaMs: 0.01, bytesPerMs: 1e6 },
     "4": { alphaMs: 0.02, bytesPerMs: 5e5 },
   },
+  sharing: { "2": 1, "4": 1 },
 };
 const MODEL: StepTimeInput = {
   vocab: 64,
@@ -162,4 +163,13 @@ Deno.test("plan.ts plans every layout of --ranks, names them, and marks the fast
       ]),
     /either --ranks or/,
   );
+});
+
+Deno.test("ranks computing at once on one machine run slower by the measured sharing, and take turns beyond its cores", () => {
+  const alone = predictStepTime({ ...MODEL, dp: 2 }, CAL);
+  const shared = predictStepTime({ ...MODEL, dp: 2 }, { ...CAL, sharing: { "2": 1.5, "4": 1 } });
+  close(shared.computeMs, 1.5 * alone.computeMs, "sharing 1.5");
+  const four = predictStepTime({ ...MODEL, dp: 4 }, CAL);
+  const quarter = predictStepTime({ ...MODEL, dp: 4, ranksHere: 2 }, CAL);
+  close(four.computeMs, 2 * quarter.computeMs, "4 ranks on 2 cores take turns");
 });

@@ -227,3 +227,26 @@ Deno.test("--temperature and --top-k sample the end-of-run text of a --data run,
   assert.throws(() => parseTrainArgs(["--top-k=-2"]), /--top-k must not be negative/);
   await Deno.remove(text);
 });
+
+Deno.test("a ZeRO-3 run over dp 2 decodes a one-row sample: the replica without a row still takes part in the gathers (of layers above the persistence threshold)", async () => {
+  const text = await Deno.makeTempFile({ suffix: ".txt" });
+  await Deno.writeTextFile(text, "the quick brown fox jumps over the lazy dog. ".repeat(200));
+  const out = await Deno.makeTempDir();
+  // Its ranks are Workers, which print to the process's stdout: run it as a process.
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../../train.ts", import.meta.url).pathname, "--data", text]
+      .concat(["--dim", "192", "--layers", "1", "--heads", "2", "--ctx", "16", "--steps", "2"])
+      .concat(["--eval-every", "0", "--dp", "2", "--zero-stage", "3", "--out", out]),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  await Deno.remove(out, { recursive: true });
+  await Deno.remove(text);
+  const stdout = new TextDecoder().decode(r.stdout);
+  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+  const lines = stdout.split("\n");
+  const at = lines.indexOf("sample (greedy):");
+  assert.ok(at >= 0, stdout);
+  // The 16-character prompt, a bar, then 120 generated characters.
+  assert.equal(lines[at + 1]!.split("|")[1]!.length, 120);
+});
