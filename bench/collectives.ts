@@ -32,6 +32,7 @@ import {
   type Communicator,
   connectMpi,
   connectTcp,
+  freeLoopbackPort as freePort,
   freeShared,
   launch,
   mpiAvailable,
@@ -397,13 +398,6 @@ async function tcpSink(port: number, bytes: number): Promise<void> {
     }
   }
   conn.close();
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** Start `ranks` processes that join a TCP world and run {@linkcode main}; rank 0's rows. */

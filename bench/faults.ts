@@ -14,17 +14,11 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import { freeLoopbackPort as freePort } from "../collectives/launch.ts";
 
 const TRAIN = new URL("../train.ts", import.meta.url).pathname;
 const ARGS = ["--dim", "16", "--layers", "1", "--heads", "2", "--batch", "8", "--eval-every", "0"]
   .concat(["--steps", "100000", "--quiet"]);
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = l.addr.port;
-  l.close();
-  return p;
-}
 
 /** Run one process, calling `onLine` with each stderr line and the time it arrived. */
 async function spawn(

@@ -655,7 +655,13 @@ export async function tcpStreamBaseline(bytes: number, iters = 3): Promise<numbe
   return results[0]!;
 }
 
-function freeLoopbackPort(): number {
+/**
+ * A TCP port on loopback that is free now (the kernel's pick, released at once), for a job or
+ * a test that needs a master port.
+ *
+ * @returns the port
+ */
+export function freeLoopbackPort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = l.addr.port;
   l.close();

@@ -8,6 +8,7 @@ import {
   peerFaults,
 } from "../../collectives/_net_fault.ts";
 import { connectTcp } from "../../collectives/tcp.ts";
+import { freeLoopbackPort as freePort } from "../../collectives/launch.ts";
 
 const RANK = new URL("./_tcp/net_fault_rank.ts", import.meta.url).pathname;
 
@@ -19,13 +20,6 @@ interface Report {
   digests?: string[];
   small?: number;
   ms?: number;
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
-  return port;
 }
 
 /** Run a world of `size` rank processes with `fault` as LOOM_NET_FAULT; every one must exit 0. */

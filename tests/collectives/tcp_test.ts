@@ -2,6 +2,7 @@
 // rank (_tcp/rank.ts) that performs a battery of ops and checks every result against a serial
 // reference computed from all ranks' inputs; this file checks what the children report.
 import assert from "node:assert/strict";
+import { freeLoopbackPort as freePort } from "../../collectives/launch.ts";
 
 const RANK = new URL("./_tcp/rank.ts", import.meta.url).pathname;
 
@@ -19,13 +20,6 @@ interface Report {
   } | null;
   after?: string | null;
   ms?: number;
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
-  return port;
 }
 
 function spawn(

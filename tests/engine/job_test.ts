@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { mpiAvailable } from "../../collectives/mpi.ts";
 import { main } from "../../train.ts";
+import { freeLoopbackPort as freePort } from "../../collectives/launch.ts";
 
 const TRAIN = new URL("../../train.ts", import.meta.url).pathname;
 const TINY = ["--dim", "16", "--layers", "2", "--heads", "2", "--batch", "8", "--eval-every", "0"];
@@ -17,13 +18,6 @@ interface Run {
 
 function tmp(): string {
   return Deno.makeTempDirSync({ prefix: "loom-job-" });
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = l.addr.port;
-  l.close();
-  return p;
 }
 
 /** Start `deno run -A train.ts args` (optionally under `prefix`, e.g. `ip netns exec ns`). */

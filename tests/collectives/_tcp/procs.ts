@@ -1,15 +1,9 @@
 // Rank processes for the wire tests: spawn secure_rank.ts, watch its stderr as it comes, and
 // read its report (the last line of its stdout).
 
-const RANK = new URL("./secure_rank.ts", import.meta.url).pathname;
+export { freeLoopbackPort as freePort } from "../../../collectives/launch.ts";
 
-/** A free loopback port (free when asked; good enough for tests). */
-export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = l.addr.port;
-  l.close();
-  return port;
-}
+const RANK = new URL("./secure_rank.ts", import.meta.url).pathname;
 
 /** A report a rank prints. */
 export interface RankReport {
