@@ -166,15 +166,10 @@ function breakdown(
   reduceMs: number,
   stepMs: number,
 ): StepTimings {
-  let forwardMs = 0, backwardMs = 0;
-  for (const e of pipe.trace ?? []) {
-    if (e.kind === "forward") forwardMs += e.end - e.start;
-    else backwardMs += e.end - e.start;
-  }
   return {
-    forwardMs,
-    backwardMs,
-    pipelineIdleMs: pipeMs - forwardMs - backwardMs,
+    forwardMs: pipe.forwardMs,
+    backwardMs: pipe.computeMs - pipe.forwardMs,
+    pipelineIdleMs: pipeMs - pipe.computeMs,
     reduceMs,
     stepMs,
   };
@@ -614,7 +609,8 @@ export class Engine {
     const t0 = performance.now();
     const pipe = await runPipeline({
       schedule: this.schedule,
-      trace: true,
+      // Only a pipeline has a schedule to show (pipelineTrace); the timings need no trace.
+      trace: this.grid.pp > 1,
       comm: this.groups.pp,
       chunks,
       activationSize: this.#actSize(B, T),

@@ -89,6 +89,8 @@ export interface PipelineStats {
   readonly wallMs: number;
   /** Time spent inside chunks' forward and backward. */
   readonly computeMs: number;
+  /** The forward passes' part of `computeMs` (the rest is backward). */
+  readonly forwardMs: number;
   /** wallMs - computeMs: waiting for peers and moving data. */
   readonly idleMs: number;
   /** Most activation buffers received or produced and not yet released, at any time. */
@@ -138,7 +140,7 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
   const sends: Promise<void>[] = [];
   const recvF = new Map<string, Promise<void>>(); // receives in flight, awaited before use
   const recvB = new Map<string, Promise<void>>();
-  let computeMs = 0;
+  let computeMs = 0, forwardMs = 0;
   const trace: TraceEntry[] | undefined = opts.trace ? [] : undefined;
   const t0 = performance.now();
   for (const step of schedule.stages[stage]!) {
@@ -205,10 +207,11 @@ export async function runPipeline(opts: RunPipelineOptions): Promise<PipelineSta
     }
     const c1 = performance.now();
     computeMs += c1 - c0;
+    if (step.kind === "forward") forwardMs += c1 - c0;
     trace?.push({ kind: step.kind, mb: step.mb, chunk: step.chunk, start: c0 - t0, end: c1 - t0 });
     track();
   }
   await Promise.all(sends);
   const wallMs = performance.now() - t0;
-  return { wallMs, computeMs, idleMs: wallMs - computeMs, peakBuffers: peak, trace };
+  return { wallMs, computeMs, forwardMs, idleMs: wallMs - computeMs, peakBuffers: peak, trace };
 }
