@@ -90,7 +90,8 @@ export async function broadcastJson(
 }
 
 /**
- * Every rank's JSON value, in rank order, on `root` (the others get `null`). Collective.
+ * Every rank's JSON value, in rank order, on `root` (the others get `null`): each sends its
+ * value with {@linkcode sendJson}. Collective.
  *
  * @example One rank
  * ```ts
@@ -102,6 +103,7 @@ export async function broadcastJson(
  * @param value this rank's value
  * @param root the rank that gets them all
  * @param opts timeout
+ * @param tag the tag the values travel on (and `tag - 1`); default one of its own
  * @returns on `root`, every rank's value; elsewhere null
  */
 export async function gatherJson(
@@ -109,26 +111,18 @@ export async function gatherJson(
   value: unknown,
   root: number,
   opts?: CollectiveOptions,
+  tag = GATHER_TAG,
 ): Promise<unknown[] | null> {
-  const mine = toWords(value);
-  const lens = new Int32Array(comm.size);
-  await comm.allGather(new Int32Array([mine.length]), lens, opts);
   if (comm.rank !== root) {
-    await comm.send(mine, root, GATHER_TAG, opts);
+    await sendJson(comm, value, root, tag, opts);
     return null;
   }
   const out: unknown[] = [];
   for (let r = 0; r < comm.size; r++) {
-    if (r === root) {
-      out.push(value);
-      continue;
-    }
-    const words = new Int32Array(lens[r]!);
-    await comm.recv(words, r, GATHER_TAG, opts);
-    out.push(fromWords(words));
+    out.push(r === root ? value : await recvJson(comm, r, tag, opts));
   }
   return out;
 }
 
-/** The tag {@linkcode gatherJson} sends on. */
+/** The tag {@linkcode gatherJson} sends on by default. */
 const GATHER_TAG = 0x4a47;

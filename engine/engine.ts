@@ -1217,7 +1217,7 @@ export class Engine {
     await this.#agree(err, "writing the shards");
     const tag = SAVE_TAG - 3;
     if (!this.isLeader) {
-      await sendJson(this.world, report, 0, tag, this.#opts());
+      await gatherJson(this.world, report, 0, this.#opts(), tag);
     } else {
       try {
         const index: CheckpointIndex = {
@@ -1245,10 +1245,8 @@ export class Engine {
           files: {},
           tensors: {},
         };
-        for (let r = 0; r < this.world.size; r++) {
-          const rep = r === 0
-            ? report!
-            : await recvJson(this.world, r, tag, this.#opts()) as ShardReport;
+        const reports = await gatherJson(this.world, report, 0, this.#opts(), tag);
+        for (const rep of reports as ShardReport[]) {
           if (rep.file) index.files[rep.file.name] = rep.file.entry;
           for (const [name, t] of rep.tensors) index.tensors[name] ??= { ...t, pieces: [] };
           for (const [name, q] of rep.pieces) index.tensors[name]!.pieces.push(q);
