@@ -86,12 +86,41 @@ export class MetricsWriter {
 }
 
 /**
+ * Read a JSON-lines file back (`metrics.jsonl`, `ranks.jsonl`): one value per non-empty line.
+ *
+ * @param path the file
+ * @returns its records in order
+ */
+export async function readJsonLines<T>(path: string): Promise<T[]> {
+  const text = await Deno.readTextFile(path);
+  return text.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l) as T);
+}
+
+/**
  * Read a `metrics.jsonl` back.
  *
  * @param path the file
  * @returns its records in order
  */
-export async function readMetrics(path: string): Promise<(StepRecord | EvalRecord)[]> {
-  const text = await Deno.readTextFile(path);
-  return text.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l));
+export function readMetrics(path: string): Promise<(StepRecord | EvalRecord)[]> {
+  return readJsonLines<StepRecord | EvalRecord>(path);
+}
+
+/**
+ * Drop the records of a JSON-lines file logged after `step` (a resumed run logs those steps
+ * again); a missing file is left missing.
+ *
+ * @param path the file
+ * @param step the last step to keep
+ */
+export async function keepRecordsUpTo(path: string, step: number): Promise<void> {
+  let records: { step: number }[];
+  try {
+    records = await readJsonLines<{ step: number }>(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  const kept = records.filter((r) => r.step <= step);
+  await Deno.writeTextFile(path, kept.map((r) => JSON.stringify(r) + "\n").join(""));
 }

@@ -15,7 +15,7 @@
  * @module
  */
 import type { RankMemory, RankPhases } from "./engine.ts";
-import type { EvalRecord, StepRecord } from "./metrics.ts";
+import { type EvalRecord, readJsonLines, readMetrics, type StepRecord } from "./metrics.ts";
 import { theoreticalBubble } from "./step_time.ts";
 
 /** One rank's memory, in bytes, by kind, with its rank (what `Engine.memoryPerRank` gives). */
@@ -91,9 +91,9 @@ export interface ReportRun {
  * @throws {Deno.errors.NotFound} naming `metrics.jsonl` when the directory holds no run
  */
 export async function readRun(dir: string): Promise<ReportRun> {
-  let text: string;
+  let records: (StepRecord | EvalRecord)[];
   try {
-    text = await Deno.readTextFile(`${dir}/metrics.jsonl`);
+    records = await readMetrics(`${dir}/metrics.jsonl`);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
       throw new Deno.errors.NotFound(
@@ -102,11 +102,9 @@ export async function readRun(dir: string): Promise<ReportRun> {
     }
     throw e;
   }
-  const records = jsonLines(text) as (StepRecord | EvalRecord)[];
   let ranks: RanksRecord | null = null;
   try {
-    const all = jsonLines(await Deno.readTextFile(`${dir}/ranks.jsonl`)) as RanksRecord[];
-    ranks = all.at(-1) ?? null;
+    ranks = (await readJsonLines<RanksRecord>(`${dir}/ranks.jsonl`)).at(-1) ?? null;
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
@@ -117,10 +115,6 @@ export async function readRun(dir: string): Promise<ReportRun> {
     evals: records.filter((r) => "kind" in r && r.kind === "eval") as EvalRecord[],
     ranks,
   };
-}
-
-function jsonLines(text: string): unknown[] {
-  return text.split("\n").filter((l) => l.trim() !== "").map((l) => JSON.parse(l));
 }
 
 /**

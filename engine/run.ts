@@ -26,7 +26,7 @@ import type { EngineConfig } from "./config.ts";
 import { checkParallelLayout, type Engine, initialize, type RankMemory } from "./engine.ts";
 import { readCheckpointConfig } from "./checkpoint.ts";
 import { activationBytes } from "./estimate.ts";
-import { MetricsWriter, readMetrics } from "./metrics.ts";
+import { keepRecordsUpTo, MetricsWriter } from "./metrics.ts";
 import { type RanksRecord, serveReport, writeReport } from "./report.ts";
 import { formatDuration, Progress } from "./progress.ts";
 
@@ -372,26 +372,11 @@ export async function runTraining(
     const stopAt = Math.min(o.stopAt ?? o.steps, o.steps);
     if (lead) await Deno.mkdir(out, { recursive: true });
     const metricsPath = `${out}/metrics.jsonl`;
-    if (o.resume && lead) {
-      // Steps logged after the checkpoint was taken are run again: drop their old lines.
-      try {
-        const kept = (await readMetrics(metricsPath)).filter((r) => r.step <= engine.step);
-        await Deno.writeTextFile(metricsPath, kept.map((r) => JSON.stringify(r) + "\n").join(""));
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      }
-    }
     const ranksPath = `${out}/ranks.jsonl`;
     if (o.resume && lead) {
-      // The same for the per-rank records of evaluations.
-      try {
-        const kept = (await Deno.readTextFile(ranksPath)).split("\n").filter((l) =>
-          l.trim() !== "" && (JSON.parse(l) as RanksRecord).step <= engine.step
-        );
-        await Deno.writeTextFile(ranksPath, kept.map((l) => l + "\n").join(""));
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      }
+      // Steps logged after the checkpoint was taken are run again: drop their old lines.
+      await keepRecordsUpTo(metricsPath, engine.step);
+      await keepRecordsUpTo(ranksPath, engine.step);
     }
     const writer = lead ? await MetricsWriter.open(metricsPath, Boolean(o.resume)) : null;
     if (lead && o.dashboard !== undefined && o.dashboard !== null) {
