@@ -218,6 +218,27 @@ function frame(id: string, title: string, count: number, body: string, note = ""
     (note ? `<p class="note">${esc(note)}</p>` : "") + `</figure>`;
 }
 
+/** A chart with nothing to draw, saying why. */
+function emptyFrame(id: string, title: string, why: string): string {
+  return frame(
+    id,
+    title,
+    0,
+    `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">${esc(why)}</text>`,
+  );
+}
+
+/** The plot area and its y grid lines with their labels (`py` maps a value to its height). */
+function plotArea(yTicks: number[], py: (v: number) => number): string {
+  let body = `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" class="plot"/>`;
+  for (const t of yTicks) {
+    const y = py(t).toFixed(1);
+    body += `<line x1="${L}" x2="${W - R}" y1="${y}" y2="${y}" class="grid"/>` +
+      `<text x="${L - 4}" y="${y}" text-anchor="end" dy="4">${fmt(t)}</text>`;
+  }
+  return body;
+}
+
 /** A line chart; the empty case says why it is empty. */
 function lineChart(
   id: string,
@@ -230,28 +251,15 @@ function lineChart(
   const all = series.flatMap((s) => s.points).filter(([x, y]) =>
     Number.isFinite(x) && Number.isFinite(y) && (!opts.logY || y > 0)
   );
-  if (all.length === 0) {
-    return frame(
-      id,
-      title,
-      0,
-      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">${esc(empty)}</text>`,
-    );
-  }
+  if (all.length === 0) return emptyFrame(id, title, empty);
   const fy = opts.logY ? Math.log10 : (v: number) => v;
   const [x0, x1] = extent(all.map((p) => p[0]));
   const [y0, y1] = extent(all.map((p) => fy(p[1])));
   const px = (x: number) => L + (x - x0) / (x1 - x0) * (W - L - R);
   const py = (y: number) => H - B - (fy(y) - y0) / (y1 - y0) * (H - T - B);
-  let body = `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" class="plot"/>`;
+  let body = plotArea(opts.logY ? ticks(y0, y1).map((t) => 10 ** t) : ticks(y0, y1), py);
   for (const t of ticks(x0, x1)) {
     body += `<text x="${px(t).toFixed(1)}" y="${H - B + 14}" text-anchor="middle">${fmt(t)}</text>`;
-  }
-  const yTicks = opts.logY ? ticks(y0, y1).map((t) => 10 ** t) : ticks(y0, y1);
-  for (const t of yTicks) {
-    const y = py(t).toFixed(1);
-    body += `<line x1="${L}" x2="${W - R}" y1="${y}" y2="${y}" class="grid"/>` +
-      `<text x="${L - 4}" y="${y}" text-anchor="end" dy="4">${fmt(t)}</text>`;
   }
   body += `<text x="${(L + W - R) / 2}" y="${H - 6}" text-anchor="middle">${esc(xLabel)}</text>`;
   let count = 0;
@@ -308,27 +316,14 @@ function stackedBars<Row extends { rank: number }>(
   scale: number,
   empty: string,
 ): string {
-  if (rows.length === 0) {
-    return frame(
-      id,
-      title,
-      0,
-      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">${esc(empty)}</text>`,
-    );
-  }
+  if (rows.length === 0) return emptyFrame(id, title, empty);
   const value = (r: Row, k: keyof Row) => Number(r[k]) / scale;
   // Headroom above the tallest bar for the legend.
   const top = 1.15 *
     Math.max(1e-9, ...rows.map((r) => kinds.reduce((a, [k]) => a + value(r, k), 0)));
   const bw = (W - L - R) / rows.length;
   const py = (v: number) => H - B - v / top * (H - T - B);
-  let body = `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" class="plot"/>`;
-  for (const t of ticks(0, top)) {
-    body += `<line x1="${L}" x2="${W - R}" y1="${py(t).toFixed(1)}" y2="${py(t).toFixed(1)}" ` +
-      `class="grid"/><text x="${L - 4}" y="${py(t).toFixed(1)}" text-anchor="end" dy="4">${
-        fmt(t)
-      }</text>`;
-  }
+  let body = plotArea(ticks(0, top), py);
   let count = 0;
   rows.forEach((r, i) => {
     let acc = 0;
@@ -401,15 +396,7 @@ export function measuredBubble(p: PipelineSnapshot): number {
 function pipelineChart(run: ReportRun, id: string): string {
   const p = run.ranks?.pipeline ?? null;
   const title = "pipeline schedule as it ran (one step)";
-  if (p === null) {
-    return frame(
-      id,
-      title,
-      0,
-      `<text x="${W / 2}" y="${H / 2}" text-anchor="middle" class="empty">` +
-        `one pipeline stage: no schedule to draw</text>`,
-    );
-  }
+  if (p === null) return emptyFrame(id, title, "one pipeline stage: no schedule to draw");
   const end = Math.max(...p.stages.map((s) => s.wall_ms), 1e-6);
   const rowH = (H - T - B) / p.stages.length;
   const px = (t: number) => L + t / end * (W - L - R);
