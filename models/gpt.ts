@@ -728,11 +728,11 @@ export async function decode(
       done[b] = true;
     }
   };
-  // Positions of every row in the cache (-1: the cache is not used).
-  let fed = 0;
+  // Positions of every row in the cache, while the rows fit the model's ctx.
   const first = Math.min(...rows.map((r) => r.length));
+  let cached = first <= ctx, fed = 0;
   while (B > 0 && done.includes(false)) {
-    if (fed >= 0 && fed < ctx && (fed > 0 || first <= ctx)) {
+    if (cached && fed < ctx) {
       // A pass through the cache: the first reads `first` tokens of each row, then one each.
       const T = fed === 0 ? first : 1;
       const ids = new Int32Array(B * T);
@@ -748,7 +748,7 @@ export async function decode(
       }
       continue;
     }
-    fed = -1;
+    cached = false;
     const T = Math.min(ctx, Math.max(...rows.map((r) => r.length)));
     const ids = new Int32Array(B * T);
     for (let b = 0; b < B; b++) ids.set(rows[b]!.slice(-T), b * T);
