@@ -32,19 +32,21 @@ export class ShmOps {
     this.#slots = slots;
   }
 
+  #closed(op: string): CollectiveError {
+    return new CollectiveError(
+      "closed",
+      op,
+      this.#faults.name,
+      undefined,
+      "the communicator is closed",
+    );
+  }
+
   /** Run a collective once this communicator's earlier ones have settled. */
   enqueue(op: OpName, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
     const run = async () => {
       try {
-        if (this.#faults.closed) {
-          throw new CollectiveError(
-            "closed",
-            op,
-            this.#faults.name,
-            undefined,
-            "the communicator is closed",
-          );
-        }
+        if (this.#faults.closed) throw this.#closed(op);
         if (this.broken !== undefined) {
           throw new CollectiveError(
             this.broken.reason,
@@ -85,15 +87,7 @@ export class ShmOps {
   p2p(key: string, op: string, ms: number, body: (ctx: Ctx) => Promise<void>): Promise<void> {
     const run = async () => {
       try {
-        if (this.#faults.closed) {
-          throw new CollectiveError(
-            "closed",
-            op,
-            this.#faults.name,
-            undefined,
-            "the communicator is closed",
-          );
-        }
+        if (this.#faults.closed) throw this.#closed(op);
         await body({ op, ms, deadline: 0 });
       } finally {
         thread.pending--;
