@@ -9,35 +9,10 @@
  */
 import type { CollectiveBuffer, DType } from "./communicator.ts";
 import { bytesOf, type Ctx, sub } from "./_shm_layout.ts";
-import type { ShmSlots } from "./_shm_slots.ts";
-import type { ShmRounds } from "./_shm_wait.ts";
-import type { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
+import { ShmPart } from "./_shm_part.ts";
 
 /** One rank's data movement. */
-export class ShmMoves {
-  readonly #rank: number;
-  readonly #size: number;
-  readonly #smallBytes: number;
-  readonly #slots: ShmSlots;
-  readonly #rounds: ShmRounds;
-  readonly #buffers: ShmPeerBuffers;
-
-  constructor(
-    rank: number,
-    size: number,
-    smallBytes: number,
-    slots: ShmSlots,
-    rounds: ShmRounds,
-    buffers: ShmPeerBuffers,
-  ) {
-    this.#rank = rank;
-    this.#size = size;
-    this.#smallBytes = smallBytes;
-    this.#slots = slots;
-    this.#rounds = rounds;
-    this.#buffers = buffers;
-  }
-
+export class ShmMoves extends ShmPart {
   /** Concatenate every rank's `input` in rank order into `output`. */
   async allGather(
     ctx: Ctx,
@@ -46,27 +21,27 @@ export class ShmMoves {
     output: CollectiveBuffer,
     dtype: DType,
   ): Promise<void> {
-    const m = input.length, n = this.#size;
-    const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype)));
+    const m = input.length, n = this.size;
+    const per = Math.max(1, Math.floor(this.slots.bytes / bytesOf(dtype)));
     let first = true;
-    if (n > 1 && output.byteLength > this.#smallBytes) {
-      const peers = await this.#buffers.locate(ctx, desc, input, -1);
+    if (n > 1 && output.byteLength > this.smallBytes) {
+      const peers = await this.buffers.locate(ctx, desc, input, -1);
       first = false;
       if (peers !== null) {
         for (let p = 0; p < n; p++) output.set(peers[p]!, p * m);
-        await this.#rounds.round(ctx, null);
+        await this.rounds.round(ctx, null);
         return;
       }
     }
     for (let a = 0; first || a < m; a += per) {
       const b = Math.min(m, a + per), len = b - a;
-      const h = this.#slots.nextHalf();
-      this.#slots.views(dtype, this.#rank, h).set(sub(input, a, b));
-      await this.#rounds.round(ctx, first ? desc : null);
+      const h = this.slots.nextHalf();
+      this.slots.views(dtype, this.rank, h).set(sub(input, a, b));
+      await this.rounds.round(ctx, first ? desc : null);
       first = false;
       for (let p = 0; p < n; p++) {
-        const src = p === this.#rank ? input : this.#slots.views(dtype, p, h);
-        const off = p === this.#rank ? a : 0;
+        const src = p === this.rank ? input : this.slots.views(dtype, p, h);
+        const off = p === this.rank ? a : 0;
         output.set(src.subarray(off, off + len), p * m + a);
       }
     }
@@ -81,24 +56,24 @@ export class ShmMoves {
     dtype: DType,
   ): Promise<void> {
     const m = buf.length;
-    const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype)));
+    const per = Math.max(1, Math.floor(this.slots.bytes / bytesOf(dtype)));
     let first = true;
-    if (this.#size > 1 && buf.byteLength > this.#smallBytes) {
-      const peers = await this.#buffers.locate(ctx, desc, buf, root);
+    if (this.size > 1 && buf.byteLength > this.smallBytes) {
+      const peers = await this.buffers.locate(ctx, desc, buf, root);
       first = false;
       if (peers !== null) {
-        if (this.#rank !== root) buf.set(peers[root]!);
-        await this.#rounds.round(ctx, null);
+        if (this.rank !== root) buf.set(peers[root]!);
+        await this.rounds.round(ctx, null);
         return;
       }
     }
     for (let a = 0; first || a < m; a += per) {
       const b = Math.min(m, a + per);
-      const h = this.#slots.nextHalf();
-      if (this.#rank === root) this.#slots.views(dtype, root, h).set(sub(buf, a, b));
-      await this.#rounds.round(ctx, first ? desc : null);
+      const h = this.slots.nextHalf();
+      if (this.rank === root) this.slots.views(dtype, root, h).set(sub(buf, a, b));
+      await this.rounds.round(ctx, first ? desc : null);
       first = false;
-      if (this.#rank !== root) buf.set(this.#slots.slot(dtype, root, h, 0, b - a), a);
+      if (this.rank !== root) buf.set(this.slots.slot(dtype, root, h, 0, b - a), a);
     }
   }
 
@@ -110,19 +85,19 @@ export class ShmMoves {
     output: CollectiveBuffer,
     dtype: DType,
   ): Promise<void> {
-    const n = this.#size, m = input.length / n;
-    const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype) / n));
+    const n = this.size, m = input.length / n;
+    const per = Math.max(1, Math.floor(this.slots.bytes / bytesOf(dtype) / n));
     let first = true;
     for (let a = 0; first || a < m; a += per) {
       const b = Math.min(m, a + per), len = b - a;
-      const h = this.#slots.nextHalf();
-      const mine = this.#slots.views(dtype, this.#rank, h);
+      const h = this.slots.nextHalf();
+      const mine = this.slots.views(dtype, this.rank, h);
       for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
-      await this.#rounds.round(ctx, first ? desc : null);
+      await this.rounds.round(ctx, first ? desc : null);
       first = false;
-      const r = this.#rank;
+      const r = this.rank;
       for (let p = 0; p < n; p++) {
-        const src = this.#slots.slot(dtype, p, h, r * len, r * len + len);
+        const src = this.slots.slot(dtype, p, h, r * len, r * len + len);
         output.set(src, p * m + a);
       }
     }

@@ -16,36 +16,12 @@ import { finishAvg, reduceTo } from "./reduce.ts";
 import type { SharedArena } from "./arena.ts";
 import { ArenaFold, arenaFold } from "./_shm_fold.ts";
 import { bytesOf, type Ctx, FOLD_CHUNK, overlaps, sub } from "./_shm_layout.ts";
-import type { ShmSlots } from "./_shm_slots.ts";
-import type { ShmRounds } from "./_shm_wait.ts";
-import type { ShmPeerBuffers } from "./_shm_peer_buffers.ts";
+import { ShmPart } from "./_shm_part.ts";
 
 /** One rank's reductions. */
-export class ShmReduce {
-  readonly #rank: number;
-  readonly #size: number;
-  readonly #smallBytes: number;
-  readonly #slots: ShmSlots;
-  readonly #rounds: ShmRounds;
-  readonly #buffers: ShmPeerBuffers;
+export class ShmReduce extends ShmPart {
   #scratch: Float32Array | undefined;
   #scratchI32: Int32Array | undefined;
-
-  constructor(
-    rank: number,
-    size: number,
-    smallBytes: number,
-    slots: ShmSlots,
-    rounds: ShmRounds,
-    buffers: ShmPeerBuffers,
-  ) {
-    this.#rank = rank;
-    this.#size = size;
-    this.#smallBytes = smallBytes;
-    this.#slots = slots;
-    this.#rounds = rounds;
-    this.#buffers = buffers;
-  }
 
   /** Free the fold scratch (the group closed). */
   close(arena: SharedArena | undefined): void {
@@ -63,27 +39,27 @@ export class ShmReduce {
     dtype: DType,
     root: number,
   ): Promise<void> {
-    const n = this.#size, m = buf.length, r = this.#rank;
+    const n = this.size, m = buf.length, r = this.rank;
     const es = bytesOf(dtype);
-    if (m * es <= this.#smallBytes || n === 1) {
+    if (m * es <= this.smallBytes || n === 1) {
       // One round per chunk: every rank (or the root) folds all slots in rank order.
-      const per = Math.floor(this.#slots.bytes / es);
+      const per = Math.floor(this.slots.bytes / es);
       let first = true;
       for (let a = 0; first || a < m; a += per) {
         const b = Math.min(m, a + per);
-        const h = this.#slots.nextHalf();
-        this.#slots.views(dtype, r, h).set(sub(buf, a, b));
-        const w = this.#rounds.round(ctx, first ? desc : null);
+        const h = this.slots.nextHalf();
+        this.slots.views(dtype, r, h).set(sub(buf, a, b));
+        const w = this.rounds.round(ctx, first ? desc : null);
         if (w !== undefined) await w;
         first = false;
         if (root >= 0 && r !== root) continue;
         const dst = sub(buf, a, b);
-        const src = (p: number) => this.#slots.slot(dtype, p, h, 0, b - a);
+        const src = (p: number) => this.slots.slot(dtype, p, h, 0, b - a);
         // SIMD pays from a few hundred elements (below, the JavaScript loop is cheaper).
-        const fold = n > 1 && b - a >= 256 ? arenaFold(this.#slots.arena, dtype, op) : undefined;
+        const fold = n > 1 && b - a >= 256 ? arenaFold(this.slots.arena, dtype, op) : undefined;
         if (fold !== undefined) {
           // SIMD over the slots into arena scratch, then one copy out.
-          const scratch = this.#arenaScratch(this.#slots.arena!, dtype);
+          const scratch = this.#arenaScratch(this.slots.arena!, dtype);
           for (let s = 0; s < b - a; s += FOLD_CHUNK) {
             const e = Math.min(b - a, s + FOLD_CHUNK);
             const t = sub(scratch, 0, e - s);
@@ -102,30 +78,30 @@ export class ShmReduce {
       }
       return;
     }
-    const peers = await this.#buffers.locate(ctx, desc, buf, -1);
+    const peers = await this.buffers.locate(ctx, desc, buf, -1);
     if (peers !== null) return this.#inPlace(ctx, buf, peers, op, dtype, root);
     // Two rounds per chunk: reduce-scatter straight from the peers' slots, then all-gather.
-    const per = Math.floor(this.#slots.bytes / es);
+    const per = Math.floor(this.slots.bytes / es);
     for (let a = 0; a < m; a += per) {
       const b = Math.min(m, a + per), len = b - a;
-      const h = this.#slots.nextHalf();
-      this.#slots.views(dtype, r, h).set(sub(buf, a, b));
-      await this.#rounds.round(ctx, null);
+      const h = this.slots.nextHalf();
+      this.slots.views(dtype, r, h).set(sub(buf, a, b));
+      await this.rounds.round(ctx, null);
       const lo = Math.floor(r * len / n), hi = Math.floor((r + 1) * len / n);
       if (hi > lo) {
-        const dst = this.#slots.slot(dtype, r, h, lo, hi);
+        const dst = this.slots.slot(dtype, r, h, lo, hi);
         // Rank r >= 2 overwrites its own slot slice before folding it in: read it from buf.
         const src = (p: number) =>
-          p === r && r >= 2 ? sub(buf, a + lo, a + hi) : this.#slots.slot(dtype, p, h, lo, hi);
+          p === r && r >= 2 ? sub(buf, a + lo, a + hi) : this.slots.slot(dtype, p, h, lo, hi);
         reduceTo(dst, src(0), src(1), op, dtype);
         for (let p = 2; p < n; p++) reduceTo(dst, dst, src(p), op, dtype);
         if (op === "avg") finishAvg(dst, n, dtype);
       }
-      await this.#rounds.round(ctx, null);
+      await this.rounds.round(ctx, null);
       if (root >= 0 && r !== root) continue;
       for (let p = 0; p < n; p++) {
         const plo = Math.floor(p * len / n), phi = Math.floor((p + 1) * len / n);
-        if (phi > plo) buf.set(this.#slots.slot(dtype, p, h, plo, phi), a + plo);
+        if (phi > plo) buf.set(this.slots.slot(dtype, p, h, plo, phi), a + plo);
       }
     }
   }
@@ -146,20 +122,20 @@ export class ShmReduce {
     dtype: DType,
     root: number,
   ): Promise<void> {
-    const n = this.#size, m = buf.length, r = this.#rank;
+    const n = this.size, m = buf.length, r = this.rank;
     const lo = Math.floor(r * m / n), hi = Math.floor((r + 1) * m / n);
-    const arena = this.#buffers.opArena;
+    const arena = this.buffers.opArena;
     if (arena !== undefined && ArenaFold.supports(dtype, op)) {
       return this.#inArena(ctx, arena, peers, lo, hi, op, dtype, root);
     }
-    const chunk = Math.min(Math.floor(this.#slots.bytes / bytesOf(dtype)), FOLD_CHUNK);
+    const chunk = Math.min(Math.floor(this.slots.bytes / bytesOf(dtype)), FOLD_CHUNK);
     // Fold in place into the owner's buffer when it is rank 0 or 1 (an operand of the first
     // step, element by element); a later owner would lose its values before they are folded in.
     const owner = root < 0 ? r : root;
     const inPlace = owner < 2;
     for (let s = lo; s < hi; s += chunk) {
       const e = Math.min(hi, s + chunk);
-      const t = inPlace ? sub(peers[owner]!, s, e) : this.#slots.slot(dtype, r, 0, 0, e - s);
+      const t = inPlace ? sub(peers[owner]!, s, e) : this.slots.slot(dtype, r, 0, 0, e - s);
       reduceTo(t, sub(peers[0]!, s, e), sub(peers[1]!, s, e), op, dtype);
       for (let p = 2; p < n; p++) reduceTo(t, t, sub(peers[p]!, s, e), op, dtype);
       if (op === "avg") finishAvg(t, n, dtype);
@@ -167,7 +143,7 @@ export class ShmReduce {
         if (!(inPlace && p === owner)) peers[p]!.set(t, s);
       }
     }
-    await this.#rounds.round(ctx, null);
+    await this.rounds.round(ctx, null);
   }
 
   /**
@@ -186,12 +162,12 @@ export class ShmReduce {
     dtype: DType,
     root: number,
   ): Promise<void> {
-    const n = this.#size;
+    const n = this.size;
     const fold = arenaFold(arena, dtype, op)!;
     if (n === 2 && root < 0) {
       if (hi > lo) fold.both(sub(peers[0]!, lo, hi), sub(peers[1]!, lo, hi), op, dtype);
     } else {
-      const owner = root < 0 ? this.#rank : root;
+      const owner = root < 0 ? this.rank : root;
       const inPlace = owner < 2;
       const chunk = FOLD_CHUNK;
       let scratch: CollectiveBuffer | undefined;
@@ -209,7 +185,7 @@ export class ShmReduce {
         }
       }
     }
-    await this.#rounds.round(ctx, null);
+    await this.rounds.round(ctx, null);
   }
 
   /** FOLD_CHUNK elements of arena scratch for this thread's folds. */
@@ -231,22 +207,22 @@ export class ShmReduce {
     op: ReduceOp,
     dtype: DType,
   ): Promise<void> {
-    const m = output.length, n = this.#size, r = this.#rank;
-    const per = Math.max(1, Math.floor(this.#slots.bytes / bytesOf(dtype) / n));
+    const m = output.length, n = this.size, r = this.rank;
+    const per = Math.max(1, Math.floor(this.slots.bytes / bytesOf(dtype) / n));
     let first = true;
-    if (n > 1 && input.byteLength > this.#smallBytes) {
-      const peers = await this.#buffers.locate(ctx, desc, input, -1);
+    if (n > 1 && input.byteLength > this.smallBytes) {
+      const peers = await this.buffers.locate(ctx, desc, input, -1);
       first = false;
       if (peers !== null) {
         // Fold block r straight from every rank's input. When output is this rank's own block
         // of input and r >= 2, save each piece first (the fold would overwrite it too early).
         const own = sub(input, r * m, (r + 1) * m);
         const alias = r >= 2 && overlaps(output, own);
-        const step = alias ? Math.floor(this.#slots.bytes / bytesOf(dtype)) : Math.max(1, m);
+        const step = alias ? Math.floor(this.slots.bytes / bytesOf(dtype)) : Math.max(1, m);
         // SIMD when every input and the output live in the arena (and so does the staging
         // slot, when a piece must be saved there).
-        const arena = this.#buffers.opArena;
-        const fold = arena !== undefined && (!alias || this.#slots.arena === arena)
+        const arena = this.buffers.opArena;
+        const fold = arena !== undefined && (!alias || this.slots.arena === arena)
           ? arenaFold(arena, dtype, op, output)
           : undefined;
         const to = (d: CollectiveBuffer, x: CollectiveBuffer, y: CollectiveBuffer) =>
@@ -256,7 +232,7 @@ export class ShmReduce {
           const dst = sub(output, s, e);
           let mine = sub(own, s, e);
           if (alias) {
-            const saved = this.#slots.slot(dtype, r, 0, 0, e - s);
+            const saved = this.slots.slot(dtype, r, 0, 0, e - s);
             saved.set(mine);
             mine = saved;
           }
@@ -267,21 +243,21 @@ export class ShmReduce {
             fold !== undefined ? fold.finishAvg(dst, n, dtype) : finishAvg(dst, n, dtype);
           }
         }
-        await this.#rounds.round(ctx, null);
+        await this.rounds.round(ctx, null);
         return;
       }
     }
     for (let a = 0; first || a < m; a += per) {
       const b = Math.min(m, a + per), len = b - a;
-      const h = this.#slots.nextHalf();
-      const mine = this.#slots.views(dtype, this.#rank, h);
+      const h = this.slots.nextHalf();
+      const mine = this.slots.views(dtype, this.rank, h);
       for (let p = 0; p < n; p++) mine.set(sub(input, p * m + a, p * m + b), p * len);
-      await this.#rounds.round(ctx, first ? desc : null);
+      await this.rounds.round(ctx, first ? desc : null);
       first = false;
       if (len === 0) continue;
-      const lo = this.#rank * len, hi = lo + len;
+      const lo = this.rank * len, hi = lo + len;
       const dst = output.subarray(a, b);
-      const src = (p: number) => this.#slots.slot(dtype, p, h, lo, hi);
+      const src = (p: number) => this.slots.slot(dtype, p, h, lo, hi);
       if (n === 1) dst.set(src(0));
       else {
         reduceTo(dst, src(0), src(1), op, dtype);
