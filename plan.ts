@@ -33,6 +33,7 @@ import { runWorkers } from "./collectives/mod.ts";
 import {
   calibrate,
   type Calibration,
+  type LinkRates,
   predictStepTime,
   type StepTimeEstimate,
 } from "./engine/step_time.ts";
@@ -110,6 +111,22 @@ const OPTIONS: Record<string, OptionSpec> = {
     help: "plan every layout of this many ranks (dp x tp x pp, tp dividing the heads, pp the " +
       "blocks) instead of the --dp, --tp and --pp lists",
   },
+  nodes: {
+    kind: "int",
+    dflt: 1,
+    help: "nodes the ranks are spread over, equally, in the grid's tp-dp-pp order; groups " +
+      "that span nodes run at the node link",
+  },
+  "node-gbps": {
+    kind: "float",
+    dflt: 12.5,
+    help: "GB/s between nodes, per node (the default is a 100 Gb/s network)",
+  },
+  "node-latency-us": {
+    kind: "float",
+    dflt: 5,
+    help: "microseconds per message between nodes",
+  },
   batch: {
     kind: "int",
     dflt: null,
@@ -159,6 +176,10 @@ export interface PlanArgs {
   calibrate: boolean;
   /** The calibration file, or null for the default. */
   calibration: string | null;
+  /** Nodes the ranks are spread over. */
+  nodes: number;
+  /** The link between nodes. */
+  nodeLink: LinkRates;
 }
 
 /** A layout to plan: the memory estimate's input and its virtual stages. */
@@ -243,6 +264,8 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
       memoryGiB: null,
       calibrate: false,
       calibration: null,
+      nodes: 1,
+      nodeLink: { alphaMs: 0, bytesPerMs: 1 },
     };
   }
   const v: Record<string, number | number[] | string | boolean | undefined> = {};
@@ -348,7 +371,14 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
     }
   }
   const enumerate = ranks !== undefined;
+  const nodes = (v.nodes as number | undefined) ?? 1;
   for (const [tp, pp, dp] of grids) {
+    if ((tp * pp * dp) % nodes !== 0) {
+      throw new RangeError(
+        `${tp * pp * dp} ranks (tp ${tp} x pp ${pp} x dp ${dp}) do not split evenly over ` +
+          `--nodes ${nodes}: give a rank count that is a multiple of the nodes`,
+      );
+    }
     for (const vs of (v["virtual-stages"] as number[] | undefined) ?? [1]) {
       if (vs > 1 && pp === 1) continue;
       if (shape && shape.layers % (pp * vs) !== 0) {
@@ -417,6 +447,11 @@ export function parsePlanArgs(argv: string[]): PlanArgs {
     memoryGiB: (v.memory as number | undefined) ?? null,
     calibrate: v.calibrate === true,
     calibration: (v.calibration as string | undefined) ?? null,
+    nodes,
+    nodeLink: {
+      alphaMs: ((v["node-latency-us"] as number | undefined) ?? 5) / 1000,
+      bytesPerMs: ((v["node-gbps"] as number | undefined) ?? 12.5) * 1e6,
+    },
   };
 }
 
@@ -679,6 +714,8 @@ export function planRows(args: PlanArgs, cal: Calibration | null): PlanRow[] {
         zeroStage: estimate.layout.zeroStage,
         half: estimate.layout.precision !== "fp32",
         checkpointActivations: estimate.layout.checkpointActivations,
+        nodes: args.nodes,
+        nodeLink: args.nodeLink,
       }, cal)
       : null;
     const fits = args.memoryGiB === null

@@ -16,7 +16,10 @@
  *   the bubble: (p - 1) / (m v + p - 1) of the step ({@linkcode theoreticalBubble});
  * - activation checkpointing runs each checkpointed block's forward again in backward;
  * - k ranks computing at once on one machine each run slower by the measured sharing factor
- *   (and by k / cores where they outnumber the cores).
+ *   (and by k / cores where they outnumber the cores);
+ * - over several nodes (ranks laid out in the grid's tp-dp-pp order, node by node), a group
+ *   that spans nodes runs its ring at the node link: the slower latency of the two, and the
+ *   node's bandwidth divided among the groups of its kind that leave one node at once.
  *
  * @module
  */
@@ -137,8 +140,12 @@ export interface StepTimeInput {
   half?: boolean;
   /** Activation checkpointing: every N-th block (0 off). */
   checkpointActivations?: number;
-  /** Ranks sharing this machine's cores (their BLAS threads split them). */
+  /** Ranks sharing this machine's cores (their BLAS threads split them); default ranks / nodes. */
   ranksHere?: number;
+  /** Nodes the ranks are spread over, equally, in the grid's order; default 1. */
+  nodes?: number;
+  /** The link between nodes, as one node sees it (needed with more than one node). */
+  nodeLink?: LinkRates;
 }
 
 /** A predicted step, in milliseconds, split by where the time goes (on the slowest rank). */
@@ -191,11 +198,19 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const m = x.microBatches ?? (pp > 1 ? 4 * pp : 1);
   const zero = x.zeroStage ?? 0;
   const ranks = tp * pp * dp;
-  const threads = Math.max(1, Math.floor(cal.cores / Math.max(1, x.ranksHere ?? ranks)));
+  const nodes = x.nodes ?? 1;
+  const perNode = ranks / nodes;
+  if (!Number.isInteger(perNode) || nodes < 1) {
+    throw new RangeError(`${ranks} ranks do not split evenly over ${nodes} nodes`);
+  }
+  if (nodes > 1 && !x.nodeLink) {
+    throw new TypeError(`A step over ${nodes} nodes needs the link between them (nodeLink)`);
+  }
+  const here = x.ranksHere ?? perNode;
+  const threads = Math.max(1, Math.floor(cal.cores / Math.max(1, here)));
   const rates = cal.compute[String(threads)] ?? cal.compute[Object.keys(cal.compute)[0]!]!;
   // Ranks computing at once share the machine (see Calibration.sharing); more ranks than cores
   // also take turns on them.
-  const here = x.ranksHere ?? ranks;
   const slow = (here > 1 ? cal.sharing?.[String(here)] ?? 1 : 1) *
     Math.max(1, here / cal.cores);
   const b = x.batch / (m * dp);
@@ -236,9 +251,21 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
     (pp === 1 ? headMs + embedMs : Math.max(headMs, embedMs));
   const shm = (k: number): LinkRates =>
     cal.links[String(k)] ?? cal.links[Object.keys(cal.links).at(-1)!]!;
+  // The link of a group of k ranks `stride` apart: shared memory within a node; across nodes
+  // the node link, its bandwidth split among the groups of this kind that leave a node at once.
+  const groupLink = (k: number, stride: number): LinkRates => {
+    const inside = shm(Math.min(k, Math.max(2, perNode)));
+    if (nodes === 1 || k * stride <= perNode) return shm(k);
+    const local = Math.max(1, Math.min(k, Math.floor(perNode / stride)));
+    const node = x.nodeLink!;
+    return {
+      alphaMs: Math.max(inside.alphaMs, node.alphaMs),
+      bytesPerMs: Math.min(inside.bytesPerMs, node.bytesPerMs / (perNode / local)),
+    };
+  };
   const actBytes = n * C * (half ? 2 : 4);
-  const tpMb = tp > 1 ? 4 * layersPerStage * ringAllReduceMs(actBytes, tp, shm(tp)) : 0;
-  const p2pLink = shm(2);
+  const tpMb = tp > 1 ? 4 * layersPerStage * ringAllReduceMs(actBytes, tp, groupLink(tp, 1)) : 0;
+  const p2pLink = groupLink(pp > 1 ? pp : 2, tp * dp);
   const ppMb = pp > 1 ? 2 * (p2pLink.alphaMs + actBytes / p2pLink.bytesPerMs) : 0;
   const chunk = (stageCompute + tpMb + ppMb) / v;
   const pipelineMs = (m * v + pp - 1) * chunk;
@@ -250,7 +277,7 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const blockParams = (4 * C * C + 2 * C * F + 9 * C + F) / tp;
   const rankParams = layersPerStage * blockParams + (Vp / tp) * C + T * C;
   const gradBytes = rankParams * (half ? 2 : 4);
-  const link = shm(dp);
+  const link = groupLink(dp, tp);
   let dpCommMs = 0;
   if (dp > 1) {
     dpCommMs = zero <= 1 ? ringAllReduceMs(gradBytes, dp, link) : ringHalfMs(gradBytes, dp, link);

@@ -173,3 +173,33 @@ Deno.test("ranks computing at once on one machine run slower by the measured sha
   const quarter = predictStepTime({ ...MODEL, dp: 4, ranksHere: 2 }, CAL);
   close(four.computeMs, 2 * quarter.computeMs, "4 ranks on 2 cores take turns");
 });
+
+Deno.test("over several nodes a group that spans them runs at the node link; one inside a node keeps shared memory", () => {
+  const node = { alphaMs: 0.5, bytesPerMs: 1e5 };
+  const n = MODEL.batch * MODEL.seqLen / 2;
+  // tp 2 x dp 2 on 2 nodes: each tp pair sits in one node, each dp pair spans both.
+  const two = predictStepTime({ ...MODEL, tp: 2, dp: 2, nodes: 2, nodeLink: node }, CAL);
+  const one = predictStepTime({ ...MODEL, tp: 2, dp: 2 }, CAL);
+  close(two.tpCommMs, 4 * MODEL.layers * ringAllReduceMs(n * 256 * 4, 2, CAL.links["2"]!), "tp");
+  close(two.tpCommMs, one.tpCommMs, "tp inside a node is unchanged");
+  // On one node the gradients' all-reduce of G bytes costs 2 alpha + G / bandwidth at shared
+  // memory; across nodes the node's latency, and the node's bandwidth halved: both tp ranks'
+  // dp groups leave the node at once.
+  const gradBytes = (one.dpCommMs - 2 * 0.01) * 1e6;
+  close(two.dpCommMs, 2 * 0.5 + gradBytes / (1e5 / 2), "dp across nodes");
+  // Both ranks per node compute on their own node's cores, not on one machine's.
+  close(
+    two.computeMs,
+    predictStepTime({ ...MODEL, tp: 2, dp: 2, ranksHere: 2 }, CAL).computeMs,
+    "ranks per node",
+  );
+  assert.throws(
+    () => predictStepTime({ ...MODEL, dp: 3, nodes: 2, nodeLink: node }, CAL),
+    /split evenly/,
+  );
+  assert.throws(() => predictStepTime({ ...MODEL, dp: 2, nodes: 2 }, CAL), /nodeLink/);
+  assert.throws(
+    () => parsePlanArgs(["--params", "1e9", "--dp", "3", "--nodes", "2"]),
+    /multiple of the nodes/,
+  );
+});
