@@ -656,7 +656,7 @@ export async function machineCalibration(
   if (!fresh) {
     try {
       const c = JSON.parse(await Deno.readTextFile(path)) as Calibration;
-      if (c.version === 1 && c.cores === navigator.hardwareConcurrency && c.sharing) return c;
+      if (c.version === 2 && c.cores === navigator.hardwareConcurrency && c.sharing) return c;
       log(`${path} is from another machine (${c.cores} cores): measuring this one`);
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
@@ -710,6 +710,7 @@ export function planRows(args: PlanArgs, cal: Calibration | null): PlanRow[] {
         tp: estimate.layout.tp,
         pp: estimate.layout.pp,
         virtualStages: l.virtualStages ?? 1,
+        schedule: l.schedule === "gpipe" ? "gpipe" : "1f1b",
         microBatches: estimate.layout.microBatches ?? undefined,
         zeroStage: estimate.layout.zeroStage,
         half: estimate.layout.precision !== "fp32",

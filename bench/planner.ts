@@ -9,18 +9,18 @@
  * deno run -A bench/planner.ts --json     # one object per layout: layout, predicted_ms, measured_ms
  * ```
  *
- * The model is the one of issue 10's throughput table: a character GPT of width 256, 4 blocks
- * of 8 heads, 128 tokens per sequence, 16 sequences per step, on ~300 KB of generated text.
- * A layout's measured time is its steps per second over the last 20 of 30 steps (train.ts's
- * tokens/s then), so start-up and the first steps' compilation do not count.
+ * The model is the one of issue 10's throughput table (`bench/_layouts.ts`): a character GPT
+ * of width 256, 4 blocks of 8 heads, 128 tokens per sequence, 16 sequences per step, on ~300 KB
+ * of generated text. A layout's measured time is its steps per second over the last 20 of 30
+ * steps (train.ts's tokens/s then), so start-up and the first steps' compilation do not count,
+ * the fastest of `--passes` runs (default 2; the layouts take turns); the calibration keeps the
+ * faster of two readings of each rate in the same way.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { machineCalibration, parsePlanArgs, planRows } from "../plan.ts";
-
-const MODEL = ["--ctx", "128", "--dim", "256", "--layers", "4", "--heads", "8"];
-const BATCH = 16, STEPS = 30;
+import { BATCH, bestRuns, flag, MODEL, text } from "./_layouts.ts";
 
 /** The layouts, as train.ts flags. */
 const LAYOUTS: string[][] = [
@@ -37,58 +37,14 @@ const LAYOUTS: string[][] = [
   ["--dp", "2", "--zero-stage", "2", "--precision", "bf16"],
 ];
 
-/** Text of about 300 KB from a seeded generator: words of a small vocabulary. */
-function text(): string {
-  const words = ("the of and to in is was that for on with as by at from his her they which " +
-    "one all were when there been have has had would more will their what about said each " +
-    "time could people into first water long little very after words called just where most " +
-    "know through back much before line right too means old any same tell boy follow came " +
-    "want show also around form three small set put end does another well large must big")
-    .split(" ");
-  let x = 12345, out = "";
-  while (out.length < 300_000) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    out += words[x % words.length] + ((x >>> 8) % 13 === 0 ? ".\n" : " ");
-  }
-  return out;
-}
-
-function flag(args: string[], name: string, dflt: string): string {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1]! : dflt;
-}
-
-/** train.ts with the layout: ms per step from its last tokens/s, and the vocabulary it used. */
-async function measure(data: string, layout: string[]): Promise<{ ms: number; vocab: number }> {
-  const out = await Deno.makeTempDir({ prefix: "loom-planner-" });
-  try {
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", new URL("../train.ts", import.meta.url).pathname, "--data", data]
-        .concat([...MODEL, "--batch", String(BATCH), "--steps", String(STEPS)])
-        .concat(["--eval-every", "0", "--out", out, ...layout]),
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stdout = new TextDecoder().decode(r.stdout);
-    if (r.code !== 0) {
-      throw new Error(
-        `train.ts ${layout.join(" ")} failed:\n${new TextDecoder().decode(r.stderr)}`,
-      );
-    }
-    const vocab = Number(/vocab (\d+)\)/.exec(stdout)?.[1]);
-    const steps = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
-      .map((l) => JSON.parse(l)).filter((r) => r.kind === undefined);
-    const last = steps.at(-1)!;
-    return { ms: BATCH * 128 * 1000 / last.tokens_per_s, vocab };
-  } finally {
-    await Deno.remove(out, { recursive: true });
-  }
-}
-
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { json: { type: "boolean", default: false }, calibration: { type: "string" } },
+    options: {
+      json: { type: "boolean", default: false },
+      calibration: { type: "string" },
+      passes: { type: "string", default: "2" },
+    },
   });
   const dir = await Deno.makeTempDir({ prefix: "loom-planner-" });
   const data = `${dir}/text.txt`;
@@ -99,8 +55,9 @@ if (import.meta.main) {
     (l) => console.error(l),
   );
   const rows: { layout: string; predicted_ms: number; measured_ms: number; error: number }[] = [];
-  for (const layout of LAYOUTS) {
-    const m = await measure(data, layout);
+  const runs = await bestRuns(data, LAYOUTS, Number(values.passes));
+  for (const [i, layout] of LAYOUTS.entries()) {
+    const m = runs[i]!;
     const pp = flag(layout, "--pp", "1"), v = flag(layout, "--virtual-stages", "1");
     const plan = parsePlanArgs([
       "--vocab",

@@ -12,8 +12,11 @@
  * - data parallelism: the gradients' all-reduce (ZeRO 0-1) or reduce-scatter (ZeRO 2-3), then
  *   ZeRO 1-3's all-gather of the updated parameters, and ZeRO 3's all-gather of every block's
  *   parameters before its forward and again before its backward;
- * - a pipeline step of m micro-batches takes (m v + p - 1) chunk times, of which (p - 1) are
- *   the bubble: (p - 1) / (m v + p - 1) of the step ({@linkcode theoreticalBubble});
+ * - a pipeline step is its schedule run in simulation ({@linkcode simulateSchedule}) with each
+ *   chunk's own time (the first holds the embedding, the last the head, each chunk its
+ *   all-reduces and its transfer in and out): on balanced stages (p - 1) of its (m v + p - 1)
+ *   chunk times are the bubble, (p - 1) / (m v + p - 1) of the step
+ *   ({@linkcode theoreticalBubble}), and imbalance and the schedule's own waits add to it;
  * - activation checkpointing runs each checkpointed block's forward again in backward;
  * - k ranks computing at once on one machine each run slower by the measured sharing factor
  *   (and by k / cores where they outnumber the cores);
@@ -24,11 +27,13 @@
  * @module
  */
 import type { Backend, TensorDType } from "../kernels/mod.ts";
+import { buildSchedule } from "../parallel/schedules.ts";
+import { simulateSchedule } from "../parallel/simulate.ts";
 
 /** The machine's measured rates, as `plan.ts --calibrate` caches them. */
 export interface Calibration {
-  /** Format version. */
-  version: 1;
+  /** Format version (2: 16-bit products and attention measured on their own). */
+  version: 2;
   /** When it was measured (ISO time). */
   measured: string;
   /** The machine's cores. */
@@ -58,6 +63,13 @@ export interface ComputeRates {
   opOverheadMs: number;
   /** How much slower 16-bit activations make the element-wise work (widening, rounding). */
   halfFactor: number;
+  /**
+   * Matrix products of 16-bit operands (each widened to float32 around the product, the result
+   * rounded back): [smallest dimension, GFLOP/s] pairs, on the ladder of `matmul`.
+   */
+  halfMatmul: [number, number][];
+  /** Nanoseconds per score of attention on 16-bit activations. */
+  halfAttentionNs: number;
 }
 
 /** Costs of collectives among N ranks: latency per message and bandwidth. */
@@ -132,6 +144,8 @@ export interface StepTimeInput {
   pp: number;
   /** Virtual stages per rank; default 1. */
   virtualStages?: number;
+  /** The schedule of a pipeline of one chunk per stage; default 1F1B (interleaved for v > 1). */
+  schedule?: "gpipe" | "1f1b";
   /** Micro-batches per step; default 4 pp with a pipeline, else 1. */
   microBatches?: number;
   /** ZeRO stage; default 0. */
@@ -225,8 +239,9 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const ew = slow * rates.elementNs * (half ? rates.halfFactor : 1) / 1e6; // ms per element
   const over = rates.opOverheadMs;
   // A product, forward or (its two products) backward.
+  const mmRates = half ? { ...rates, matmul: rates.halfMatmul } : rates;
   const mm = (M: number, N: number, K: number) =>
-    slow * 2 * M * N * K / (matmulGflops(rates, M, N, K) * 1e6) + over;
+    slow * 2 * M * N * K / (matmulGflops(mmRates, M, N, K) * 1e6) + over;
   const linear = (inp: number, out: number) => ({
     f: mm(n, out, inp),
     b: mm(n, inp, out) + mm(inp, out, n) + n * out * ew,
@@ -234,21 +249,24 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
   const qkv = linear(C, 3 * C / tp), proj = linear(C / tp, C);
   const fc = linear(C, F / tp), proj2 = linear(F / tp, C);
   const scores = b * (x.heads / tp) * T * T;
-  const att = slow * scores * rates.attentionNs / 1e6;
+  const att = slow * scores * (half ? rates.halfAttentionNs : rates.attentionNs) / 1e6;
   // Element-wise work of a block: two layernorms, two residual adds, GELU, in and out.
   const blockEw = (4 * n * C + n * F / tp) * ew;
   const blockF = qkv.f + proj.f + fc.f + proj2.f + att / 3 + blockEw + 8 * over;
   const blockB = qkv.b + proj.b + fc.b + proj2.b + 2 * att / 3 + 2 * blockEw + 8 * over;
   const layersPerStage = x.layers / pp;
-  const ck = x.checkpointActivations ?? 0;
-  // Checkpointed blocks (every block, in groups of ck) run their forward again in backward.
-  const recomputed = ck > 0 ? layersPerStage : 0;
+  const layersPerChunk = layersPerStage / v;
+  if (!Number.isInteger(layersPerChunk)) {
+    throw new RangeError(`${x.layers} blocks do not split into ${pp} x ${v} chunks`);
+  }
+  // Checkpointed blocks run their forward again in backward.
+  const recompute = (x.checkpointActivations ?? 0) > 0;
+  // The head (final layernorm, product, loss) on the last virtual stage, the embedding on the
+  // first.
   const head = linear(C, Vp / tp);
-  const headMs = head.f + head.b + 3 * n * (Vp / tp) * ew + 2 * n * C * ew;
-  const embedMs = 3 * n * C * ew;
-  // The heaviest stage (the last one holds the head; the first the embedding).
-  const stageCompute = layersPerStage * (blockF + blockB) + recomputed * blockF +
-    (pp === 1 ? headMs + embedMs : Math.max(headMs, embedMs));
+  const headF = head.f + 2 * n * (Vp / tp) * ew + n * C * ew;
+  const headB = head.b + n * (Vp / tp) * ew + n * C * ew;
+  const embedF = n * C * ew, embedB = 2 * n * C * ew;
   const shm = (k: number): LinkRates =>
     cal.links[String(k)] ?? cal.links[Object.keys(cal.links).at(-1)!]!;
   // The link of a group of k ranks `stride` apart: shared memory within a node; across nodes
@@ -264,15 +282,46 @@ export function predictStepTime(x: StepTimeInput, cal: Calibration): StepTimeEst
     };
   };
   const actBytes = n * C * (half ? 2 : 4);
-  const tpMb = tp > 1 ? 4 * layersPerStage * ringAllReduceMs(actBytes, tp, groupLink(tp, 1)) : 0;
+  // Per chunk of one micro-batch: tensor parallelism's two all-reduces per block each way, and
+  // with a pipeline one activation in and one gradient out.
+  const tpOne = tp > 1 ? 2 * layersPerChunk * ringAllReduceMs(actBytes, tp, groupLink(tp, 1)) : 0;
   const p2pLink = groupLink(pp > 1 ? pp : 2, tp * dp);
-  const ppMb = pp > 1 ? 2 * (p2pLink.alphaMs + actBytes / p2pLink.bytesPerMs) : 0;
-  const chunk = (stageCompute + tpMb + ppMb) / v;
-  const pipelineMs = (m * v + pp - 1) * chunk;
-  const computeMs = m * stageCompute;
-  const tpCommMs = m * tpMb;
-  const ppCommMs = m * ppMb;
-  const bubbleMs = Math.max(0, pipelineMs - computeMs - tpCommMs - ppCommMs);
+  const ppOne = pp > 1 ? p2pLink.alphaMs + actBytes / p2pLink.bytesPerMs : 0;
+  // What one chunk of one micro-batch costs on a stage, split by kind.
+  const chunkCost = (stage: number, chunk: number, kind: "forward" | "backward") => {
+    const first = stage === 0 && chunk === 0, last = stage === pp - 1 && chunk === v - 1;
+    const blocks = kind === "forward" ? blockF : blockB + (recompute ? blockF : 0);
+    const ends = (first ? (kind === "forward" ? embedF : embedB) : 0) +
+      (last ? (kind === "forward" ? headF : headB) : 0);
+    return { compute: layersPerChunk * blocks + ends, tp: tpOne, pp: ppOne };
+  };
+  // Each stage's busy time; the pipeline's length from running its schedule's step lists.
+  const stageBusy = Array.from({ length: pp }, (_, st) => {
+    let compute = 0, tpc = 0, ppc = 0;
+    for (let c = 0; c < v; c++) {
+      for (const kind of ["forward", "backward"] as const) {
+        const k = chunkCost(st, c, kind);
+        compute += m * k.compute, tpc += m * k.tp, ppc += m * k.pp;
+      }
+    }
+    return { compute, tp: tpc, pp: ppc, all: compute + tpc + ppc };
+  });
+  const busiest = stageBusy.reduce((a, b) => b.all > a.all ? b : a);
+  let pipelineMs = busiest.all;
+  if (pp > 1) {
+    const name = v > 1 ? "interleaved" : x.schedule ?? "1f1b";
+    const sim = simulateSchedule(buildSchedule(name, { pp, m, v }), {
+      duration: (st, kind, _mb, c) => {
+        const k = chunkCost(st, c, kind);
+        return k.compute + k.tp + k.pp;
+      },
+    });
+    pipelineMs = sim.makespan;
+  }
+  const computeMs = busiest.compute;
+  const tpCommMs = busiest.tp;
+  const ppCommMs = busiest.pp;
+  const bubbleMs = Math.max(0, pipelineMs - busiest.all);
   // Parameters on this rank: the blocks of its stage, split over tp, and its end's tables.
   const blockParams = (4 * C * C + 2 * C * F + 9 * C + F) / tp;
   const rankParams = layersPerStage * blockParams + (Vp / tp) * C + T * C;
@@ -355,7 +404,10 @@ export async function calibrate(opts: CalibrateOptions): Promise<Calibration> {
   for (const threads of counts) {
     const be = opts.backend(threads);
     try {
-      compute[String(threads)] = await measureCompute(be, opts.log);
+      // Two rounds, keeping the faster reading of each rate: a neighbour's burst on a shared
+      // machine slows one round, not the machine.
+      const a = await measureCompute(be, opts.log), b = await measureCompute(be, opts.log);
+      compute[String(threads)] = fasterRates(a, b);
     } finally {
       be.dispose();
     }
@@ -388,7 +440,24 @@ export async function calibrate(opts: CalibrateOptions): Promise<Calibration> {
       opts.log?.(`${k} ranks computing at once: ${sharing[String(k)]!.toFixed(2)}x each`);
     }
   }
-  return { version: 1, measured: new Date().toISOString(), cores, compute, links, sharing };
+  return { version: 2, measured: new Date().toISOString(), cores, compute, links, sharing };
+}
+
+/** Each rate of `a` and `b` at its faster reading. */
+function fasterRates(a: ComputeRates, b: ComputeRates): ComputeRates {
+  const ladder = (x: [number, number][], y: [number, number][]) =>
+    x.map(([d, r], i) => [d, Math.max(r, y[i]![1])] as [number, number]);
+  const elementNs = Math.min(a.elementNs, b.elementNs);
+  return {
+    matmul: ladder(a.matmul, b.matmul),
+    elementNs,
+    attentionNs: Math.min(a.attentionNs, b.attentionNs),
+    adamwNs: Math.min(a.adamwNs, b.adamwNs),
+    opOverheadMs: Math.min(a.opOverheadMs, b.opOverheadMs),
+    halfFactor: Math.min(a.elementNs * a.halfFactor, b.elementNs * b.halfFactor) / elementNs,
+    halfMatmul: ladder(a.halfMatmul, b.halfMatmul),
+    halfAttentionNs: Math.min(a.halfAttentionNs, b.halfAttentionNs),
+  };
 }
 
 async function measureCompute(be: Backend, log?: (l: string) => void): Promise<ComputeRates> {
@@ -400,17 +469,23 @@ async function measureCompute(be: Backend, log?: (l: string) => void): Promise<C
     else be.fill(t, 0.25);
     return t;
   };
-  // Products of shapes n x 4d x d (the forward of an MLP of width d) at a ladder of d.
-  const matmul: [number, number][] = [];
-  for (const d of [16, 32, 64, 128, 256, 512]) {
-    const M = 512, N = 4 * d, K = d;
-    const A = rand(M * K), B = rand(K * N), Cm = be.alloc(M * N);
-    const ms = await timeIt(async () => {
-      be.matmul(Cm, A, B, null, M, N, K);
-      await be.read(be.view(Cm, 0, 1));
-    }, 150);
-    matmul.push([d, 2 * M * N * K / (ms * 1e6)]);
-  }
+  // Products of shapes n x 4d x d (the forward of an MLP of width d) at a ladder of d, of
+  // float32 and of 16-bit operands.
+  const ladder = async (dtype: TensorDType) => {
+    const out: [number, number][] = [];
+    for (const d of [16, 32, 64, 128, 256, 512]) {
+      const M = 512, N = 4 * d, K = d;
+      const A = rand(M * K, dtype), B = rand(K * N, dtype), Cm = be.alloc(M * N, dtype);
+      const ms = await timeIt(async () => {
+        be.matmul(Cm, A, B, null, M, N, K);
+        await be.read(be.view(Cm, 0, 1));
+      }, 150);
+      out.push([d, 2 * M * N * K / (ms * 1e6)]);
+    }
+    return out;
+  };
+  const matmul = await ladder("f32");
+  const halfMatmul = await ladder("bf16");
   // The cost of a call beyond its arithmetic: a 1 x 1 x 1 product.
   const one = rand(1), out1 = be.alloc(1);
   const opOverheadMs = await timeIt(() => be.matmul(out1, one, one, null, 1, 1, 1), 50);
@@ -428,15 +503,20 @@ async function measureCompute(be: Backend, log?: (l: string) => void): Promise<C
   const f32Ns = await elementNs("f32");
   const halfNs = await elementNs("bf16");
   // Attention: B H T^2 scores at T = 128, forward and backward.
-  const Ba = 4, T = 128, Ca = 256, H = 8;
-  const q = rand(Ba * T * 3 * Ca), o = be.alloc(Ba * T * Ca), att = be.alloc(Ba * H * T * T);
-  const dq = be.alloc(Ba * T * 3 * Ca), dout = rand(Ba * T * Ca);
-  const attMs = await timeIt(async () => {
-    be.attentionForward(o, att, q, Ba, T, Ca, H);
-    be.attentionBackward(dq, dout, q, att, Ba, T, Ca, H);
-    await be.read(be.view(dq, 0, 1));
-  }, 200);
-  const attentionNs = attMs * 1e6 / (Ba * H * T * T);
+  const attention = async (dtype: TensorDType) => {
+    const Ba = 4, T = 128, Ca = 256, H = 8;
+    const q = rand(Ba * T * 3 * Ca, dtype), o = be.alloc(Ba * T * Ca, dtype);
+    const att = be.alloc(Ba * H * T * T, dtype), dq = be.alloc(Ba * T * 3 * Ca, dtype);
+    const dout = rand(Ba * T * Ca, dtype);
+    const ms = await timeIt(async () => {
+      be.attentionForward(o, att, q, Ba, T, Ca, H);
+      be.attentionBackward(dq, dout, q, att, Ba, T, Ca, H);
+      await be.read(be.view(dq, 0, 1));
+    }, 200);
+    return ms * 1e6 / (Ba * H * T * T);
+  };
+  const attentionNs = await attention("f32");
+  const halfAttentionNs = await attention("bf16");
   // AdamW over 1M parameters.
   const P = 1 << 20, pw = rand(P), pg = rand(P), pm = be.alloc(P), pv = be.alloc(P);
   const adamMs = await timeIt(async () => {
@@ -458,5 +538,7 @@ async function measureCompute(be: Backend, log?: (l: string) => void): Promise<C
     adamwNs: adamMs * 1e6 / P,
     opOverheadMs,
     halfFactor: halfNs / f32Ns,
+    halfMatmul,
+    halfAttentionNs,
   };
 }

@@ -19,12 +19,17 @@ const RATES = {
   adamwNs: 5,
   opOverheadMs: 0,
   halfFactor: 3,
+  halfMatmul: [[16, 5], [256, 25]] as [number, number][],
+  halfAttentionNs: 20,
 };
 const CAL: Calibration = {
-  version: 1,
+  version: 2,
   measured: "fixed",
   cores: 2,
-  compute: { "1": RATES, "2": { ...RATES, matmul: [[16, 20], [256, 100]] } },
+  compute: {
+    "1": RATES,
+    "2": { ...RATES, matmul: [[16, 20], [256, 100]], halfMatmul: [[16, 10], [256, 50]] },
+  },
   links: {
     "2": { alphaMs: 0.01, bytesPerMs: 1e6 },
     "4": { alphaMs: 0.02, bytesPerMs: 5e5 },
@@ -58,11 +63,20 @@ Deno.test("ring all-reduce: 2(n-1) latencies and 2(n-1)/n of the bytes; a reduce
 Deno.test("the bubble is (p-1)/(m+p-1), interleaved (p-1)/(v m+p-1), and the pipeline's step follows it", () => {
   close(theoreticalBubble(4, 8), 3 / 11, "1F1B");
   close(theoreticalBubble(4, 8, 2), 3 / 19, "interleaved");
+  // The simulated schedule's idle share is the theory's, but for the small imbalance of the
+  // embedding on the first stage and the head on the last.
   for (const v of [1, 2]) {
     const t = predictStepTime({ ...MODEL, pp: 2, virtualStages: v, microBatches: 8 }, CAL);
     const pipeline = t.computeMs + t.ppCommMs + t.bubbleMs;
-    close(t.bubbleMs / pipeline, theoreticalBubble(2, 8, v), `bubble share, v = ${v}`);
+    const share = t.bubbleMs / pipeline, theory = theoreticalBubble(2, 8, v);
+    assert.ok(Math.abs(share / theory - 1) < 0.03, `bubble share, v = ${v}: ${share} vs ${theory}`);
   }
+  // GPipe and 1F1B idle alike; each interleaved chunk sends and receives its own activation.
+  const gpipe = predictStepTime({ ...MODEL, pp: 2, microBatches: 8, schedule: "gpipe" }, CAL);
+  const f1b = predictStepTime({ ...MODEL, pp: 2, microBatches: 8 }, CAL);
+  close(gpipe.stepMs, f1b.stepMs, "gpipe and 1f1b");
+  const il = predictStepTime({ ...MODEL, pp: 2, virtualStages: 2, microBatches: 8 }, CAL);
+  close(il.ppCommMs, 2 * f1b.ppCommMs, "interleaved transfers");
 });
 
 Deno.test("matmul rates interpolate on the smallest dimension and stay flat past the ladder", () => {
@@ -101,6 +115,16 @@ Deno.test("checkpointing runs every block's forward again; 16-bit activations co
   const ck = predictStepTime({ ...MODEL, checkpointActivations: 1 }, CAL);
   assert.ok(ck.computeMs > plain.computeMs * 1.2 && ck.computeMs < plain.computeMs * 1.5);
   assert.ok(predictStepTime({ ...MODEL, half: true }, CAL).computeMs > plain.computeMs);
+  // 16-bit products and attention run at their own measured rates: where those equal the
+  // float32 ones and the element-wise factor is 1, 16 bits compute in the same time.
+  const same = (r: typeof RATES) => ({
+    ...r,
+    halfMatmul: r.matmul,
+    halfAttentionNs: r.attentionNs,
+    halfFactor: 1,
+  });
+  const even = { ...CAL, compute: { "1": same(CAL.compute["1"]!), "2": same(CAL.compute["2"]!) } };
+  close(predictStepTime({ ...MODEL, half: true }, even).computeMs, plain.computeMs, "same rates");
   // One rank takes both cores (threads 2): the faster rates.
   assert.equal(plain.threads, 2);
   assert.equal(predictStepTime({ ...MODEL, dp: 2 }, CAL).threads, 1);
