@@ -148,7 +148,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   calibrate: {
     kind: "bool",
     dflt: false,
-    help: "measure this machine's rates again (about 30 s) and save them",
+    help: "measure this machine's rates again (about 15 s) and save them",
   },
   calibration: {
     kind: "path",
@@ -661,7 +661,7 @@ export async function machineCalibration(
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) {
         log(`${path} cannot be read (${(e as Error).message}): measuring again`);
-      } else log(`no calibration yet in ${path}: measuring this machine (about 30 s)`);
+      } else log(`no calibration yet in ${path}: measuring this machine (about 15 s)`);
     }
   }
   const c = await calibrate({

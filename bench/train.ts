@@ -8,7 +8,11 @@
  * ```
  *
  * Prints one JSON line with `--json`: `backend, threads, params, tokens_per_s,
- * ms_per_step_median, loss_first, loss_last`.
+ * ms_per_step_median, loss_first, loss_last`, and on the CPU `model_gflops` (the step's model
+ * FLOP/s: 6 P + 12 L T C per token), `sgemm_gflops` (a 1024 x 1024 x 1024 float32 product on
+ * the same backend and threads, the fastest of its runs before and after training) and
+ * `sgemm_share`, the first over the second: how close training comes to the machine's matrix
+ * rate, measured in the same run.
  *
  * @module
  */
@@ -90,6 +94,21 @@ async function makeBackend(kind: string, threads: number): Promise<Backend> {
   return createCpuBackend({ gemm: kind as "auto", threads });
 }
 
+/** GFLOP/s of the fastest of 8 products of 1024 x 1024 x 1024 on `be`. */
+async function sgemmGflops(be: Backend): Promise<number> {
+  const d = 1024, a = be.alloc(d * d), b = be.alloc(d * d), c = be.alloc(d * d);
+  be.fill(a, 0.5);
+  be.fill(b, 0.25);
+  let best = Infinity;
+  for (let i = 0; i < 8; i++) {
+    const t = performance.now();
+    be.matmul(c, a, b, null, d, d, d);
+    await be.read(be.view(c, 0, 1));
+    best = Math.min(best, performance.now() - t);
+  }
+  return 2 * d * d * d / (best * 1e6);
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -113,6 +132,8 @@ if (import.meta.main) {
     Deno.exit(0);
   }
   const backend = await makeBackend(o.backend, o.threads);
+  const cpu = backend.description.startsWith("cpu");
+  const sgemmBefore = cpu ? await sgemmGflops(backend) : NaN;
   const engine = await initialize({
     model: { vocab: o.vocab, ctx: o.ctx, dim: o.dim, layers: o.layers, heads: o.heads },
     train_batch_size: o.batch,
@@ -135,6 +156,10 @@ if (import.meta.main) {
     if (i >= WARMUP) times.push(ms);
   }
   const ms = median(times);
+  const sgemm = cpu ? Math.max(sgemmBefore, await sgemmGflops(backend)) : NaN;
+  const tokensPerS = (o.batch * o.ctx) / (ms / 1000);
+  const flopsPerToken = 6 * engine.model.numParams + 12 * o.layers * o.ctx * o.dim;
+  const modelGflops = tokensPerS * flopsPerToken / 1e9;
   const result = {
     backend: backend.description,
     threads: o.backend === "webgpu" ? null : o.threads,
@@ -143,6 +168,13 @@ if (import.meta.main) {
     ms_per_step_median: Math.round(ms * 100) / 100,
     loss_first: lossFirst,
     loss_last: lossLast,
+    ...(cpu
+      ? {
+        model_gflops: Math.round(modelGflops * 10) / 10,
+        sgemm_gflops: Math.round(sgemm * 10) / 10,
+        sgemm_share: Math.round(modelGflops / sgemm * 1000) / 1000,
+      }
+      : {}),
   };
   backend.dispose();
   if (o.json) {
@@ -155,5 +187,11 @@ if (import.meta.main) {
         `${result.ms_per_step_median} ms/step (median of ${o.steps} after ${WARMUP} warm-up), ` +
         `loss ${lossFirst.toFixed(3)} -> ${lossLast.toFixed(3)}`,
     );
+    if (cpu) {
+      console.log(
+        `model ${result.model_gflops} GFLOP/s against sgemm ${result.sgemm_gflops} GFLOP/s ` +
+          `in this run: ${(100 * result.sgemm_share!).toFixed(1)}% of the matrix rate`,
+      );
+    }
   }
 }
