@@ -51,13 +51,31 @@ export interface LayoutRun {
 }
 
 /**
- * Train the model with a layout's flags on `data` for {@linkcode STEPS} steps.
+ * Train the model with a layout's flags on `data` for {@linkcode STEPS} steps. With `copies`
+ * above 1, that many independent runs train at once and their tokens/s add up: two one-rank runs
+ * of half the batch each are what two ranks could reach on this machine with no communication at
+ * all, the ceiling of `--dp 2`.
  *
  * @param data the text file
  * @param layout train.ts flags of the layout
- * @returns what the run measured
+ * @param copies independent runs at once
+ * @returns what the run measured (with copies, every copy's ranks in turn)
  */
-export async function runLayout(data: string, layout: string[]): Promise<LayoutRun> {
+export async function runLayout(
+  data: string,
+  layout: string[],
+  copies = 1,
+): Promise<LayoutRun> {
+  if (copies > 1) {
+    const all = await Promise.all(Array.from({ length: copies }, () => runLayout(data, layout)));
+    const tokensPerS = all.reduce((a, r) => a + r.tokensPerS, 0);
+    return {
+      ms: BATCH * CTX * 1000 / tokensPerS,
+      tokensPerS,
+      vocab: all[0]!.vocab,
+      phases: all.flatMap((r, i) => r.phases.map((p) => ({ ...p, rank: i }))),
+    };
+  }
   const out = await Deno.makeTempDir({ prefix: "loom-layout-" });
   try {
     const r = await new Deno.Command(Deno.execPath(), {
@@ -96,17 +114,19 @@ export async function runLayout(data: string, layout: string[]): Promise<LayoutR
  * @param data the text file
  * @param layouts train.ts flags of each layout
  * @param passes runs of each layout
+ * @param copies independent runs at once of each layout (default 1; see {@linkcode runLayout})
  * @returns each layout's fastest run, in order
  */
 export async function bestRuns(
   data: string,
   layouts: string[][],
   passes: number,
+  copies: number[] = [],
 ): Promise<LayoutRun[]> {
   const best: (LayoutRun | null)[] = layouts.map(() => null);
   for (let p = 0; p < passes; p++) {
     for (const [i, layout] of layouts.entries()) {
-      const r = await runLayout(data, layout);
+      const r = await runLayout(data, layout, copies[i] ?? 1);
       if (best[i] === null || r.ms < best[i]!.ms) best[i] = r;
     }
   }

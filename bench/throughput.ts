@@ -2,9 +2,11 @@
  * Multi-rank throughput on this machine: the layouts of issue 10's table side by side in one
  * sitting (one rank on one BLAS thread, one rank on every core, `--dp 2`, `--tp 2`, `--pp 2`),
  * each a `train.ts` run of 30 steps of the model in `bench/_layouts.ts`, measured over its last
- * 20 steps, the fastest of `--passes` runs (default 2, the layouts taking turns). Each layout prints its tokens/s, its speed-up over one rank on one thread, and
- * where every rank's step went (forward, backward, waiting for pipeline peers, gradient
- * reductions, optimizer step).
+ * 20 steps, the fastest of `--passes` runs (default 2, the layouts taking turns). Beside them,
+ * the machine's own ceiling for two ranks: two independent one-rank runs of half the batch at
+ * once, which share the cores' caches and memory bandwidth as two ranks do but never talk.
+ * Each row prints its tokens/s, its speed-up over one rank on one thread, and where every rank's
+ * step went (forward, backward, waiting for pipeline peers, gradient reductions, optimizer step).
  *
  * ```sh
  * deno run -A bench/throughput.ts          # a table
@@ -14,15 +16,20 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { bestRuns, text } from "./_layouts.ts";
+import { BATCH, bestRuns, text } from "./_layouts.ts";
 
-/** The layouts: a name and its train.ts flags. */
-const LAYOUTS: [string, string[]][] = [
-  ["one rank, 1 BLAS thread", ["--threads", "1"]],
-  ["one rank, every core", []],
-  ["--dp 2", ["--dp", "2"]],
-  ["--tp 2", ["--tp", "2"]],
-  ["--pp 2", ["--pp", "2"]],
+/**
+ * The layouts: a name, its train.ts flags and how many independent runs train at once. The
+ * third row is no layout but the ceiling of `--dp 2` on this machine: two one-rank runs of half
+ * the batch each at the same time, with no communication between them, their tokens/s added.
+ */
+const LAYOUTS: [string, string[], number][] = [
+  ["one rank, 1 BLAS thread", ["--threads", "1"], 1],
+  ["one rank, every core", [], 1],
+  ["2 x one rank, half batch", ["--threads", "1", "--batch", String(BATCH / 2)], 2],
+  ["--dp 2", ["--dp", "2"], 1],
+  ["--tp 2", ["--tp", "2"], 1],
+  ["--pp 2", ["--pp", "2"], 1],
 ];
 
 if (import.meta.main) {
@@ -44,7 +51,12 @@ if (import.meta.main) {
         "pipe-idle  reduce     step  (ms per step)",
     );
   }
-  const runs = await bestRuns(data, LAYOUTS.map(([, f]) => f), Number(values.passes));
+  const runs = await bestRuns(
+    data,
+    LAYOUTS.map(([, f]) => f),
+    Number(values.passes),
+    LAYOUTS.map(([, , n]) => n),
+  );
   for (const [i, [name]] of LAYOUTS.entries()) {
     const r = runs[i]!;
     if (base === 0) base = r.tokensPerS;
