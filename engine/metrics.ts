@@ -45,6 +45,8 @@ export interface EvalRecord {
   val_loss: number | null;
   /** Held-out exact-match accuracy (tasks only). */
   heldout_accuracy?: number;
+  /** Seconds the evaluation took (validation loss and held-out score). */
+  eval_s?: number;
 }
 
 /** Appends records to a JSON-lines file, one object per line. */

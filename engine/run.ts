@@ -527,19 +527,23 @@ export async function runTraining(
       });
       const end = engine.step === stopAt;
       if ((o.evalEvery > 0 && r.step % o.evalEvery === 0) || end) {
+        const e0 = performance.now();
         last = await evaluate(engine, ds, micro, end ? Infinity : 500);
+        const evalS = Math.round(performance.now() - e0) / 1000;
         await writer?.write({
           step: r.step,
           kind: "eval",
           val_loss: last.val,
           ...(last.score ? { heldout_accuracy: last.score.accuracy } : {}),
+          eval_s: evalS,
         });
         progress.log(
           `eval @ ${r.step}: val loss ${last.val?.toFixed(4) ?? "n/a"}` +
             (last.score
               ? ` | held-out exact match ${last.score.correct}/${last.score.total} ` +
                 `(${(100 * last.score.accuracy).toFixed(1)}%)`
-              : ""),
+              : "") +
+            ` (${evalS.toFixed(1)} s)`,
         );
         await report();
       }

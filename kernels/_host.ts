@@ -232,7 +232,7 @@ export function hostMemory<F extends Floats>(
  */
 export type HostKernels<F extends Floats> = Omit<
   OpKernels<F, Int32Array>,
-  "addRows" | "scale" | "embeddingForward" | "embeddingBackward" | "attentionCached"
+  "addRows" | "scale" | "embeddingForward" | "embeddingBackward"
 >;
 
 /** Every op of a host backend (all of `Backend` but the memory methods). */
@@ -264,48 +264,6 @@ export function hostOps<F extends Floats>(c: HostChecks<F>, k: HostKernels<F>): 
         const r = I[n] - vocabStart;
         if (r >= 0 && r < rows) O.set(W.subarray(r * C, r * C + C), n * C);
         else O.fill(0, n * C, n * C + C);
-      }
-    },
-    attentionCached(
-      O: F,
-      K: F,
-      Q: F,
-      B: number,
-      T: number,
-      past: number,
-      cap: number,
-      C: number,
-      H: number,
-    ): void {
-      const hs = C / H, C2 = 2 * C, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
-      for (let b = 0; b < B; b++) {
-        for (let t = 0; t < T; t++) {
-          const q = (b * T + t) * C3, at = (b * cap + past + t) * C2;
-          K.set(Q.subarray(q + C, q + C3), at);
-        }
-      }
-      const s = new Float64Array(past + T);
-      for (let b = 0; b < B; b++) {
-        for (let t = 0; t < T; t++) {
-          const n = past + t + 1, q0 = (b * T + t) * C3, o0 = (b * T + t) * C;
-          for (let h = 0; h < H; h++) {
-            let max = -Infinity;
-            for (let u = 0; u < n; u++) {
-              const k0 = (b * cap + u) * C2 + h * hs;
-              let d = 0;
-              for (let i = 0; i < hs; i++) d += Q[q0 + h * hs + i] * K[k0 + i];
-              s[u] = d * sc;
-              if (s[u] > max) max = s[u];
-            }
-            let z = 0;
-            for (let u = 0; u < n; u++) z += s[u] = Math.exp(s[u] - max);
-            for (let i = 0; i < hs; i++) {
-              let acc = 0;
-              for (let u = 0; u < n; u++) acc += s[u] * K[(b * cap + u) * C2 + C + h * hs + i];
-              O[o0 + h * hs + i] = acc / z;
-            }
-          }
-        }
       }
     },
     embeddingBackward(D: F, G: F, I: Int32Array, N: number, C: number, vocabStart: number): void {

@@ -206,6 +206,38 @@ export function createReferenceBackend(opts: ReferenceBackendOptions = {}): Back
           }
         }
       },
+      attentionCached(O, K, Q, B, T, past, cap, C, H) {
+        const hs = C / H, C2 = 2 * C, C3 = 3 * C, sc = 1 / Math.sqrt(hs);
+        for (let b = 0; b < B; b++) {
+          for (let t = 0; t < T; t++) {
+            const q = (b * T + t) * C3, at = (b * cap + past + t) * C2;
+            K.set(Q.subarray(q + C, q + C3), at);
+          }
+        }
+        const s = new Float64Array(past + T);
+        for (let b = 0; b < B; b++) {
+          for (let t = 0; t < T; t++) {
+            const n = past + t + 1, q0 = (b * T + t) * C3, o0 = (b * T + t) * C;
+            for (let h = 0; h < H; h++) {
+              let max = -Infinity;
+              for (let u = 0; u < n; u++) {
+                const k0 = (b * cap + u) * C2 + h * hs;
+                let d = 0;
+                for (let i = 0; i < hs; i++) d += Q[q0 + h * hs + i] * K[k0 + i];
+                s[u] = d * sc;
+                if (s[u] > max) max = s[u];
+              }
+              let z = 0;
+              for (let u = 0; u < n; u++) z += s[u] = Math.exp(s[u] - max);
+              for (let i = 0; i < hs; i++) {
+                let acc = 0;
+                for (let u = 0; u < n; u++) acc += s[u] * K[(b * cap + u) * C2 + C + h * hs + i];
+                O[o0 + h * hs + i] = acc / z;
+              }
+            }
+          }
+        }
+      },
       attentionBackward(D, G, Q, A, B, T, C, H, drop) {
         const hs = C / H, sc = 1 / Math.sqrt(hs);
         const at = (b: number, t: number, h: number, i: number) => (b * T + t) * 3 * C + h * hs + i;

@@ -381,6 +381,68 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
           }
         }
       },
+      attentionCached(O, K, Q, B, T, past, cap, C, H) {
+        const hs = C / H, C2 = 2 * C, C3 = 3 * C, sc = 1 / Math.sqrt(hs), n = past + T;
+        for (let b = 0; b < B; b++) {
+          for (let t = 0; t < T; t++) {
+            const q = (b * T + t) * C3;
+            K.set(Q.subarray(q + C, q + C3), (b * cap + past + t) * C2);
+          }
+        }
+        // As in attentionForward: one head's scores in the kernels' memory, rows padded to a
+        // multiple of 4, each block of new rows only up to its last cached column.
+        const sd = (n + 3) & ~3, st = T * sd + 16;
+        ew.reserve(4 * (st + 2 * T + 16));
+        const S = ew.view;
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++) {
+            const q0 = b * T * C3 + h * hs, k0 = b * cap * C2 + h * hs, o0 = b * T * C + h * hs;
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB);
+              gemm.sgemm(
+                false,
+                true,
+                r1 - r0,
+                past + r1,
+                hs,
+                sc,
+                Q,
+                q0 + r0 * C3,
+                C3,
+                K,
+                k0,
+                C2,
+                0,
+                S,
+                r0 * sd,
+                sd,
+              );
+            }
+            ew.softmaxAt(0, T, n, sd, past, true, st);
+            for (let r0 = 0; r0 < T; r0 += RB) {
+              const r1 = Math.min(T, r0 + RB);
+              gemm.sgemm(
+                false,
+                false,
+                r1 - r0,
+                hs,
+                past + r1,
+                1,
+                S,
+                r0 * sd,
+                sd,
+                K,
+                k0 + C,
+                C2,
+                0,
+                O,
+                o0 + r0 * C,
+                C,
+              );
+            }
+          }
+        }
+      },
       attentionBackward(D, G, Q, A, B, T, C, H, drop) {
         const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
         // In the kernels' memory, rows padded to a multiple of 4: the head's probabilities at

@@ -187,7 +187,7 @@ for (const [B, T, C, H] of [[1, 1, 4, 1], [2, 5, 12, 3], [2, 17, 32, 4]]) {
 // Decoding: the first P tokens in one pass, then the rest one at a time against the cache, give
 // the rows of full causal attention (returned as `cached` beside `full`; ops_test.ts compares
 // them with the reference, which this case's own check ties to attentionForward).
-for (const [B, T, P, C, H] of [[1, 3, 1, 4, 1], [2, 9, 4, 12, 3]]) {
+for (const [B, T, P, C, H] of [[1, 3, 1, 4, 1], [2, 9, 4, 12, 3], [2, 40, 35, 8, 2]]) {
   cases.push({
     name: `attentionCached() prefill ${P} then one token at a time equals attentionForward() ` +
       `B=${B} T=${T} C=${C} H=${H}`,
