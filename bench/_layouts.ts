@@ -13,7 +13,7 @@ export const MODEL = ["--ctx", "128", "--dim", "256", "--layers", "4", "--heads"
 export const BATCH = 16;
 /** Tokens per sequence. */
 export const CTX = 128;
-/** Steps per run: the last 20 are measured (train.ts's tokens/s window). */
+/** Steps per run: the last 20 are measured. */
 export const STEPS = 30;
 
 /** Text of about 300 KB from a seeded generator: words of a small vocabulary. */
@@ -40,9 +40,9 @@ export function flag(args: string[], name: string, dflt: string): string {
 
 /** What one run measured. */
 export interface LayoutRun {
-  /** Milliseconds per step over the last 20 steps. */
+  /** Milliseconds per step: the median wall time of the last 20 steps. */
   ms: number;
-  /** Tokens per second over the last 20 steps. */
+  /** Tokens per second at that step time. */
   tokensPerS: number;
   /** The vocabulary train.ts built from the text. */
   vocab: number;
@@ -95,10 +95,14 @@ export async function runLayout(
     const steps = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
       .map((l) => JSON.parse(l)).filter((r) => r.kind === undefined);
     const ranks = (await Deno.readTextFile(`${out}/ranks.jsonl`)).trim().split("\n");
-    const tokensPerS = steps.at(-1)!.tokens_per_s as number;
+    // The median of the last 20 steps' wall times: a neighbour's burst on a shared machine
+    // lengthens a few steps, which a mean would carry and a median does not.
+    const walls = steps.slice(-20).map((r) => r.step_wall_ms as number).sort((a, b) => a - b);
+    const ms = (walls[(walls.length - 1) >> 1]! + walls[walls.length >> 1]!) / 2;
+    const tokensPerStep = steps.at(-1)!.tokens - steps.at(-2)!.tokens;
     return {
-      ms: BATCH * CTX * 1000 / tokensPerS,
-      tokensPerS,
+      ms,
+      tokensPerS: tokensPerStep * 1000 / ms,
       vocab,
       phases: JSON.parse(ranks.at(-1)!).phases ?? [],
     };

@@ -11,9 +11,10 @@
  *
  * The model is the one of issue 10's throughput table (`bench/_layouts.ts`): a character GPT
  * of width 256, 4 blocks of 8 heads, 128 tokens per sequence, 16 sequences per step, on ~300 KB
- * of generated text. A layout's measured time is its steps per second over the last 20 of 30
- * steps (train.ts's tokens/s then), so start-up and the first steps' compilation do not count,
- * the fastest of `--passes` runs (default 2; the layouts take turns); the calibration keeps the
+ * of generated text. A layout's measured time is the median wall time of the last 20 of 30
+ * steps (`step_wall_ms` in metrics.jsonl), so start-up and the first steps' compilation do not
+ * count and a neighbour's burst on a shared machine lengthens few of the steps it reads, the
+ * fastest of `--passes` runs (default 2; the layouts take turns); the calibration keeps the
  * faster of two readings of each rate in the same way.
  *
  * @module

@@ -15,6 +15,8 @@ export interface StepRecord {
   lr: number;
   /** Training throughput over the last logging interval. */
   tokens_per_s: number;
+  /** Wall-clock milliseconds from the end of the previous step to the end of this one. */
+  step_wall_ms?: number;
   /** Tokens trained on so far, this step's included (over every replica, across resumes). */
   tokens?: number;
   /** Global gradient norm before clipping (when computed). */

@@ -481,6 +481,7 @@ export async function runTraining(
       const r = await engine.trainBatch(batches);
       tokensRun += r.tokens;
       const now = performance.now();
+      const wallMs = now - window.at(-1)!.t;
       window.push({ t: now, tokens: tokensRun });
       if (window.length > 21) window.shift();
       const w0 = window[0]!;
@@ -492,6 +493,7 @@ export async function runTraining(
         loss: r.loss,
         lr: r.lr,
         tokens_per_s: Math.round(tps),
+        step_wall_ms: Math.round(wallMs * 10) / 10,
         tokens: tokensBefore + tokensRun,
         grad_norm: r.gradNorm,
         ...(engine.lossScaler ? { loss_scale: r.lossScale, skipped: r.skipped } : {}),

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  type EvalRecord,
   listCheckpoints,
   readCheckpointConfig,
   readMetrics,
@@ -25,8 +26,18 @@ Deno.test("train.ts trains a tiny model and writes metrics, summary and checkpoi
   const steps = lines.filter((l) => !("kind" in l)) as StepRecord[];
   assert.equal(steps.length, 60);
   for (const k of ["step", "loss", "lr", "tokens_per_s"]) assert.ok(k in steps[0]);
+  // Each step's wall time, and the window's rate agrees with the last 20 of them.
+  assert.ok(steps.every((r) => r.step_wall_ms! > 0), "every step has its wall time");
+  const last20 = steps.slice(-20).reduce((a, r) => a + r.step_wall_ms!, 0);
+  const rate = (steps[59].tokens! - steps[39].tokens!) / (last20 / 1000);
+  assert.ok(
+    Math.abs(rate / steps[59].tokens_per_s - 1) < 0.02,
+    `${rate} vs ${steps[59].tokens_per_s}`,
+  );
   assert.ok(steps[59].loss < steps[0].loss, "the loss goes down");
-  assert.equal(lines.filter((l) => "kind" in l).length, 2);
+  const evals = lines.filter((l) => "kind" in l) as EvalRecord[];
+  assert.equal(evals.length, 2);
+  assert.ok(evals.every((e) => e.eval_s! > 0), "every evaluation has its seconds");
   const summary = JSON.parse(await Deno.readTextFile(`${out}/summary.json`));
   for (
     const k of [
