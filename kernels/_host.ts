@@ -43,6 +43,20 @@ export interface HostChecks<F extends Floats> {
   scratchBytes(): number;
   /** Wrap a host array as a tensor of this backend. */
   wrap(data: Storage<F>, dtype: TensorDType): Tensor;
+  /** The backend's 16-bit conversions. */
+  halves: HalfConversions;
+}
+
+/**
+ * How a host backend converts between 16-bit bits and floats: `kernels/half.ts`'s
+ * {@linkcode widenHalf} and {@linkcode roundHalf} unless the backend has faster ones with the
+ * same results.
+ */
+export interface HalfConversions {
+  /** As {@linkcode widenHalf}. */
+  widen: typeof widenHalf;
+  /** As {@linkcode roundHalf}. */
+  round: typeof roundHalf;
 }
 
 /** Whether `d` is a 16-bit float dtype. */
@@ -57,6 +71,7 @@ export function isHalf(d: TensorDType): d is HalfDType {
 export function hostChecks<F extends Floats>(
   backend: string,
   Float: new (n: number) => F,
+  halves: HalfConversions = { widen: widenHalf, round: roundHalf },
 ): HostChecks<F> {
   const arr = (t: Tensor, op: string, name: string, need: number): Storage<F> => {
     if (!(t instanceof HostTensor) || t.backend !== backend) {
@@ -94,17 +109,18 @@ export function hostChecks<F extends Floats>(
       const at = pool.take(need);
       const s = pool.buffer.subarray(at, at + need) as F;
       if (role !== "out") {
-        widenHalf(t.dtype as HalfDType, need === a.length ? a : a.subarray(0, need), s);
+        halves.widen(t.dtype as HalfDType, need === a.length ? a : a.subarray(0, need), s);
       }
       return s;
     },
     narrow(t, s, need) {
-      roundHalf(
+      halves.round(
         t.dtype as HalfDType,
         need === s.length ? s : s.subarray(0, need) as F,
         (t as HostTensor<F>).data as Uint16Array,
       );
     },
+    halves,
     release: () => pool.release(),
     scratchBytes: () => pool.bytes,
     wrap: (data, dtype) => new HostTensor(data, dtype, backend),
@@ -131,14 +147,20 @@ const COPY_BLOCK = 4096;
 const copyBlock = new Float32Array(COPY_BLOCK);
 
 /** `dst = src` between float storages of equal length and different dtypes. */
-function convert(dd: TensorDType, d: Storage, sd: TensorDType, s: Storage): void {
-  if (sd === "f32") return roundHalf(dd as HalfDType, s as Floats, d as Uint16Array);
-  if (dd === "f32") return widenHalf(sd as HalfDType, s as Uint16Array, d as Floats);
+function convert(
+  h: HalfConversions,
+  dd: TensorDType,
+  d: Storage,
+  sd: TensorDType,
+  s: Storage,
+): void {
+  if (sd === "f32") return h.round(dd as HalfDType, s as Floats, d as Uint16Array);
+  if (dd === "f32") return h.widen(sd as HalfDType, s as Uint16Array, d as Floats);
   // f16 <-> bf16 through float32, which holds every value of both exactly: one rounding.
   for (let i = 0; i < s.length; i += COPY_BLOCK) {
     const c = Math.min(COPY_BLOCK, s.length - i), t = copyBlock.subarray(0, c);
-    widenHalf(sd as HalfDType, (s as Uint16Array).subarray(i, i + c), t);
-    roundHalf(dd as HalfDType, t, d as Uint16Array, i);
+    h.widen(sd as HalfDType, (s as Uint16Array).subarray(i, i + c), t);
+    h.round(dd as HalfDType, t, d as Uint16Array, i);
   }
 }
 
@@ -173,7 +195,7 @@ export function hostMemory<F extends Floats>(
       if (d === "i32" ? src instanceof Int32Array : d === "f32" ? floats : false) {
         return a.set(src, offset);
       }
-      if (isHalf(d) && floats) return roundHalf(d, src, a as Uint16Array, offset);
+      if (isHalf(d) && floats) return c.halves.round(d, src, a as Uint16Array, offset);
       if (isHalf(d) && src instanceof Uint16Array) return a.set(src, offset);
       throw new TypeError(
         `write: an ${d} tensor needs ${
@@ -189,7 +211,7 @@ export function hostMemory<F extends Floats>(
       const a = c.arr(t, "read", "t", 0);
       if (isHalf(t.dtype)) {
         const out = new Float32Array(a.length);
-        widenHalf(t.dtype, a as Uint16Array, out);
+        c.halves.widen(t.dtype, a as Uint16Array, out);
         return Promise.resolve(out);
       }
       // slice() copies into an ordinary (unshared) buffer of the same element type.
@@ -218,7 +240,7 @@ export function hostMemory<F extends Floats>(
             `between the float dtypes (f32, f16, bf16) only`,
         );
       }
-      convert(dst.dtype, d, src.dtype, s);
+      convert(c.halves, dst.dtype, d, src.dtype, s);
     },
     dispose(): void {},
     scratchBytes: () => c.scratchBytes(),

@@ -276,9 +276,33 @@ export class Code {
   i32x4LtS(): this {
     return this.#simd(0x39);
   }
+  /** `i32x4.gt_s`. */
+  i32x4GtS(): this {
+    return this.#simd(0x3b);
+  }
   /** `v128.and`. */
   v128And(): this {
     return this.#simd(0x4e);
+  }
+  /** `v128.or`. */
+  v128Or(): this {
+    return this.#simd(0x50);
+  }
+  /** `i16x8.narrow_i32x4_u` (a, b): eight lanes, a's then b's, saturated to 0..65535. */
+  i16x8NarrowI32x4U(): this {
+    return this.#simd(0x86);
+  }
+  /** `i32x4.extend_low_i16x8_u`: the low four 16-bit lanes, zero-extended. */
+  i32x4ExtendLowI16x8U(): this {
+    return this.#simd(0xa9);
+  }
+  /** `i32x4.extend_high_i16x8_u`: the high four 16-bit lanes, zero-extended. */
+  i32x4ExtendHighI16x8U(): this {
+    return this.#simd(0xaa);
+  }
+  /** `i32x4.shr_u` by the i32 on the stack. */
+  i32x4ShrU(): this {
+    return this.#simd(0xad);
   }
   /** `v128.bitselect` (a, b, mask) -> a where mask bits are set, else b. */
   v128Bitselect(): this {

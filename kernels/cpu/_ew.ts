@@ -26,6 +26,7 @@ export class EwKernels {
   #x: EwExports;
   #mem: WebAssembly.Memory;
   #f32: Float32Array;
+  #u16: Uint16Array;
 
   constructor() {
     if (compiled === undefined) {
@@ -37,6 +38,7 @@ export class EwKernels {
     this.#x = inst.exports as unknown as EwExports;
     this.#mem = this.#x.memory;
     this.#f32 = new Float32Array(this.#mem.buffer);
+    this.#u16 = new Uint16Array(this.#mem.buffer);
     this.reserve(4 * REGION);
   }
 
@@ -47,12 +49,39 @@ export class EwKernels {
   reserve(bytes: number): void {
     const have = this.#mem.buffer.byteLength;
     if (bytes > have) this.#mem.grow(Math.ceil((bytes - have) / PAGE));
-    if (this.#f32.buffer !== this.#mem.buffer) this.#f32 = new Float32Array(this.#mem.buffer);
+    if (this.#f32.buffer !== this.#mem.buffer) {
+      this.#f32 = new Float32Array(this.#mem.buffer);
+      this.#u16 = new Uint16Array(this.#mem.buffer);
+    }
   }
 
   /** A float view of the whole memory (valid until the next growing `reserve`). */
   get view(): Float32Array {
     return this.#f32;
+  }
+
+  /** out[i] = the float32 value of the bf16 bits bits[i], for every element of `bits`. */
+  widenBf16(bits: Uint16Array, out: Float32Array): void {
+    const h = this.#u16, m = this.#f32, x = this.#x, n = bits.length;
+    const r1 = REGION >> 2;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      h.set(bits.subarray(i, i + c), 0);
+      x.bf16Widen(0, REGION, c);
+      out.set(m.subarray(r1, r1 + c), i);
+    }
+  }
+
+  /** out[offset + i] = the bf16 bits of src[i] (to nearest, ties to even), for every i. */
+  roundBf16(src: Float32Array, out: Uint16Array, offset: number): void {
+    const h = this.#u16, m = this.#f32, x = this.#x, n = src.length;
+    const r1 = REGION >> 1;
+    for (let i = 0; i < n; i += CHUNK) {
+      const c = Math.min(CHUNK, n - i);
+      m.set(src.subarray(i, i + c), 0);
+      x.bf16Round(0, REGION, c);
+      out.set(h.subarray(r1, r1 + c), offset + i);
+    }
   }
 
   /** O[i] = gelu(X[i]) for i < n. */

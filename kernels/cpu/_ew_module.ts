@@ -451,6 +451,50 @@ function addScaled(fma: boolean) {
   return a.finish([I32, I32, I32, I32, F32, F32], [I32, V128, V128]);
 }
 
+function bf16Widen(fma: boolean) {
+  // (h, o, n): o[i] = the float32 of bf16 bits h[i] (the bits shifted up 16) for i < n rounded
+  // up to 8.
+  const H = 0, O = 1, N = 2, I = 3, V = 4;
+  const a = new Asm(fma, 5);
+  a.forUp(I, () => a.get(N), 8, () => {
+    a.get(H).get(I).i32(1).shl().add().load().set(V);
+    at(a, O, I).get(V).i32x4ExtendLowI16x8U().i32(16).i32x4Shl().store();
+    at(a, O, I).get(V).i32x4ExtendHighI16x8U().i32(16).i32x4Shl().store(16);
+  });
+  return a.finish([I32, I32, I32], [I32, V128]);
+}
+
+function bf16Round(fma: boolean) {
+  // (x, h, n): h[i] = bf16 bits of float32 x[i] for i < n rounded up to 8: to nearest, ties to
+  // even, on the low 16 bits (a carry may reach the exponent and, past the largest finite
+  // value, Inf); a NaN keeps its sign and top payload bits and becomes quiet.
+  const X = 0, H = 1, N = 2, I = 3, U = 4, R = 5;
+  // The constants, splatted into locals once (a v128.const in the loop costs more than a get).
+  const QUIET = 6, HALF = 7, ONE = 8, ABS = 9, INF = 10;
+  const a = new Asm(fma, 11);
+  for (const [l, v] of [[QUIET, 0x40], [HALF, 0x7fff], [ONE, 1], [ABS, 0x7fffffff]]) {
+    a.i32(v!).i32x4Splat().set(l!);
+  }
+  a.i32(0x7f800000).i32x4Splat().set(INF);
+  const round = (offset: number) => {
+    at(a, X, I).load(offset).set(U);
+    a.get(U).i32(16).i32x4ShrU().get(QUIET).v128Or(); // the quiet NaN
+    a.get(U).get(HALF).i32x4Add().get(U).i32(16).i32x4ShrU().get(ONE).v128And().i32x4Add();
+    a.i32(16).i32x4ShrU(); // rounded
+    // NaN lanes (both sides below 2^31: the signed comparison is exact)
+    a.get(U).get(ABS).v128And().get(INF).i32x4GtS();
+    a.v128Bitselect();
+  };
+  a.forUp(I, () => a.get(N), 8, () => {
+    round(0);
+    a.set(R);
+    a.get(H).get(I).i32(1).shl().add().get(R);
+    round(16);
+    a.i16x8NarrowI32x4U().store();
+  });
+  return a.finish([I32, I32, I32], [I32, V128, V128, V128, V128, V128, V128, V128]);
+}
+
 /** Names and signatures of the exported functions. */
 export interface EwExports {
   /** Linear memory holding the operands. */
@@ -513,6 +557,10 @@ export interface EwExports {
   sumSquares(x: number, n: number, out: number): void;
   /** o = alpha x + beta y. */
   addScaled(x: number, y: number, o: number, n: number, alpha: number, beta: number): void;
+  /** (h, o, n): float32 o from bf16 bits h. */
+  bf16Widen(h: number, o: number, n: number): void;
+  /** (x, h, n): bf16 bits h of float32 x, rounded to nearest, ties to even. */
+  bf16Round(x: number, h: number, n: number): void;
   /** acc[j] += sum over rows of x[r, j] (N a multiple of 4). */
   sumRows(x: number, acc: number, rows: number, N: number): void;
   /** The causal softmax backward on rows in place in `s`. */
@@ -541,6 +589,8 @@ export function buildEwModule(fma: boolean): Uint8Array {
     sumRows,
     sumSquares,
     addScaled,
+    bf16Widen,
+    bf16Round,
   };
   for (const [name, fn] of Object.entries(fns)) m.add({ exportName: name, ...fn(fma) });
   return m.bytes();

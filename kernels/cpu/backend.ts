@@ -19,7 +19,7 @@
 import type { AttentionDropout, Backend, Tensor } from "../backend.ts";
 import { checkTarget } from "../_checks.ts";
 import { dropoutHash, dropoutThreshold } from "../dropout.ts";
-import { halfBits } from "../half.ts";
+import { halfBits, roundHalf, widenHalf } from "../half.ts";
 import { hostChecks, hostMemory, hostOps, isHalf } from "../_host.ts";
 import { blasLoadError, getBlasThreads, loadBlas, setBlasThreads } from "./blas.ts";
 import { type Gemm, tsGemm } from "./gemm.ts";
@@ -138,7 +138,26 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   const fillF32 = new Float32Array(FILL), fillI32 = new Int32Array(FILL), fillValue = [0, 0, 0];
   const fillU16 = new Uint16Array(FILL);
   let mask = new Float32Array(0); // attention dropout factors of one head
-  const checks = hostChecks<Float32Array>("cpu", Float32Array), { arr } = checks;
+  // bf16 from and to float32 in the element-wise module's SIMD (the same bits as half.ts).
+  const checks = hostChecks<Float32Array>("cpu", Float32Array, {
+      widen(dtype, bits, out) {
+        if (dtype !== "bf16" || !(out instanceof Float32Array) || out.length < bits.length) {
+          return widenHalf(dtype, bits, out);
+        }
+        ew.widenBf16(bits, out);
+      },
+      round(dtype, src, out, offset = 0) {
+        const n = src.length;
+        if (
+          dtype !== "bf16" || !(src instanceof Float32Array) || !Number.isInteger(offset) ||
+          offset < 0 || offset + n > out.length
+        ) {
+          return roundHalf(dtype, src, out, offset);
+        }
+        ew.roundBf16(src, out, offset);
+      },
+    }),
+    { arr } = checks;
   // The factors of one head's probabilities under attention dropout into mask[t * T + u], u <= t.
   const maskHead = (d: AttentionDropout, T: number, b: number, h: number): Float32Array => {
     if (mask.length < T * T) mask = new Float32Array(T * T);

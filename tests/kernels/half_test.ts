@@ -4,7 +4,14 @@
 // pattern and 2^18 random float32 bit patterns.
 
 import assert from "node:assert/strict";
-import { halfBits, halfValue, Rng, roundHalf, widenHalf } from "../../kernels/mod.ts";
+import {
+  createCpuBackend,
+  halfBits,
+  halfValue,
+  Rng,
+  roundHalf,
+  widenHalf,
+} from "../../kernels/mod.ts";
 
 /** The value of bf16 bits, by its fields. */
 function bf16Slow(h: number): number {
@@ -103,4 +110,45 @@ Deno.test("roundHalf() and widenHalf() reject a bad dtype and a short output", (
   assert.throws(() => roundHalf("fp8" as any, new Float32Array(1), new Uint16Array(1)), TypeError);
   assert.throws(() => roundHalf("f16", new Float32Array(3), new Uint16Array(4), 2), RangeError);
   assert.throws(() => widenHalf("bf16", new Uint16Array(3), new Float32Array(2)), RangeError);
+});
+
+Deno.test("the CPU backend's SIMD bf16 conversions give half.ts's bits: every bf16 pattern, 2^18 random float32s, specials, odd lengths and offsets", async () => {
+  const be = createCpuBackend();
+  // Widen every bf16 pattern through read(), against widenHalf.
+  const all = new Uint16Array(65536).map((_, i) => i);
+  const t = be.alloc(all.length, "bf16");
+  be.write(t, all);
+  const got = new Int32Array((await be.read(t) as Float32Array).buffer);
+  const want = new Float32Array(all.length);
+  widenHalf("bf16", all, want);
+  assert.deepEqual(got, new Int32Array(want.buffer));
+  // Round through write() at an offset, a length that is no multiple of 8.
+  const rng = new Rng(7), n = (1 << 18) + 5;
+  const bits = new Int32Array(n);
+  for (let i = 0; i < n; i++) bits[i] = (rng.uniform() * 2 ** 32) | 0;
+  const specials = [
+    0x7f800000,
+    0xff800000,
+    0x7fc00000,
+    0x7f800001,
+    0xffffffff,
+    0x7f7fffff,
+    0x7f7f8000,
+    0x00008000,
+    0x00018000,
+    0x3f808000,
+    0x3f818000,
+    0,
+    0x80000000,
+    0x7fff8000,
+  ];
+  specials.forEach((v, i) => bits[i] = v | 0);
+  const src = new Float32Array(bits.buffer), off = 3;
+  const u = be.alloc(n + off + 2, "bf16");
+  be.write(u, src, off);
+  const raw = be.hostView(u) as Uint16Array;
+  const ref = new Uint16Array(n + off + 2);
+  roundHalf("bf16", src, ref, off);
+  assert.deepEqual(raw, ref);
+  be.dispose();
 });
