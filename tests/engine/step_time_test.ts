@@ -2,6 +2,7 @@
 // layout's step adds up, on a fixed calibration (so nothing here depends on the machine).
 import assert from "node:assert/strict";
 import {
+  calibrate,
   type Calibration,
   matmulGflops,
   predictStepTime,
@@ -226,4 +227,30 @@ Deno.test("over several nodes a group that spans them runs at the node link; one
     () => parsePlanArgs(["--params", "1e9", "--dp", "3", "--nodes", "2"]),
     /multiple of the nodes/,
   );
+});
+
+Deno.test("calibrate() reads the sharing of ranks from the fastest of three rounds: one burst does not price every layout", async () => {
+  // Alone a rank takes 100 ms; two ranks at once take 120 ms each, except in the first round,
+  // where a neighbour's burst makes it 190; four ranks take 200 (2 turns of 100 on 2 cores)
+  // except in the last round.
+  const calls: number[] = [];
+  const sharedMs = (k: number) => {
+    calls.push(k);
+    const round = calls.filter((x) => x === k).length - 1;
+    if (k === 1) return Promise.resolve([round === 1 ? 150 : 100]);
+    if (k === 2) return Promise.resolve(round === 0 ? [190, 190] : [120, 120]);
+    return Promise.resolve(round === 2 ? [300, 300, 300, 300] : [200, 200, 200, 200]);
+  };
+  const c = await calibrate({
+    backend: () => {
+      throw new Error("no compute rates are measured with threads: []");
+    },
+    threads: [],
+    allReduceMs: (_k, sizes) => Promise.resolve(sizes.map((b) => 0.01 + b / 1e7)),
+    sharedMs,
+  });
+  assert.deepEqual(calls, [1, 2, 4, 1, 2, 4, 1, 2, 4]);
+  close(c.sharing["2"]!, 1.2, "two ranks");
+  // navigator.hardwareConcurrency cores: four ranks take 4 / cores turns.
+  close(c.sharing["4"]!, Math.max(1, 2 / Math.max(1, 4 / c.cores)), "four ranks");
 });
