@@ -170,6 +170,79 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     return m;
   };
 
+  // Room in the kernels' memory for one head's scores of T query rows against n keys: rows
+  // padded to a multiple of 4 at element 0, the row statistics after them.
+  const scores = (T: number, n: number) => {
+    const sd = (n + 3) & ~3;
+    ew.reserve(4 * (T * sd + 16 + 2 * T + 16));
+    return { S: ew.view, sd };
+  };
+  // One head's causal attention, its scores where `scores` made room: T query rows at
+  // Q[q0 + t qs] (positions past..past+T-1) against past + T keys at KV[k0 + u ks] and values C
+  // further on, into O[o0 + t C]. Each block of rows is multiplied only up to its last column;
+  // `probs` sees the probabilities before they weigh the values.
+  const attendHead = (
+    O: Float32Array,
+    o0: number,
+    Q: Float32Array,
+    q0: number,
+    qs: number,
+    KV: Float32Array,
+    k0: number,
+    ks: number,
+    T: number,
+    past: number,
+    C: number,
+    hs: number,
+    probs?: () => void,
+  ) => {
+    const n = past + T, sd = (n + 3) & ~3, S = ew.view, sc = 1 / Math.sqrt(hs);
+    for (let r0 = 0; r0 < T; r0 += RB) {
+      const r1 = Math.min(T, r0 + RB);
+      gemm.sgemm(
+        false,
+        true,
+        r1 - r0,
+        past + r1,
+        hs,
+        sc,
+        Q,
+        q0 + r0 * qs,
+        qs,
+        KV,
+        k0,
+        ks,
+        0,
+        S,
+        r0 * sd,
+        sd,
+      );
+    }
+    ew.softmaxAt(0, T, n, sd, past, true, T * sd + 16);
+    probs?.();
+    for (let r0 = 0; r0 < T; r0 += RB) {
+      const r1 = Math.min(T, r0 + RB);
+      gemm.sgemm(
+        false,
+        false,
+        r1 - r0,
+        hs,
+        past + r1,
+        1,
+        S,
+        r0 * sd,
+        sd,
+        KV,
+        k0 + C,
+        ks,
+        0,
+        O,
+        o0 + r0 * C,
+        C,
+      );
+    }
+  };
+
   return {
     name: "cpu",
     description,
@@ -332,133 +405,52 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       },
 
       attentionForward(O, A, Q, B, T, C, H, drop) {
-        const hs = C / H, C3 = 3 * C, sc = 1 / Math.sqrt(hs), TT = T * T;
-        // The scores of one head live in the kernels' memory at element 0 in rows padded to a
-        // multiple of 4, the row statistics after them; the softmax runs there in place before
-        // the probabilities are copied out. Products skip the blocks above the diagonal.
-        const sd = (T + 3) & ~3, st = T * sd + 16;
-        ew.reserve(4 * (st + 2 * T + 16));
-        const S = ew.view;
+        const hs = C / H, C3 = 3 * C, TT = T * T;
+        const { S, sd } = scores(T, T);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++) {
-            const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT, o0 = b * T * C + h * hs;
-            // Scores S = scale * Q K^T, for each block of rows only up to its last column.
-            for (let r0 = 0; r0 < T; r0 += RB) {
-              const r1 = Math.min(T, r0 + RB), q = q0 + r0 * C3;
-              gemm.sgemm(
-                false,
-                true,
-                r1 - r0,
-                r1,
-                hs,
-                sc,
-                Q,
-                q,
-                C3,
-                Q,
-                q0 + C,
-                C3,
-                0,
-                S,
-                r0 * sd,
-                sd,
-              );
-            }
-            ew.softmaxAt(0, T, T, sd, 0, true, st);
-            if (sd === T) A.set(S.subarray(0, TT), a0);
-            else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
-            if (drop !== undefined) {
-              // The output takes the kept probabilities, scaled; att keeps them all.
-              const m = maskHead(drop, T, b, h);
-              for (let t = 0; t < T; t++) {
-                const r = t * sd, mr = t * T;
-                for (let u = 0; u <= t; u++) S[r + u] *= m[mr + u];
+            const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT;
+            attendHead(O, b * T * C + h * hs, Q, q0, C3, Q, q0 + C, C3, T, 0, C, hs, () => {
+              if (sd === T) A.set(S.subarray(0, TT), a0);
+              else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
+              if (drop !== undefined) {
+                // The output takes the kept probabilities, scaled; att keeps them all.
+                const m = maskHead(drop, T, b, h);
+                for (let t = 0; t < T; t++) {
+                  const r = t * sd, mr = t * T;
+                  for (let u = 0; u <= t; u++) S[r + u] *= m[mr + u];
+                }
               }
-            }
-            // out_h = att @ V, each block of rows over the columns up to its last.
-            for (let r0 = 0; r0 < T; r0 += RB) {
-              const r1 = Math.min(T, r0 + RB), v = q0 + 2 * C;
-              gemm.sgemm(
-                false,
-                false,
-                r1 - r0,
-                hs,
-                r1,
-                1,
-                S,
-                r0 * sd,
-                sd,
-                Q,
-                v,
-                C3,
-                0,
-                O,
-                o0 + r0 * C,
-                C,
-              );
-            }
+            });
           }
         }
       },
       attentionCached(O, K, Q, B, T, past, cap, C, H) {
-        const hs = C / H, C2 = 2 * C, C3 = 3 * C, sc = 1 / Math.sqrt(hs), n = past + T;
+        const hs = C / H, C2 = 2 * C, C3 = 3 * C;
         for (let b = 0; b < B; b++) {
           for (let t = 0; t < T; t++) {
             const q = (b * T + t) * C3;
             K.set(Q.subarray(q + C, q + C3), (b * cap + past + t) * C2);
           }
         }
-        // As in attentionForward: one head's scores in the kernels' memory, rows padded to a
-        // multiple of 4, each block of new rows only up to its last cached column.
-        const sd = (n + 3) & ~3, st = T * sd + 16;
-        ew.reserve(4 * (st + 2 * T + 16));
-        const S = ew.view;
+        scores(T, past + T);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++) {
-            const q0 = b * T * C3 + h * hs, k0 = b * cap * C2 + h * hs, o0 = b * T * C + h * hs;
-            for (let r0 = 0; r0 < T; r0 += RB) {
-              const r1 = Math.min(T, r0 + RB);
-              gemm.sgemm(
-                false,
-                true,
-                r1 - r0,
-                past + r1,
-                hs,
-                sc,
-                Q,
-                q0 + r0 * C3,
-                C3,
-                K,
-                k0,
-                C2,
-                0,
-                S,
-                r0 * sd,
-                sd,
-              );
-            }
-            ew.softmaxAt(0, T, n, sd, past, true, st);
-            for (let r0 = 0; r0 < T; r0 += RB) {
-              const r1 = Math.min(T, r0 + RB);
-              gemm.sgemm(
-                false,
-                false,
-                r1 - r0,
-                hs,
-                past + r1,
-                1,
-                S,
-                r0 * sd,
-                sd,
-                K,
-                k0 + C,
-                C2,
-                0,
-                O,
-                o0 + r0 * C,
-                C,
-              );
-            }
+            const k0 = b * cap * C2 + h * hs;
+            attendHead(
+              O,
+              b * T * C + h * hs,
+              Q,
+              b * T * C3 + h * hs,
+              C3,
+              K,
+              k0,
+              C2,
+              T,
+              past,
+              C,
+              hs,
+            );
           }
         }
       },
