@@ -6,6 +6,7 @@
  * @module
  */
 import type { RankPhases } from "../engine/mod.ts";
+import { median } from "./_median.ts";
 
 /** The model's train.ts flags. */
 export const MODEL = ["--ctx", "128", "--dim", "256", "--layers", "4", "--heads", "8"];
@@ -97,8 +98,7 @@ export async function runLayout(
     const ranks = (await Deno.readTextFile(`${out}/ranks.jsonl`)).trim().split("\n");
     // The median of the last 20 steps' wall times: a neighbour's burst on a shared machine
     // lengthens a few steps, which a mean would carry and a median does not.
-    const walls = steps.slice(-20).map((r) => r.step_wall_ms as number).sort((a, b) => a - b);
-    const ms = (walls[(walls.length - 1) >> 1]! + walls[walls.length >> 1]!) / 2;
+    const ms = median(steps.slice(-20).map((r) => r.step_wall_ms as number));
     const tokensPerStep = steps.at(-1)!.tokens - steps.at(-2)!.tokens;
     return {
       ms,

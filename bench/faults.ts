@@ -15,6 +15,7 @@
  */
 import { parseArgs } from "node:util";
 import { freeLoopbackPort as freePort } from "../collectives/launch.ts";
+import { median } from "./_median.ts";
 
 const TRAIN = new URL("../train.ts", import.meta.url).pathname;
 const ARGS = ["--dim", "16", "--layers", "1", "--heads", "2", "--batch", "8", "--eval-every", "0"]
@@ -85,12 +86,6 @@ async function failWorker(dir: string): Promise<number> {
   );
   if (code !== 1 || !Number.isFinite(reportedAt)) throw new Error(`exit code ${code}`);
   return reportedAt - killedAt;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 if (import.meta.main) {

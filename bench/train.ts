@@ -21,6 +21,7 @@ import { WindowSampler } from "../data/mod.ts";
 import { initialize } from "../engine/mod.ts";
 import { type Backend, createCpuBackend, Rng } from "../kernels/mod.ts";
 import { createWebGPUBackend } from "../kernels/webgpu/mod.ts";
+import { median } from "./_median.ts";
 
 const WARMUP = 3;
 const NUMS = ["vocab", "ctx", "dim", "layers", "heads", "batch", "steps", "threads", "seed"];
@@ -107,12 +108,6 @@ async function sgemmGflops(be: Backend): Promise<number> {
     best = Math.min(best, performance.now() - t);
   }
   return 2 * d * d * d / (best * 1e6);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 if (import.meta.main) {

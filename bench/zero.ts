@@ -85,6 +85,7 @@
 import { parseArgs } from "node:util";
 import { startWorkers } from "../collectives/mod.ts";
 import { PORT_MARK, RESULT_MARK, type ZeroRankResult, type ZeroRankSpec } from "./_zero_rank.ts";
+import { median } from "./_median.ts";
 
 /** A transport of the sweep. */
 export type Transport = "shm" | "tcp";
@@ -422,12 +423,6 @@ async function runTcp(spec: ZeroRankSpec, ms: number): Promise<ZeroRankResult[]>
 }
 
 // ---- figures ----------------------------------------------------------------------------------
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 function mean(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
