@@ -170,20 +170,12 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     return m;
   };
 
-  // Room in the kernels' memory for one head's scores of T query rows against n keys: rows
-  // padded to a multiple of 4 at element 0, the row statistics after them.
-  const scores = (T: number, n: number) => {
-    const sd = (n + 3) & ~3;
-    ew.reserve(4 * (T * sd + 16 + 2 * T + 16));
-    return { S: ew.view, sd };
-  };
-  // One head's causal attention, its scores where `scores` made room: T query rows at
-  // Q[q0 + t qs] (positions past..past+T-1) against past + T keys at KV[k0 + u ks] and values C
-  // further on, into O[o0 + t C]. Each block of rows is multiplied only up to its last column;
-  // `probs` sees the probabilities before they weigh the values.
-  const attendHead = (
-    O: Float32Array,
-    o0: number,
+  // One head's causal attention in two halves. `headScores`: the probabilities of T query rows
+  // at Q[q0 + t qs] (positions past..past+T-1) against past + T keys at KV[k0 + u ks], in the
+  // kernels' memory at element 0 in rows sd apart (past + T rounded up to 4; returned), the
+  // row statistics after them. `headValues`: those probabilities times the values at
+  // KV[v0 + u ks], into O[o0 + t C]. Each block of rows is multiplied only up to its last column.
+  const headScores = (
     Q: Float32Array,
     q0: number,
     qs: number,
@@ -192,11 +184,11 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
     ks: number,
     T: number,
     past: number,
-    C: number,
     hs: number,
-    probs?: () => void,
-  ) => {
-    const n = past + T, sd = (n + 3) & ~3, S = ew.view, sc = 1 / Math.sqrt(hs);
+  ): number => {
+    const n = past + T, sd = (n + 3) & ~3, sc = 1 / Math.sqrt(hs);
+    ew.reserve(4 * (T * sd + 16 + 2 * T + 16));
+    const S = ew.view;
     for (let r0 = 0; r0 < T; r0 += RB) {
       const r1 = Math.min(T, r0 + RB);
       gemm.sgemm(
@@ -219,7 +211,21 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
       );
     }
     ew.softmaxAt(0, T, n, sd, past, true, T * sd + 16);
-    probs?.();
+    return sd;
+  };
+  const headValues = (
+    O: Float32Array,
+    o0: number,
+    C: number,
+    KV: Float32Array,
+    v0: number,
+    ks: number,
+    T: number,
+    past: number,
+    hs: number,
+    sd: number,
+  ): void => {
+    const S = ew.view;
     for (let r0 = 0; r0 < T; r0 += RB) {
       const r1 = Math.min(T, r0 + RB);
       gemm.sgemm(
@@ -233,7 +239,7 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
         r0 * sd,
         sd,
         KV,
-        k0 + C,
+        v0,
         ks,
         0,
         O,
@@ -406,22 +412,21 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
 
       attentionForward(O, A, Q, B, T, C, H, drop) {
         const hs = C / H, C3 = 3 * C, TT = T * T;
-        const { S, sd } = scores(T, T);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++) {
             const q0 = b * T * C3 + h * hs, a0 = (b * H + h) * TT;
-            attendHead(O, b * T * C + h * hs, Q, q0, C3, Q, q0 + C, C3, T, 0, C, hs, () => {
-              if (sd === T) A.set(S.subarray(0, TT), a0);
-              else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
-              if (drop !== undefined) {
-                // The output takes the kept probabilities, scaled; att keeps them all.
-                const m = maskHead(drop, T, b, h);
-                for (let t = 0; t < T; t++) {
-                  const r = t * sd, mr = t * T;
-                  for (let u = 0; u <= t; u++) S[r + u] *= m[mr + u];
-                }
+            const sd = headScores(Q, q0, C3, Q, q0 + C, C3, T, 0, hs), S = ew.view;
+            if (sd === T) A.set(S.subarray(0, TT), a0);
+            else for (let t = 0; t < T; t++) A.set(S.subarray(t * sd, t * sd + T), a0 + t * T);
+            if (drop !== undefined) {
+              // The output takes the kept probabilities, scaled; att keeps them all.
+              const m = maskHead(drop, T, b, h);
+              for (let t = 0; t < T; t++) {
+                const r = t * sd, mr = t * T;
+                for (let u = 0; u <= t; u++) S[r + u] *= m[mr + u];
               }
-            });
+            }
+            headValues(O, b * T * C + h * hs, C, Q, q0 + 2 * C, C3, T, 0, hs, sd);
           }
         }
       },
@@ -433,24 +438,11 @@ export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
             K.set(Q.subarray(q + C, q + C3), (b * cap + past + t) * C2);
           }
         }
-        scores(T, past + T);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++) {
-            const k0 = b * cap * C2 + h * hs;
-            attendHead(
-              O,
-              b * T * C + h * hs,
-              Q,
-              b * T * C3 + h * hs,
-              C3,
-              K,
-              k0,
-              C2,
-              T,
-              past,
-              C,
-              hs,
-            );
+            const q0 = b * T * C3 + h * hs, k0 = b * cap * C2 + h * hs;
+            const sd = headScores(Q, q0, C3, K, k0, C2, T, past, hs);
+            headValues(O, b * T * C + h * hs, C, K, k0 + C, C2, T, past, hs, sd);
           }
         }
       },
