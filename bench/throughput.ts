@@ -3,9 +3,9 @@
  * sitting (one rank on one BLAS thread, one rank on every core, `--dp 2`, `--tp 2`, `--pp 2`),
  * each a `train.ts` run of 30 steps of the model in `bench/_layouts.ts`, measured by the median
  * wall time of its last 20 steps, the fastest of `--passes` runs (default 2, the layouts taking
- * turns). Beside them,
- * the machine's own ceiling for two ranks: two independent one-rank runs of half the batch at
- * once, which share the cores' caches and memory bandwidth as two ranks do but never talk.
+ * turns). Beside them, the machine's own ceiling for two ranks: two independent one-rank runs of
+ * half the batch at once, which share the cores' caches and memory bandwidth as two ranks do but
+ * never talk.
  * Each row prints its tokens/s, its speed-up over one rank on one thread, and where every rank's
  * step went (forward, backward, waiting for pipeline peers, gradient reductions, optimizer step).
  *
